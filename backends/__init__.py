@@ -1,0 +1,1 @@
+"""Where the quantum layer's circuit runs: simulators and IBM Runtime QPUs."""
