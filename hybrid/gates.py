@@ -1,0 +1,188 @@
+"""Gate matrices, diagonal phases and permutations in torch, for the statevector engine.
+
+Qiskit's little-endian convention throughout: basis index k = sum_q bit_q * 2**q, and the
+first qubit argument of a multi-qubit gate is the least significant bit of its matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+
+# name -> (n_qubits, n_params)
+SINGLE = {"h": 0, "x": 0, "y": 0, "z": 0, "s": 0, "sdg": 0, "t": 0, "tdg": 0, "sx": 0,
+          "sxdg": 0, "id": 0, "rx": 1, "ry": 1, "rz": 1, "p": 1, "u": 3, "u1": 1, "u2": 2, "u3": 3}
+TWO = {"cx": 0, "cy": 0, "cz": 0, "swap": 0, "cp": 1, "crx": 1, "cry": 1, "crz": 1,
+       "rzz": 1, "rxx": 1, "ryy": 1}
+DIAGONAL = {"z", "s", "sdg", "t", "tdg", "id", "rz", "p", "u1", "cz", "cp", "crz", "rzz"}
+PERMUTATION = {"x", "cx", "swap"}
+SUPPORTED = sorted(set(SINGLE) | set(TWO))
+_FIXED_PHASE = {"z": math.pi, "s": math.pi / 2, "sdg": -math.pi / 2, "t": math.pi / 4,
+                "tdg": -math.pi / 4, "id": 0.0}
+
+
+class UnsupportedGateError(ValueError):
+    """A gate or parameter expression the statevector engine cannot compile."""
+
+
+# --- parameter expressions
+def compile_expression(value: Any) -> tuple[Callable[[dict], Any], set[str]]:
+    """A ParameterExpression (or number) as a function of {parameter name: tensor}."""
+    if not hasattr(value, "parameters"):
+        constant = float(value)
+        return (lambda env: constant), set()
+    names = {p.name for p in value.parameters}
+    sym = value.sympify()
+
+    def build(node):
+        import sympy
+
+        if node.is_Symbol:
+            name = node.name
+            return lambda env: env[name]
+        if node.is_Number:
+            c = float(node)
+            return lambda env: c
+        args = [build(a) for a in node.args]
+        if isinstance(node, sympy.Add):
+            return lambda env: _fold(args, env, lambda a, b: a + b)
+        if isinstance(node, sympy.Mul):
+            return lambda env: _fold(args, env, lambda a, b: a * b)
+        if isinstance(node, sympy.Pow):
+            return lambda env: args[0](env) ** args[1](env)
+        funcs = {sympy.sin: torch.sin, sympy.cos: torch.cos, sympy.exp: torch.exp,
+                 sympy.tan: torch.tan, sympy.acos: torch.acos, sympy.asin: torch.asin}
+        for sym_f, torch_f in funcs.items():
+            if isinstance(node, sym_f):
+                return lambda env: torch_f(torch.as_tensor(args[0](env)))
+        raise UnsupportedGateError(f"cannot compile parameter expression {node!r}")
+
+    return build(sym), names
+
+
+def _fold(args, env, op):
+    out = args[0](env)
+    for a in args[1:]:
+        out = op(out, a(env))
+    return out
+
+
+# --- gate matrices
+def gate_matrix(name: str, params: list, dtype: torch.dtype) -> torch.Tensor:
+    """Matrix of a gate; params may be Python floats or tensors of shape (B,) (batched)."""
+    c = lambda v: torch.as_tensor(v, dtype=dtype)  # noqa: E731
+    p = [c(v) for v in params]
+    batch = next((v.shape for v in p if v.dim() > 0), torch.Size())
+    one = torch.ones(batch, dtype=dtype)
+    zero = torch.zeros(batch, dtype=dtype)
+
+    def mat(rows):
+        return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+    def e(phi):
+        return torch.exp(1j * phi)
+
+    i = 1j
+    if name in ("rx", "ry", "rz", "p", "u1", "u", "u3", "u2"):
+        if name == "rx":
+            h = p[0] / 2
+            return mat([[torch.cos(h) * one, -i * torch.sin(h)], [-i * torch.sin(h), torch.cos(h) * one]])
+        if name == "ry":
+            h = p[0] / 2
+            return mat([[torch.cos(h) * one, -torch.sin(h) * one], [torch.sin(h) * one, torch.cos(h) * one]])
+        if name == "rz":
+            h = p[0] / 2
+            return mat([[e(-h), zero], [zero, e(h)]])
+        if name in ("p", "u1"):
+            return mat([[one, zero], [zero, e(p[0])]])
+        theta, phi, lam = (c(math.pi / 2), p[0], p[1]) if name == "u2" else (p[0], p[1], p[2])
+        ct, st = torch.cos(theta / 2) * one, torch.sin(theta / 2) * one
+        return mat([[ct, -e(lam) * st], [e(phi) * st, e(phi + lam) * ct]])
+    fixed = {
+        "h": [[1 / math.sqrt(2), 1 / math.sqrt(2)], [1 / math.sqrt(2), -1 / math.sqrt(2)]],
+        "x": [[0, 1], [1, 0]], "y": [[0, -1j], [1j, 0]], "z": [[1, 0], [0, -1]],
+        "s": [[1, 0], [0, 1j]], "sdg": [[1, 0], [0, -1j]], "id": [[1, 0], [0, 1]],
+        "t": [[1, 0], [0, complex(math.cos(math.pi / 4), math.sin(math.pi / 4))]],
+        "tdg": [[1, 0], [0, complex(math.cos(math.pi / 4), -math.sin(math.pi / 4))]],
+        "sx": [[0.5 + 0.5j, 0.5 - 0.5j], [0.5 - 0.5j, 0.5 + 0.5j]],
+        "sxdg": [[0.5 - 0.5j, 0.5 + 0.5j], [0.5 + 0.5j, 0.5 - 0.5j]],
+    }
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    if name in fixed:
+        return torch.tensor(fixed[name], dtype=cdtype)
+    # Two-qubit gates, basis index = 2*b(q1) + b(q0) where q0 is the first qubit argument
+    # (Qiskit's little-endian convention: the first qubit is the least significant bit).
+    if name in ("cx", "cy", "cz", "cp", "crx", "cry", "crz"):
+        target = {"cx": "x", "cy": "y", "cz": "z", "cp": "p", "crx": "rx", "cry": "ry", "crz": "rz"}[name]
+        u = gate_matrix(target, params, dtype).to(cdtype)
+        full = torch.zeros(u.shape[:-2] + (4, 4), dtype=cdtype)
+        full[..., 0, 0] = 1  # control (q0) = 0: identity on target
+        full[..., 2, 2] = 1
+        full[..., 1::2, 1::2] = u  # control = 1: indices 1 (t=0) and 3 (t=1)
+        return full
+    if name == "swap":
+        return torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=cdtype)
+    if name in ("rzz", "rxx", "ryy"):
+        pauli = gate_matrix({"rzz": "z", "rxx": "x", "ryy": "y"}[name], [], dtype)
+        pp = torch.kron(pauli, pauli)
+        h = (p[0] / 2).to(cdtype)[..., None, None]
+        eye = torch.eye(4, dtype=cdtype)
+        return torch.cos(h) * eye - 1j * torch.sin(h) * pp
+    raise UnsupportedGateError(f"gate {name!r} is not supported")
+
+
+def diagonal_phase(name: str, qubits: Sequence[int], dim: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phase of a diagonal gate on each basis state as `angle * slope + offset`."""
+    k = torch.arange(dim)
+    bits = [(k >> q) & 1 for q in qubits]
+    b = bits[0].to(dtype)
+    zero = torch.zeros(dim, dtype=dtype)
+    if name in _FIXED_PHASE:
+        return zero, _FIXED_PHASE[name] * b
+    if name == "rz":
+        return b - 0.5, zero
+    if name in ("p", "u1"):
+        return b, zero
+    both = (bits[0] & bits[1]).to(dtype)
+    if name == "cz":
+        return zero, math.pi * both
+    if name == "cp":
+        return both, zero
+    if name == "crz":
+        return bits[0].to(dtype) * (bits[1].to(dtype) - 0.5), zero
+    if name == "rzz":
+        return (bits[0] ^ bits[1]).to(dtype) - 0.5, zero
+    raise UnsupportedGateError(name)
+
+
+def permutation(name: str, qubits: Sequence[int], dim: int) -> torch.Tensor:
+    """Index map p with P|k> = |p[k]>."""
+    k = torch.arange(dim)
+    if name == "x":
+        return k ^ (1 << qubits[0])
+    if name == "cx":
+        return torch.where((k >> qubits[0]) & 1 == 1, k ^ (1 << qubits[1]), k)
+    if name == "swap":
+        a, b = qubits
+        differ = ((k >> a) & 1) != ((k >> b) & 1)
+        return torch.where(differ, k ^ ((1 << a) | (1 << b)), k)
+    raise UnsupportedGateError(name)
+
+
+def apply_gate(state: torch.Tensor, matrix: torch.Tensor, qubits: Sequence[int], n: int) -> torch.Tensor:
+    """Apply a (maybe batched) 2**k x 2**k matrix on `qubits` of a (B, 2**n) state."""
+    batch = state.shape[0]
+    k = len(qubits)
+    # Tensor axes: 0 = batch, axis 1 + (n-1-q) holds qubit q (most significant first).
+    axes = [1 + (n - 1 - q) for q in reversed(qubits)]  # most significant gate bit first
+    rest = [a for a in range(1, n + 1) if a not in axes]
+    t = state.reshape((batch,) + (2,) * n).permute([0] + axes + rest).reshape(batch, 2**k, -1)
+    t = torch.matmul(matrix, t)
+    inverse = [0] * (n + 1)
+    for position, axis in enumerate([0] + axes + rest):
+        inverse[axis] = position
+    return t.reshape((batch,) + (2,) * n).permute(inverse).reshape(batch, 2**n)
+
+

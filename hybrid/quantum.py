@@ -1,0 +1,239 @@
+"""The quantum feature-enhancement layer: one Qiskit circuit, two engines.
+
+`build_circuit(config)` is the single source of truth. The `qnn` engine runs it through
+qiskit-machine-learning (`EstimatorQNN` + `TorchConnector`) on any estimator, which is how
+shots, noise and real QPUs are reached; the `statevector` engine compiles the *same*
+circuit into batched torch tensor algebra (see `hybrid.statevector`), which is what makes
+training practical. Both read the same `nn.Parameter`, so a layer trained with one engine
+is evaluated with the other from the same `state_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+FEATURE_MAPS = ("angle", "zz")
+ENTANGLEMENTS = ("linear", "circular", "full")
+ENGINES = ("auto", "statevector", "qnn")
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class QuantumConfig:
+    n_qubits: int = 4  # one angle per qubit; 2**n amplitudes are simulated exactly
+    feature_map: str = "zz"  # "angle" (RY/RZ per qubit) or "zz" (Qiskit's zz_feature_map)
+    feature_map_reps: int = 2  # repetitions of the encoding block (Qiskit's default for zz)
+    reps: int = 2  # ansatz repetitions (RY layers + entangling CX layers)
+    entanglement: str = "linear"  # "linear", "circular" or "full", for feature map and ansatz
+    observables: tuple[str, ...] = ()  # Pauli strings (Qiskit order, qubit 0 rightmost); () = Z on each qubit
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_qubits, int) or self.n_qubits < 1:
+            raise ValueError(f"n_qubits must be a positive integer, got {self.n_qubits!r}")
+        if self.feature_map not in FEATURE_MAPS:
+            raise ValueError(
+                f"unknown feature map {self.feature_map!r}; choose one of {', '.join(FEATURE_MAPS)}"
+            )
+        if self.entanglement not in ENTANGLEMENTS:
+            raise ValueError(
+                f"unknown entanglement {self.entanglement!r}; "
+                f"choose one of {', '.join(ENTANGLEMENTS)}"
+            )
+        for name in ("reps", "feature_map_reps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for label in self.observables:
+            if len(label) != self.n_qubits or set(label) - set("IXYZ"):
+                raise ValueError(
+                    f"observable {label!r} must be a Pauli string of {self.n_qubits} "
+                    "characters from I, X, Y, Z"
+                )
+
+    @property
+    def observable_labels(self) -> tuple[str, ...]:
+        if self.observables:
+            return tuple(self.observables)
+        n = self.n_qubits
+        return tuple("I" * (n - 1 - q) + "Z" + "I" * q for q in range(n))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CircuitSpec(NamedTuple):
+    circuit: Any  # qiskit.QuantumCircuit
+    input_params: list  # ParameterVector elements fed by the features
+    weight_params: list  # trainable parameters
+    observables: list  # SparsePauliOp, one per output
+
+
+def _angle_feature_map(n_qubits: int, reps: int):
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import ParameterVector
+
+    x = ParameterVector("x", n_qubits)
+    qc = QuantumCircuit(n_qubits)
+    for _ in range(reps):
+        for q in range(n_qubits):
+            qc.ry(x[q], q)
+            qc.rz(x[q], q)
+    return qc
+
+
+def build_circuit(config: QuantumConfig) -> CircuitSpec:
+    """The layer's circuit: feature map on `x`, then a RealAmplitudes ansatz on `θ`."""
+    from qiskit.circuit.library import real_amplitudes, zz_feature_map
+    from qiskit.quantum_info import SparsePauliOp
+
+    n = config.n_qubits
+    if config.feature_map == "zz":
+        if n < 2 and config.entanglement != "linear":
+            raise ValueError("the zz feature map needs at least 2 qubits for this entanglement")
+        feature_map = zz_feature_map(
+            n, reps=config.feature_map_reps, entanglement=config.entanglement
+        )
+    else:
+        feature_map = _angle_feature_map(n, config.feature_map_reps)
+    ansatz = real_amplitudes(n, reps=config.reps, entanglement=config.entanglement)
+    circuit = feature_map.compose(ansatz)
+    input_params = sorted(feature_map.parameters, key=lambda p: p.index)
+    weight_params = sorted(ansatz.parameters, key=lambda p: p.index)
+    observables = [SparsePauliOp(label) for label in config.observable_labels]
+    return CircuitSpec(circuit, input_params, weight_params, observables)
+
+
+def resolve_engine(engine: str, estimator: Any = None) -> str:
+    """`auto` means the exact torch engine unless an estimator (shots, noise, QPU) is given."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "statevector" if estimator is None else "qnn"
+    return engine
+
+
+def build_qnn_connector(
+    spec: CircuitSpec, *, estimator: Any = None, pass_manager: Any = None
+) -> Any:
+    """`TorchConnector(EstimatorQNN)` with input gradients, on the given estimator.
+
+    The default estimator is Qiskit's exact `StatevectorEstimator` with precision 0; the
+    QNN's own default precision (1/64) would add Gaussian noise to an exact simulator.
+    """
+    from qiskit.primitives import StatevectorEstimator
+    from qiskit_machine_learning.connectors import TorchConnector
+    from qiskit_machine_learning.neural_networks import EstimatorQNN
+
+    exact = estimator is None
+    estimator = StatevectorEstimator(default_precision=0.0) if exact else estimator
+    circuit = spec.circuit
+    observables = spec.observables
+    if pass_manager is not None:
+        # EstimatorQNN transpiles the circuit with the pass manager; observables must be
+        # laid out on the ISA circuit the same way.
+        isa = pass_manager.run(circuit)
+        observables = [obs.apply_layout(isa.layout) for obs in observables]
+    qnn = EstimatorQNN(
+        circuit=circuit,
+        estimator=estimator,
+        observables=observables,
+        input_params=spec.input_params,
+        weight_params=spec.weight_params,
+        input_gradients=True,
+        default_precision=0.0 if exact else 0.015625,
+        pass_manager=pass_manager,
+    )
+    return TorchConnector(qnn)
+
+
+class QuantumLayer(nn.Module):
+    """`(batch, n_qubits)` angles -> `(batch, n_observables)` expectation values.
+
+    Args:
+        config: circuit configuration.
+        engine: "statevector" (exact, batched torch), "qnn" (EstimatorQNN + TorchConnector)
+            or "auto" (statevector unless an estimator is given).
+        estimator, pass_manager: collaborators for the qnn engine (see `backends`).
+        precision: "float64" (default) or "float32" for the statevector engine.
+    """
+
+    def __init__(
+        self,
+        config: QuantumConfig | None = None,
+        *,
+        engine: str = "auto",
+        estimator: Any = None,
+        pass_manager: Any = None,
+        precision: str = "float64",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config or QuantumConfig()
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose float64 or float32")
+        self.precision = precision
+        self.spec = build_circuit(self.config)
+        self.engine = resolve_engine(engine, estimator)
+        self.n_inputs = len(self.spec.input_params)
+        self.n_outputs = len(self.spec.observables)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        # Small uniform init keeps the ansatz near identity-ish rotations at the start.
+        init = (torch.rand(len(self.spec.weight_params), generator=generator) * 2 - 1) * math.pi / 4
+        self.weight = nn.Parameter(init.to(torch.float64))
+        self._forward_impl = self._make_engine(estimator, pass_manager)
+
+    def _make_engine(self, estimator: Any, pass_manager: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.engine == "statevector":
+            from hybrid.statevector import compile_circuit
+
+            program = compile_circuit(
+                self.spec.circuit,
+                self.spec.input_params,
+                self.spec.weight_params,
+                self.spec.observables,
+                dtype=PRECISIONS[self.precision],
+            )
+            # Stored outside the module registry: it holds no parameters of its own.
+            object.__setattr__(self, "program", program)
+            return lambda x: program(x, self.weight)
+        connector = build_qnn_connector(self.spec, estimator=estimator, pass_manager=pass_manager)
+        # The connector's forward reads `_weights`; pointing it at our Parameter shares the
+        # weights between engines, and keeping the connector unregistered keeps the
+        # state_dict to the single `weight` entry.
+        connector._weights = self.weight
+        object.__setattr__(self, "connector", connector)
+        return lambda x: connector(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.n_inputs:
+            raise ValueError(
+                f"QuantumLayer expects input of shape (batch, {self.n_inputs}), "
+                f"got {tuple(x.shape)}"
+            )
+        out = self._forward_impl(x)
+        return out.to(x.dtype) if x.is_floating_point() else out
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"n_qubits={c.n_qubits}, feature_map={c.feature_map}, reps={c.reps}, "
+            f"entanglement={c.entanglement}, engine={self.engine}, precision={self.precision}"
+        )
+
+
+def qiskit_expectations(spec: CircuitSpec, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Reference values from Qiskit's own `Statevector`, one sample at a time (for tests)."""
+    from qiskit.quantum_info import Statevector
+
+    out = np.empty((len(x), len(spec.observables)))
+    for i, row in enumerate(np.atleast_2d(x)):
+        binding = dict(zip(spec.input_params, row)) | dict(zip(spec.weight_params, weights))
+        state = Statevector(spec.circuit.assign_parameters(binding))
+        out[i] = [state.expectation_value(obs).real for obs in spec.observables]
+    return out

@@ -1,0 +1,352 @@
+"""Imaging-shift simulation: one dataset becomes several virtual acquisition centers.
+
+Real multi-center data differ mostly in exposure, contrast, vendor post-processing
+(sharpening), detector noise and resolution. We simulate those differences with pure,
+batched, seeded functions on float images (B, C, H, W) in [0, 1]:
+
+* **train** families (the four the method trains on): ``brightness``, ``contrast``,
+  ``sharpen``, ``gaussian_noise``. Source centers draw their strengths from
+  ``SOURCE_RANGES``.
+* **heldout** families (evaluation only, never seen in training): ``gamma``, ``blur``,
+  ``speckle``, ``poisson``, ``resolution``.
+
+Target centers use strengths from ``TARGET_RANGES``, disjoint from ``SOURCE_RANGES``, so
+evaluating on them measures generalization to unseen scanners, not interpolation.
+
+    >>> centers = make_source_centers(k=4, seed=0)
+    >>> x_shifted = apply_centers(x, center_ids, centers, generator=g)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ShiftFn = Callable[[Tensor, float, "torch.Generator | None"], Tensor]
+FAMILIES = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class ShiftSpec:
+    name: str
+    fn: ShiftFn
+    family: str  # "train" (used to build source centers) or "heldout" (evaluation only)
+
+
+SHIFTS: dict[str, ShiftSpec] = {}
+
+
+def register_shift(name: str, *, family: str) -> Callable[[ShiftFn], ShiftFn]:
+    """Decorator adding a shift function to ``SHIFTS`` under ``name``."""
+    if family not in FAMILIES:
+        raise ValueError(f"shift family must be one of {FAMILIES}, got {family!r}")
+
+    def deco(fn: ShiftFn) -> ShiftFn:
+        if name in SHIFTS:
+            raise ValueError(f"shift {name!r} is already registered")
+        SHIFTS[name] = ShiftSpec(name=name, fn=fn, family=family)
+        return fn
+
+    return deco
+
+
+def get_shift(name: str) -> ShiftSpec:
+    if name not in SHIFTS:
+        raise ValueError(f"unknown shift {name!r}; valid shifts are: {', '.join(sorted(SHIFTS))}")
+    return SHIFTS[name]
+
+
+def _check(images: Tensor) -> None:
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(
+            f"shifts expect a float tensor of shape (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+
+
+def _require(ok: bool, what: str, strength: float) -> None:
+    if not ok:
+        raise ValueError(f"{what}, got strength={strength}")
+
+
+def _randn_like(images: Tensor, generator: torch.Generator | None) -> Tensor:
+    # Draw on the generator's device so a CPU generator also seeds GPU batches.
+    device = generator.device if generator is not None else images.device
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype, device=device)
+    return noise.to(images.device)
+
+
+def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur (sigma in pixels) with reflect padding, per channel."""
+    b, c, h, w = images.shape
+    # Reflect padding needs pad < size, so very small images get a truncated kernel.
+    radius = min(max(1, math.ceil(3 * sigma)), h - 1, w - 1)
+    if radius < 1:
+        return images.clone()
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    flat = images.reshape(b * c, 1, h, w)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return flat.reshape(b, c, h, w)
+
+
+@register_shift("brightness", family="train")
+def brightness(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Additive intensity offset (exposure / window level)."""
+    _check(images)
+    return (images + strength).clamp(0.0, 1.0)
+
+
+@register_shift("contrast", family="train")
+def contrast(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Scale around each image's own mean, so contrast changes without a brightness change."""
+    _check(images)
+    _require(strength >= 0, "contrast factor must be >= 0", strength)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return (mean + strength * (images - mean)).clamp(0.0, 1.0)
+
+
+@register_shift("sharpen", family="train")
+def sharpen(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Unsharp mask I + amount * (I - blur(I)), the usual vendor edge enhancement."""
+    _check(images)
+    _require(strength >= 0, "sharpen amount must be >= 0", strength)
+    if strength == 0:
+        return images.clone()
+    detail = images - _gaussian_blur(images, sigma=1.0)
+    return (images + strength * detail).clamp(0.0, 1.0)
+
+
+@register_shift("gaussian_noise", family="train")
+def gaussian_noise(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Additive white Gaussian noise with standard deviation ``strength`` (detector read noise)."""
+    _check(images)
+    _require(strength >= 0, "noise sigma must be >= 0", strength)
+    return (images + strength * _randn_like(images, generator)).clamp(0.0, 1.0)
+
+
+@register_shift("gamma", family="heldout")
+def gamma(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Nonlinear tone curve I**gamma (gamma > 1 darkens mid-tones, < 1 brightens them)."""
+    _check(images)
+    _require(strength > 0, "gamma must be > 0", strength)
+    return images.clamp(0.0, 1.0).pow(strength).clamp(0.0, 1.0)
+
+
+@register_shift("blur", family="heldout")
+def blur(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Gaussian blur with sigma ``strength`` pixels (focal spot / reconstruction kernel)."""
+    _check(images)
+    _require(strength >= 0, "blur sigma must be >= 0", strength)
+    if strength == 0:
+        return images.clone()
+    return _gaussian_blur(images, strength).clamp(0.0, 1.0)
+
+
+@register_shift("speckle", family="heldout")
+def speckle(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Multiplicative noise I * (1 + sigma * n): noise that grows with intensity."""
+    _check(images)
+    _require(strength >= 0, "speckle sigma must be >= 0", strength)
+    return (images * (1 + strength * _randn_like(images, generator))).clamp(0.0, 1.0)
+
+
+@register_shift("poisson", family="heldout")
+def poisson(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Photon-count noise Poisson(I * peak) / peak; ``strength`` is the peak photon count (low = noisy)."""
+    _check(images)
+    _require(strength > 0, "poisson peak photon count must be > 0", strength)
+    device = generator.device if generator is not None else images.device
+    rate = (images.clamp(0.0, 1.0) * strength).to(device)
+    counts = torch.poisson(rate, generator=generator).to(images.device)
+    return (counts / strength).clamp(0.0, 1.0)
+
+
+@register_shift("resolution", family="heldout")
+def resolution(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Lower acquisition resolution: downsample by ``strength`` (>= 1), bilinear upsample back."""
+    _check(images)
+    _require(strength >= 1, "resolution factor must be >= 1", strength)
+    if strength == 1:
+        return images.clone()
+    h, w = images.shape[-2:]
+    small = (max(1, round(h / strength)), max(1, round(w / strength)))
+    # antialias=True so the downsample behaves like a coarser detector, not like aliasing.
+    down = F.interpolate(images, size=small, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+
+
+TRAIN_SHIFTS: tuple[str, ...] = tuple(n for n, s in SHIFTS.items() if s.family == "train")
+HELDOUT_SHIFTS: tuple[str, ...] = tuple(n for n, s in SHIFTS.items() if s.family == "heldout")
+
+
+@dataclass(frozen=True)
+class VirtualCenter:
+    """A simulated acquisition site: shifts applied in order, each as (shift name, strength)."""
+
+    name: str
+    shifts: tuple[tuple[str, float], ...]
+
+    def __post_init__(self) -> None:
+        # Normalize lists (e.g. from JSON) to tuples and fail at construction on a bad name.
+        shifts = tuple((str(n), float(s)) for n, s in self.shifts)
+        for n, _ in shifts:
+            get_shift(n)
+        object.__setattr__(self, "shifts", shifts)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shifts": [[n, s] for n, s in self.shifts]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VirtualCenter:
+        return cls(name=d["name"], shifts=tuple((n, s) for n, s in d["shifts"]))
+
+
+def apply_center(
+    images: Tensor, center: VirtualCenter, generator: torch.Generator | None = None
+) -> Tensor:
+    """Apply a center's shifts in order; returns a new tensor."""
+    out = images
+    for name, strength in center.shifts:
+        out = get_shift(name).fn(out, strength, generator)
+    return out.clone() if out is images else out
+
+
+def apply_centers(
+    images: Tensor,
+    center_ids: Tensor,
+    centers: Sequence[VirtualCenter],
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Shift each sample by its own center; ``center_ids[i]`` indexes ``centers``.
+
+    Loops over the centers present (in increasing id order, which fixes how the generator
+    is consumed), not over samples, so a batch costs at most ``len(centers)`` calls.
+    """
+    _check(images)
+    ids = center_ids.to(images.device).long()
+    if ids.shape != images.shape[:1]:
+        raise ValueError(f"center_ids must have shape ({images.shape[0]},), got {tuple(ids.shape)}")
+    if ids.numel() and (ids.min() < 0 or ids.max() >= len(centers)):
+        raise ValueError(f"center_ids must lie in [0, {len(centers) - 1}] for {len(centers)} centers")
+    out = images.clone()
+    for cid in torch.unique(ids).tolist():
+        mask = ids == cid
+        out[mask] = apply_center(images[mask], centers[cid], generator)
+    return out
+
+
+# Source acquisition variation: what the K training centers may differ by (inclusive ranges).
+SOURCE_RANGES: dict[str, tuple[float, float]] = {
+    "brightness": (-0.1, 0.1),  # additive offset
+    "contrast": (0.8, 1.25),  # factor around the image mean (0.8 = 1 / 1.25)
+    "sharpen": (0.0, 1.0),  # unsharp-mask amount
+    "gaussian_noise": (0.0, 0.03),  # sigma; applied last so it is the sigma seen in the output
+}
+
+# Unseen target variation: allowed intervals per shift, disjoint from SOURCE_RANGES. Held-out
+# families have no source range at all, so they are unseen by construction.
+TARGET_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
+    "brightness": ((-0.2, -0.15), (0.15, 0.2)),
+    "contrast": ((0.6, 0.7), (1.4, 1.5)),
+    "sharpen": ((1.5, 2.0),),
+    "gaussian_noise": ((0.05, 0.07),),
+    "gamma": ((0.7, 0.7), (1.5, 1.5)),
+    "blur": ((0.8, 0.8),),
+    "speckle": ((0.15, 0.15),),
+    "poisson": ((200.0, 200.0),),
+    "resolution": ((1.5, 2.0),),
+}
+
+_TARGET_CENTERS: tuple[VirtualCenter, ...] = (
+    VirtualCenter("tgt_bright_lowcontrast", (("brightness", 0.18), ("contrast", 0.65))),
+    VirtualCenter("tgt_dark_highcontrast", (("brightness", -0.18), ("contrast", 1.45))),
+    VirtualCenter("tgt_oversharp_noisy", (("sharpen", 1.8), ("gaussian_noise", 0.06))),
+    VirtualCenter("tgt_gamma_dark", (("gamma", 1.5),)),
+    VirtualCenter("tgt_gamma_bright", (("gamma", 0.7),)),
+    VirtualCenter("tgt_blur", (("blur", 0.8),)),
+    VirtualCenter("tgt_speckle", (("speckle", 0.15),)),
+    VirtualCenter("tgt_poisson", (("poisson", 200.0),)),
+    VirtualCenter("tgt_lowres", (("resolution", 2.0),)),
+)
+
+
+def ranges_disjoint(
+    source: dict[str, tuple[float, float]] | None = None,
+    target: dict[str, tuple[tuple[float, float], ...]] | None = None,
+) -> bool:
+    """True if no target interval overlaps the source interval of the same shift."""
+    source = SOURCE_RANGES if source is None else source
+    target = TARGET_RANGES if target is None else target
+    for name, intervals in target.items():
+        if name not in source:
+            continue
+        s_lo, s_hi = source[name]
+        if any(lo <= s_hi and s_lo <= hi for lo, hi in intervals):
+            return False
+    return True
+
+
+def make_source_centers(k: int = 4, seed: int = 0) -> list[VirtualCenter]:
+    """K training centers ``src0..src{k-1}``, each drawing every train family from SOURCE_RANGES."""
+    if k < 1:
+        raise ValueError(f"need at least one source center, got k={k}")
+    rng = np.random.default_rng(seed)
+    centers = []
+    for i in range(k):
+        # Rounded so saved configs stay readable; rounding keeps values inside the ranges.
+        shifts = tuple((name, round(float(rng.uniform(lo, hi)), 4)) for name, (lo, hi) in SOURCE_RANGES.items())
+        centers.append(VirtualCenter(f"src{i}", shifts))
+    return centers
+
+
+def make_target_centers() -> list[VirtualCenter]:
+    """The fixed unseen evaluation centers (strengths inside TARGET_RANGES)."""
+    return list(_TARGET_CENTERS)
+
+
+def save_center_grid(
+    image: Tensor,
+    centers: Sequence[VirtualCenter],
+    path: str | Path,
+    seed: int = 0,
+    clean_title: str = "clean",
+) -> Path:
+    """PNG grid of one (C, H, W) image, clean and under every center, titled by center name."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: plotting is optional
+    from matplotlib.figure import Figure
+
+    if image.dim() != 3:
+        raise ValueError(f"save_center_grid expects one image (C, H, W), got shape {tuple(image.shape)}")
+    batch = image.detach().cpu().float()[None]
+    panels = [(clean_title, batch[0])]
+    for center in centers:
+        # A fresh generator per panel: each panel is reproducible whatever the center list.
+        g = torch.Generator().manual_seed(seed)
+        panels.append((center.name, apply_center(batch, center, g)[0]))
+
+    ncols = min(len(panels), 5)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(2.2 * ncols, 2.4 * nrows))
+    FigureCanvasAgg(fig)
+    for i, (title, img) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy().clip(0.0, 1.0))
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,332 @@
+"""Test-time adaptation (TTA) of a trained classifier to an unseen target domain.
+
+Three methods behind one interface, picked by name with :func:`make_tta`:
+
+* ``none`` -- the source model as trained (``eval()`` mode), the reference point.
+* ``bn``   -- normalise with the statistics of the current test batch instead of the
+  source running statistics; no parameter changes.
+* ``tent`` -- TENT (Wang et al., ICLR 2021): batch statistics plus a few gradient steps
+  minimising the prediction entropy, updating only the BatchNorm affine parameters.
+
+The model may be any ``nn.Module`` mapping ``x`` to logits ``(B, C)`` that holds
+BatchNorm layers; nothing else about its architecture is assumed. Each wrapper adapts
+the model *in place* (as TENT does) but saves its state and flags when built, and
+``reset()`` puts back exactly that: parameters, BN running statistics, ``training``
+flags and ``requires_grad`` flags. Mode changes made for adaptation are undone at the
+end of every ``predict`` call, so the model is never left half-configured.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from copy import deepcopy
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+TTA_METHODS: dict[str, type["TTAMethod"]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator adding a TTA method to :data:`TTA_METHODS` under ``name``."""
+
+    def add(cls: type) -> type:
+        if name in TTA_METHODS:
+            raise ValueError(f"TTA method {name!r} is already registered")
+        cls.name = name
+        TTA_METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def make_tta(name: str, model: nn.Module, **kwargs) -> "TTAMethod":
+    """Wrap ``model`` in the TTA method registered as ``name``."""
+    if name not in TTA_METHODS:
+        raise ValueError(f"unknown TTA method {name!r}; valid names are: {', '.join(sorted(TTA_METHODS))}")
+    return TTA_METHODS[name](model, **kwargs)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def bn_layers(model: nn.Module) -> list[_BatchNorm]:
+    """All BatchNorm layers (1d/2d/3d/sync) of ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of the softmax of each row of ``logits``."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
+def _save_flags(model: nn.Module) -> tuple[list[bool], list[bool], list[bool]]:
+    return (
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [bn.track_running_stats for bn in bn_layers(model)],
+    )
+
+
+def _restore_flags(model: nn.Module, flags: tuple[list[bool], list[bool], list[bool]]) -> None:
+    training, requires_grad, tracking = flags
+    for m, t in zip(model.modules(), training):
+        m.training = t
+    for p, r in zip(model.parameters(), requires_grad):
+        p.requires_grad_(r)
+    for bn, t in zip(bn_layers(model), tracking):
+        bn.track_running_stats = t
+
+
+@contextmanager
+def _flags_kept(model: nn.Module):
+    """Undo any mode / requires_grad / BN-tracking change made inside the block."""
+    flags = _save_flags(model)
+    try:
+        yield
+    finally:
+        _restore_flags(model, flags)
+
+
+def use_batch_stats(model: nn.Module) -> nn.Module:
+    """Put ``model`` in eval mode except BN layers, which normalise with batch statistics.
+
+    Train-mode BN normalises with the batch mean and (biased) variance; turning off
+    ``track_running_stats`` stops it from also overwriting the stored source statistics,
+    while keeping the buffers, so ``state_dict`` keeps its keys. Dropout and every other
+    layer stay in eval mode: only the normalisation should change at test time.
+    """
+    model.eval()
+    for bn in bn_layers(model):
+        bn.train()
+        bn.track_running_stats = False
+    return model
+
+
+def configure_model(model: nn.Module) -> nn.Module:
+    """TENT configuration: batch statistics, and gradients only for BN weight and bias."""
+    use_batch_stats(model)
+    model.requires_grad_(False)
+    for bn in bn_layers(model):
+        bn.requires_grad_(True)  # a BN layer's only parameters are its affine weight and bias
+    return model
+
+
+def collect_params(model: nn.Module) -> tuple[list[nn.Parameter], list[str]]:
+    """The BN affine parameters TENT updates, and their names (for logging)."""
+    params, names = [], []
+    for module_name, bn in model.named_modules():
+        if isinstance(bn, _BatchNorm):
+            for param_name, p in bn.named_parameters(recurse=False):
+                params.append(p)
+                names.append(f"{module_name}.{param_name}")
+    return params, names
+
+
+def check_model(model: nn.Module, require_affine: bool = True) -> None:
+    """Fail loudly when the model cannot be adapted, instead of silently doing nothing."""
+    if not bn_layers(model):
+        raise ValueError(
+            f"{type(model).__name__} has no BatchNorm layers, so test-time adaptation has "
+            "nothing to adapt; use TTA method 'none' or a model with BatchNorm"
+        )
+    if require_affine and not collect_params(model)[0]:
+        raise ValueError(
+            f"the BatchNorm layers of {type(model).__name__} have no affine parameters "
+            "(affine=False), so TENT has nothing to update; use TTA method 'bn' instead"
+        )
+
+
+def _collapsed(logits: torch.Tensor, fraction: float) -> bool:
+    """Whether the most frequent predicted class covers more than ``fraction`` of the batch."""
+    counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1])
+    return counts.max().item() > fraction * logits.shape[0]
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+class TTAMethod:
+    """Base wrapper: saves the model's exact state at construction so ``reset()`` can restore it.
+
+    Counters (``batches_seen``, ``adapted_batches``, ``adapted_steps``,
+    ``fallback_batches``, ``collapse_events``) accumulate over the whole run for
+    reporting; ``reset()`` leaves them alone because episodic TENT resets every batch.
+    """
+
+    name = "base"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._model_state = deepcopy(model.state_dict())
+        self._flags = _save_flags(model)
+        self.batches_seen = 0
+        self.adapted_batches = 0
+        self.adapted_steps = 0
+        self.fallback_batches = 0
+        self.collapse_events = 0
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` for the batch ``x``, adapting first where the method does."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Restore the parameters, buffers and flags the model had when wrapped."""
+        self.model.load_state_dict(self._model_state)  # copies in place: optimizers stay valid
+        _restore_flags(self.model, self._flags)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {
+            "batches_seen": self.batches_seen,
+            "adapted_batches": self.adapted_batches,
+            "adapted_steps": self.adapted_steps,
+            "fallback_batches": self.fallback_batches,
+            "collapse_events": self.collapse_events,
+        }
+
+    @torch.no_grad()
+    def _source_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with _flags_kept(self.model):
+            return self.model.eval()(x)
+
+
+@register("none")
+class NoAdapt(TTAMethod):
+    """The source model unchanged: ``eval()`` mode, source BN statistics, no gradients."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches_seen += 1
+        return self._source_logits(x)
+
+
+@register("bn")
+class BatchNormAdapt(TTAMethod):
+    """Normalise with the statistics of each test batch instead of the source statistics.
+
+    A covariate shift between hospitals (scanner, contrast, staining) moves the feature
+    statistics; re-estimating them per batch undoes much of it at no training cost.
+    Batches smaller than ``min_batch`` fall back to the source statistics: the mean and
+    variance of a handful of images are too noisy (for a single image BatchNorm1d cannot
+    compute them at all, and BatchNorm2d would normalise the image against itself).
+    """
+
+    def __init__(self, model: nn.Module, *, min_batch: int = 8):
+        check_model(model, require_affine=False)
+        super().__init__(model)
+        self.min_batch = min_batch
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches_seen += 1
+        if x.shape[0] < self.min_batch:
+            self.fallback_batches += 1
+            return self._source_logits(x)
+        with _flags_kept(self.model):
+            logits = use_batch_stats(self.model)(x)
+        self.adapted_batches += 1
+        return logits
+
+
+@register("tent")
+class Tent(TTAMethod):
+    """TENT: minimise prediction entropy on each test batch by updating BN affine parameters.
+
+    Only the BN scale and shift move (a small fraction of the weights), which keeps the
+    features learnt on the source domains and makes adaptation cheap and stable.
+
+    ``episodic=True`` (default) restores the source model after every batch, so each
+    batch is adapted independently, from the source model. On multi-center medical data
+    the test stream switches between hospitals and class balance; continual adaptation
+    would carry errors from one center into the next and can drift into a degenerate
+    model.
+
+    Collapse guard: entropy is also minimised by predicting one class for everything. If
+    after a step the most frequent predicted class covers more than ``collapse_fraction``
+    of a batch whose un-adapted predictions did not, that step is undone (parameters and
+    optimizer state), adaptation of the batch stops and ``collapse_events`` is counted.
+    Batches that were one-class before adapting (a single-class domain) are left alone.
+    ``collapse_fraction=1.0`` disables the guard.
+
+    Batches smaller than ``min_batch`` are not adapted and use the source statistics
+    (see :class:`BatchNormAdapt`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizer: str = "adam",  # or "sgd" (TENT used Adam on CIFAR, SGD on ImageNet)
+        lr: float = 1e-3,
+        momentum: float = 0.9,  # SGD only
+        steps: int = 1,  # gradient steps per batch
+        episodic: bool = True,  # adapt each batch from the source model (see above)
+        collapse_fraction: float = 0.95,
+        min_batch: int = 8,
+    ):
+        check_model(model)
+        if steps < 1:
+            raise ValueError(f"tent needs steps >= 1 to adapt, got {steps}; use TTA method 'bn' for none")
+        super().__init__(model)
+        self.steps = steps
+        self.episodic = episodic
+        self.collapse_fraction = collapse_fraction
+        self.min_batch = min_batch
+        self.params, self.param_names = collect_params(model)
+        if optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.9, 0.999))
+        elif optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
+        else:
+            raise ValueError(f"unknown tent optimizer {optimizer!r}; valid names are: adam, sgd")
+        self._optimizer_state = deepcopy(self.optimizer.state_dict())
+
+    def reset(self) -> None:
+        """Restore the wrapped model and forget the optimizer's moments."""
+        super().reset()
+        self.optimizer.load_state_dict(deepcopy(self._optimizer_state))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches_seen += 1
+        if x.shape[0] < self.min_batch:
+            self.fallback_batches += 1
+            return self._source_logits(x)
+        try:
+            with _flags_kept(self.model):
+                configure_model(self.model)
+                logits = self._adapt(x)
+        finally:
+            if self.episodic:
+                # Resetting after (rather than before) each batch is equivalent for the
+                # next batch and leaves the wrapped model untouched between calls.
+                self.reset()
+        self.adapted_batches += 1
+        return logits
+
+    def _adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """Entropy steps on ``x``; returns logits of the last kept parameters."""
+        with torch.enable_grad():
+            logits = self.model(x)
+        was_collapsed = _collapsed(logits, self.collapse_fraction)
+        for step in range(self.steps):
+            params_before = [p.detach().clone() for p in self.params]
+            optimizer_before = deepcopy(self.optimizer.state_dict())
+            self.optimizer.zero_grad(set_to_none=True)
+            softmax_entropy(logits).mean().backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            # The check forward doubles as the next step's forward; no graph after the last.
+            with torch.set_grad_enabled(step < self.steps - 1):
+                new_logits = self.model(x)
+            if not was_collapsed and _collapsed(new_logits, self.collapse_fraction):
+                with torch.no_grad():
+                    for p, saved in zip(self.params, params_before):
+                        p.copy_(saved)
+                self.optimizer.load_state_dict(optimizer_before)
+                self.collapse_events += 1
+                break  # `logits` still holds the outputs of the restored parameters
+            logits = new_logits
+            self.adapted_steps += 1
+        return logits.detach()

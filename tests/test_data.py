@@ -1,0 +1,302 @@
+"""Data layer: real MedMNIST and HAM10000 files from `data_root`, synthetic files only for errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hybrid import data as D
+from hybrid.data import DataError
+
+HAM = "ham10000_sources_64.npz"
+VIENNA_SOURCES = ["vidir_molemax", "vidir_modern", "vienna_dias"]
+
+
+def _rng_images(n, h=8, w=8, c=None, seed=0):
+    shape = (n, h, w) if c is None else (n, h, w, c)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- MedMNIST (real files)
+
+
+def test_pneumoniamnist_real(data_root):
+    b = D.load_medmnist("pneumoniamnist", data_root, download=False)
+    assert (len(b.train), len(b.val), len(b.test)) == (4708, 524, 624)
+    assert b.train.images.shape == (4708, 28, 28, 1) and b.train.images.dtype == np.uint8
+    assert b.train.labels.dtype == np.int64 and b.train.labels.shape == (4708,)
+    assert (b.n_classes, b.n_channels, b.positive_class) == (2, 1, 1)
+    assert b.class_names == ["normal", "pneumonia"]
+    assert D.class_counts(b.train.labels, 2) == [1214, 3494]
+    assert b.test_domains == {}
+    summary = json.loads(json.dumps(b.describe()))
+    assert summary["splits"]["test"] == {"n": 624, "class_counts": [234, 390]}
+
+
+def test_breastmnist_disease_label_is_zero(data_root):
+    b = D.load_medmnist("BreastMNIST", data_root)
+    assert b.positive_class == 0 and "malignant" in b.class_names[0]
+    assert D.class_counts(b.train.labels, 2) == [147, 399]
+
+
+def test_retinamnist_rgb_five_classes(data_root):
+    b = D.load_dataset("retinamnist", data_root, seed=3, train_centers=None)  # CLI passes all options
+    assert b.n_classes == 5 and b.n_channels == 3
+    assert b.train.images.shape == (1080, 28, 28, 3)
+    assert D.class_counts(b.test.labels, 5) == [174, 46, 92, 68, 20]
+
+
+def test_present_file_is_never_downloaded(data_root, monkeypatch):
+    import medmnist.dataset
+
+    def no_network(self):
+        raise AssertionError("download attempted although the file exists")
+
+    monkeypatch.setattr(medmnist.dataset.MedMNIST, "download", no_network)
+    assert len(D.load_medmnist("pneumoniamnist", data_root, download=True).test) == 624
+
+
+def test_missing_medmnist_file_says_where_and_how(tmp_path):
+    with pytest.raises(DataError, match="HYBRID_DATA_ROOT") as err:
+        D.load_medmnist("pneumoniamnist", tmp_path, size=64, download=False)
+    assert str(tmp_path / "pneumoniamnist_64.npz") in str(err.value)
+    assert "zenodo" in str(err.value).lower()
+
+
+@pytest.mark.parametrize(
+    "name, match",
+    [("nosuchmnist", "pneumoniamnist"), ("organmnist3d", "3D"), ("chestmnist", "multi-label")],
+)
+def test_unsupported_medmnist_names(name, match, tmp_path):
+    with pytest.raises(DataError, match=match):
+        D.load_medmnist(name, tmp_path, download=False)
+
+
+def test_bad_medmnist_size(data_root):
+    with pytest.raises(DataError, match="224"):
+        D.load_medmnist("pneumoniamnist", data_root, size=32)
+
+
+# ---------------------------------------------------------------- images_to_tensor
+
+
+def test_images_to_tensor_range_shape_and_channels():
+    gray = _rng_images(4, 28, 28)
+    x = D.images_to_tensor(gray)
+    assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert torch.allclose(x[:, 0] * 255, torch.from_numpy(gray).float())
+
+    x3 = D.images_to_tensor(gray[..., None], size=16, channels=3)
+    assert x3.shape == (4, 3, 16, 16) and torch.equal(x3[:, 0], x3[:, 2])
+    assert 0.0 <= x3.min() and x3.max() <= 1.0
+
+    rgb = _rng_images(2, 8, 8, 3)
+    x1 = D.images_to_tensor(rgb, channels=1)
+    assert x1.shape == (2, 1, 8, 8)
+    assert torch.allclose(x1[:, 0], torch.from_numpy(rgb).float().mean(-1) / 255)
+
+    up = D.images_to_tensor(np.full((1, 4, 4, 1), 200, np.uint8), size=32)
+    assert up.shape == (1, 1, 32, 32) and torch.allclose(up, torch.full_like(up, 200 / 255))
+
+
+def test_images_to_tensor_rejects_float_input():
+    with pytest.raises(DataError, match="uint8"):
+        D.images_to_tensor(np.zeros((2, 8, 8), np.float32))
+
+
+# ---------------------------------------------------------------- plain .npz
+
+
+def test_load_npz_medmnist_layout(tmp_path):
+    path = tmp_path / "toy.npz"
+    arrays = {}
+    for i, (s, n) in enumerate([("train", 12), ("val", 4), ("test", 6)]):
+        arrays[f"{s}_images"] = _rng_images(n, seed=i).astype(np.float32) / 255  # floats in [0, 1] are accepted
+        arrays[f"{s}_labels"] = (np.arange(n) % 3).reshape(-1, 1)
+    np.savez(path, **arrays, label_names=np.array(["a", "b", "c"]))
+    b = D.load_npz(path)
+    assert (len(b.train), len(b.val), len(b.test)) == (12, 4, 6)
+    assert b.train.images.dtype == np.uint8 and b.train.images.shape == (12, 8, 8, 1)
+    assert np.array_equal(b.val.images[..., 0], _rng_images(4, seed=1))
+    assert b.n_classes == 3 and b.class_names == ["a", "b", "c"] and b.name == "toy"
+    assert np.array_equal(D.load_dataset(str(path), seed=5).test.labels, b.test.labels)  # fixed splits kept
+
+
+def test_load_npz_plain_arrays_split_reproducibly(tmp_path):
+    path = tmp_path / "plain.npz"
+    labels = np.r_[np.zeros(70, int), np.ones(30, int)]
+    np.savez(path, images=_rng_images(100, 6, 6, 3), labels=labels)
+
+    def parts(seed):
+        b = D.load_npz(path, seed=seed, val_fraction=0.1, test_fraction=0.2)
+        # images are unique random noise, so their bytes identify the original sample
+        return b, [{im.tobytes() for im in getattr(b, s).images} for s in D.SPLITS]
+
+    b, (tr, va, te) = parts(0)
+    assert (len(tr), len(va), len(te)) == (70, 10, 20)
+    assert not (tr & va or tr & te or va & te) and len(tr | va | te) == 100
+    assert D.class_counts(b.test.labels, 2) == [14, 6]  # stratified: 70/30 kept in the test split
+    assert parts(0)[1] == [tr, va, te]
+    assert parts(1)[1] != [tr, va, te]
+
+
+# ---------------------------------------------------------------- multi-center (real HAM10000 subset)
+
+
+def test_multicenter_leave_rosendahl_out(data_root):
+    b = D.load_multicenter_npz(
+        data_root / HAM, label_field="malignant", center_field="source_ids",
+        train_centers=VIENNA_SOURCES, test_centers=["rosendahl"],
+    )
+    assert list(b.test_domains) == ["rosendahl"]
+    rosendahl = b.test_domains["rosendahl"]
+    assert len(rosendahl) == 1259 and int(rosendahl.labels.sum()) == 526
+    assert len(b.train) + len(b.val) + len(b.test) == 4725
+    assert set(np.unique(b.train.centers)) == {0, 1, 2}
+    assert set(np.unique(b.val.centers)) <= {0, 1, 2} and set(np.unique(b.test.centers)) <= {0, 1, 2}
+    assert (b.n_classes, b.n_channels, b.positive_class) == (2, 3, 1)
+    assert b.class_names == ["benign", "malignant"]
+    assert b.center_names == VIENNA_SOURCES + ["rosendahl"]
+    again = D.load_multicenter_npz(data_root / HAM, label_field="malignant", center_field="source_ids",
+                                   test_centers=["3"])  # id string; train defaults to the rest
+    assert np.array_equal(again.val.images, b.val.images)
+    json.dumps(b.describe())
+
+
+def test_multicenter_by_center_name_prefix(data_root):
+    b = D.load_dataset(HAM, root=data_root, center_field="center_ids",
+                       train_centers=["Vienna"], test_centers=["Queensland"])
+    assert b.n_classes == 7 and b.class_names[4] == "mel"
+    [(name, dom)] = b.test_domains.items()
+    assert name.startswith("Queensland") and len(dom) == 1259
+    assert len(b.train) + len(b.val) + len(b.test) == 5984 - 1259
+    assert set(np.unique(b.train.centers)) == {0}
+
+
+@pytest.mark.parametrize(
+    "centers, match", [(["Paris"], "rosendahl"), (["vidir"], "several"), (["7"], "Unknown")]
+)
+def test_multicenter_bad_center(data_root, centers, match):
+    with pytest.raises(DataError, match=match):
+        D.load_multicenter_npz(data_root / HAM, center_field="source_ids", test_centers=centers)
+
+
+def test_multicenter_counts_classes_absent_from_training(tmp_path):
+    path = tmp_path / "mc.npz"
+    labels = np.r_[np.arange(40) % 2, np.full(10, 2)]  # class 2 only at the held-out center
+    centers = np.r_[np.zeros(20, int), np.ones(20, int), np.full(10, 2)]
+    np.savez(path, images=_rng_images(50), labels=labels, center_ids=centers)
+    b = D.load_multicenter_npz(path)  # default: train on 0 and 1, hold out the last center
+    assert b.n_classes == 3 and list(b.test_domains) == ["2"]
+    assert D.class_counts(b.train.labels, 3)[2] == 0
+    assert D.load_dataset(str(path)).n_classes == 3  # no train_images -> treated as multi-center
+
+
+# ---------------------------------------------------------------- center folders
+
+
+def _write_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_load_center_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for center, n in [("centerA", 2), ("centerB", 1)]:
+        for cls in ["normal", "pneumonia"]:
+            for i in range(n):
+                _write_png(tmp_path / center / cls / f"{i}.png", rng.integers(0, 256, (10, 12), dtype=np.uint8))
+    (tmp_path / "centerA" / "notes.txt").write_text("ignored")
+    out = D.load_center_folder(tmp_path)
+    assert list(out) == ["centerA", "centerB"]
+    assert out["centerA"].images.shape == (4, 10, 12, 1)
+    assert out["centerA"].labels.tolist() == [0, 0, 1, 1]
+    assert out["centerB"].centers.tolist() == [1, 1]
+
+    _write_png(tmp_path / "centerC" / "pneumonia" / "x.png", rng.integers(0, 256, (10, 12, 3), dtype=np.uint8))
+    out = D.load_center_folder(tmp_path)  # one colour image makes every center RGB
+    assert out["centerA"].images.shape == (4, 10, 12, 3) and out["centerC"].labels.tolist() == [1]
+
+    _write_png(tmp_path / "centerB" / "normal" / "big.png", np.zeros((20, 20), np.uint8))
+    with pytest.raises(DataError, match="resize"):
+        D.load_center_folder(tmp_path)
+
+
+def test_load_dataset_rejects_folders(tmp_path):
+    with pytest.raises(DataError, match="load_center_folder"):
+        D.load_dataset(str(tmp_path))
+
+
+# ---------------------------------------------------------------- errors a user can make
+
+
+def _save(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_missing_file_mentions_path(tmp_path):
+    with pytest.raises(DataError, match="not found") as err:
+        D.load_npz(tmp_path / "nope.npz")
+    assert str(tmp_path / "nope.npz") in str(err.value)
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(DataError, match="corrupt"):
+        D.load_npz(path)
+    with pytest.raises(DataError, match="corrupt"):
+        D.load_dataset(str(path))
+
+
+def test_missing_keys_lists_expected(tmp_path):
+    path = _save(tmp_path / "x.npz", pixels=_rng_images(5), y=np.zeros(5, int))
+    with pytest.raises(DataError, match="train_images") as err:
+        D.load_npz(path)
+    assert "pixels" in str(err.value) and "'labels'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "images, labels, match",
+    [
+        (np.full((10, 4, 4), np.nan, np.float32), np.zeros(10, int), "NaN"),
+        (_rng_images(10), np.zeros(9, int), "9 labels for 10 images"),
+        (_rng_images(10), np.zeros((10, 2), int), "shape"),
+        (_rng_images(10, c=2), np.zeros(10, int), "C = 1 or 3"),
+        (_rng_images(10), np.full(10, 0.5), "whole numbers"),
+        (_rng_images(10), -np.ones(10, int), "negative"),
+        (np.full((10, 4, 4), 300.0), np.zeros(10, int), "rescale"),
+        (_rng_images(10).astype(np.int16) * 4, np.zeros(10, int), "uint8"),
+    ],
+)
+def test_bad_arrays(tmp_path, images, labels, match):
+    with pytest.raises(DataError, match=match):
+        D.load_npz(_save(tmp_path / "bad.npz", images=images, labels=labels))
+
+
+def test_empty_split(tmp_path):
+    arrays = {f"{s}_{k}": _rng_images(3) if k == "images" else np.zeros(3, int)
+              for s in D.SPLITS for k in ("images", "labels")}
+    arrays["val_images"], arrays["val_labels"] = np.zeros((0, 8, 8), np.uint8), np.zeros(0, int)
+    with pytest.raises(DataError, match="empty"):
+        D.load_npz(_save(tmp_path / "e.npz", **arrays))
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(DataError, match="pneumoniamnist") as err:
+        D.load_dataset("pneumonia-xray")
+    assert "breastmnist" in str(err.value)
+
+
+def test_resolve_data_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("HYBRID_DATA_ROOT", str(tmp_path))
+    assert D.resolve_data_root(None) == tmp_path
+    assert D.resolve_data_root("/elsewhere") == D.Path("/elsewhere")
+    monkeypatch.delenv("HYBRID_DATA_ROOT")
+    assert D.resolve_data_root(None) is None

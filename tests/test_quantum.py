@@ -1,0 +1,218 @@
+"""The quantum layer: both engines agree with Qiskit and with each other, gradients flow."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hybrid.gates import UnsupportedGateError
+from hybrid.quantum import QuantumConfig, QuantumLayer, build_circuit, qiskit_expectations
+from hybrid.statevector import compile_circuit
+
+CONFIGS = [
+    QuantumConfig(n_qubits=n, feature_map=fm, reps=reps, entanglement=ent)
+    for n, fm, reps, ent in itertools.product(
+        [2, 3, 4, 5, 6], ["angle", "zz"], [1, 2, 3], ["linear", "circular", "full"]
+    )
+]
+
+
+def _ids(cfg: QuantumConfig) -> str:
+    return f"{cfg.n_qubits}q-{cfg.feature_map}-r{cfg.reps}-{cfg.entanglement}"
+
+
+def _random_inputs(cfg, batch=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(batch, cfg.n_qubits, generator=g, dtype=torch.float64) * 2 - 1) * np.pi
+    return x
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+def test_statevector_engine_matches_qiskit_statevector(cfg):
+    layer = QuantumLayer(cfg, engine="statevector", seed=1)
+    x = _random_inputs(cfg)
+    with torch.no_grad():
+        layer.weight.uniform_(-np.pi, np.pi)
+        out = layer(x).numpy()
+    ref = qiskit_expectations(layer.spec, x.numpy(), layer.weight.detach().numpy())
+    assert out.shape == (4, cfg.n_qubits)
+    np.testing.assert_allclose(out, ref, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [c for c in CONFIGS if c.n_qubits in (2, 4, 6) and c.reps in (1, 3)] + [QuantumConfig()],
+    ids=_ids,
+)
+def test_qnn_engine_matches_statevector_engine(cfg):
+    """Outputs to 1e-10 and gradients to 1e-8 against EstimatorQNN's own float64 results.
+
+    TorchConnector casts results to float32, so the torch-level comparison of the qnn engine
+    is at float32 precision; the float64 comparison uses the QNN it wraps.
+    """
+    fast = QuantumLayer(cfg, engine="statevector", seed=2)
+    slow = QuantumLayer(cfg, engine="qnn")
+    slow.load_state_dict(fast.state_dict())
+    x = _random_inputs(cfg, batch=3, seed=3)
+    w = fast.weight.detach()
+
+    qnn = slow.connector.neural_network
+    np.testing.assert_allclose(
+        fast(x).detach().numpy(), qnn.forward(x.numpy(), w.numpy()), atol=1e-10, rtol=0
+    )
+    input_grad, weight_grad = qnn.backward(x.numpy(), w.numpy())  # (B, out, in), (B, out, w)
+    jac_x, jac_w = torch.autograd.functional.jacobian(
+        lambda xx, ww: fast.program(xx, ww), (x, w)
+    )  # (B, out, B, in), (B, out, w)
+    jac_x = torch.einsum("bobi->boi", jac_x)
+    np.testing.assert_allclose(jac_x.numpy(), input_grad, atol=1e-8, rtol=0)
+    np.testing.assert_allclose(jac_w.numpy(), weight_grad, atol=1e-8, rtol=0)
+
+    # the torch path of the qnn engine (TorchConnector, float32) agrees too
+    torch.testing.assert_close(slow(x), fast(x), atol=1e-6, rtol=0)
+
+
+def test_qnn_engine_gradients_reach_shared_weight_and_input():
+    cfg = QuantumConfig(n_qubits=3)
+    fast = QuantumLayer(cfg, engine="statevector", seed=4)
+    slow = QuantumLayer(cfg, engine="qnn")
+    slow.load_state_dict(fast.state_dict())
+    x = _random_inputs(cfg, batch=2).requires_grad_(True)
+    slow(x).sum().backward()
+    grad_x_slow, grad_w_slow = x.grad.clone(), slow.weight.grad.clone()
+    x.grad = None
+    fast(x).sum().backward()
+    torch.testing.assert_close(grad_x_slow, x.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad_w_slow, fast.weight.grad, atol=1e-6, rtol=0)
+    assert list(slow.state_dict()) == ["weight"]
+
+
+@pytest.mark.parametrize("feature_map", ["angle", "zz"])
+def test_gradcheck_statevector_engine(feature_map):
+    layer = QuantumLayer(QuantumConfig(n_qubits=3, feature_map=feature_map), engine="statevector", seed=5)
+    x = _random_inputs(layer.config, batch=2).requires_grad_(True)
+    w = layer.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda xx, ww: layer.program(xx, ww), (x, w), atol=1e-8)
+
+
+def test_float32_precision_is_close_to_float64():
+    cfg = QuantumConfig()
+    exact = QuantumLayer(cfg, engine="statevector", seed=6)
+    single = QuantumLayer(cfg, engine="statevector", precision="float32")
+    single.load_state_dict(exact.state_dict())
+    x = _random_inputs(cfg, batch=64).float()
+    out = single(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact(x.double()), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ["statevector", "qnn"])
+def test_gradients_reach_a_layer_before_the_quantum_layer(engine):
+    torch.manual_seed(0)
+    encoder = nn.Linear(6, 4).double()
+    layer = QuantumLayer(QuantumConfig(n_qubits=4), engine=engine, seed=7)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    out = layer(torch.tanh(encoder(x)) * np.pi)
+    out.pow(2).sum().backward()
+    assert encoder.weight.grad is not None
+    assert encoder.weight.grad.abs().sum() > 0
+    assert layer.weight.grad.abs().sum() > 0
+
+
+def test_auto_engine_choice():
+    assert QuantumLayer(engine="auto").engine == "statevector"
+    from qiskit.primitives import StatevectorEstimator
+
+    assert QuantumLayer(engine="auto", estimator=StatevectorEstimator()).engine == "qnn"
+
+
+def test_state_dict_moves_between_engines():
+    fast = QuantumLayer(seed=8)
+    slow = QuantumLayer(engine="qnn", seed=9)
+    assert not torch.equal(fast.weight, slow.weight)
+    slow.load_state_dict(fast.state_dict())
+    assert torch.equal(fast.weight, slow.weight)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_qubits": 0}, "n_qubits"),
+        ({"n_qubits": -2}, "n_qubits"),
+        ({"feature_map": "amplitude"}, "feature map"),
+        ({"entanglement": "star"}, "entanglement"),
+        ({"reps": 0}, "reps"),
+        ({"observables": ("ZZ",)}, "Pauli string"),
+    ],
+)
+def test_bad_config_raises_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QuantumConfig(**kwargs)
+
+
+def test_wrong_input_width_raises_value_error():
+    layer = QuantumLayer(QuantumConfig(n_qubits=4))
+    with pytest.raises(ValueError, match=r"\(batch, 4\)"):
+        layer(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="engine"):
+        QuantumLayer(engine="gpu")
+
+
+def test_custom_observables_non_diagonal():
+    cfg = QuantumConfig(n_qubits=3, observables=("XIZ", "IYY", "ZZZ"))
+    layer = QuantumLayer(cfg, seed=10)
+    x = _random_inputs(cfg, batch=3)
+    ref = qiskit_expectations(layer.spec, x.numpy(), layer.weight.detach().numpy())
+    np.testing.assert_allclose(layer(x).detach().numpy(), ref, atol=1e-10)
+
+
+def test_general_gates_compile_and_match_qiskit():
+    """Gates outside the default circuits take the general paths and still agree."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import ParameterVector
+    from qiskit.quantum_info import SparsePauliOp, Statevector
+
+    x, w = ParameterVector("x", 3), ParameterVector("w", 4)
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    qc.rx(x[0], 1)
+    qc.cx(0, 1)
+    qc.rx(x[1] * x[2], 2)  # input-dependent non-diagonal gate after entanglement
+    qc.crz(w[0], 1, 2)
+    qc.u(w[1], x[2], 0.3, 0)
+    qc.rzz(x[0] + w[2], 0, 2)
+    qc.swap(0, 2)
+    qc.ryy(w[3], 1, 2)
+    qc.sx(1)
+    obs = [SparsePauliOp(p) for p in ("ZII", "IXI", "YIZ")]
+    program = compile_circuit(qc, list(x), list(w), obs)
+    xs = torch.tensor([[0.3, -1.2, 2.0], [1.1, 0.4, -0.7]], dtype=torch.float64)
+    ws = torch.tensor([0.5, -0.9, 1.3, 0.2], dtype=torch.float64)
+    out = program(xs, ws).numpy()
+    for i, row in enumerate(xs.numpy()):
+        bound = qc.assign_parameters(dict(zip(x, row)) | dict(zip(w, ws.numpy())))
+        sv = Statevector(bound)
+        np.testing.assert_allclose(out[i], [sv.expectation_value(o).real for o in obs], atol=1e-10)
+
+
+def test_unsupported_gate_names_the_gate():
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Gate
+    from qiskit.quantum_info import SparsePauliOp
+
+    qc = QuantumCircuit(2)
+    qc.append(Gate("mystery", 2, []), [0, 1])
+    with pytest.raises(UnsupportedGateError, match="mystery"):
+        compile_circuit(qc, [], [], [SparsePauliOp("ZZ")])
+
+
+def test_build_circuit_is_single_source_of_truth():
+    spec = build_circuit(QuantumConfig(n_qubits=4, reps=2))
+    assert spec.circuit.num_qubits == 4
+    assert len(spec.input_params) == 4
+    assert len(spec.weight_params) == 4 * 3  # RealAmplitudes: (reps + 1) * n
+    assert [str(o.paulis[0]) for o in spec.observables] == ["IIIZ", "IIZI", "IZII", "ZIII"]

@@ -1,0 +1,256 @@
+"""Behaviour of the imaging-shift simulation: pure, seeded, in range, and disjoint target centers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hybrid import shifts as S
+from hybrid.shifts import (
+    HELDOUT_SHIFTS,
+    SHIFTS,
+    SOURCE_RANGES,
+    TARGET_RANGES,
+    TRAIN_SHIFTS,
+    VirtualCenter,
+    apply_center,
+    apply_centers,
+    get_shift,
+    make_source_centers,
+    make_target_centers,
+    ranges_disjoint,
+    save_center_grid,
+)
+
+# A realistic, non-identity strength for every registered shift.
+TYPICAL = {
+    "brightness": 0.1,
+    "contrast": 1.3,
+    "sharpen": 1.0,
+    "gaussian_noise": 0.05,
+    "gamma": 1.5,
+    "blur": 0.8,
+    "speckle": 0.15,
+    "poisson": 200.0,
+    "resolution": 2.0,
+}
+NOISY = ("gaussian_noise", "speckle", "poisson")
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _images(b=6, c=1, h=28, w=28, dtype=torch.float32, seed=123) -> torch.Tensor:
+    """Smooth phantom plus texture, kept away from 0 and 1 so shifts are not masked by clamping."""
+    g = _gen(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    base = 0.35 + 0.3 * torch.sin(3 * xx) * torch.cos(2 * yy)
+    x = base + 0.08 * torch.rand(b, c, h, w, generator=g)
+    return x.clamp(0.05, 0.95).to(dtype)
+
+
+def _high_freq_energy(x: torch.Tensor) -> float:
+    dx = x[..., :, 1:] - x[..., :, :-1]
+    dy = x[..., 1:, :] - x[..., :-1, :]
+    return float(dx.pow(2).mean() + dy.pow(2).mean())
+
+
+def test_registry_families():
+    assert TRAIN_SHIFTS == ("brightness", "contrast", "sharpen", "gaussian_noise")
+    assert set(HELDOUT_SHIFTS) == {"gamma", "blur", "speckle", "poisson", "resolution"}
+    assert set(TYPICAL) == set(SHIFTS), "add a typical strength for every new shift"
+    assert tuple(SOURCE_RANGES) == TRAIN_SHIFTS
+
+
+@pytest.mark.parametrize("name", sorted(SHIFTS))
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hw", [(28, 28), (28, 31)])
+def test_every_shift_is_pure_and_in_range(name, channels, dtype, hw):
+    x = _images(c=channels, h=hw[0], w=hw[1], dtype=dtype)
+    before = x.clone()
+    y = get_shift(name).fn(x, TYPICAL[name], _gen(0))
+    assert torch.equal(x, before), "shift modified its input in place"
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert y.min() >= 0 and y.max() <= 1
+    assert not torch.equal(y, x), "typical strength should change the image"
+    assert y.data_ptr() != x.data_ptr()
+
+
+@pytest.mark.parametrize("name", sorted(SHIFTS))
+def test_same_seed_same_output(name):
+    x = _images(c=3)
+    a = get_shift(name).fn(x, TYPICAL[name], _gen(7))
+    b = get_shift(name).fn(x, TYPICAL[name], _gen(7))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", NOISY)
+def test_different_seed_different_noise(name):
+    x = _images()
+    a = get_shift(name).fn(x, TYPICAL[name], _gen(1))
+    b = get_shift(name).fn(x, TYPICAL[name], _gen(2))
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "name,strength",
+    [("brightness", 0.0), ("contrast", 1.0), ("sharpen", 0.0), ("gaussian_noise", 0.0),
+     ("gamma", 1.0), ("resolution", 1.0), ("blur", 0.0), ("speckle", 0.0)],
+)
+def test_identity_strengths(name, strength):
+    x = _images(c=3, dtype=torch.float64)
+    torch.testing.assert_close(get_shift(name).fn(x, strength, _gen(0)), x)
+
+
+def test_brightness_raises_mean():
+    x = _images()
+    assert S.brightness(x, 0.1, None).mean() > x.mean() + 0.09
+
+
+def test_contrast_below_one_lowers_std_keeps_mean():
+    x = _images()
+    y = S.contrast(x, 0.7, None)
+    assert y.std() < 0.75 * x.std()
+    torch.testing.assert_close(y.mean(), x.mean(), atol=1e-5, rtol=0)
+
+
+def test_blur_lowers_high_frequency_energy_and_sharpen_raises_it():
+    x = _images()
+    assert _high_freq_energy(S.blur(x, 0.8, None)) < 0.5 * _high_freq_energy(x)
+    assert _high_freq_energy(S.sharpen(x, 1.0, None)) > 1.5 * _high_freq_energy(x)
+    assert _high_freq_energy(S.resolution(x, 2.0, None)) < _high_freq_energy(x)
+
+
+def test_gamma_direction():
+    x = _images()
+    assert S.gamma(x, 1.5, None).mean() < x.mean() < S.gamma(x, 0.7, None).mean()
+
+
+@pytest.mark.parametrize("name", NOISY)
+def test_noise_raises_variance_of_residual(name):
+    x = _images(b=16)
+    weak = {"gaussian_noise": 0.01, "speckle": 0.02, "poisson": 5000.0}[name]
+    strong = {"gaussian_noise": 0.05, "speckle": 0.15, "poisson": 100.0}[name]
+    fn = get_shift(name).fn
+    assert (fn(x, strong, _gen(0)) - x).var() > 4 * (fn(x, weak, _gen(0)) - x).var()
+
+
+def test_gaussian_noise_sigma_is_measured_sigma():
+    x = torch.full((8, 1, 28, 28), 0.5)
+    residual = S.gaussian_noise(x, 0.03, _gen(0)) - x
+    assert abs(residual.std().item() - 0.03) < 0.002
+
+
+def test_bad_strengths_raise():
+    x = _images()
+    with pytest.raises(ValueError, match="resolution factor"):
+        S.resolution(x, 0.5, None)
+    with pytest.raises(ValueError, match="gamma"):
+        S.gamma(x, 0.0, None)
+    with pytest.raises(ValueError, match="sigma"):
+        S.gaussian_noise(x, -0.1, None)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        S.brightness(x[0], 0.1, None)
+
+
+def test_unknown_shift_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        get_shift("solarize")
+    for name in SHIFTS:
+        assert name in str(err.value)
+    with pytest.raises(ValueError, match="brightness"):
+        VirtualCenter("bad", (("solarize", 1.0),))
+
+
+def test_source_centers_seeded_and_within_ranges():
+    a, b = make_source_centers(4, seed=0), make_source_centers(4, seed=0)
+    assert a == b
+    assert make_source_centers(4, seed=1) != a
+    assert [c.name for c in a] == ["src0", "src1", "src2", "src3"]
+    assert len({c.shifts for c in a}) == 4, "centers should differ from each other"
+    for c in a + make_source_centers(16, seed=3):
+        assert [n for n, _ in c.shifts] == list(SOURCE_RANGES)
+        for name, strength in c.shifts:
+            lo, hi = SOURCE_RANGES[name]
+            assert lo <= strength <= hi, (c.name, name, strength)
+
+
+def test_target_ranges_disjoint_from_source():
+    assert ranges_disjoint()
+    for name, intervals in TARGET_RANGES.items():
+        assert name in SHIFTS
+        if name in SOURCE_RANGES:
+            s_lo, s_hi = SOURCE_RANGES[name]
+            for lo, hi in intervals:
+                assert hi < s_lo or lo > s_hi, (name, lo, hi)
+    # The checker really detects an overlap.
+    assert not ranges_disjoint(target={"contrast": ((1.2, 1.3),)})
+
+
+def test_target_centers_fixed_and_inside_target_ranges():
+    centers = make_target_centers()
+    assert centers == make_target_centers()
+    names = [c.name for c in centers]
+    assert len(names) == len(set(names)) >= 8
+    assert all(n.startswith("tgt_") for n in names)
+    used = set()
+    for c in centers:
+        for name, strength in c.shifts:
+            used.add(name)
+            assert any(lo <= strength <= hi for lo, hi in TARGET_RANGES[name]), (c.name, name, strength)
+    assert set(HELDOUT_SHIFTS) <= used, "every held-out family should appear in some target center"
+
+
+def test_apply_center_is_pure_and_ordered():
+    x = _images(c=3)
+    before = x.clone()
+    center = VirtualCenter("c", (("brightness", 0.1), ("gaussian_noise", 0.02)))
+    y = apply_center(x, center, _gen(0))
+    assert torch.equal(x, before)
+    g = _gen(0)
+    expected = S.gaussian_noise(S.brightness(x, 0.1, g), 0.02, g)
+    assert torch.equal(y, expected)
+    empty = apply_center(x, VirtualCenter("none", ()))
+    assert torch.equal(empty, x) and empty.data_ptr() != x.data_ptr()
+
+
+def test_apply_centers_matches_apply_center_per_group():
+    x = _images(b=10, c=1)
+    before = x.clone()
+    centers = make_source_centers(3, seed=0)
+    ids = torch.tensor([2, 0, 0, 1, 2, 2, 0, 1, 1, 0])
+    out = apply_centers(x, ids, centers, _gen(5))
+    assert torch.equal(x, before)
+    g = _gen(5)  # groups are processed in increasing center id, sharing one generator
+    for cid in range(3):
+        mask = ids == cid
+        assert torch.equal(out[mask], apply_center(x[mask], centers[cid], g))
+    assert torch.equal(out, apply_centers(x, ids, centers, _gen(5)))
+
+
+def test_apply_centers_rejects_bad_ids():
+    x = _images(b=4)
+    centers = make_source_centers(2)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        apply_centers(x, torch.tensor([0, 1, 2, 0]), centers)
+    with pytest.raises(ValueError, match="shape"):
+        apply_centers(x, torch.tensor([0, 1]), centers)
+
+
+def test_virtual_center_json_round_trip():
+    for c in make_source_centers(2) + make_target_centers():
+        back = VirtualCenter.from_dict(json.loads(json.dumps(c.to_dict())))
+        assert back == c
+        assert isinstance(back.shifts, tuple) and isinstance(back.shifts[0], tuple)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_save_center_grid_writes_png(tmp_path, channels):
+    image = _images(b=1, c=channels)[0]
+    path = save_center_grid(image, make_source_centers(2) + make_target_centers(), tmp_path / "sub" / "grid.png")
+    assert path.is_file()
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
