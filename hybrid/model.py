@@ -1,0 +1,148 @@
+"""The hybrid network: MobileNetV2 encoder, quantum enhancement, classifier, DANN discriminator.
+
+    image -> MobileNetV2 -> pooled features -> embedding f (embed_dim)
+    f -> Linear -> angles in [0, pi] -> QuantumLayer -> q (n_qubits expectation values)
+    [f, q] -> classifier -> class logits
+    f -> GradientReversal(lambda) -> discriminator -> center logits   (training only)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrid.config import TrainConfig
+from hybrid.quantum import QuantumLayer
+
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lam: float) -> torch.Tensor:
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.lam * grad, None
+
+
+def grad_reverse(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Identity forward, gradient multiplied by -lam backward (Ganin & Lempitsky, 2015)."""
+    return _ReverseGrad.apply(x, lam)
+
+
+def dann_lambda(progress: float, max_lambda: float = 1.0) -> float:
+    """DANN schedule 2/(1+exp(-10p)) - 1, scaled to `max_lambda`; p in [0, 1] is training progress."""
+    p = min(max(progress, 0.0), 1.0)
+    return max_lambda * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
+
+
+def _load_pretrained(weights_path: str | None) -> dict:
+    if weights_path:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights file {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state.get("state_dict", state) if isinstance(state, dict) else state
+    from torchvision.models import MobileNet_V2_Weights
+
+    try:
+        return MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    except Exception as exc:  # no network: say how to use a local file
+        raise RuntimeError(
+            "could not download ImageNet weights for MobileNetV2 "
+            f"({type(exc).__name__}); save torchvision's mobilenet_v2 state_dict to a file and "
+            "pass it with --weights-path"
+        ) from exc
+
+
+def build_encoder(in_channels: int, width_mult: float = 1.0, stem_stride: int = 2,
+                  pretrained: bool = False, weights_path: str | None = None) -> tuple[nn.Module, int]:
+    """torchvision MobileNetV2 features + global pooling; returns (module, feature width)."""
+    from torchvision.models import mobilenet_v2
+
+    if in_channels not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {in_channels}")
+    if pretrained and width_mult != 1.0:
+        raise ValueError("ImageNet weights exist only for width_mult=1.0")
+    net = mobilenet_v2(weights=None, width_mult=width_mult)
+    if pretrained:
+        net.load_state_dict(_load_pretrained(weights_path))
+    stem = net.features[0][0]
+    if in_channels != 3 or stem_stride != stem.stride[0]:
+        new = nn.Conv2d(in_channels, stem.out_channels, 3, stride=stem_stride, padding=1, bias=False)
+        with torch.no_grad():
+            # grayscale: sum the RGB filters, so pretrained filters keep their response
+            new.weight.copy_(stem.weight if in_channels == 3 else stem.weight.sum(dim=1, keepdim=True))
+        net.features[0][0] = new
+    return nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()), net.last_channel
+
+
+class HybridNet(nn.Module):
+    """`forward(x)` returns class logits; `forward_train` also returns center logits."""
+
+    def __init__(self, config: TrainConfig, in_channels: int, n_classes: int, n_domains: int,
+                 layer_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder, width = build_encoder(
+            in_channels, config.width_mult, config.stem_stride, config.pretrained, config.weights_path
+        )
+        # pretrained filters expect ImageNet statistics; otherwise centre [0, 1] images
+        mean, std = ((0.449, 0.226) if config.pretrained else (0.5, 0.25))
+        self.register_buffer("pixel_mean", torch.tensor(mean))
+        self.register_buffer("pixel_std", torch.tensor(std))
+        self.embed = nn.Sequential(
+            nn.Linear(width, config.embed_dim), nn.BatchNorm1d(config.embed_dim), nn.ReLU(inplace=True)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.quantum: QuantumLayer | None = None
+        extra = 0
+        if config.quantum:
+            self.project = nn.Linear(config.embed_dim, config.n_qubits)
+            self.quantum = QuantumLayer(
+                config.quantum_config(), precision=config.q_precision, seed=config.seed,
+                **(layer_kwargs or {"engine": "statevector"}),
+            )
+            extra = self.quantum.n_outputs
+        self.classifier = nn.Linear(config.embed_dim + extra, n_classes)
+        self.discriminator = nn.Sequential(
+            nn.Linear(config.embed_dim, 128), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(128, n_domains)
+        ) if n_domains > 1 else None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The domain-invariant embedding f (what the discriminator sees)."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        return self.embed(self.encoder(x))
+
+    def quantum_angles(self, f: torch.Tensor) -> torch.Tensor:
+        """Encoder features squashed to rotation angles in [0, pi] for the feature map."""
+        return (torch.tanh(self.project(f)) + 1.0) * (math.pi / 2)
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(f)
+        if self.quantum is not None:
+            q = self.quantum(self.quantum_angles(f))
+            h = torch.cat([h, q], dim=1)
+        return self.classifier(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def forward_train(self, x: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        f = self.features(x)
+        domain_logits = None
+        if self.discriminator is not None:
+            domain_logits = self.discriminator(grad_reverse(f, lam))
+        return self.head(f), domain_logits
+
+
+def domain_loss(domain_logits: torch.Tensor | None, domains: torch.Tensor) -> torch.Tensor:
+    if domain_logits is None:
+        return torch.zeros(())
+    return F.cross_entropy(domain_logits, domains)
