@@ -51,7 +51,7 @@ ROWS = {  # row key -> description, in table order
     "pennylane-float64": "PennyLane default.qubit (backprop)",
 }
 QNN_NOTE = (
-    "batches larger than {size} are timed on a {size}-sample sub-batch and reported as that "
+    "batches larger than {size} are timed on sub-batches of {size} samples and reported at that "
     "rate: parameter shift evaluates 2 shifted circuits per parameter for every sample, so "
     "samples/s is assumed not to improve with batch size"
 )
@@ -96,8 +96,8 @@ def measure(step: Callable[[], None], samples: int, *, min_seconds: float, repea
 def measure_qnn(config, seed, x, batches, *, max_seconds, sub_batch, reference) -> dict:
     """qiskit-machine-learning within `max_seconds` in all (construction, warm-up, agreement).
 
-    A step already started is never interrupted, so the cap is overrun by at most one step:
-    a new step starts only while the last one's duration still fits.
+    A new step starts only while the last one's duration still fits; each timed size gets
+    at least one step, and a step is never interrupted, so the cap can be overrun by that.
     """
     deadline = time.perf_counter() + max_seconds
     layer = QuantumLayer(config, engine="qnn", seed=seed)
@@ -192,13 +192,17 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _load_average() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def machine_info() -> dict:
     return {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "cpus_available": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": _load_average(),
         **{f"{p.replace('-', '_')}_version": _version(p)
            for p in ("torch", "numpy", "qiskit", "qiskit-machine-learning", "pennylane")},
     }
@@ -208,6 +212,14 @@ def run(args: argparse.Namespace) -> dict:
     config = QuantumConfig(n_qubits=args.qubits, feature_map="zz", feature_map_reps=2,
                            reps=args.reps, entanglement="linear")
     batches = args.batches
+    machine = machine_info()  # before the run, for the load average
+    load = machine["load_average_at_start"]
+    if load and load[0] >= machine["cpus_available"] and torch.get_num_threads() > 1:
+        # seen here: 2 threads on 2 busy CPUs made every step wait ~170 ms for a preempted
+        # thread, 100x slower than --threads 1
+        logger.warning("load %.1f on %d CPUs with %d torch threads: timings may stall; "
+                       "consider --threads 1", load[0], machine["cpus_available"],
+                       torch.get_num_threads())
     gen = torch.Generator().manual_seed(args.seed)
     x_all = torch.rand(max(batches), config.n_qubits, generator=gen, dtype=torch.float64) * math.pi
     timing = {"min_seconds": args.min_seconds, "repeats": args.repeats}
@@ -263,11 +275,12 @@ def run(args: argparse.Namespace) -> dict:
         logger.warning("PennyLane skipped: %s", pl["note"])
 
     goal_batch = args.goal_batch if args.goal_batch in batches else max(batches)
+    machine["load_average_at_end"] = _load_average()
     return {"benchmark": "qnn_throughput", "config": config.to_dict(), "batches": batches,
             "step": "layer(x).sum().backward(), gradients to inputs and weights",
             "timing": {**timing, "statistic": "median of repeats",
                        "qnn_max_seconds": args.qnn_max_seconds, "qnn_sub_batch": args.qnn_sub_batch},
-            "machine": machine_info(), "engines": engines, "checks": checks,
+            "machine": machine, "engines": engines, "checks": checks,
             "goals": goals(engines, checks, goal_batch)}
 
 
@@ -297,6 +310,10 @@ def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def _fmt_load(load: list[float] | None) -> str:
+    return "n/a" if load is None else " ".join(f"{v:.2f}" for v in load)
 
 
 def format_report(result: dict) -> str:
@@ -329,7 +346,8 @@ def format_report(result: dict) -> str:
                      f"tolerance {pl['tolerance']:.0e}")
     m = result["machine"]
     lines.append(f"torch {m['torch_version']}, {m['torch_threads']} threads, "
-                 f"{m['cpus_available']} CPUs, load average {m['load_average_at_start']}")
+                 f"{m['cpus_available']} CPUs, load average (1/5/15 min) at start "
+                 f"{_fmt_load(m['load_average_at_start'])}, at end {_fmt_load(m['load_average_at_end'])}")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ class TrainConfig:
     data_root: str | None = None  # folder with MedMNIST files; else $HYBRID_DATA_ROOT, else ~/.medmnist
     size: int = 28  # MedMNIST image size to load (28, 64, 128, 224)
     input_size: int = 32  # images are resized to this before the encoder
+    max_train_samples: int | None = None  # random training subset, for quick runs and tests
     label_field: str = "labels"  # multi-center npz: which label array (e.g. "malignant")
     center_field: str = "center_ids"  # multi-center npz: which center id array
     train_centers: str | None = None  # multi-center npz: comma-separated names/ids that train
@@ -108,7 +109,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         kind = {int: int, float: float, str: str}.get(type(default), str)
-        if f.name in ("threads",):
+        if f.name in ("threads", "max_train_samples"):
             kind = int
         parser.add_argument(flag, type=kind, default=default, choices=_CHOICES.get(f.name), help=help_text)
 

@@ -171,6 +171,18 @@ def _read_medmnist_layout(npz, path: Path) -> dict[str, Split]:
                            f"{path.name} [{s}]") for s in SPLITS}
 
 
+def load_eval_npz(path) -> Split:
+    """All evaluation images of an .npz: its `test_*` arrays, or its `images`/`labels` arrays."""
+    path = Path(path)
+    npz = _open_npz(path)
+    keys = set(npz.files)
+    for images_key, labels_key in (("test_images", "test_labels"), ("images", "labels")):
+        if {images_key, labels_key} <= keys:
+            return _make_split(_read(npz, images_key, path), _read(npz, labels_key, path), path.name)
+    raise DataError(f"{path} has keys {sorted(keys)}; an evaluation file needs test_images/test_labels "
+                    "or images/labels.")
+
+
 def _split_indices(strata: np.ndarray, seed: int, val_fraction: float, test_fraction: float, where: str):
     """Reproducible stratified (train, val, test) indices.
 

@@ -134,7 +134,7 @@ def load_run(run_dir: Path, backend_name: str | None = None, **backend_options):
 
 
 def _domains_from_data(spec: str, cfg: TrainConfig, ckpt: dict, root) -> dict[str, tuple]:
-    from hybrid.data import load_center_folder, load_dataset
+    from hybrid.data import load_center_folder, load_dataset, load_eval_npz
 
     path = Path(spec)
     channels = ckpt["in_channels"]
@@ -145,15 +145,22 @@ def _domains_from_data(spec: str, cfg: TrainConfig, ckpt: dict, root) -> dict[st
             check_labels(split.labels, ckpt["n_classes"], f"center folder {name!r}")
             out[name] = split_to_tensors(split, cfg.input_size, channels)
         return out
-    bundle = load_dataset(spec, root=root, size=cfg.size)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path) as npz:
+            multicenter = bool({"center_ids", "source_ids"} & set(npz.files))
+        if not multicenter:
+            split = load_eval_npz(path)
+            check_labels(split.labels, ckpt["n_classes"], str(spec))
+            return {path.stem: split_to_tensors(split, cfg.input_size, channels)}
+    bundle = load_dataset(spec, root=root, size=cfg.size, label_field=cfg.label_field,
+                          center_field=cfg.center_field, test_centers=cfg.test_centers)
+    if not bundle.test_domains:
+        check_labels(bundle.test.labels, ckpt["n_classes"], str(spec))
+        return {path.stem: split_to_tensors(bundle.test, cfg.input_size, channels)}
     domains = {}
-    if bundle.test_domains:
-        for name, split in bundle.test_domains.items():
-            check_labels(split.labels, ckpt["n_classes"], f"{spec} domain {name!r}")
-            domains[name] = split_to_tensors(split, cfg.input_size, channels)
-    else:
-        check_labels(bundle.test.labels, ckpt["n_classes"], f"{spec}")
-        domains[Path(spec).stem] = split_to_tensors(bundle.test, cfg.input_size, channels)
+    for name, split in bundle.test_domains.items():
+        check_labels(split.labels, ckpt["n_classes"], f"{spec} domain {name!r}")
+        domains[f"real:{name}"] = split_to_tensors(split, cfg.input_size, channels)
     return domains
 
 

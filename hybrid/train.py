@@ -101,6 +101,29 @@ class DomainSampler:
         return apply_centers(x, ids, self.centers, generator) if self.centers else x
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model, x: torch.Tensor, batch_size: int) -> None:
+    """Precise BN: replace running statistics with exact averages over `x` under current weights.
+
+    With few steps per epoch and a high learning rate, the exponential running averages lag
+    far behind the weights, and eval-mode predictions collapse; one forward pass over a
+    sample of (shifted) training images fixes that for the cost of a fraction of an epoch.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
+    was_training = model.training
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for start in range(0, len(x), batch_size):
+        if len(x) - start > 1:
+            model(x[start:start + batch_size])
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def _val_auc(model, x, y, positive_class, batch_size) -> tuple[float, float]:
     probs = predict_probs(model, x, "none", batch_size)
     loss = float(F.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-12)), y))
@@ -109,7 +132,7 @@ def _val_auc(model, x, y, positive_class, batch_size) -> tuple[float, float]:
 
 
 def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: bool = False,
-          command: str | None = None) -> dict:
+          command: str | None = None, on_epoch_end=None) -> dict:
     """Train, select the best epoch on source validation, evaluate on unseen centers."""
     from tqdm.auto import tqdm
 
@@ -133,6 +156,11 @@ def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: boo
                           center_field=cfg.center_field, train_centers=cfg.train_centers,
                           test_centers=cfg.test_centers, seed=cfg.seed)
     channels = bundle.n_channels
+    if cfg.max_train_samples and cfg.max_train_samples < len(bundle.train):
+        keep = np.random.default_rng(cfg.seed).choice(len(bundle.train), cfg.max_train_samples, replace=False)
+        keep.sort()
+        centers = bundle.train.centers[keep] if bundle.train.centers is not None else None
+        bundle.train = type(bundle.train)(bundle.train.images[keep], bundle.train.labels[keep], centers)
     x_train, y_train = split_to_tensors(bundle.train, cfg.input_size, channels)
     x_val, y_val = split_to_tensors(bundle.val, cfg.input_size, channels)
     sampler = DomainSampler(cfg, bundle.train.centers)
@@ -161,7 +189,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: boo
             "n_domains": sampler.n_domains if use_dann else 1, "positive_class": bundle.positive_class,
             "class_names": bundle.class_names, "threshold": None}
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -205,6 +233,9 @@ def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: boo
             if domain_logits is not None:
                 sums["dom_acc"] += float((domain_logits.argmax(1) == domains).float().mean()) * n
             bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", lam=f"{lam:.2f}")
+        calib = order[: min(len(order), 8 * cfg.batch_size)]
+        recalibrate_batchnorm(model, sampler.shift(x_train[calib], sampler.draw(calib, generator), generator),
+                              cfg.batch_size)
         val_auc, val_loss = _val_auc(model, x_val, y_val, bundle.positive_class, cfg.eval_batch_size)
         record = {
             "epoch": epoch + 1, "train_loss": sums["loss"] / sums["n"], "cls_loss": sums["cls"] / sums["n"],
@@ -222,6 +253,8 @@ def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: boo
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                      "epoch": epoch, "best": best}, last_path)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
         log.info("epoch %d/%d  loss %.4f  val AUC %.4f%s  (%.0f s)", epoch + 1, cfg.epochs, record["train_loss"],
                  val_auc, "  *best*" if improved else "", record["seconds"])
     train_seconds = time.perf_counter() - started

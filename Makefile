@@ -1,0 +1,32 @@
+# Newcomer commands: `make test` (set up + run the tests), `make run` (set up + train + evaluate).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_ROOT ?= $(abspath ../shared/data)
+export HYBRID_DATA_ROOT ?= $(DATA_ROOT)
+
+.PHONY: setup test run bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned to the release that lies on this machine's disk (a CPU-only
+	# machine elsewhere can use any torch>=2.2)
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q "torch>=2.2" "torchvision>=0.17"
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q
+
+run: setup
+	$(PY) -m hybrid.train --backend aer --out runs/default
+
+bench: setup
+	$(PY) -m benchmarks.qnn_throughput
+	$(PY) -m benchmarks.epoch_time
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,78 @@
+"""The throughput benchmark runs end to end in --quick mode and writes well-formed results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    # benchmarks/ is not an installed package and a bare `pytest` does not put the repo root
+    # on sys.path, so the module is loaded from its file.
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks.qnn_throughput", REPO_ROOT / "benchmarks" / "qnn_throughput.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_benchmark_writes_complete_results(bench, tmp_path):
+    out = tmp_path / "q.json"
+    returned = bench.main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["batches"] == returned["batches"] == [2, 4]
+    assert result["config"]["n_qubits"] == 4 and result["config"]["feature_map"] == "zz"
+    assert set(result["engines"]) == set(bench.ROWS)
+    for key, row in result["engines"].items():
+        if key.startswith("pennylane") and row["status"] == "skipped":
+            assert row["note"] and row["cells"] == []
+            continue
+        assert row["status"] == "measured", key
+        assert [c["batch"] for c in row["cells"]] == result["batches"], key
+        assert all(c["samples_per_s"] > 0 for c in row["cells"]), key
+    # the qnn cells larger than the sub-batch are extrapolated, and say so
+    qnn = result["engines"]["qnn-float64"]
+    assert qnn["cells"][-1]["extrapolated"] and "sub-batch" in qnn["note"]
+    assert result["checks"]["qnn_vs_statevector"]["max_abs_diff"] < 1e-6  # float32 connector
+    pl = result["checks"].get("pennylane_vs_statevector")
+    if result["engines"]["pennylane-float64"]["status"] == "measured":
+        assert pl["pass"] and pl["max_abs_diff"] < 1e-8
+        assert pl["input_grad_max_abs_diff"] < 1e-8 and pl["weight_grad_max_abs_diff"] < 1e-8
+    for goal in result["goals"]:
+        assert goal["batch"] == 4  # --goal-batch 256 is not run in quick mode: the largest is
+        assert goal["pass"] in (True, False, None) and goal["target"] > 1
+    assert result["machine"]["torch_threads"] >= 1 and result["machine"]["torch_version"]
+
+
+def test_goals_compare_statevector_float64_with_each_baseline(bench):
+    def row(rate):
+        return {"cells": [{"batch": 256, "samples_per_s": rate}]}
+
+    engines = {"statevector-float64": row(100_000.0), "pennylane-float64": row(5_000.0),
+               "qnn-float64": row(20.0)}
+    agree = {"pennylane_vs_statevector": {"pass": True}}
+    by_baseline = {g["baseline"]: g for g in bench.goals(engines, agree, 256)}
+    assert by_baseline["pennylane-float64"]["speedup"] == 20.0
+    assert by_baseline["pennylane-float64"]["pass"] is True
+    assert by_baseline["qnn-float64"]["speedup"] == 5_000.0
+    assert by_baseline["qnn-float64"]["pass"] is False  # below 10,000x
+    # a PennyLane circuit that disagrees with ours is not a valid baseline
+    disagree = {"pennylane_vs_statevector": {"pass": False}}
+    assert bench.goals(engines, disagree, 256)[0]["pass"] is False
+    # an unmeasured baseline is neither a pass nor a failure
+    engines["pennylane-float64"] = {"cells": []}
+    assert bench.goals(engines, agree, 256)[0]["pass"] is None
+
+
+def test_pennylane_is_an_optional_import(bench, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pennylane", None)  # as if not installed
+    with pytest.raises(ImportError):
+        bench.pennylane_forward(bench.QuantumConfig())
