@@ -69,28 +69,37 @@ def training_step(forward: Callable, x: torch.Tensor, params: list[torch.Tensor]
     return step
 
 
-def measure(step: Callable[[], None], samples: int, *, min_seconds: float, repeats: int) -> dict:
-    """Median samples/s over `repeats` (or more) timed repeats lasting `min_seconds` in all."""
-    warm_start, calls = time.perf_counter(), 0
-    while calls < 2 or time.perf_counter() - warm_start < min_seconds / 5:
-        step()
-        calls += 1
-    per_call = (time.perf_counter() - warm_start) / calls
-    iters = max(1, math.ceil(min_seconds / repeats / per_call))
-    rates, start = [], time.perf_counter()
-    while len(rates) < repeats or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        for _ in range(iters):
+def measure(steps: dict[str, Callable[[], None]], samples: int, *, min_seconds: float,
+            repeats: int) -> dict[str, dict]:
+    """Median samples/s of each step over `repeats` (or more) repeats, `min_seconds` in all.
+
+    The engines take turns repeat by repeat, so a burst of load from other processes slows
+    all of them a little rather than whichever one happened to be running.
+    """
+    iters, calls = {}, {}
+    for key, step in steps.items():
+        warm_start, calls[key] = time.perf_counter(), 0
+        while calls[key] < 2 or time.perf_counter() - warm_start < min_seconds / 5:
             step()
-        rates.append(samples * iters / (time.perf_counter() - t))
-    return {
-        "samples_per_s": statistics.median(rates),
-        "repeats_samples_per_s": rates,
-        "iterations_per_repeat": iters,
-        "warmup_calls": calls,
-        "timed_seconds": time.perf_counter() - start,
-        "timed_batch": samples,
-    }
+            calls[key] += 1
+        per_call = (time.perf_counter() - warm_start) / calls[key]
+        iters[key] = max(1, math.ceil(min_seconds / repeats / per_call))
+    rates: dict[str, list[float]] = {key: [] for key in steps}
+    spent = dict.fromkeys(steps, 0.0)
+    while any(len(rates[k]) < repeats or spent[k] < min_seconds for k in steps):
+        for key, step in steps.items():
+            if len(rates[key]) >= repeats and spent[key] >= min_seconds:
+                continue
+            t = time.perf_counter()
+            for _ in range(iters[key]):
+                step()
+            took = time.perf_counter() - t
+            spent[key] += took
+            rates[key].append(samples * iters[key] / took)
+    return {key: {"samples_per_s": statistics.median(rates[key]),
+                  "repeats_samples_per_s": rates[key], "iterations_per_repeat": iters[key],
+                  "warmup_calls": calls[key], "timed_seconds": spent[key], "timed_batch": samples}
+            for key in steps}
 
 
 def measure_qnn(config, seed, x, batches, *, max_seconds, sub_batch, reference) -> dict:
@@ -216,7 +225,7 @@ def run(args: argparse.Namespace) -> dict:
     load = machine["load_average_at_start"]
     if load and load[0] >= machine["cpus_available"] and torch.get_num_threads() > 1:
         # seen here: 2 threads on 2 busy CPUs made every step wait ~170 ms for a preempted
-        # thread, 100x slower than --threads 1
+        # thread, up to 100x slower than --threads 1
         logger.warning("load %.1f on %d CPUs with %d torch threads: timings may stall; "
                        "consider --threads 1", load[0], machine["cpus_available"],
                        torch.get_num_threads())
@@ -228,13 +237,35 @@ def run(args: argparse.Namespace) -> dict:
                                       "note": None, "cells": []} for key, desc in ROWS.items()}
     reference = QuantumLayer(config, engine="statevector", precision="float64", seed=args.seed)
 
-    for precision in ("float64", "float32"):
-        key = f"statevector-{precision}"
-        layer = reference if precision == "float64" else QuantumLayer(
-            config, engine="statevector", precision=precision, seed=args.seed)
-        for b in batches:
-            x = x_all[:b].to(getattr(torch, precision)).requires_grad_()
-            cell = measure(training_step(layer, x, [layer.weight]), b, **timing)
+    # key -> (forward, trainable tensors, input dtype), timed side by side batch by batch
+    timed = {"statevector-float64": (reference, [reference.weight], torch.float64)}
+    layer32 = QuantumLayer(config, engine="statevector", precision="float32", seed=args.seed)
+    timed["statevector-float32"] = (layer32, [layer32.weight], torch.float32)
+    checks: dict[str, dict] = {}
+    pl = engines["pennylane-float64"]
+    try:
+        circuit = pennylane_forward(config)
+    except (ImportError, ValueError) as exc:
+        hint = "; pip install -e '.[bench]'" if isinstance(exc, ImportError) else ""
+        pl.update(status="skipped", note=f"{exc}{hint}")
+        logger.warning("PennyLane skipped: %s", pl["note"])
+    else:
+        weights = reference.weight.detach().clone().requires_grad_()
+
+        def pennylane(v):
+            return circuit(v, weights)
+
+        checks["pennylane_vs_statevector"] = agreement(pennylane, weights, reference, x_all[:64])
+        logger.info("PennyLane vs statevector: max |diff| %.2e",
+                    checks["pennylane_vs_statevector"]["max_abs_diff"])
+        timed["pennylane-float64"] = (pennylane, [weights], torch.float64)
+
+    for b in batches:
+        steps = {}
+        for key, (forward, params, dtype) in timed.items():
+            x = x_all[:b].to(dtype, copy=True).requires_grad_()
+            steps[key] = training_step(forward, x, params)
+        for key, cell in measure(steps, b, **timing).items():
             engines[key]["cells"].append({"batch": b, **cell})
             logger.info("%s batch %d: %.0f samples/s", key, b, cell["samples_per_s"])
 
@@ -244,41 +275,15 @@ def run(args: argparse.Namespace) -> dict:
     engines["qnn-float64"].update(cells=qnn["cells"], note=qnn["note"])
     for cell in qnn["cells"]:
         logger.info("qnn-float64 batch %d: %.2f samples/s", cell["batch"], cell["samples_per_s"])
-    checks = {"qnn_vs_statevector": {
+    checks["qnn_vs_statevector"] = {
         "max_abs_diff": qnn["max_abs_diff_vs_statevector"],
-        "note": "TorchConnector returns float32, so differences of ~1e-8 are expected"}}
-
-    pl = engines["pennylane-float64"]
-    try:
-        circuit = pennylane_forward(config)
-    except ImportError as exc:
-        circuit = None
-        pl.update(status="skipped", note=f"PennyLane not installed ({exc}); pip install -e .[bench]")
-    except ValueError as exc:
-        circuit = None
-        pl.update(status="skipped", note=str(exc))
-    if circuit is not None:
-        weights = reference.weight.detach().clone().requires_grad_()
-
-        def forward(v):
-            return circuit(v, weights)
-
-        checks["pennylane_vs_statevector"] = agreement(forward, weights, reference, x_all[:64])
-        logger.info("PennyLane vs statevector: max |diff| %.2e",
-                    checks["pennylane_vs_statevector"]["max_abs_diff"])
-        for b in batches:
-            x = x_all[:b].clone().requires_grad_()
-            cell = measure(training_step(forward, x, [weights]), b, **timing)
-            pl["cells"].append({"batch": b, **cell})
-            logger.info("pennylane-float64 batch %d: %.0f samples/s", b, cell["samples_per_s"])
-    if pl["status"] == "skipped":
-        logger.warning("PennyLane skipped: %s", pl["note"])
+        "note": "TorchConnector returns float32, so differences of ~1e-8 are expected"}
 
     goal_batch = args.goal_batch if args.goal_batch in batches else max(batches)
     machine["load_average_at_end"] = _load_average()
     return {"benchmark": "qnn_throughput", "config": config.to_dict(), "batches": batches,
             "step": "layer(x).sum().backward(), gradients to inputs and weights",
-            "timing": {**timing, "statistic": "median of repeats",
+            "timing": {**timing, "statistic": "median of repeats, engines taking turns",
                        "qnn_max_seconds": args.qnn_max_seconds, "qnn_sub_batch": args.qnn_sub_batch},
             "machine": machine, "engines": engines, "checks": checks,
             "goals": goals(engines, checks, goal_batch)}

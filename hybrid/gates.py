@@ -18,6 +18,7 @@ TWO = {"cx": 0, "cy": 0, "cz": 0, "swap": 0, "cp": 1, "crx": 1, "cry": 1, "crz":
        "rzz": 1, "rxx": 1, "ryy": 1}
 DIAGONAL = {"z", "s", "sdg", "t", "tdg", "id", "rz", "p", "u1", "cz", "cp", "crz", "rzz"}
 PERMUTATION = {"x", "cx", "swap"}
+REAL_GATES = {"ry", "h", "x", "z", "cx", "cz", "swap", "id", "cry"}  # real matrices for real angles
 SUPPORTED = sorted(set(SINGLE) | set(TWO))
 _FIXED_PHASE = {"z": math.pi, "s": math.pi / 2, "sdg": -math.pi / 2, "t": math.pi / 4,
                 "tdg": -math.pi / 4, "id": 0.0}

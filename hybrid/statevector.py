@@ -29,6 +29,7 @@ import torch
 
 from hybrid.gates import (
     DIAGONAL,
+    REAL_GATES,
     PERMUTATION,
     SUPPORTED,
     UnsupportedGateError,
@@ -97,21 +98,20 @@ class AngleBank:
             self.constant = torch.tensor([0.0 if e.is_Symbol else float(e) for e in exprs], dtype=dtype)
         if self.mode is None:
             self.mode = "closures"
+            self.input_names, self.weight_names = input_names, weight_names
             self.functions = [compile_expression(v)[0] for v in values]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Monomials of degree <= 2; shared by every polynomial bank of one forward pass."""
-        return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
-
-    def __call__(self, x1: torch.Tensor, weights: torch.Tensor, env: dict) -> torch.Tensor:
+    def __call__(self, x1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.mode == "poly":
             return (x1[:, self.left] * x1[:, self.right]) @ self.coef
         if self.mode == "gather":
             return torch.where(self.is_weight, weights[self.index], self.constant)
-        batch = x1.shape[0]
+        env = {} if weights is None else {name: weights[i] for i, name in enumerate(self.weight_names)}
+        if x1 is not None:
+            env.update({name: x1[:, i] for i, name in enumerate(self.input_names)})
         cols = [torch.as_tensor(f(env), dtype=self.dtype) for f in self.functions]
         if any(c.dim() > 0 for c in cols):
-            return torch.stack([c.expand(batch) for c in cols], dim=-1)
+            return torch.stack([c.expand(x1.shape[0]) for c in cols], dim=-1)
         return torch.stack(cols)
 
 
@@ -139,16 +139,16 @@ class StatevectorProgram:
         if not any(op.depends_on_input or op.depends_on_weight for ops in prefix for op in ops):
             # a constant product state (e.g. the Hadamard layer of ZZ) is computed once
             per_qubit = [[(op.name, self._bank(op.params)) for op in ops] for ops in prefix]
-            constant = self._run_prefix(per_qubit, torch.zeros(1, 1), None, {})[0]
-            return lambda x1, w, env: constant.expand(x1.shape[0], self.dim)
+            constant = self._run_prefix(per_qubit, torch.zeros(1, 1), None)[0]
+            return lambda x1, w: constant.expand(x1.shape[0], self.dim)
         if all(n == names[0] for n in names):
             # same gate sequence on every qubit: one batched 2x2 product per position
             banks = [(names[0][j], self._bank([ops[j].params[0] if ops[j].params else 0.0 for ops in prefix]),
                       bool(prefix[0][j].params))
                      for j in range(len(names[0]))]
-            return lambda x1, w, env: self._run_uniform_prefix(banks, x1, w, env)
+            return lambda x1, w: self._run_uniform_prefix(banks, x1, w)
         per_qubit = [[(op.name, self._bank(op.params)) for op in ops] for ops in prefix]
-        return lambda x1, w, env: self._run_prefix(per_qubit, x1, w, env)
+        return lambda x1, w: self._run_prefix(per_qubit, x1, w)
 
     def _kron_states(self, qubit_states: list[torch.Tensor], batch: int) -> torch.Tensor:
         state = qubit_states[0].expand(batch, 2)
@@ -156,23 +156,23 @@ class StatevectorProgram:
             state = (v.expand(batch, 2)[:, :, None] * state[:, None, :]).reshape(batch, -1)
         return state
 
-    def _run_uniform_prefix(self, banks, x1, w, env):
+    def _run_uniform_prefix(self, banks, x1, w):
         v = torch.zeros(self.n, 2, dtype=self.cdtype)
         v[:, 0] = 1
         for name, bank, has_params in banks:
-            params = [bank(x1, w, env)] if has_params else []
+            params = [bank(x1, w)] if has_params else []
             matrix = gate_matrix(name, params, self.dtype).to(self.cdtype)  # (..., n, 2, 2)
             v = (matrix * v[..., None, :]).sum(-1)
         if v.dim() == 2:
             v = v.expand(x1.shape[0], self.n, 2)
         return self._kron_states(list(v.unbind(1)), x1.shape[0])
 
-    def _run_prefix(self, per_qubit, x1, w, env):
+    def _run_prefix(self, per_qubit, x1, w):
         states = []
         for ops in per_qubit:
             v = torch.tensor([1, 0], dtype=self.cdtype)
             for name, bank in ops:
-                params = list(bank(x1, w, env).unbind(-1)) if bank.size else []
+                params = list(bank(x1, w).unbind(-1)) if bank.size else []
                 v = (gate_matrix(name, params, self.dtype).to(self.cdtype) * v[..., None, :]).sum(-1)
             states.append(v)
         return self._kron_states(states, x1.shape[0])
@@ -186,8 +186,8 @@ class StatevectorProgram:
         op = ops[0]
         bank = self._bank(op.params)
 
-        def run_gate(state, x1, w, env):
-            matrix = gate_matrix(op.name, list(bank(x1, w, env).unbind(-1)), self.dtype)
+        def run_gate(state, x1, w):
+            matrix = gate_matrix(op.name, list(bank(x1, w).unbind(-1)), self.dtype)
             return apply_gate(state, matrix.to(self.cdtype), op.qubits, self.n)
 
         return run_gate
@@ -214,12 +214,12 @@ class StatevectorProgram:
             bank.coef = bank.coef @ slope_matrix
             slope_matrix = None
 
-        def run_monomial(state, x1, w, env):
+        def run_monomial(state, x1, w):
             phase = offset
             if bank is not None:
-                angles = bank(x1, w, env)
+                angles = bank(x1, w)
                 phase = (angles if slope_matrix is None else angles @ slope_matrix) + phase
-            state = state * torch.polar(torch.ones_like(phase), phase)
+            state = state * torch.complex(torch.cos(phase), torch.sin(phase))
             return state if gather is None else state[:, gather]
 
         return run_monomial
@@ -242,6 +242,13 @@ class StatevectorProgram:
             else:
                 items.append(("multi", op))
         layers = [item[1] for item in items if item[0] == "layer"]
+        # RY/CX-type blocks are real: build them in real arithmetic (cheaper autograd)
+        real = all(op.name in REAL_GATES for op in ops)
+        build_dtype = self.dtype if real else self.cdtype
+
+        def as_build(m: torch.Tensor) -> torch.Tensor:
+            return m.real if real and m.is_complex() else m.to(build_dtype)
+
         groups: dict[str, list[_Op]] = {}
         for layer in layers:
             for op in layer.values():
@@ -260,13 +267,13 @@ class StatevectorProgram:
         k = torch.arange(self.dim)
         row_bits = torch.stack([(k >> q) & 1 for q in range(self.n)])  # (n, dim)
         a_idx, b_idx = row_bits[:, :, None], row_bits[:, None, :]  # broadcast to (n, dim, dim)
-        eye2 = torch.eye(2, dtype=self.cdtype)[None]
+        eye2 = torch.eye(2, dtype=build_dtype)[None]
 
         def layer_matrices(w):
             mats = [eye2]
             for name, count, bank in banks:
-                params = [bank(None, w, {})] if bank is not None else []
-                m = gate_matrix(name, params, self.dtype).to(self.cdtype)
+                params = [bank(None, w)] if bank is not None else []
+                m = as_build(gate_matrix(name, params, self.dtype))
                 mats.append(m.expand(count, 2, 2) if m.dim() == 2 else m)
             table = torch.cat(mats)  # (slots, 2, 2)
             entries = table[slots[:, :, None, None], a_idx[None], b_idx[None]]  # (L, n, dim, dim)
@@ -274,31 +281,37 @@ class StatevectorProgram:
 
         def multi_matrix(op, w):
             bank = self._bank(op.params)
-            params = list(bank(None, w, {}).unbind(-1)) if bank.size else []
+            params = list(bank(None, w).unbind(-1)) if bank.size else []
             matrix = gate_matrix(op.name, params, self.dtype).to(self.cdtype)
             eye = torch.eye(self.dim, dtype=self.cdtype)
-            return apply_gate(eye, matrix, op.qubits, self.n).transpose(0, 1)
+            return as_build(apply_gate(eye, matrix, op.qubits, self.n).transpose(0, 1))
 
-        constant_multi = {id(item): multi_matrix(item, None) for kind, item in items
-                          if kind == "multi" and not item.depends_on_weight}
+        # constant multi-qubit gates (e.g. a CX chain) are multiplied once, here
+        plan: list = []  # ("layer", index) | ("const", matrix) | ("multi", op)
+        layer_index = 0
+        for kind, item in items:
+            if kind == "layer":
+                plan.append(("layer", layer_index))
+                layer_index += 1
+            elif item.depends_on_weight:
+                plan.append(("multi", item))
+            elif plan and plan[-1][0] == "const":
+                plan[-1] = ("const", multi_matrix(item, None) @ plan[-1][1])
+            else:
+                plan.append(("const", multi_matrix(item, None)))
 
         def fused_unitary(w):
             stack = layer_matrices(w) if layers else None
-            u, layer_index = None, 0
-            for kind, item in items:
-                if kind == "layer":
-                    m = stack[layer_index]
-                    layer_index += 1
-                else:
-                    m = constant_multi.get(id(item))
-                    m = multi_matrix(item, w) if m is None else m
+            u = None
+            for kind, item in plan:
+                m = stack[item] if kind == "layer" else item if kind == "const" else multi_matrix(item, w)
                 u = m if u is None else m @ u
-            return u
+            return u.to(self.cdtype)
 
         if not any(op.depends_on_weight for op in ops):
             constant = fused_unitary(None).transpose(0, 1).contiguous()
-            return lambda state, x1, w, env: state @ constant
-        return lambda state, x1, w, env: state @ fused_unitary(w).transpose(0, 1)
+            return lambda state, x1, w: state @ constant
+        return lambda state, x1, w: state @ fused_unitary(w).transpose(0, 1)
 
     def _prepare_observables(self, observables) -> None:
         terms = [[(lbl, complex(coef)) for lbl, coef in obs.to_list()] for obs in observables]
@@ -325,11 +338,9 @@ class StatevectorProgram:
         x = x.to(self.dtype)
         weights = weights.to(self.dtype)
         x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
-        env = {name: x[:, i] for i, name in enumerate(self.input_names)}
-        env.update({name: weights[i] for i, name in enumerate(self.weight_names)})
-        state = self.steps[0](x1, weights, env)
+        state = self.steps[0](x1, weights)
         for step in self.steps[1:]:
-            state = step(state, x1, weights, env)
+            state = step(state, x1, weights)
         if self.diagonal_obs:
             return (state.real**2 + state.imag**2) @ self.obs_matrix
         vec = torch.einsum("oij,bj->boi", self.obs_matrix, state)

@@ -14,14 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    # benchmarks/ is not an installed package and a bare `pytest` does not put the repo root
-    # on sys.path, so the module is loaded from its file.
-    spec = importlib.util.spec_from_file_location(
-        "benchmarks.qnn_throughput", REPO_ROOT / "benchmarks" / "qnn_throughput.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import qnn_throughput
+
+    return qnn_throughput
 
 
 def test_quick_benchmark_writes_complete_results(bench, tmp_path):
