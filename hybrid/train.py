@@ -48,6 +48,15 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_bundle(cfg: TrainConfig, root) -> DatasetBundle:
+    """The run's dataset; center options only reach files that can have centers."""
+    multicenter = {}
+    if cfg.dataset.endswith(".npz"):
+        multicenter = dict(label_field=cfg.label_field, center_field=cfg.center_field,
+                           train_centers=cfg.train_centers, test_centers=cfg.test_centers)
+    return load_dataset(cfg.dataset, root=root, size=cfg.size, seed=cfg.seed, **multicenter)
+
+
 def build_eval_domains(cfg: TrainConfig, bundle: DatasetBundle, channels: int) -> dict:
     """Clean test split, every unseen virtual center, and the real held-out centers."""
     x, y = split_to_tensors(bundle.test, cfg.input_size, channels)
@@ -152,9 +161,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: boo
                          "(train with aer, then evaluate with `python -m hybrid.evaluate --backend ...`)")
 
     root = resolve_data_root(cfg.data_root)
-    bundle = load_dataset(cfg.dataset, root=root, size=cfg.size, label_field=cfg.label_field,
-                          center_field=cfg.center_field, train_centers=cfg.train_centers,
-                          test_centers=cfg.test_centers, seed=cfg.seed)
+    bundle = load_bundle(cfg, root)
     channels = bundle.n_channels
     if cfg.max_train_samples and cfg.max_train_samples < len(bundle.train):
         keep = np.random.default_rng(cfg.seed).choice(len(bundle.train), cfg.max_train_samples, replace=False)
