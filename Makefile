@@ -29,4 +29,4 @@ bench: setup
 	$(PY) -m benchmarks.epoch_time
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs notebooks/runs .pytest_cache

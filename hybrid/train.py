@@ -143,7 +143,7 @@ def _val_auc(model, x, y, positive_class, batch_size) -> tuple[float, float]:
 def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: bool = False,
           command: str | None = None, on_epoch_end=None) -> dict:
     """Train, select the best epoch on source validation, evaluate on unseen centers."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from backends import get_backend
     from hybrid.reporting import format_table
