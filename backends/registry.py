@@ -1,28 +1,73 @@
-"""A small registry of backends for the quantum layer."""
+"""A small registry of backends for the quantum layer.
+
+    get_backend("statevector")                              # exact, Qiskit StatevectorEstimator
+    get_backend("aer", shots=1024, seed=0)                  # Aer, shot noise
+    get_backend("aer_noisy", noise_model="fake_brisbane")   # Aer with a device's noise and coupling map
+    get_backend("ibm_runtime", ibm_backend="fake_manila")   # IBM Runtime local testing mode
+
+Each factory takes explicit keyword options; one that does not apply to the backend is an
+error rather than silently ignored. Qiskit packages are imported inside the factories, so
+`--backend aer` never imports qiskit_ibm_runtime.
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from backends.runner import EstimatorRunner, ExecutionStats
+
 BACKENDS: dict[str, Callable[..., "Backend"]] = {}
+# `name:arg` in a backend spec sets this option (aer_noisy:fake_brisbane, ibm_runtime:fake_manila)
+POSITIONAL_OPTION = {"aer": "shots", "aer_noisy": "noise_model", "ibm_runtime": "ibm_backend"}
+
+
+class BackendError(ValueError):
+    """A backend cannot be built as asked: unknown name or device, bad option, no credentials."""
 
 
 @dataclass
 class Backend:
     name: str
     description: str
-    estimator: Any = None  # a Qiskit V2 estimator (None: exact torch simulation)
-    pass_manager: Any = None  # turns the layer's circuit into an ISA circuit
+    estimator: Any = None  # a Qiskit V2 estimator
+    pass_manager: Any = None  # turns the layer's circuit into an ISA circuit (None: runs as is)
     num_qubits: int | None = None  # qubits available (None: unlimited simulator)
     exact: bool = True  # exact expectation values: train and evaluate with the torch engine
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # non-secret options, safe to write into reports
+    label: str = ""  # short id for file names, e.g. "aer_noisy-fake_brisbane"
+    job_timeout: float | None = None  # seconds to wait for one job (None: no limit)
+    reports_usage: bool = False  # the service reports QPU seconds per job
+    stats: ExecutionStats = field(default_factory=ExecutionStats)
+    closer: Callable[[], None] | None = None  # ends a Runtime batch
 
-    def layer_kwargs(self) -> dict:
-        """Keyword arguments for `QuantumLayer`: the fast engine when exact, else the QNN."""
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
+
+    def layer_kwargs(self, gradients: bool = False) -> dict:
+        """Keyword arguments for `QuantumLayer`.
+
+        Exact backends use the fast torch engine. Others run forward-only through
+        `make_runner` (one job per batch), or through EstimatorQNN when `gradients` are needed.
+        """
         if self.exact:
             return {"engine": "statevector"}
-        return {"engine": "qnn", "estimator": self.estimator, "pass_manager": self.pass_manager}
+        if gradients:
+            return {"engine": "qnn", "estimator": self.estimator, "pass_manager": self.pass_manager}
+        return {"engine": "estimator", "make_runner": self.make_runner}
+
+    def make_runner(self, spec: Any) -> EstimatorRunner:
+        """An `EstimatorRunner` for the layer's circuit, counting into this backend's `stats`."""
+        return EstimatorRunner(spec, self.estimator, self.pass_manager, stats=self.stats,
+                               timeout=self.job_timeout, report_usage=self.reports_usage,
+                               num_qubits=self.num_qubits, label=self.label)
+
+    def close(self) -> None:
+        if self.closer is not None:
+            self.closer()
+            self.closer = None
 
 
 def register_backend(name: str):
@@ -33,16 +78,81 @@ def register_backend(name: str):
     return decorator
 
 
-def get_backend(name: str, **options) -> Backend:
-    """Build a backend by name; unknown names raise a ValueError listing the valid ones."""
+def get_backend(name: str, *, job_timeout: float | None = None, **options) -> Backend:
+    """Build a backend by name; unknown names and options raise a ValueError listing valid ones."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}")
+        raise BackendError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}")
+    factory = BACKENDS[name]
+    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
     options = {k: v for k, v in options.items() if v is not None}
-    return BACKENDS[name](**options)
+    wrong = sorted(set(options) - set(accepted))
+    if wrong:
+        raise BackendError(f"option(s) {', '.join(wrong)} do not apply to backend {name!r}; "
+                           f"it takes: {', '.join(accepted) or 'no options'}")
+    backend = factory(**options)
+    backend.job_timeout = job_timeout
+    return backend
+
+
+def parse_backend_spec(spec: str) -> tuple[str, dict]:
+    """`name[:arg][:key=value...]` -> (name, options); numbers are converted.
+
+    `aer:shots=1024`, `aer:1024`, `aer_noisy:fake_brisbane:shots=512`, `ibm_runtime:fake_manila`.
+    """
+    name, *parts = spec.strip().split(":")
+    options: dict[str, Any] = {}
+    for part in parts:
+        if "=" in part:
+            key, value = part.split("=", 1)
+            options[key.strip().replace("-", "_")] = _number(value.strip())
+        elif name in POSITIONAL_OPTION:
+            options[POSITIONAL_OPTION[name]] = _number(part.strip())
+        else:
+            raise BackendError(f"backend spec {spec!r}: {name!r} takes no positional option; use key=value")
+    return name, options
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def shots_from(shots: int | None, precision: float | None, default: int | None) -> int | None:
+    """Shots from either `shots` or a target `precision` (shots = ceil(1 / precision**2))."""
+    if shots is not None and precision is not None:
+        raise BackendError("give either shots or precision, not both")
+    if shots is not None:
+        if int(shots) != shots or shots < 1:
+            raise BackendError(f"shots must be a positive integer, got {shots!r}")
+        return int(shots)
+    if precision is not None:
+        if not 0 < precision < 1:
+            raise BackendError(f"precision must be in (0, 1), got {precision!r}")
+        return math.ceil(round(1 / precision**2, 6))
+    return default
+
+
+def sampling_estimator(simulator: Any, shots: int, seed: int | None) -> Any:
+    """Qiskit's BackendEstimatorV2 on an Aer simulator: real shots, measured in Pauli bases.
+
+    Unlike Aer's own EstimatorV2 (exact values plus Gaussian noise of std `precision`, and
+    blind to readout errors), this samples `shots` measurement outcomes per circuit, the way
+    IBM Runtime's local testing mode does.
+    """
+    from qiskit.primitives import BackendEstimatorV2
+
+    # BackendEstimatorV2 runs ceil(1 / precision**2) shots; the 1e-9 keeps rounding from adding one
+    precision = (1 + 1e-9) / math.sqrt(shots)
+    return BackendEstimatorV2(backend=simulator, options={"default_precision": precision, "seed_simulator": seed})
 
 
 @register_backend("statevector")
-def statevector_backend(**_: Any) -> Backend:
+def statevector_backend(seed: int | None = None) -> Backend:
+    """Exact; `seed` is accepted (and unused) so that one seed can be passed to every backend."""
     from qiskit.primitives import StatevectorEstimator
 
     return Backend(
@@ -54,21 +164,21 @@ def statevector_backend(**_: Any) -> Backend:
 
 
 @register_backend("aer")
-def aer_backend(shots: int | None = None, seed: int | None = None, **_: Any) -> Backend:
-    """Aer's estimator: exact by default; `shots` adds sampling noise."""
-    from qiskit_aer.primitives import EstimatorV2 as AerEstimator
+def aer_backend(shots: int | None = None, precision: float | None = None, seed: int | None = None) -> Backend:
+    """AerSimulator: exact expectation values by default; `shots` (or `precision`) samples."""
+    shots = shots_from(shots, precision, default=None)
+    if not shots:
+        from qiskit_aer.primitives import EstimatorV2 as AerEstimator
 
-    if shots:
-        options = {"default_precision": 1 / shots**0.5, "run_options": {"seed": seed}}
-        description = f"Aer simulator, {shots} shots"
-    else:
-        options = {"default_precision": 0.0}
-        description = "Aer simulator, exact expectation values"
-    estimator = AerEstimator(options={k: v for k, v in options.items()})
+        return Backend(name="aer", description="Aer simulator, exact expectation values",
+                       estimator=AerEstimator(options={"default_precision": 0.0}), exact=True)
+    from qiskit_aer import AerSimulator
+
     return Backend(
         name="aer",
-        description=description,
-        estimator=estimator,
-        exact=not shots,
+        description=f"Aer simulator, {shots} shots (sampling noise only)",
+        estimator=sampling_estimator(AerSimulator(seed_simulator=seed), shots, seed),
+        exact=False,
         options={"shots": shots, "seed": seed},
+        label=f"aer-shots{shots}",
     )

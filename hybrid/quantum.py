@@ -1,11 +1,13 @@
 """The quantum feature-enhancement layer: one Qiskit circuit, two engines.
 
 `build_circuit(config)` is the single source of truth. The `qnn` engine runs it through
-qiskit-machine-learning (`EstimatorQNN` + `TorchConnector`) on any estimator, which is how
-shots, noise and real QPUs are reached; the `statevector` engine compiles the *same*
-circuit into batched torch tensor algebra (see `hybrid.statevector`), which is what makes
-training practical. Both read the same `nn.Parameter`, so a layer trained with one engine
-is evaluated with the other from the same `state_dict`.
+qiskit-machine-learning (`EstimatorQNN` + `TorchConnector`) on any estimator, with
+gradients; the `estimator` engine runs it forward-only through a runner made by a backend
+(`backends.EstimatorRunner`: one job per batch, counted), which is how shots, noise and
+real QPUs are reached at inference; the `statevector` engine compiles the *same* circuit
+into batched torch tensor algebra (see `hybrid.statevector`), which is what makes training
+practical. All read the same `nn.Parameter`, so a layer trained with one engine is
+evaluated with another from the same `state_dict`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 FEATURE_MAPS = ("angle", "zz")
 ENTANGLEMENTS = ("linear", "circular", "full")
-ENGINES = ("auto", "statevector", "qnn")
+ENGINES = ("auto", "statevector", "qnn", "estimator")
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -124,7 +126,8 @@ def build_qnn_connector(
     """`TorchConnector(EstimatorQNN)` with input gradients, on the given estimator.
 
     The default estimator is Qiskit's exact `StatevectorEstimator` with precision 0; the
-    QNN's own default precision (1/64) would add Gaussian noise to an exact simulator.
+    QNN's own default precision (1/64) would add Gaussian noise to an exact simulator. A
+    given estimator keeps its own precision (its shots), so the QNN passes none.
     """
     from qiskit.primitives import StatevectorEstimator
     from qiskit_machine_learning.connectors import TorchConnector
@@ -146,7 +149,7 @@ def build_qnn_connector(
         input_params=spec.input_params,
         weight_params=spec.weight_params,
         input_gradients=True,
-        default_precision=0.0 if exact else 0.015625,
+        default_precision=0.0 if exact else None,
         pass_manager=pass_manager,
     )
     return TorchConnector(qnn)
@@ -157,9 +160,12 @@ class QuantumLayer(nn.Module):
 
     Args:
         config: circuit configuration.
-        engine: "statevector" (exact, batched torch), "qnn" (EstimatorQNN + TorchConnector)
-            or "auto" (statevector unless an estimator is given).
+        engine: "statevector" (exact, batched torch), "qnn" (EstimatorQNN + TorchConnector),
+            "estimator" (forward-only, one job per batch through `make_runner`) or "auto"
+            (statevector unless an estimator is given).
         estimator, pass_manager: collaborators for the qnn engine (see `backends`).
+        make_runner: for the estimator engine, `spec -> runner` with
+            `runner(angles (B, n_in), weights (n_w,)) -> (B, n_obs)`, e.g. `Backend.make_runner`.
         precision: "float64" (default) or "float32" for the statevector engine.
     """
 
@@ -172,6 +178,7 @@ class QuantumLayer(nn.Module):
         pass_manager: Any = None,
         precision: str = "float64",
         seed: int | None = None,
+        make_runner: Callable[[CircuitSpec], Callable] | None = None,
     ) -> None:
         super().__init__()
         self.config = config or QuantumConfig()
@@ -186,9 +193,10 @@ class QuantumLayer(nn.Module):
         # Small uniform init keeps the ansatz near identity-ish rotations at the start.
         init = (torch.rand(len(self.spec.weight_params), generator=generator) * 2 - 1) * math.pi / 4
         self.weight = nn.Parameter(init.to(torch.float64))
-        self._forward_impl = self._make_engine(estimator, pass_manager)
+        self._forward_impl = self._make_engine(estimator, pass_manager, make_runner)
 
-    def _make_engine(self, estimator: Any, pass_manager: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _make_engine(self, estimator: Any, pass_manager: Any,
+                     make_runner: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.engine == "statevector":
             from hybrid.statevector import compile_circuit
 
@@ -202,6 +210,12 @@ class QuantumLayer(nn.Module):
             # Stored outside the module registry: it holds no parameters of its own.
             object.__setattr__(self, "program", program)
             return lambda x: program(x, self.weight)
+        if self.engine == "estimator":
+            if make_runner is None:
+                raise ValueError("the estimator engine needs make_runner (e.g. backends.get_backend(...).make_runner)")
+            runner = make_runner(self.spec)
+            object.__setattr__(self, "runner", runner)
+            return self._run_estimator
         connector = build_qnn_connector(self.spec, estimator=estimator, pass_manager=pass_manager)
         # The connector's forward reads `_weights`; pointing it at our Parameter shares the
         # weights between engines, and keeping the connector unregistered keeps the
@@ -209,6 +223,14 @@ class QuantumLayer(nn.Module):
         connector._weights = self.weight
         object.__setattr__(self, "connector", connector)
         return lambda x: connector(x)
+
+    def _run_estimator(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            # a silent cut in the graph would train nothing; say so instead
+            raise RuntimeError("the estimator engine runs forward only, without gradients; call it under "
+                               "torch.no_grad(), or use engine 'qnn' to differentiate through a sampling backend")
+        out = self.runner(x.detach().cpu().double().numpy(), self.weight.detach().cpu().double().numpy())
+        return torch.as_tensor(out, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.n_inputs:

@@ -1,0 +1,121 @@
+"""`ibm_runtime`: IBM Runtime EstimatorV2 on a real QPU, or on a fake device in local testing mode.
+
+Live runs need credentials: `QISKIT_IBM_TOKEN` (and `QISKIT_IBM_INSTANCE`) in the environment,
+or an account saved with `QiskitRuntimeService.save_account(...)`. The token is handed to
+`QiskitRuntimeService` and nowhere else: it is not an option, so it cannot reach a report,
+and error messages are redacted. A `fake_*` device name runs the same EstimatorV2 code path
+in qiskit-ibm-runtime's local testing mode (Aer with the device's noise model), which is how
+the tests cover this backend offline. Jobs go in **batch** mode by default (sessions are not
+available on the open plan); `batch_mode=False` submits plain jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+from backends.noisy import fake_device
+from backends.registry import Backend, BackendError, register_backend, shots_from
+from backends.runner import one_line
+
+log = logging.getLogger("backends.ibm")
+
+CHANNEL = "ibm_quantum_platform"
+CREDENTIALS_HELP = ("IBM Runtime needs credentials: set QISKIT_IBM_TOKEN (and QISKIT_IBM_INSTANCE) or save an "
+                    "account with QiskitRuntimeService.save_account(...); for an offline run use "
+                    "--ibm-backend fake_manila")
+
+
+def runtime_service() -> Any:
+    """A `QiskitRuntimeService` from the environment or a saved account; one-sentence errors."""
+    from qiskit_ibm_runtime import QiskitRuntimeService
+
+    token = os.environ.get("QISKIT_IBM_TOKEN")
+    instance = os.environ.get("QISKIT_IBM_INSTANCE") or None
+    if not token:
+        try:
+            saved = QiskitRuntimeService.saved_accounts()
+        except Exception:  # an unreadable account file is the same as none for the user
+            saved = {}
+        if not saved:
+            raise BackendError(CREDENTIALS_HELP)
+    try:
+        if token:
+            return QiskitRuntimeService(channel=CHANNEL, token=token, instance=instance)
+        return QiskitRuntimeService(instance=instance)
+    except Exception as exc:
+        raise BackendError(f"could not connect to IBM Runtime ({one_line(exc)}); check the token, instance and "
+                           "network, or use --ibm-backend fake_manila for an offline run") from None
+
+
+def _device(service: Any, name: str | None) -> Any:
+    try:
+        if name:
+            return service.backend(name)
+        return service.least_busy(operational=True, simulator=False)
+    except Exception as exc:
+        what = f"device {name!r}" if name else "a least-busy device"
+        raise BackendError(f"IBM Runtime could not provide {what} ({one_line(exc)}); "
+                           "list yours with QiskitRuntimeService().backends()") from None
+
+
+@register_backend("ibm_runtime")
+def ibm_runtime_backend(ibm_backend: str | None = None, shots: int | None = None, precision: float | None = None,
+                        resilience_level: int | None = None, dd: bool | None = None, twirling: bool | None = None,
+                        batch_mode: bool | None = None, seed: int | None = None,
+                        optimization_level: int = 1) -> Backend:
+    """EstimatorV2 on `ibm_backend` (default: the least busy QPU); `fake_*` names run locally."""
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_ibm_runtime import Batch, EstimatorV2
+
+    if resilience_level is not None and resilience_level not in (0, 1, 2):
+        raise BackendError(f"resilience_level must be 0, 1 or 2, got {resilience_level!r}")
+    shots_from(shots, precision, default=None)  # validates both; IBM takes either as an option
+    local = bool(ibm_backend) and ibm_backend.lower().startswith("fake_")
+    device = fake_device(ibm_backend) if local else _device(runtime_service(), ibm_backend)
+    batch_mode = True if batch_mode is None else batch_mode
+    batch = Batch(backend=device) if batch_mode else None
+    with warnings.catch_warnings():
+        # qiskit-ibm-runtime 0.50 deprecates EstimatorV2 for a client-side Estimator; the legacy
+        # one is what the open plan documents (server-side resilience, DD, twirling), so keep it
+        warnings.filterwarnings("ignore", message="The EstimatorV2 class is deprecated", category=DeprecationWarning)
+        estimator = EstimatorV2(mode=batch if batch_mode else device)
+    opts = estimator.options
+    if shots is not None:
+        opts.default_shots = int(shots)
+    elif precision is not None:
+        opts.default_precision = precision
+    if resilience_level is not None:
+        opts.resilience_level = resilience_level
+    if dd is not None:
+        opts.dynamical_decoupling.enable = dd
+    if twirling is not None:
+        opts.twirling.enable_gates = twirling
+        opts.twirling.enable_measure = twirling
+    if local and seed is not None:
+        # qiskit-ibm-runtime 0.51's local mode reads this with a truthiness test: seed 0 is ignored
+        opts.simulator.seed_simulator = seed
+    if local and (resilience_level or dd or twirling):
+        log.info("resilience, dynamical decoupling and twirling have no effect in local testing mode")
+    pass_manager = generate_preset_pass_manager(optimization_level=optimization_level, backend=device,
+                                                seed_transpiler=seed)
+    options = {"ibm_backend": device.name, "local": local, "batch_mode": batch_mode, "shots": shots,
+               "precision": precision if not shots else None, "resilience_level": resilience_level, "dd": dd,
+               "twirling": twirling, "seed": seed, "optimization_level": optimization_level}
+    where = (f"local testing mode on {device.name} (Aer with its noise model)" if local
+             else f"{device.name} ({device.num_qubits} qubits)")
+    budget = f"{shots} shots" if shots else (f"precision {precision:g}" if precision else "default precision")
+    return Backend(
+        name="ibm_runtime",
+        description=f"IBM Runtime EstimatorV2, {where}, {'batch' if batch_mode else 'job'} mode, {budget}",
+        estimator=estimator,
+        pass_manager=pass_manager,
+        num_qubits=device.num_qubits,
+        exact=False,
+        options={k: v for k, v in options.items() if v is not None},
+        label=f"ibm_runtime-{device.name}",
+        reports_usage=not local,
+        closer=batch.close if batch is not None else None,
+    )

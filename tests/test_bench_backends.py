@@ -1,0 +1,171 @@
+"""A trained run on other backends: evaluate CLI, resume after a failed job, benchmark, no token leaks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backends import EstimatorRunner, JobError
+from hybrid import bench_backends, evaluate, train
+
+N_DOMAINS = 10  # clean + 9 virtual target centers
+TOKEN = "tok-7d1e5b-must-never-be-written"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("bench_run")
+    assert train.main(["--epochs", "1", "--max-train-samples", "300", "--width-mult", "0.35", "--stem-stride", "2",
+                       "--n-bootstrap", "0", "--batch-size", "64", "--quiet", "--data-root", str(data_root),
+                       "--out", str(out)]) == 0
+    return out
+
+
+def _evaluate(run_dir, data_root, *extra):
+    return evaluate.main(["--run", str(run_dir), "--data-root", str(data_root), "--max-samples", "16",
+                          "--batch-size", "8", *extra])
+
+
+def test_evaluate_on_a_sampling_backend_counts_jobs(run_dir, data_root):
+    assert _evaluate(run_dir, data_root, "--backend", "aer", "--shots", "256", "--seed", "0", "--tta", "bn") == 0
+    result = json.loads((run_dir / "eval_pneumoniamnist_aer-shots256.json").read_text())
+    execution = result["quantum_execution"]
+    assert execution["jobs"] == N_DOMAINS * 2  # one job per batch of 8, two batches per domain
+    assert execution["circuits"] == execution["samples"] == N_DOMAINS * 16
+    assert execution["shots"] == N_DOMAINS * 16 * 256 and execution["qpu_seconds"] is None
+    assert result["backend_options"] == {"shots": 256, "seed": 0}
+    assert 0 <= result["summary"]["auc"]["mean"] <= 1
+    assert not list(run_dir.glob("partial_*.jsonl"))  # removed once the report is written
+
+
+def test_evaluate_ibm_runtime_local_mode(run_dir, data_root):
+    assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila", "--shots",
+                     "128", "--job-mode", "--dd", "--twirling", "--resilience-level", "1", "--tta", "none",
+                     "--name", "ibm_local") == 0
+    result = json.loads((run_dir / "eval_ibm_local.json").read_text())
+    assert result["quantum_execution"]["jobs"] == N_DOMAINS * 2
+    assert result["backend_options"]["batch_mode"] is False and result["backend_options"]["dd"] is True
+
+
+def test_tent_and_foreign_options_are_refused(run_dir, data_root, capsys):
+    assert _evaluate(run_dir, data_root, "--backend", "aer", "--shots", "64", "--tta", "tent") == 2
+    err = capsys.readouterr().err
+    assert "tent" in err and "--tta bn" in err and err.count("\n") == 1
+    assert _evaluate(run_dir, data_root, "--backend", "aer", "--noise-model", "fake_manila") == 2
+    assert "do not apply to backend 'aer'" in capsys.readouterr().err
+
+
+def test_failed_job_keeps_finished_batches_and_resume_continues(run_dir, data_root, monkeypatch, capsys):
+    common = ["--backend", "aer", "--shots", "128", "--seed", "3", "--tta", "bn"]
+    assert _evaluate(run_dir, data_root, *common, "--name", "uninterrupted") == 0
+    reference = json.loads((run_dir / "eval_uninterrupted.json").read_text())
+
+    calls = {"n": 0}
+    original = EstimatorRunner.__call__
+
+    def flaky(self, angles, weights):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise JobError("job 5 on aer-shots128 failed (simulated outage)")
+        return original(self, angles, weights)
+
+    monkeypatch.setattr(EstimatorRunner, "__call__", flaky)
+    assert _evaluate(run_dir, data_root, *common, "--name", "flaky") == 3
+    err = capsys.readouterr().err
+    assert "simulated outage" in err and "32 samples are saved" in err and "--resume" in err
+    assert "Traceback" not in err
+    partial = run_dir / "partial_flaky.jsonl"
+    assert len(partial.read_text().splitlines()) == 1 + 4  # header + four finished batches
+
+    monkeypatch.setattr(EstimatorRunner, "__call__", original)
+    assert _evaluate(run_dir, data_root, "--backend", "aer", "--shots", "64", "--seed", "3", "--tta", "bn",
+                     "--name", "flaky", "--resume") == 2
+    assert "different settings" in capsys.readouterr().err
+    assert _evaluate(run_dir, data_root, *common, "--name", "flaky", "--resume") == 0
+    resumed = json.loads((run_dir / "eval_flaky.json").read_text())
+    assert resumed["quantum_execution"]["resumed_batches"] == 4
+    assert resumed["quantum_execution"]["jobs"] == reference["quantum_execution"]["jobs"] == N_DOMAINS * 2
+    # seeded jobs: nothing lost, nothing different (compared as JSON: NaN CIs without bootstrap)
+    assert json.dumps(resumed["domains"], sort_keys=True) == json.dumps(reference["domains"], sort_keys=True)
+    assert not partial.exists()
+
+
+def test_missing_credentials_is_one_sentence_not_a_traceback(run_dir, data_root, monkeypatch, capsys):
+    from qiskit_ibm_runtime import QiskitRuntimeService
+
+    monkeypatch.delenv("QISKIT_IBM_TOKEN", raising=False)
+    monkeypatch.setattr(QiskitRuntimeService, "saved_accounts", staticmethod(lambda *a, **k: {}))
+    assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "ibm_brisbane") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: IBM Runtime needs credentials: set QISKIT_IBM_TOKEN") and err.count("\n") == 1
+
+
+def test_token_never_reaches_logs_reports_or_run_directory(run_dir, data_root, monkeypatch, capsys, caplog,
+                                                           tmp_path):
+    import qiskit_ibm_runtime
+
+    monkeypatch.setenv("QISKIT_IBM_TOKEN", TOKEN)
+    monkeypatch.setenv("QISKIT_IBM_INSTANCE", "crn:v1:test-instance")
+
+    class Refusing:
+        def __init__(self, **kwargs):
+            raise PermissionError(f"token {kwargs.get('token')} is not authorized for this instance")
+
+        @staticmethod
+        def saved_accounts(*args, **kwargs):
+            return {}
+
+    monkeypatch.setattr(qiskit_ibm_runtime, "QiskitRuntimeService", Refusing)
+    # the live path fails fast, without network; the local path and the benchmark succeed with the token set
+    assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "ibm_brisbane") == 2
+    assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila", "--shots",
+                     "64", "--tta", "none", "--name", "with_token") == 0
+    assert bench_backends.main(["--run", str(run_dir), "--data-root", str(data_root),
+                                "--backends", "ibm_runtime:fake_manila:shots=64",
+                                "--samples", "4", "--domains", "tgt_blur", "--quiet", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "could not connect to IBM Runtime" in captured.err
+    assert TOKEN not in captured.out + captured.err + caplog.text
+    for folder in (run_dir, tmp_path):
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_benchmark_writes_json_markdown_and_plot(run_dir, data_root, tmp_path):
+    out = tmp_path / "bench"
+    assert bench_backends.main([
+        "--run", str(run_dir), "--data-root", str(data_root), "--samples", "8", "--domains", "tgt_blur,tgt_speckle",
+        "--backends", "statevector,aer:shots=512,aer_noisy:fake_manila:shots=256,ibm_runtime:fake_manila:shots=256",
+        "--quiet", "--out", str(out)]) == 0
+    result = json.loads((out / "bench_backends.json").read_text())
+    rows = {r["backend"]: r for r in result["rows"]}
+    assert list(rows) == [bench_backends.REFERENCE, "statevector", "aer:shots=512", "aer_noisy:fake_manila:shots=256",
+                          "ibm_runtime:fake_manila:shots=256"]
+    assert result["domains"] == ["tgt_blur", "tgt_speckle"]
+    assert rows["statevector"]["mae"] < 1e-10 and rows["statevector"]["delta_auc"] == pytest.approx(0, abs=1e-9)
+    assert rows["statevector"]["flip_rate"] == 0 and rows["statevector"]["prob_mae"] < 1e-6
+    for spec, shots in (("aer:shots=512", 512), ("aer_noisy:fake_manila:shots=256", 256),
+                        ("ibm_runtime:fake_manila:shots=256", 256)):
+        row = rows[spec]
+        assert 1e-4 < row["mae"] < 0.3
+        assert row["jobs"] == 2 and row["circuits"] == 16 and row["shots"] == 16 * shots
+        assert 0 <= row["auc"] <= 1 and row["latency_ms"] > 0 and 0 <= row["flip_rate"] <= 1
+    table = (out / "bench_backends.md").read_text()
+    assert "| backend | AUC |" in table and "ibm_runtime:fake_manila:shots=256" in table
+    assert (out / "bench_backends.png").stat().st_size > 10_000
+    assert json.loads((out / "results.jsonl").read_text().splitlines()[-1])["kind"] == "bench_backends"
+
+
+def test_benchmark_errors_are_one_sentence(run_dir, data_root, capsys, tmp_path):
+    args = ["--run", str(run_dir), "--data-root", str(data_root), "--samples", "4", "--quiet", "--out", str(tmp_path)]
+    assert bench_backends.main(args + ["--domains", "tgt_nowhere", "--backends", "statevector"]) == 2
+    assert "unknown domain(s) tgt_nowhere" in capsys.readouterr().err
+    assert bench_backends.main(args + ["--backends", "statevector:oops"]) == 2
+    assert "positional" in capsys.readouterr().err
+    # a backend that cannot be built gets an error row; the others still run
+    assert bench_backends.main(args + ["--domains", "tgt_blur", "--backends", "statevector,quantum_cloud_9000"]) == 1
+    rows = json.loads((tmp_path / "bench_backends.json").read_text())["rows"]
+    assert "auc" in rows[1] and "valid backends" in rows[2]["error"]
