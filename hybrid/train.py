@@ -180,7 +180,8 @@ def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: boo
         "data": bundle.describe()}, indent=2) + "\n")
     # model selection data: source validation images under the source centers, noise fixed once
     gen_val = torch.Generator().manual_seed(cfg.seed + 1)
-    x_val = sampler.shift(x_val, sampler.draw(torch.arange(len(y_val)), gen_val), gen_val)
+    if cfg.shift:  # real-center ids index the training set; unshifted validation needs no ids
+        x_val = sampler.shift(x_val, sampler.draw(torch.arange(len(y_val)), gen_val), gen_val)
 
     model = HybridNet(cfg, channels, bundle.n_classes, sampler.n_domains if use_dann else 1,
                       layer_kwargs=backend.layer_kwargs())

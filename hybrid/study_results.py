@@ -1,0 +1,148 @@
+"""A study's runs as data: load them, summarize per variant, and compare variants in pairs.
+
+`hybrid.report` turns these into report.md and figures; everything here is plain numbers,
+so tests and notebooks can use it without matplotlib or checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hybrid.metrics import summarize_domains
+
+BASELINE = "erm"
+ALPHA = 0.05
+MIN_PAIRS = 6  # below 6 non-zero pairs a two-sided Wilcoxon test cannot reach p < 0.05
+SETTINGS = {"tta": "with TTA", "no_tta": "without TTA"}
+STATS = {"auc_mean": "mean AUC", "auc_worst": "worst-center AUC", "sensitivity": "sensitivity",
+         "specificity": "specificity", "auc_std": "AUC std across centers"}
+PER_CENTER = {"AUC": "auc", "sensitivity": "sensitivity", "specificity": "specificity"}  # paired by (seed, center)
+PER_SEED = ("auc_mean", "auc_worst", "auc_std")  # run-level statistics, paired by seed
+
+
+@dataclass
+class Run:
+    variant: str
+    seed: int
+    path: Path
+    report: dict
+
+    def domains(self, setting: str) -> dict | None:
+        """Per-domain metrics with (`tta`) or without (`no_tta`) test-time adaptation."""
+        r = self.report
+        if setting == "tta":
+            return r["domains"] if r.get("tta", "none") != "none" else None
+        return r.get("domains_no_tta") or (r["domains"] if r.get("tta") == "none" else None)
+
+
+def load_runs(runs_dir: Path) -> tuple[dict, list[Run]]:
+    """study.json (or {}) and every finished run, in the study's variant order, then by seed."""
+    runs_dir = Path(runs_dir)
+    study_path = runs_dir / "study.json"
+    study = json.loads(study_path.read_text()) if study_path.is_file() else {}
+    runs = []
+    for path in sorted(runs_dir.glob("*/seed*/report.json")):
+        match = re.fullmatch(r"seed(\d+)", path.parent.name)
+        if match:
+            runs.append(Run(path.parent.parent.name, int(match.group(1)), path.parent, json.loads(path.read_text())))
+    order = list(study.get("variants", {}))
+    runs.sort(key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.variant, r.seed))
+    return study, runs
+
+
+def variants_of(runs: list[Run]) -> list[str]:
+    return list(dict.fromkeys(r.variant for r in runs))
+
+
+def domain_groups(runs: list[Run]) -> dict[str, list[str]]:
+    """Unseen centers common to all runs; real held-out centers get their own table as well."""
+    unseen = [d for d in runs[0].report.get("unseen", []) if all(d in r.report.get("unseen", []) for r in runs)]
+    real = [d for d in unseen if d.startswith("real:")]
+    if real and len(real) < len(unseen):
+        return {"real held-out centers": real, "virtual target centers": [d for d in unseen if d not in real],
+                "all unseen centers": unseen}
+    return {"unseen centers": unseen}
+
+
+def run_stats(domains: dict, names: list[str]) -> dict:
+    s = summarize_domains({n: domains[n] for n in names if n in domains})
+    return {"auc_mean": s["auc"]["mean"], "auc_worst": s["auc"]["worst"], "auc_std": s["auc"]["std"],
+            "sensitivity": s["sensitivity"]["mean"], "specificity": s["specificity"]["mean"]}
+
+
+def mean_std(values) -> dict:
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    return {"mean": float(v.mean()) if v.size else math.nan,
+            "std": float(v.std(ddof=1)) if v.size > 1 else math.nan, "n": int(v.size)}
+
+
+def variant_table(runs: list[Run], names: list[str], setting: str) -> dict[str, dict]:
+    table = {}
+    for variant in variants_of(runs):
+        per_seed = [run_stats(d, names) for r in runs if r.variant == variant and (d := r.domains(setting))]
+        if per_seed:
+            table[variant] = {k: mean_std([s[k] for s in per_seed]) for k in STATS}
+    return table
+
+
+def paired_test(diffs) -> dict:
+    """Wilcoxon signed-rank test of paired differences; p is None when it cannot be computed."""
+    from scipy.stats import wilcoxon
+
+    d = np.array([x for x in diffs if x is not None and math.isfinite(x)], dtype=float)
+    r = np.round(d, 12)  # float noise must not break ties or hide zeros
+    out = {"n": int(d.size), "mean_diff": float(d.mean()) if d.size else math.nan,
+           "higher": int((r > 0).sum()), "lower": int((r < 0).sum()), "p": None}
+    nonzero = r[r != 0]
+    if nonzero.size == 0:
+        out["verdict"] = "no difference" if d.size else "no pairs"
+    elif nonzero.size < MIN_PAIRS:
+        out["verdict"] = f"too few pairs (n={nonzero.size} < {MIN_PAIRS}) for a test"
+    else:
+        # exact null distribution without ties; with ties the normal approximation (scipy's
+        # default there is a permutation test, seconds per call)
+        tied = np.unique(np.abs(nonzero)).size < nonzero.size
+        out["p"] = float(wilcoxon(nonzero, method="approx" if tied or nonzero.size > 50 else "exact").pvalue)
+        if out["p"] < ALPHA:
+            out["verdict"] = f"{'higher' if out['mean_diff'] > 0 else 'lower'}, significant at {ALPHA}"
+        else:
+            out["verdict"] = f"not significant at {ALPHA}"
+    return out
+
+
+def by_seed(runs: list[Run], variant: str) -> dict[int, Run]:
+    return {r.seed: r for r in runs if r.variant == variant}
+
+
+def compare(a: dict[int, Run], b: dict[int, Run], names: list[str], setting_a: str, setting_b: str) -> dict:
+    """Paired differences a - b: AUC and sensitivity per (seed, center); summaries per seed."""
+    rows = {name: [] for name in PER_CENTER} | {STATS[k]: [] for k in PER_SEED}
+    for seed in sorted(set(a) & set(b)):
+        da, db = a[seed].domains(setting_a), b[seed].domains(setting_b)
+        if not da or not db:
+            continue
+        for c in names:
+            if c in da and c in db:
+                for name, key in PER_CENTER.items():
+                    rows[name].append(_diff(da[c].get(key), db[c].get(key)))
+        sa, sb = run_stats(da, names), run_stats(db, names)
+        for k in PER_SEED:
+            rows[STATS[k]].append(_diff(sa[k], sb[k]))
+    return {metric: paired_test(d) | {"unit": "seed x center" if metric in PER_CENTER else "seed"}
+            for metric, d in rows.items()}
+
+
+def _diff(x, y) -> float:
+    return float(x) - float(y) if x is not None and y is not None else math.nan
+
+
+def mean_auc_by_center(runs: list[Run], names: list[str]) -> dict[str, float]:
+    """AUC of each center averaged over every run (as trained, i.e. with TTA when it was on)."""
+    return {c: mean_std([r.report["domains"][c].get("auc") for r in runs if c in r.report["domains"]])["mean"]
+            for c in names}

@@ -1,0 +1,103 @@
+"""The study runner on real PneumoniaMNIST with the quick preset: layout, resume, failures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from hybrid import experiment
+from hybrid.config import TrainConfig
+
+QUICK = ["--preset", "quick", "--variants", "erm,full", "--seeds", "1", "--quiet"]
+_BUILT: dict[str, Path] = {}
+
+
+def build_quick_study(tmp_path_factory, data_root) -> Path:
+    """The quick preset's erm and full plus a variant that fails, one seed, two worker processes.
+
+    Built once per session; tests/test_report.py reads it too.
+    """
+    if "dir" not in _BUILT:
+        out = tmp_path_factory.mktemp("quick_study")
+        study = experiment.build_study("quick", seeds=1, variants=["erm", "full"],
+                                       overrides={"data_root": str(data_root)})
+        # the broken variant is submitted first; the others must still finish
+        study = replace(study, variants={"broken": {"dataset": "nosuchmnist"}} | study.variants)
+        _BUILT["summary"] = experiment.run_study(study, out, workers=2, progress=False)
+        _BUILT["dir"] = out
+    return _BUILT["dir"]
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory, data_root):
+    return build_quick_study(tmp_path_factory, data_root)
+
+
+def test_study_layout_and_spec(study_dir):
+    for variant in ("erm", "full"):
+        run = study_dir / variant / "seed0"
+        for name in ("config.json", "report.json", "best.pt", "train.log"):
+            assert (run / name).is_file(), run / name
+    erm, full = (TrainConfig.load(study_dir / v / "seed0" / "config.json") for v in ("erm", "full"))
+    assert not (erm.shift or erm.dann or erm.quantum) and full.shift and full.dann and full.quantum
+    assert erm.epochs == full.epochs == 1 and erm.max_train_samples == full.max_train_samples == 300
+    spec = json.loads((study_dir / "study.json").read_text())
+    assert spec["preset"] == "quick" and list(spec["variants"]) == ["broken", "erm", "full"]
+    assert spec["seeds"] == [0] and spec["configs"]["full"]["quantum"] and spec["notes"]
+    assert spec["machine"]["cores"] >= 1
+    report = json.loads((study_dir / "full" / "seed0" / "report.json").read_text())
+    assert report["summary_no_tta"] is not None and report["run"]["threads"] == 1
+
+
+def test_failed_run_is_logged_and_the_others_finish(study_dir):
+    summary = _BUILT["summary"]
+    assert summary["failed"] == ["broken/seed0"] and sorted(summary["finished"]) == ["erm/seed0", "full/seed0"]
+    assert not experiment.is_finished(study_dir / "broken" / "seed0")
+    (failure,) = [json.loads(line) for line in (study_dir / "failures.jsonl").read_text().splitlines()]
+    assert failure["variant"] == "broken" and "nosuchmnist" in failure["error"] and failure["traceback"]
+
+
+def test_rerun_trains_nothing(study_dir, data_root, capsys):
+    stamps = {p: p.stat().st_mtime_ns for p in study_dir.glob("*/seed0/*") if p.is_file()}
+    assert experiment.main(QUICK + ["--data-root", str(data_root), "--out", str(study_dir)]) == 0
+    assert "0 trained, 2 already finished, 0 failed" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len(json.loads((study_dir / "study.json").read_text())["invocations"]) >= 2
+
+
+def test_rerun_with_another_budget_is_refused(study_dir, data_root, capsys):
+    code = experiment.main(QUICK + ["--epochs", "2", "--data-root", str(data_root), "--out", str(study_dir)])
+    assert code == 2 and "epochs=1" in capsys.readouterr().err
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(ValueError, match="valid presets: ablation"):
+        experiment.build_study("nosuch")
+    with pytest.raises(ValueError, match="valid: erm, shift"):
+        experiment.build_study("quick", variants=["erm", "nosuch"])
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        experiment.build_study("quick", overrides={"epoch": 3})
+
+
+def test_overrides_take_the_field_type():
+    assert experiment.parse_override("n_bootstrap=200") == ("n_bootstrap", 200)
+    assert experiment.parse_override("lr=1e-3") == ("lr", 1e-3)
+    assert experiment.parse_override("augment=false") == ("augment", False)
+    assert experiment.parse_override("max-train-samples=500") == ("max_train_samples", 500)
+    assert experiment.parse_override("test_centers=rosendahl") == ("test_centers", "rosendahl")
+    with pytest.raises(ValueError, match="expects a number"):
+        experiment.parse_override("epochs=many")
+
+
+def test_presets_build_valid_configs():
+    for name in experiment.PRESETS:
+        study = experiment.build_study(name)
+        assert "erm" in study.variants and "full" in study.variants
+        assert not study.config("erm", 0).quantum and study.config("full", 1).seed == 1
+        assert study.notes and all(isinstance(note, str) and len(note) > 20 for note in study.notes)
+    ham = experiment.build_study("ham10000")
+    assert any("label mix" in note for note in ham.notes)
+    assert ham.config("erm", 0).test_centers == "rosendahl"

@@ -1,0 +1,139 @@
+"""The study report: tables from the runs' JSON, honest p-values, and the figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_experiment import build_quick_study
+
+from hybrid import report as study_report
+from hybrid.metrics import summarize_domains
+from hybrid.study_results import paired_test
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CENTERS = ["c0", "c1", "c2", "c3"]
+SEEDS = (0, 1, 2)
+
+
+def erm_auc(seed: int, c: int) -> float:
+    return 0.80 + 0.01 * c - 0.005 * seed
+
+
+# AUC per (variant, seed, center index): "better" beats erm in all 12 pairs; "same" differs
+# by +-0.01 * (c + 1) with alternating signs, which a paired test must not call significant.
+AUC = {
+    "erm": erm_auc,
+    "better": lambda s, c: erm_auc(s, c) + 0.05 + 0.001 * (c + s),
+    "same": lambda s, c: erm_auc(s, c) + 0.01 * (c + 1) * (-1) ** (c + s),
+}
+FLAGS = {"erm": (False, False, False), "better": (True, True, True), "same": (True, False, False)}
+
+
+def metrics(auc: float) -> dict:
+    return {"auc": auc, "auc_ci_low": auc - 0.03, "auc_ci_high": auc + 0.03, "sensitivity": auc - 0.05,
+            "specificity": auc - 0.1, "accuracy": auc - 0.07, "balanced_accuracy": auc - 0.075,
+            "threshold": 0.5, "n": 200, "n_pos": 120}
+
+
+def write_run(root, variant: str, seed: int) -> None:
+    domains = {"clean": metrics(0.9)} | {c: metrics(AUC[variant](seed, i)) for i, c in enumerate(CENTERS)}
+    no_tta = {k: metrics(m["auc"] - 0.02) for k, m in domains.items()}
+    shift, dann, quantum = FLAGS[variant]
+    report = {"run": {"name": f"seed{seed}", "dataset": "synthetic", "seconds": 60.0, "best_epoch": 1, "threads": 2},
+              "config": {"shift": shift, "dann": dann, "quantum": quantum, "epochs": 1, "seed": seed},
+              "tta": "bn", "positive_class": 1, "unseen": CENTERS, "domains": domains,
+              "summary": summarize_domains({c: domains[c] for c in CENTERS}), "domains_no_tta": no_tta,
+              "summary_no_tta": summarize_domains({c: no_tta[c] for c in CENTERS})}
+    path = root / variant / f"seed{seed}"
+    path.mkdir(parents=True)
+    (path / "report.json").write_text(json.dumps(report))
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    for variant in AUC:
+        for seed in SEEDS:
+            write_run(tmp_path, variant, seed)
+    (tmp_path / "study.json").write_text(json.dumps({"preset": "synthetic", "variants": {v: {} for v in AUC},
+                                                     "notes": ["a note from the preset"]}))
+    return tmp_path
+
+
+def rows(result, setting="tta", group="unseen centers"):
+    return {(r["name"], r["metric"]): r for r in result["groups"][group]["comparisons"][setting]}
+
+
+def test_tables_show_every_variant_with_mean_and_std_over_seeds(synthetic):
+    result = study_report.build_report(synthetic, models=False)
+    md = (synthetic / "report.md").read_text()
+    per_seed = [np.mean([erm_auc(s, c) for c in range(len(CENTERS))]) for s in SEEDS]
+    expected = f"{np.mean(per_seed):.3f} ± {np.std(per_seed, ddof=1):.3f}"
+    assert f"| erm | none | 3 | {expected} |" in md
+    assert "| better | shift + DANN + quantum | 3 |" in md and "| same | shift | 3 |" in md
+    assert "a note from the preset" in md
+    table = result["groups"]["unseen centers"]["tables"]["no_tta"]
+    assert table["erm"]["auc_mean"]["mean"] == pytest.approx(np.mean(per_seed) - 0.02)
+    worst = [min(erm_auc(s, c) for c in range(len(CENTERS))) for s in SEEDS]
+    assert result["groups"]["unseen centers"]["tables"]["tta"]["erm"]["auc_worst"]["mean"] == pytest.approx(np.mean(worst))
+
+
+def test_paired_comparisons_say_what_is_and_is_not_significant(synthetic):
+    result = study_report.build_report(synthetic, models=False)
+    comp = rows(result)
+    better, same = comp[("better", "AUC")], comp[("same", "AUC")]
+    assert better["n"] == 12 and better["higher"] == 12 and better["p"] < 0.05
+    assert better["verdict"] == "higher, significant at 0.05"
+    assert same["p"] >= 0.05 and same["verdict"] == "not significant at 0.05"
+    assert comp[("better", "mean AUC")]["p"] is None  # 3 seeds cannot reach p < 0.05
+    assert "too few pairs" in comp[("better", "mean AUC")]["verdict"]
+    md = (synthetic / "report.md").read_text()
+    assert "**same** vs erm (with TTA)" in md and "not significant at 0.05" in md
+    tta = {r["name"]: r for r in result["groups"]["unseen centers"]["tta_effect"] if r["metric"] == "AUC"}
+    assert all(tta[v]["mean_diff"] == pytest.approx(0.02) and tta[v]["p"] < 0.05 for v in AUC)
+
+
+def test_figures_without_checkpoints_are_left_out_with_a_note(synthetic):
+    result = study_report.build_report(synthetic)
+    assert (synthetic / "figures" / "center_auc.png").read_bytes()[:8] == PNG_MAGIC
+    assert set(result["figures"]) == {"center_auc"}
+    md = (synthetic / "report.md").read_text()
+    assert "## Left out" in md and "roc_hardest figure" in md and "virtual-center grid" in md
+
+
+def test_missing_baseline_skips_comparisons(synthetic):
+    for path in (synthetic / "erm").glob("*/report.json"):
+        path.unlink()
+    result = study_report.build_report(synthetic, models=False)
+    assert not result["groups"]["unseen centers"]["comparisons"]["tta"]
+    assert any("no erm runs" in s for s in result["skipped"])
+
+
+def test_paired_test_edge_cases():
+    assert paired_test([]) | {"verdict": paired_test([])["verdict"]} == paired_test([])
+    assert paired_test([]) ["verdict"] == "no pairs"
+    assert paired_test([0.0] * 8)["p"] is None and paired_test([0.0] * 8)["verdict"] == "no difference"
+    few = paired_test([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert few["p"] is None and few["verdict"].startswith("too few pairs")
+    low = paired_test([-0.1 - 0.01 * i for i in range(8)])
+    assert low["p"] < 0.05 and low["verdict"] == "lower, significant at 0.05"
+
+
+def test_report_on_a_real_quick_study(tmp_path_factory, data_root):
+    study_dir = build_quick_study(tmp_path_factory, data_root)
+    assert study_report.main([str(study_dir)]) == 0
+    result = json.loads((study_dir / "report.json").read_text())
+    assert set(result["figures"]) == {"center_auc", "roc_hardest", "features", "centers"}
+    for rel in result["figures"].values():
+        data = (study_dir / rel).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    hardest = result["hardest_center"]
+    assert hardest["center"] in result["groups"]["unseen centers"]["domains"]
+    for check in hardest["runs"].values():  # ROC curves recomputed from the checkpoints
+        assert check["recomputed_auc"] == pytest.approx(check["reported_auc"], abs=1e-3)
+    invariance = result["invariance"]["variants"]
+    assert set(invariance) == {"erm", "full"} and all(0 <= v["center_accuracy"] <= 1 for v in invariance.values())
+    md = (study_dir / "report.md").read_text()
+    assert "| erm | none | 1 |" in md and "| full | shift + DANN + quantum | 1 |" in md
+    assert "## Failed runs (not finished)" in md and "broken/seed0" in md
