@@ -55,11 +55,6 @@ def make_target_domains(x: torch.Tensor, y: torch.Tensor, centers: Iterable[Virt
     return domains
 
 
-@torch.no_grad()
-def _plain_predict(model, x):
-    return model(x)
-
-
 def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", batch_size: int = 256,
                   progress: bool = False, desc: str = "", partial=None) -> np.ndarray:
     """Class probabilities, adapting per batch with `tta` and restoring the model afterwards.
@@ -105,10 +100,14 @@ def evaluate_domains(model, domains: dict[str, tuple[torch.Tensor, torch.Tensor]
 
 def source_threshold(model, x_val, y_val, *, tta: str, positive_class: int, batch_size: int) -> float:
     """Decision threshold from SOURCE validation data only (never from a target domain)."""
-    probs = predict_probs(model, x_val, tta, batch_size)
+    return threshold_from_probs(y_val, predict_probs(model, x_val, tta, batch_size), positive_class)
+
+
+def threshold_from_probs(y_val, probs: np.ndarray, positive_class: int) -> float:
+    """Youden threshold on the positive-class probability; 0.5 (unused) for multi-class argmax."""
     if probs.shape[1] != 2:
         return 0.5
-    return choose_threshold(y_val.numpy(), probs[:, positive_class], positive_class)
+    return choose_threshold(np.asarray(y_val), probs[:, positive_class], positive_class)
 
 
 def summarize(per_domain: dict, unseen: list[str]) -> dict:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from hybrid.config import TrainConfig, add_config_arguments, config_from_args
 from hybrid.data import DataError, DatasetBundle, load_dataset, resolve_data_root
 from hybrid.evaluate import (evaluate_domains, make_target_domains, predict_probs, source_threshold,
-                             split_to_tensors, summarize)
+                             split_to_tensors, summarize, threshold_from_probs)
 from hybrid.metrics import domain_metrics
 from hybrid.model import HybridNet, dann_lambda, domain_loss
 from hybrid.shifts import VirtualCenter, apply_centers, make_source_centers, make_target_centers
@@ -271,8 +271,8 @@ def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: boo
     ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
     model.load_state_dict(ckpt["model"])
     model.eval()
-    threshold = source_threshold(model, x_val, y_val, tta=cfg.tta, positive_class=bundle.positive_class,
-                                 batch_size=cfg.eval_batch_size)
+    val_probs = predict_probs(model, x_val, cfg.tta, cfg.eval_batch_size)
+    threshold = threshold_from_probs(y_val.numpy(), val_probs, bundle.positive_class)
     ckpt["threshold"] = threshold
     atomic_save(ckpt, best_path)
     domains = build_eval_domains(cfg, bundle, channels)
@@ -286,8 +286,8 @@ def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: boo
                                             batch_size=cfg.eval_batch_size)
         no_tta, _ = evaluate_domains(model, domains, tta="none", **(kwargs | {"threshold": no_tta_threshold,
                                                                                "progress": False}))
-    source_val = domain_metrics(y_val.numpy(), predict_probs(model, x_val, cfg.tta, cfg.eval_batch_size),
-                                threshold=threshold, positive_class=bundle.positive_class, n_bootstrap=0)
+    source_val = domain_metrics(y_val.numpy(), val_probs, threshold=threshold,
+                                positive_class=bundle.positive_class, n_bootstrap=0)
     report = {
         "run": {"name": out_dir.name, "dataset": cfg.dataset, "backend": backend.description,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
