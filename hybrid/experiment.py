@@ -60,7 +60,8 @@ _VIRTUAL_NOTE = ("The unseen centers are the virtual target centers of hybrid.sh
 
 PRESETS: dict[str, Preset] = {
     "ablation": Preset(
-        "PneumoniaMNIST, the default TrainConfig budget; TTA is evaluated on and off in every run",
+        "PneumoniaMNIST with the TrainConfig defaults (the main run's settings) unless overridden; "
+        "TTA is evaluated on and off in every run",
         base={}, notes=(_VIRTUAL_NOTE,)),
     "quick": Preset(
         "the whole path in about a minute (CI): 1 epoch on 300 images, a narrow network, 1 thread",

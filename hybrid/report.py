@@ -372,6 +372,9 @@ def _markdown(result: dict, runs: list[Run]) -> str:
            ""]
     if study.get("description"):
         out += [study["description"] + ".", ""]
+    if study.get("base"):
+        shared = ", ".join(f"{k}={v}" for k, v in study["base"].items())
+        out += [f"Settings shared by every run (all others at the TrainConfig defaults): {shared}.", ""]
     out += [f"- {note}" for note in study.get("notes", [])] + [""]
     out += [f"Variants: {', '.join(result['variants'])}; {len(runs)} finished runs. Every number below is "
             f"computed from the runs' report.json files. TTA = {tta} at test time; the decision threshold is "

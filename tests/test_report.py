@@ -57,7 +57,8 @@ def synthetic(tmp_path):
         for seed in SEEDS:
             write_run(tmp_path, variant, seed)
     (tmp_path / "study.json").write_text(json.dumps({"preset": "synthetic", "variants": {v: {} for v in AUC},
-                                                     "notes": ["a note from the preset"]}))
+                                                     "notes": ["a note from the preset"],
+                                                     "base": {"epochs": 4, "max_train_samples": 2000}}))
     return tmp_path
 
 
@@ -73,6 +74,7 @@ def test_tables_show_every_variant_with_mean_and_std_over_seeds(synthetic):
     assert f"| erm | none | 3 | {expected} |" in md
     assert "| better | shift + DANN + quantum | 3 |" in md and "| same | shift | 3 |" in md
     assert "a note from the preset" in md
+    assert "Settings shared by every run (all others at the TrainConfig defaults): epochs=4, max_train_samples=2000." in md
     table = result["groups"]["unseen centers"]["tables"]["no_tta"]
     assert table["erm"]["auc_mean"]["mean"] == pytest.approx(np.mean(per_seed) - 0.02)
     worst = [min(erm_auc(s, c) for c in range(len(CENTERS))) for s in SEEDS]
