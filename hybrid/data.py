@@ -458,6 +458,14 @@ def _kw_for(fn, kw: dict) -> dict:
     return {k: v for k, v in kw.items() if k in params and v is not None}
 
 
+def resolve_dataset_path(spec, root: Path | None = None) -> Path:
+    """A dataset file path as given, or under `root` when it is relative and only exists there."""
+    path = Path(spec).expanduser()
+    if not path.exists() and root is not None and not path.is_absolute() and (Path(root) / path).exists():
+        path = Path(root) / path
+    return path
+
+
 def load_dataset(spec: str, root: Path | None = None, size: int = 28, **kw) -> DatasetBundle:
     """Load a MedMNIST 2D name or an .npz path (tried under `root` too when relative).
 
@@ -468,9 +476,7 @@ def load_dataset(spec: str, root: Path | None = None, size: int = 28, **kw) -> D
 
     if str(spec).strip().lower() in INFO:
         return load_medmnist(str(spec), root, size, **_kw_for(load_medmnist, kw))
-    path = Path(spec).expanduser()
-    if not path.exists() and root is not None and not path.is_absolute() and (Path(root) / path).exists():
-        path = Path(root) / path
+    path = resolve_dataset_path(spec, root)
     if path.is_dir():
         raise DataError(f"{path} is a folder; image folders are for evaluation only, load them with "
                         "hybrid.data.load_center_folder (root/<center>/<class>/*.png).")

@@ -83,6 +83,11 @@ PRESETS: dict[str, Preset] = {
         notes=("The label mix differs strongly between sources (vidir_molemax is almost all nevi; rosendahl "
                "has many more malignant lesions), so a leave-source-out result mixes label shift with "
                "acquisition shift.",
+               "What 'malignant' means differs too: in the Vienna sources it is mostly melanoma (313 mel, 88 "
+               "bcc, 11 akiec among 4,725 images, 3,890 of them nevi), in rosendahl mostly keratinocytic "
+               "(178 mel, 176 bcc, 172 akiec among 1,259), whose benign side holds 287 benign keratoses "
+               "(bkl) that resemble bcc/akiec. A Vienna model that learned 'melanoma vs nevus' can rank "
+               "rosendahl worse than chance.",
                "real:rosendahl is the only real unseen center (Queensland); the virtual target centers are "
                "applied to the test split of the Vienna sources. Images are 64 px with a stride-2 stem.",
                "dann_real trains DANN against the three real Vienna sources instead of virtual centers.",

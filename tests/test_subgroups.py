@@ -1,0 +1,88 @@
+"""Subgroup analysis of a held-out center: pairwise AUCs, consistency with evaluation, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from hybrid import subgroups, train
+from hybrid.data import DataError
+
+DX = ["mel", "bcc", "nv", "bkl"]  # the first two are "malignant"
+
+
+def test_pairwise_auc_matches_scikit_learn_with_ties():
+    rng = np.random.default_rng(0)
+    groups = rng.choice(DX, 400)
+    scores = np.round(rng.random(400), 1)  # coarse scores: many ties
+    rows = subgroups.pairwise_auc(scores, groups, ["mel", "bcc"], ["nv", "bkl"])
+    assert [(r["positive"], r["negative"]) for r in rows] == [("mel", "nv"), ("mel", "bkl"), ("bcc", "nv"), ("bcc", "bkl")]
+    for r in rows:
+        m = np.isin(groups, [r["positive"], r["negative"]])
+        expected = roc_auc_score(groups[m] == r["positive"], scores[m])
+        assert r["auc"] == pytest.approx(expected, abs=1e-12)
+        assert r["n_positive"] == (groups == r["positive"]).sum()
+
+
+def test_small_subgroups_get_no_auc_and_tables_count_flags():
+    groups = np.array(["mel"] * 10 + ["nv"] * 3)
+    scores = np.r_[np.full(10, 0.9), np.full(3, 0.1)]
+    assert subgroups.pairwise_auc(scores, groups, ["mel"], ["nv"])[0]["auc"] is None
+    table = {r["group"]: r for r in subgroups.group_table(scores, (groups == "mel").astype(int), groups, 0.5)}
+    assert table["mel"]["flagged_positive"] == 1.0 and table["nv"]["flagged_positive"] == 0.0
+    assert table["mel"]["target"] == [1] and table["nv"]["n"] == 3
+
+
+def test_a_group_field_that_does_not_refine_the_target_is_refused():
+    groups = np.array(["a", "a", "b", "b"])
+    with pytest.raises(DataError, match="both positive and negative"):
+        subgroups.analyse_center(np.array([0.1, 0.9, 0.2, 0.8]), np.array([0, 1, 0, 1]), groups, 0.5)
+
+
+@pytest.fixture(scope="module")
+def multicenter_run(tmp_path_factory):
+    """A tiny run on a synthetic 3-center file whose diagnosis refines a malignant target."""
+    root = tmp_path_factory.mktemp("mc")
+    rng = np.random.default_rng(0)
+    n = 240
+    labels = rng.integers(0, len(DX), n)
+    malignant = (labels < 2).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8)
+    images[malignant == 1, 4:12, 4:12] += 120  # a learnable lesion
+    np.savez(root / "mc.npz", images=images, labels=labels, malignant=malignant,
+             center_ids=np.arange(n) % 3, center_names=np.array(["a", "b", "c"]), label_names=np.array(DX))
+    out = root / "run"
+    argv = ["--dataset", str(root / "mc.npz"), "--label-field", "malignant", "--test-centers", "c",
+            "--input-size", "16", "--width-mult", "0.35", "--stem-stride", "2", "--epochs", "1",
+            "--batch-size", "32", "--n-bootstrap", "20", "--threads", "1", "--out", str(out), "--quiet"]
+    assert train.main(argv) == 0
+    return out
+
+
+def test_cli_writes_reports_consistent_with_the_run_evaluation(multicenter_run, capsys):
+    assert subgroups.main(["--run", str(multicenter_run), "--threads", "1"]) == 0
+    assert "c: AUC" in capsys.readouterr().out
+    result = json.loads((multicenter_run / "subgroups_c.json").read_text())
+    report = json.loads((multicenter_run / "report.json").read_text())
+    # the same images, the same TTA batches: the overall AUC is the evaluation's
+    assert result["auc"] == pytest.approx(report["domains"]["real:c"]["auc"], abs=1e-9)
+    assert {g["group"] for g in result["groups"]} == set(DX)
+    assert sum(g["n"] for g in result["groups"]) == result["n"] == 80
+    assert {(p["positive"], p["negative"]) for p in result["pairs"]} == {
+        (p, q) for p in ("bcc", "mel") for q in ("bkl", "nv")}
+    md = (multicenter_run / "subgroups_c.md").read_text()
+    assert "| positive \\ negative | bkl | nv |" in md
+    assert (multicenter_run / "subgroups_c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--centers", "a"], "used for training"),
+    (["--group-field", "nope"], "has no array 'nope'"),
+    (["--centers", "zz"], "Unknown center"),
+])
+def test_cli_errors_are_one_sentence(multicenter_run, capsys, argv, match):
+    assert subgroups.main(["--run", str(multicenter_run), *argv]) == 2
+    assert match in capsys.readouterr().err
