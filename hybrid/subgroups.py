@@ -181,7 +181,7 @@ def run_subgroups(run_dir: Path, group_field: str, centers=None, tta: str | None
         stem = run_dir / f"subgroups_{center}"
         stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         stem.with_suffix(".md").write_text(_markdown(run_dir, center, result, group_field, tta))
-        plot_pairs(result, f"{center}: AUC per subgroup pair ({run_dir.name}, TTA {tta})", stem.with_suffix(".png"))
+        plot_pairs(result, f"{center}: AUC per subgroup pair ({'/'.join(run_dir.parts[-2:])}, TTA {tta})", stem.with_suffix(".png"))
         results[center] = result
     return results
 
