@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated backend specs name[:arg][:key=value] (default: {DEFAULT_BACKENDS})")
     parser.add_argument("--samples", type=int, default=256, help="images per unseen center (default: 256)")
     parser.add_argument("--domains", help="comma-separated unseen centers (default: all)")
-    parser.add_argument("--tta", choices=("bn", "none"), help="default: the run's setting")
+    parser.add_argument("--tta", choices=("bn", "bn2d", "none"), help="default: the run's setting")
     parser.add_argument("--batch-size", type=int, help="samples per batch, i.e. per job (default: the run's)")
     parser.add_argument("--seed", type=int, help="sample selection, simulator and transpiler seed (default: the run's)")
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")

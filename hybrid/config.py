@@ -91,7 +91,7 @@ _CHOICES = {
     "feature_map": FEATURE_MAPS,
     "entanglement": ENTANGLEMENTS,
     "q_precision": ("float64", "float32"),
-    "tta": ("bn", "tent", "none"),
+    "tta": ("bn", "bn2d", "tent", "none"),
     "stem_stride": (1, 2),
 }
 _SKIP = {"backend"}  # added by the entry point with choices from the registry

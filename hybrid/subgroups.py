@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="run directory of a multi-center training")
     parser.add_argument("--group-field", default="labels", help="array of subgroups, e.g. labels (the diagnosis)")
     parser.add_argument("--centers", help="held-out centers to analyse (default: all the run held out)")
-    parser.add_argument("--tta", choices=("bn", "tent", "none"), help="default: the run's setting")
+    parser.add_argument("--tta", choices=("bn", "bn2d", "tent", "none"), help="default: the run's setting")
     parser.add_argument("--data-root", help="folder holding the run's .npz (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--threads", type=int, help="torch threads")
     args = parser.parse_args(argv)

@@ -5,6 +5,8 @@ Three methods behind one interface, picked by name with :func:`make_tta`:
 * ``none`` -- the source model as trained (``eval()`` mode), the reference point.
 * ``bn``   -- normalise with the statistics of the current test batch instead of the
   source running statistics; no parameter changes.
+* ``bn2d`` -- the same for the image-level BatchNorm2d layers only; 1-D BatchNorm over
+  embeddings keeps its source statistics (they also track the batch's class mix).
 * ``tent`` -- TENT (Wang et al., ICLR 2021): batch statistics plus a few gradient steps
   minimising the prediction entropy, updating only the BatchNorm affine parameters.
 
@@ -90,8 +92,8 @@ def _flags_kept(model: nn.Module):
         _restore_flags(model, flags)
 
 
-def use_batch_stats(model: nn.Module) -> nn.Module:
-    """Put ``model`` in eval mode except BN layers, which normalise with batch statistics.
+def use_batch_stats(model: nn.Module, kinds: tuple[type, ...] = (_BatchNorm,)) -> nn.Module:
+    """Put ``model`` in eval mode except BN layers of ``kinds``, which normalise with batch statistics.
 
     Train-mode BN normalises with the batch mean and (biased) variance; turning off
     ``track_running_stats`` stops it from also overwriting the stored source statistics,
@@ -100,8 +102,9 @@ def use_batch_stats(model: nn.Module) -> nn.Module:
     """
     model.eval()
     for bn in bn_layers(model):
-        bn.train()
-        bn.track_running_stats = False
+        if isinstance(bn, kinds):
+            bn.train()
+            bn.track_running_stats = False
     return model
 
 
@@ -213,8 +216,13 @@ class BatchNormAdapt(TTAMethod):
     compute them at all, and BatchNorm2d would normalise the image against itself).
     """
 
+    kinds: tuple[type, ...] = (_BatchNorm,)  # which BatchNorm layers take the batch statistics
+
     def __init__(self, model: nn.Module, *, min_batch: int = 8):
         check_model(model, require_affine=False)
+        if not any(isinstance(bn, self.kinds) for bn in bn_layers(model)):
+            raise ValueError(f"{type(model).__name__} has no {' or '.join(k.__name__ for k in self.kinds)} "
+                             f"layers for TTA method {self.name!r} to adapt; use 'bn' or 'none'")
         super().__init__(model)
         self.min_batch = min_batch
 
@@ -225,9 +233,21 @@ class BatchNormAdapt(TTAMethod):
             self.fallback_batches += 1
             return self._source_logits(x)
         with _flags_kept(self.model):
-            logits = use_batch_stats(self.model)(x)
+            logits = use_batch_stats(self.model, self.kinds)(x)
         self.adapted_batches += 1
         return logits
+
+
+@register("bn2d")
+class ImageBatchNormAdapt(BatchNormAdapt):
+    """Batch statistics for the image-level (BatchNorm2d) layers only.
+
+    Acquisition shift lives in image statistics; the statistics of a 1-D BatchNorm over
+    embeddings also move with the batch's class mix (label shift), which plain ``bn``
+    would normalise away. This keeps such layers on their source statistics.
+    """
+
+    kinds = (nn.BatchNorm2d,)
 
 
 @register("tent")

@@ -87,6 +87,10 @@ def odd_flags(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("make_model", [SmallCNN, SmallMLP])
 def test_every_method_predicts_and_resets(name, make_model):
     model = trained_like(make_model())
+    if name == "bn2d" and make_model is SmallMLP:  # nothing image-level to adapt: say so
+        with pytest.raises(ValueError, match="no BatchNorm2d layers"):
+            make_tta(name, model)
+        return
     snap = snapshot(model)
     tta = make_tta(name, model)
     x = target_batch()
@@ -141,6 +145,38 @@ def test_bn_uses_batch_statistics_and_keeps_source_statistics():
     torch.testing.assert_close(logits, expected)
     assert not torch.allclose(logits, make_tta("none", model).predict(x))  # the shift matters
     assert_same_state(model, snap)  # running stats untouched, even without reset()
+
+
+class CNNWithEmbeddingBN(nn.Module):
+    """Image BatchNorm2d in the encoder, BatchNorm1d over the embedding (as in HybridNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.embed = nn.Linear(4, 6)
+        self.bn1d = nn.BatchNorm1d(6)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.fc(torch.relu(self.bn1d(self.embed(h))))
+
+
+def test_bn2d_adapts_image_statistics_and_keeps_embedding_statistics():
+    model = trained_like(CNNWithEmbeddingBN())
+    snap = snapshot(model)
+    x = target_batch()
+    logits = make_tta("bn2d", model).predict(x)
+    with torch.no_grad():  # batch statistics in the conv BN, source running statistics in the 1-D BN
+        h = model.conv(x)
+        mean, var = h.mean((0, 2, 3), keepdim=True), h.var((0, 2, 3), unbiased=False, keepdim=True)
+        h = (h - mean) / torch.sqrt(var + model.bn.eps)
+        h = torch.relu(h * model.bn.weight[None, :, None, None] + model.bn.bias[None, :, None, None]).mean((2, 3))
+        expected = model.fc(torch.relu(model.bn1d.eval()(model.embed(h))))
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(logits, make_tta("bn", model).predict(x))
+    assert_same_state(model, snap)
 
 
 def test_bn_small_batch_falls_back_to_source_statistics():
@@ -253,7 +289,7 @@ def test_tent_sgd_and_bad_arguments():
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(ValueError, match="bn, none, tent"):
+    with pytest.raises(ValueError, match="bn, bn2d, none, tent"):
         make_tta("memo", SmallCNN())
 
 
