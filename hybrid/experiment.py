@@ -269,6 +269,22 @@ def _record_failure(out: Path, variant: str, seed: int, result: dict) -> None:
     log.error("%s/seed%d failed: %s (details in %s)", variant, seed, result.get("error"), out / "failures.jsonl")
 
 
+def exit_with_parent(parent_pid: int, poll_seconds: float = 2.0) -> None:
+    """Worker initializer: end the worker once the study process is gone.
+
+    A study killed with SIGTERM/SIGKILL cannot shut its pool down, and its workers would
+    go on training unattended; a watcher thread notices the new parent and exits.
+    """
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def run_study(study: Study, out: Path, *, workers: int = 1, threads: int | None = None,
               progress: bool = True, command: str | None = None) -> dict:
     """Train every unfinished run of `study` under `out`; returns finished, skipped and failed runs.
@@ -312,7 +328,8 @@ def run_study(study: Study, out: Path, *, workers: int = 1, threads: int | None 
         for v, s, cfg, path in jobs:
             done(v, s, run_one(cfg, path, per_worker, command))
     else:
-        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(run_one, cfg, path, per_worker, command): (v, s) for v, s, cfg, path in jobs}
             for future in as_completed(futures):
                 try:
