@@ -254,13 +254,16 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hybrid.tta import TTA_METHODS
+
     parser = argparse.ArgumentParser(prog="python -m hybrid.bench_backends", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run directory written by hybrid.train")
     parser.add_argument("--backends", default=DEFAULT_BACKENDS,
                         help=f"comma-separated backend specs name[:arg][:key=value] (default: {DEFAULT_BACKENDS})")
     parser.add_argument("--samples", type=int, default=256, help="images per unseen center (default: 256)")
     parser.add_argument("--domains", help="comma-separated unseen centers (default: all)")
-    parser.add_argument("--tta", choices=("bn", "bn2d", "none"), help="default: the run's setting")
+    # tent needs gradients, which the sampling backends do not give
+    parser.add_argument("--tta", choices=tuple(m for m in TTA_METHODS if m != "tent"), help="default: the run's setting")
     parser.add_argument("--batch-size", type=int, help="samples per batch, i.e. per job (default: the run's)")
     parser.add_argument("--seed", type=int, help="sample selection, simulator and transpiler seed (default: the run's)")
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.quantum import ENTANGLEMENTS, FEATURE_MAPS, QuantumConfig
+from hybrid.tta import TTA_METHODS
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ _CHOICES = {
     "feature_map": FEATURE_MAPS,
     "entanglement": ENTANGLEMENTS,
     "q_precision": ("float64", "float32"),
-    "tta": ("bn", "bn2d", "tent", "none"),
+    "tta": tuple(TTA_METHODS),
     "stem_stride": (1, 2),
 }
 _SKIP = {"backend"}  # added by the entry point with choices from the registry

@@ -33,7 +33,7 @@ from hybrid.config import TrainConfig
 from hybrid.data import DataError, Split, images_to_tensor
 from hybrid.metrics import choose_threshold, domain_metrics, summarize_domains
 from hybrid.shifts import VirtualCenter, apply_center
-from hybrid.tta import make_tta
+from hybrid.tta import TTA_METHODS, make_tta
 
 log = logging.getLogger("hybrid.evaluate")
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--data", help=".npz (MedMNIST layout, images/labels, or multi-center) or a center folder")
     source.add_argument("--dataset", help="MedMNIST name: its test split under the virtual target centers")
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")
-    parser.add_argument("--tta", choices=("bn", "bn2d", "tent", "none"), help="default: the run's setting")
+    parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="default: the run's backend")
     parser.add_argument("--max-samples", type=int, help="evaluate at most this many samples per domain")
     parser.add_argument("--batch-size", type=int, help="samples per batch, i.e. per job (default: the run's)")

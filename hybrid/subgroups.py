@@ -25,6 +25,7 @@ import numpy as np
 
 from hybrid.data import DataError, _resolve_centers, resolve_data_root, resolve_dataset_path
 from hybrid.metrics import domain_metrics
+from hybrid.tta import TTA_METHODS
 
 log = logging.getLogger("hybrid.subgroups")
 MIN_GROUP = 5  # smaller subgroups get counts but no AUC: a handful of images says nothing
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="run directory of a multi-center training")
     parser.add_argument("--group-field", default="labels", help="array of subgroups, e.g. labels (the diagnosis)")
     parser.add_argument("--centers", help="held-out centers to analyse (default: all the run held out)")
-    parser.add_argument("--tta", choices=("bn", "bn2d", "tent", "none"), help="default: the run's setting")
+    parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")
     parser.add_argument("--data-root", help="folder holding the run's .npz (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--threads", type=int, help="torch threads")
     args = parser.parse_args(argv)
