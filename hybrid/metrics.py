@@ -81,6 +81,12 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray)
         return np.where(total > 0, wins / total, np.nan)
 
 
+def binary_auc(scores, positive) -> float:
+    """AUC of ``scores`` for the boolean labels ``positive`` (ties count 1/2); ``nan`` if one class is empty."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return float(_weighted_auc(scores, np.asarray(positive, dtype=bool), np.ones((1, scores.size)))[0])
+
+
 def _auc(y: np.ndarray, probs: np.ndarray, weights: np.ndarray, positive_class: int) -> np.ndarray:
     """Binary AUC of ``positive_class``, or one-vs-rest macro AUC, for each weight row.
 

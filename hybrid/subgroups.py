@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hybrid.data import DataError, _resolve_centers, resolve_data_root, resolve_dataset_path
-from hybrid.metrics import domain_metrics
+from hybrid.metrics import binary_auc, domain_metrics
 from hybrid.tta import TTA_METHODS
 
 log = logging.getLogger("hybrid.subgroups")
@@ -35,22 +35,16 @@ def pairwise_auc(scores: np.ndarray, groups: np.ndarray, positive_groups, negati
                  min_n: int = MIN_GROUP) -> list[dict]:
     """AUC of the score for each positive subgroup against each negative subgroup.
 
-    Ties count one half (the Mann-Whitney form of the AUC); pairs with a side under `min_n`
-    images get auc None.
+    Ties count one half; pairs with a side under `min_n` images get auc None.
     """
     rows = []
     for p in positive_groups:
-        sp = np.sort(scores[groups == p])
+        n_pos = int((groups == p).sum())
         for n in negative_groups:
-            sn = scores[groups == n]
-            auc = None
-            if len(sp) >= min_n and len(sn) >= min_n:
-                below = np.searchsorted(sp, sn, side="left")  # positives scored below each negative
-                ties = np.searchsorted(sp, sn, side="right") - below
-                wins = (len(sp) - below - ties).sum() + 0.5 * ties.sum()
-                auc = float(wins / (len(sp) * len(sn)))
-            rows.append({"positive": p, "negative": n, "n_positive": int(len(sp)), "n_negative": int(len(sn)),
-                         "auc": auc})
+            n_neg = int((groups == n).sum())
+            pair = (groups == p) | (groups == n)
+            auc = binary_auc(scores[pair], groups[pair] == p) if min(n_pos, n_neg) >= min_n else None
+            rows.append({"positive": p, "negative": n, "n_positive": n_pos, "n_negative": n_neg, "auc": auc})
     return rows
 
 
