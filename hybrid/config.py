@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.quantum import ENTANGLEMENTS, FEATURE_MAPS, QuantumConfig
+from hybrid.shifts import SOURCE_SAMPLINGS
 from hybrid.tta import TTA_METHODS
 
 
@@ -29,6 +30,7 @@ class TrainConfig:
     stem_stride: int = 1  # stride of the first conv; 1 keeps detail on 28-32 px images
     pretrained: bool = False  # ImageNet weights (torchvision download or weights_path)
     weights_path: str | None = None  # local torchvision mobilenet_v2 state_dict for --pretrained
+    input_smoothing: float = 0.0  # sigma (px) of a fixed Gaussian low-pass in front of the encoder; 0 = off
     embed_dim: int = 128  # bottleneck features shared by classifier, projection and discriminator
     dropout: float = 0.2
     # the three domain-generalization components; each ablation is one flag away
@@ -41,6 +43,7 @@ class TrainConfig:
     entanglement: str = "linear"
     q_precision: str = "float64"
     n_source_centers: int = 4  # virtual training centers drawn from the source range
+    source_sampling: str = "random"  # how centers draw strengths: random, or stratified (Latin hypercube)
     clean_fraction: float = 0.2  # share of training samples left unshifted (domain label = K)
     dann_max_lambda: float = 0.3  # cap of the DANN schedule 2/(1+exp(-10p)) - 1
     dann_weight: float = 1.0  # weight of the domain loss
@@ -87,6 +90,8 @@ _HELP = {
     "label_field": "multi-center npz: label array, e.g. malignant",
     "pretrained": "start from ImageNet weights (torchvision, or --weights-path)",
     "tta": "test-time adaptation at evaluation",
+    "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
+    "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",
 }
 _CHOICES = {
     "feature_map": FEATURE_MAPS,
@@ -94,6 +99,7 @@ _CHOICES = {
     "q_precision": ("float64", "float32"),
     "tta": tuple(TTA_METHODS),
     "stem_stride": (1, 2),
+    "source_sampling": SOURCE_SAMPLINGS,
 }
 _SKIP = {"backend"}  # added by the entry point with choices from the registry
 

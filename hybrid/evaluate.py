@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--data", help=".npz (MedMNIST layout, images/labels, or multi-center) or a center folder")
     source.add_argument("--dataset", help="MedMNIST name: its test split under the virtual target centers")
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")
+    parser.add_argument("--centers", choices=("target", "validation"), default="target",
+                        help="virtual centers for --dataset or the run's own data: the reported unseen target "
+                             "centers, or the design-validation centers for comparing method variants")
     parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="default: the run's backend")
     parser.add_argument("--max-samples", type=int, help="evaluate at most this many samples per domain")
@@ -258,14 +261,17 @@ def _evaluate(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backend)
     batch_size = args.batch_size or cfg.eval_batch_size
     root = resolve_data_root(args.data_root or cfg.data_root)
     started = time.perf_counter()
+    if args.data and args.centers != "target":
+        raise ValueError("--centers picks virtual centers for --dataset or the run's own data; --data files are "
+                         "evaluated as they are")
     if args.data:
         domains = _domains_from_data(args.data, cfg, ckpt, root)
         name = Path(args.data).stem
     else:
         dataset = args.dataset or cfg.dataset
         bundle = load_bundle(replace(cfg, dataset=dataset), root)
-        domains = build_eval_domains(cfg, bundle, ckpt["in_channels"])
-        name = Path(dataset).stem
+        domains = build_eval_domains(cfg, bundle, ckpt["in_channels"], args.centers)
+        name = Path(dataset).stem + ("_validation" if args.centers == "validation" else "")
     if backend.label != cfg.backend or not backend.exact:
         name = f"{name}_{backend.label}"  # results on another backend do not overwrite the run's own
     name = args.name or name

@@ -18,6 +18,7 @@ from torch import nn
 
 from hybrid.config import TrainConfig
 from hybrid.quantum import QuantumLayer
+from hybrid.shifts import gaussian_blur
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -117,6 +118,9 @@ class HybridNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The domain-invariant embedding f (what the discriminator sees)."""
+        if self.config.input_smoothing > 0:
+            # a fixed low-pass: pneumonia opacities are low-frequency, pixel noise is not
+            x = gaussian_blur(x, self.config.input_smoothing)
         x = (x - self.pixel_mean) / self.pixel_std
         return self.embed(self.encoder(x))
 

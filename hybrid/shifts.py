@@ -30,14 +30,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ShiftFn = Callable[[Tensor, float, "torch.Generator | None"], Tensor]
-FAMILIES = ("train", "heldout")
+# train: builds source centers; heldout: reported unseen centers; validation: design-validation
+# centers for choosing between method variants, disjoint in family from both of the others.
+FAMILIES = ("train", "heldout", "validation")
 
 
 @dataclass(frozen=True)
 class ShiftSpec:
     name: str
     fn: ShiftFn
-    family: str  # "train" (used to build source centers) or "heldout" (evaluation only)
+    family: str  # one of FAMILIES
 
 
 SHIFTS: dict[str, ShiftSpec] = {}
@@ -82,7 +84,7 @@ def _randn_like(images: Tensor, generator: torch.Generator | None) -> Tensor:
     return noise.to(images.device)
 
 
-def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur (sigma in pixels) with reflect padding, per channel."""
     b, c, h, w = images.shape
     # Reflect padding needs pad < size, so very small images get a truncated kernel.
@@ -121,7 +123,7 @@ def sharpen(images: Tensor, strength: float, generator: torch.Generator | None =
     _require(strength >= 0, "sharpen amount must be >= 0", strength)
     if strength == 0:
         return images.clone()
-    detail = images - _gaussian_blur(images, sigma=1.0)
+    detail = images - gaussian_blur(images, sigma=1.0)
     return (images + strength * detail).clamp(0.0, 1.0)
 
 
@@ -148,7 +150,7 @@ def blur(images: Tensor, strength: float, generator: torch.Generator | None = No
     _require(strength >= 0, "blur sigma must be >= 0", strength)
     if strength == 0:
         return images.clone()
-    return _gaussian_blur(images, strength).clamp(0.0, 1.0)
+    return gaussian_blur(images, strength).clamp(0.0, 1.0)
 
 
 @register_shift("speckle", family="heldout")
@@ -184,8 +186,57 @@ def resolution(images: Tensor, strength: float, generator: torch.Generator | Non
     return F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
 
 
+# Validation families: plausible acquisition artefacts that neither train nor the reported
+# target centers use. They exist so that design choices (e.g. input smoothing) can be judged
+# without looking at the reported unseen centers.
+@register_shift("impulse", family="validation")
+def impulse(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Salt-and-pepper noise: a fraction ``strength`` of pixels stuck at 0 or 1 (dead/hot detector pixels)."""
+    _check(images)
+    _require(0 <= strength <= 1, "impulse fraction must be in [0, 1]", strength)
+    device = generator.device if generator is not None else images.device
+    u = torch.rand(images.shape, generator=generator, dtype=images.dtype, device=device).to(images.device)
+    out = images.clone()
+    out[u < strength / 2] = 0.0
+    out[(u >= strength / 2) & (u < strength)] = 1.0
+    return out
+
+
+@register_shift("rician", family="validation")
+def rician(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Magnitude of complex Gaussian noise, sqrt((I + s n1)^2 + (s n2)^2): MRI-style Rician noise."""
+    _check(images)
+    _require(strength >= 0, "rician sigma must be >= 0", strength)
+    real = images + strength * _randn_like(images, generator)
+    imag = strength * _randn_like(images, generator)
+    return torch.sqrt(real**2 + imag**2).clamp(0.0, 1.0)
+
+
+@register_shift("grain", family="validation")
+def grain(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Spatially correlated additive noise (white noise blurred with sigma 1 px) of std ``strength``."""
+    _check(images)
+    _require(strength >= 0, "grain std must be >= 0", strength)
+    noise = gaussian_blur(_randn_like(images, generator), 1.0)
+    noise = noise / noise.std().clamp_min(1e-12)
+    return (images + strength * noise).clamp(0.0, 1.0)
+
+
+@register_shift("vignette", family="validation")
+def vignette(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Radial exposure fall-off I * (1 - strength * r^2), r = 1 at the corners."""
+    _check(images)
+    _require(0 <= strength <= 1, "vignette strength must be in [0, 1]", strength)
+    h, w = images.shape[-2:]
+    yy = torch.linspace(-1, 1, h, dtype=images.dtype, device=images.device).view(h, 1)
+    xx = torch.linspace(-1, 1, w, dtype=images.dtype, device=images.device).view(1, w)
+    r2 = (xx**2 + yy**2) / 2
+    return (images * (1 - strength * r2)).clamp(0.0, 1.0)
+
+
 TRAIN_SHIFTS: tuple[str, ...] = tuple(n for n, s in SHIFTS.items() if s.family == "train")
 HELDOUT_SHIFTS: tuple[str, ...] = tuple(n for n, s in SHIFTS.items() if s.family == "heldout")
+VALIDATION_SHIFTS: tuple[str, ...] = tuple(n for n, s in SHIFTS.items() if s.family == "validation")
 
 
 @dataclass(frozen=True)
@@ -279,6 +330,17 @@ _TARGET_CENTERS: tuple[VirtualCenter, ...] = (
 )
 
 
+# Design-validation centers: only validation-family shifts, or train families at strengths
+# outside both SOURCE_RANGES and TARGET_RANGES. Fixed before any method variant was compared.
+_VALIDATION_CENTERS: tuple[VirtualCenter, ...] = (
+    VirtualCenter("val_impulse", (("impulse", 0.02),)),
+    VirtualCenter("val_rician", (("rician", 0.05),)),
+    VirtualCenter("val_grain", (("grain", 0.04),)),
+    VirtualCenter("val_vignette", (("vignette", 0.5),)),
+    VirtualCenter("val_lowcontrast_grain", (("contrast", 0.75), ("grain", 0.03))),
+)
+
+
 def ranges_disjoint(
     source: dict[str, tuple[float, float]] | None = None,
     target: dict[str, tuple[tuple[float, float], ...]] | None = None,
@@ -295,15 +357,35 @@ def ranges_disjoint(
     return True
 
 
-def make_source_centers(k: int = 4, seed: int = 0) -> list[VirtualCenter]:
-    """K training centers ``src0..src{k-1}``, each drawing every train family from SOURCE_RANGES."""
+SOURCE_SAMPLINGS = ("random", "stratified")
+
+
+def make_source_centers(k: int = 4, seed: int = 0, sampling: str = "random") -> list[VirtualCenter]:
+    """K training centers ``src0..src{k-1}``, each drawing every train family from SOURCE_RANGES.
+
+    ``random`` draws every strength uniformly from its range. ``stratified`` (Latin hypercube)
+    splits each range into K equal strata and gives every center a different stratum per shift,
+    so the K centers span the whole range: with K=4 random draws can leave, e.g., every center's
+    noise near zero.
+    """
     if k < 1:
         raise ValueError(f"need at least one source center, got k={k}")
+    if sampling not in SOURCE_SAMPLINGS:
+        raise ValueError(f"source sampling must be one of {SOURCE_SAMPLINGS}, got {sampling!r}")
     rng = np.random.default_rng(seed)
+    names = list(SOURCE_RANGES)
+    if sampling == "random":  # draw order (center by center) kept so earlier runs reproduce
+        u = np.array([[rng.uniform(0.0, 1.0) for _ in names] for _ in range(k)])
+    else:
+        u = np.stack([(rng.permutation(k) + rng.uniform(0.0, 1.0, size=k)) / k for _ in names], axis=1)
     centers = []
     for i in range(k):
-        # Rounded so saved configs stay readable; rounding keeps values inside the ranges.
-        shifts = tuple((name, round(float(rng.uniform(lo, hi)), 4)) for name, (lo, hi) in SOURCE_RANGES.items())
+        # Rounded so saved configs stay readable; clipped so rounding stays inside the ranges.
+        shifts = []
+        for j, name in enumerate(names):
+            lo, hi = SOURCE_RANGES[name]
+            shifts.append((name, float(np.clip(round(float(lo + u[i, j] * (hi - lo)), 4), lo, hi))))
+        shifts = tuple(shifts)
         centers.append(VirtualCenter(f"src{i}", shifts))
     return centers
 
@@ -311,6 +393,11 @@ def make_source_centers(k: int = 4, seed: int = 0) -> list[VirtualCenter]:
 def make_target_centers() -> list[VirtualCenter]:
     """The fixed unseen evaluation centers (strengths inside TARGET_RANGES)."""
     return list(_TARGET_CENTERS)
+
+
+def make_validation_centers() -> list[VirtualCenter]:
+    """Design-validation centers: for comparing method variants, never reported as results."""
+    return list(_VALIDATION_CENTERS)
 
 
 def save_center_grid(

@@ -35,7 +35,8 @@ from hybrid.evaluate import (evaluate_domains, make_target_domains, predict_prob
                              split_to_tensors, summarize, threshold_from_probs)
 from hybrid.metrics import domain_metrics
 from hybrid.model import HybridNet, dann_lambda, domain_loss
-from hybrid.shifts import VirtualCenter, apply_centers, make_source_centers, make_target_centers
+from hybrid.shifts import (VirtualCenter, apply_centers, make_source_centers, make_target_centers,
+                           make_validation_centers)
 
 log = logging.getLogger("hybrid.train")
 CLEAN = VirtualCenter("clean", ())
@@ -57,10 +58,18 @@ def load_bundle(cfg: TrainConfig, root) -> DatasetBundle:
     return load_dataset(cfg.dataset, root=root, size=cfg.size, seed=cfg.seed, **multicenter)
 
 
-def build_eval_domains(cfg: TrainConfig, bundle: DatasetBundle, channels: int) -> dict:
-    """Clean test split, every unseen virtual center, and the real held-out centers."""
+CENTER_SETS = {"target": make_target_centers, "validation": make_validation_centers}
+
+
+def build_eval_domains(cfg: TrainConfig, bundle: DatasetBundle, channels: int, center_set: str = "target") -> dict:
+    """Clean test split, every unseen virtual center of `center_set`, and the real held-out centers.
+
+    `validation` swaps the reported target centers for the design-validation centers, which are
+    for comparing method variants without looking at the reported ones.
+    """
     x, y = split_to_tensors(bundle.test, cfg.input_size, channels)
-    domains = make_target_domains(x, y, make_target_centers(), cfg.seed) if len(y) else {}
+    centers = CENTER_SETS[center_set]()
+    domains = make_target_domains(x, y, centers, cfg.seed) if len(y) else {}
     for name, split in bundle.test_domains.items():
         domains[f"real:{name}"] = split_to_tensors(split, cfg.input_size, channels)
     return domains
@@ -83,7 +92,7 @@ class DomainSampler:
 
     def __init__(self, cfg: TrainConfig, real_centers: np.ndarray | None):
         self.cfg = cfg
-        self.centers = make_source_centers(cfg.n_source_centers, cfg.seed) if cfg.shift else []
+        self.centers = make_source_centers(cfg.n_source_centers, cfg.seed, cfg.source_sampling) if cfg.shift else []
         if cfg.shift and cfg.clean_fraction > 0:
             self.centers.append(CLEAN)
         self.real = None

@@ -77,6 +77,25 @@ def test_no_quantum_model_has_no_quantum_parameters():
     assert model.discriminator is None
 
 
+def test_input_smoothing_is_a_fixed_blur_in_front_of_the_same_network():
+    from hybrid.shifts import gaussian_blur
+
+    torch.manual_seed(0)
+    plain = HybridNet(replace(SMALL, quantum=False), in_channels=1, n_classes=2, n_domains=1).eval()
+    smooth = HybridNet(replace(SMALL, quantum=False, input_smoothing=0.8), in_channels=1, n_classes=2,
+                       n_domains=1).eval()
+    smooth.load_state_dict(plain.state_dict())  # no new parameters: the filter is fixed
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(smooth.features(x), plain.features(gaussian_blur(x, 0.8)))
+    torch.testing.assert_close(smooth(x), plain(gaussian_blur(x, 0.8)))
+    seen = []
+    smooth.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    smooth(x)
+    normalized = (gaussian_blur(x, 0.8) - smooth.pixel_mean) / smooth.pixel_std
+    torch.testing.assert_close(seen[0], normalized)  # the encoder sees the low-passed image
+    assert (seen[0] - (x - smooth.pixel_mean) / smooth.pixel_std).abs().max() > 0.1
+
+
 def test_stem_stride_and_channels():
     enc, width = build_encoder(1, width_mult=0.35, stem_stride=1)
     assert enc[0][0][0].stride == (1, 1) and enc[0][0][0].in_channels == 1

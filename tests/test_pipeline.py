@@ -54,6 +54,19 @@ def test_evaluate_cli_on_own_dataset(run_dir, data_root):
     assert json.loads(lines[-1])["kind"] == "evaluation"
 
 
+def test_evaluate_on_design_validation_centers(run_dir, data_root, capsys):
+    assert evaluate.main(["--run", str(run_dir), "--centers", "validation", "--tta", "none",
+                          "--max-samples", "100", "--data-root", str(data_root)]) == 0
+    result = json.loads((run_dir / "eval_pneumoniamnist_validation.json").read_text())
+    assert set(result["unseen"]) == {"val_impulse", "val_rician", "val_grain", "val_vignette",
+                                     "val_lowcontrast_grain"}
+    assert not any(d.startswith("tgt_") for d in result["domains"])
+    # --data files are evaluated as they are; asking for virtual centers on them is an error
+    assert evaluate.main(["--run", str(run_dir), "--centers", "validation",
+                          "--data", str(data_root / "pneumoniamnist.npz")]) == 2
+    assert "--centers" in capsys.readouterr().err
+
+
 def test_evaluate_cli_on_npz_and_center_folder(run_dir, data_root, tmp_path):
     from PIL import Image
 
@@ -111,3 +124,11 @@ def test_crash_then_resume_loses_nothing(tmp_path, data_root):
     report = train.train(cfg, tmp_path, progress=False, resume=True)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     assert report["run"]["best_epoch"] in (1, 2)
+
+
+def test_domain_sampler_uses_the_configured_source_sampling():
+    from hybrid.shifts import make_source_centers
+
+    for sampling in ("random", "stratified"):
+        sampler = train.DomainSampler(TrainConfig(seed=3, source_sampling=sampling), None)
+        assert sampler.centers == make_source_centers(4, seed=3, sampling=sampling) + [train.CLEAN]

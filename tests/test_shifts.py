@@ -14,12 +14,14 @@ from hybrid.shifts import (
     SOURCE_RANGES,
     TARGET_RANGES,
     TRAIN_SHIFTS,
+    VALIDATION_SHIFTS,
     VirtualCenter,
     apply_center,
     apply_centers,
     get_shift,
     make_source_centers,
     make_target_centers,
+    make_validation_centers,
     ranges_disjoint,
     save_center_grid,
 )
@@ -35,8 +37,12 @@ TYPICAL = {
     "speckle": 0.15,
     "poisson": 200.0,
     "resolution": 2.0,
+    "impulse": 0.02,
+    "rician": 0.05,
+    "grain": 0.04,
+    "vignette": 0.5,
 }
-NOISY = ("gaussian_noise", "speckle", "poisson")
+NOISY = ("gaussian_noise", "speckle", "poisson", "impulse", "rician", "grain")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -61,6 +67,7 @@ def _high_freq_energy(x: torch.Tensor) -> float:
 def test_registry_families():
     assert TRAIN_SHIFTS == ("brightness", "contrast", "sharpen", "gaussian_noise")
     assert set(HELDOUT_SHIFTS) == {"gamma", "blur", "speckle", "poisson", "resolution"}
+    assert set(VALIDATION_SHIFTS) == {"impulse", "rician", "grain", "vignette"}
     assert set(TYPICAL) == set(SHIFTS), "add a typical strength for every new shift"
     assert tuple(SOURCE_RANGES) == TRAIN_SHIFTS
 
@@ -99,7 +106,8 @@ def test_different_seed_different_noise(name):
 @pytest.mark.parametrize(
     "name,strength",
     [("brightness", 0.0), ("contrast", 1.0), ("sharpen", 0.0), ("gaussian_noise", 0.0),
-     ("gamma", 1.0), ("resolution", 1.0), ("blur", 0.0), ("speckle", 0.0)],
+     ("gamma", 1.0), ("resolution", 1.0), ("blur", 0.0), ("speckle", 0.0), ("impulse", 0.0),
+     ("grain", 0.0), ("vignette", 0.0)],
 )
 def test_identity_strengths(name, strength):
     x = _images(c=3, dtype=torch.float64)
@@ -133,8 +141,10 @@ def test_gamma_direction():
 @pytest.mark.parametrize("name", NOISY)
 def test_noise_raises_variance_of_residual(name):
     x = _images(b=16)
-    weak = {"gaussian_noise": 0.01, "speckle": 0.02, "poisson": 5000.0}[name]
-    strong = {"gaussian_noise": 0.05, "speckle": 0.15, "poisson": 100.0}[name]
+    weak = {"gaussian_noise": 0.01, "speckle": 0.02, "poisson": 5000.0, "impulse": 0.002, "rician": 0.01,
+            "grain": 0.01}[name]
+    strong = {"gaussian_noise": 0.05, "speckle": 0.15, "poisson": 100.0, "impulse": 0.05, "rician": 0.05,
+              "grain": 0.05}[name]
     fn = get_shift(name).fn
     assert (fn(x, strong, _gen(0)) - x).var() > 4 * (fn(x, weak, _gen(0)) - x).var()
 
@@ -177,6 +187,69 @@ def test_source_centers_seeded_and_within_ranges():
         for name, strength in c.shifts:
             lo, hi = SOURCE_RANGES[name]
             assert lo <= strength <= hi, (c.name, name, strength)
+
+
+def test_stratified_source_centers_cover_every_stratum():
+    for k, seed in ((4, 0), (7, 3)):
+        centers = make_source_centers(k, seed=seed, sampling="stratified")
+        assert centers == make_source_centers(k, seed=seed, sampling="stratified")
+        for j, (name, (lo, hi)) in enumerate(SOURCE_RANGES.items()):
+            values = [c.shifts[j][1] for c in centers]
+            strata = sorted(min(int((v - lo) / (hi - lo) * k), k - 1) for v in values)
+            assert strata == list(range(k)), (name, values)
+
+
+def test_random_source_centers_unchanged_by_the_sampling_option():
+    # earlier runs rebuild their centers from (k, seed); the default draw must not move
+    assert make_source_centers(4, seed=0)[0].shifts == (
+        ("brightness", 0.0274), ("contrast", 0.9214), ("sharpen", 0.041), ("gaussian_noise", 0.0005))
+    with pytest.raises(ValueError, match="stratified"):
+        make_source_centers(4, sampling="sobol")
+
+
+def test_validation_centers_never_use_reported_target_families_or_ranges():
+    target_families = {n for c in make_target_centers() for n, _ in c.shifts}
+    centers = make_validation_centers()
+    assert all(c.name.startswith("val_") for c in centers)
+    assert {n for c in centers for n, _ in c.shifts} >= set(VALIDATION_SHIFTS)
+    for c in centers:
+        for name, strength in c.shifts:
+            assert get_shift(name).family in ("validation", "train"), (c.name, name)
+            if name in SOURCE_RANGES:  # a train family only at strengths no source or target center has
+                lo, hi = SOURCE_RANGES[name]
+                assert not lo <= strength <= hi
+                assert not any(a <= strength <= b for a, b in TARGET_RANGES[name])
+            else:
+                assert name not in target_families
+
+
+def test_impulse_fraction_and_values():
+    x = _images(b=8, c=1, h=64, w=64)
+    y = get_shift("impulse").fn(x, 0.1, _gen(0))
+    changed = y != x
+    assert abs(float(changed.float().mean()) - 0.1) < 0.01
+    assert set(y[changed].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_grain_std_is_strength_and_spatially_correlated():
+    x = torch.full((4, 1, 64, 64), 0.5)
+    noise = get_shift("grain").fn(x, 0.04, _gen(0)) - x
+    assert float(noise.std()) == pytest.approx(0.04, rel=0.02)
+    lag1 = float((noise[..., 1:] * noise[..., :-1]).mean() / noise.var())
+    assert lag1 > 0.5  # white noise would give ~0
+
+
+def test_rician_noise_biases_dark_pixels_up():
+    x = torch.full((4, 1, 32, 32), 0.02)
+    y = get_shift("rician").fn(x, 0.05, _gen(0))
+    assert float(y.mean()) > 0.05  # magnitude noise never averages out at low signal
+
+
+def test_vignette_keeps_centre_and_darkens_corners():
+    x = torch.full((1, 1, 33, 33), 0.8)
+    y = get_shift("vignette").fn(x, 0.5, None)
+    assert float(y[0, 0, 16, 16]) == pytest.approx(0.8)
+    assert float(y[0, 0, 0, 0]) == pytest.approx(0.8 * 0.5)
 
 
 def test_target_ranges_disjoint_from_source():
