@@ -79,8 +79,12 @@ class TrainConfig:
     def load(cls, path: Path) -> "TrainConfig":
         data = json.loads(Path(path).read_text())
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        # a run saved before a field existed was made without that feature, whatever today's default
+        return cls(**(_ABSENT_MEANS | {k: v for k, v in data.items() if k in known}))
 
+
+# Value of a field in configs saved before the field existed (the behaviour those runs had).
+_ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random"}
 
 _HELP = {
     "dataset": "MedMNIST name (pneumoniamnist, breastmnist, ...) or path to an .npz",

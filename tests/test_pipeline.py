@@ -132,3 +132,20 @@ def test_domain_sampler_uses_the_configured_source_sampling():
     for sampling in ("random", "stratified"):
         sampler = train.DomainSampler(TrainConfig(seed=3, source_sampling=sampling), None)
         assert sampler.centers == make_source_centers(4, seed=3, sampling=sampling) + [train.CLEAN]
+
+
+def test_config_saved_before_a_field_existed_loads_without_that_feature(tmp_path):
+    from dataclasses import fields
+
+    from hybrid.config import _ABSENT_MEANS
+
+    assert set(_ABSENT_MEANS) <= {f.name for f in fields(TrainConfig)}
+    old = TrainConfig(input_smoothing=0.9, source_sampling="stratified").to_dict()
+    for name in _ABSENT_MEANS:
+        del old[name]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    cfg = TrainConfig.load(tmp_path / "config.json")
+    assert cfg.input_smoothing == 0.0 and cfg.source_sampling == "random"
+    saved = TrainConfig(input_smoothing=0.9)
+    saved.save(tmp_path / "new.json")
+    assert TrainConfig.load(tmp_path / "new.json") == saved
