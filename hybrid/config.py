@@ -77,7 +77,10 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
-        data = json.loads(Path(path).read_text())
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         # a run saved before a field existed was made without that feature, whatever today's default
         return cls(**(_ABSENT_MEANS | {k: v for k, v in data.items() if k in known}))

@@ -364,6 +364,22 @@ def _clean(obj):
     return obj
 
 
+def shared_settings(runs: list[Run]) -> dict:
+    """Config values every run has and today's TrainConfig defaults do not (seed and threads aside).
+
+    Read from the runs' own configs, so a study made before a default changed still says what
+    it ran with.
+    """
+    from hybrid.config import TrainConfig
+
+    configs = [TrainConfig.from_dict(r.report["config"]).to_dict() for r in runs if r.report.get("config")]
+    if not configs:
+        return {}
+    defaults = TrainConfig().to_dict()
+    return {k: v for k, v in configs[0].items()
+            if k not in ("seed", "threads") and v != defaults[k] and all(c[k] == v for c in configs)}
+
+
 def _markdown(result: dict, runs: list[Run]) -> str:
     study, primary = result["study"], result["primary_setting"]
     first = runs[0].report
@@ -372,9 +388,10 @@ def _markdown(result: dict, runs: list[Run]) -> str:
            ""]
     if study.get("description"):
         out += [study["description"] + ".", ""]
-    if study.get("base"):
-        shared = ", ".join(f"{k}={v}" for k, v in study["base"].items())
-        out += [f"Settings shared by every run (all others at the TrainConfig defaults): {shared}.", ""]
+    shared = shared_settings(runs)
+    if shared:
+        listed = ", ".join(f"{k}={v}" for k, v in shared.items())
+        out += [f"Settings shared by every run (all others at the TrainConfig defaults): {listed}.", ""]
     out += [f"- {note}" for note in study.get("notes", [])] + [""]
     out += [f"Variants: {', '.join(result['variants'])}; {len(runs)} finished runs. Every number below is "
             f"computed from the runs' report.json files. TTA = {tta} at test time; the decision threshold is "

@@ -42,7 +42,8 @@ def write_run(root, variant: str, seed: int) -> None:
     no_tta = {k: metrics(m["auc"] - 0.02) for k, m in domains.items()}
     shift, dann, quantum = FLAGS[variant]
     report = {"run": {"name": f"seed{seed}", "dataset": "synthetic", "seconds": 60.0, "best_epoch": 1, "threads": 2},
-              "config": {"shift": shift, "dann": dann, "quantum": quantum, "epochs": 1, "seed": seed},
+              "config": {"shift": shift, "dann": dann, "quantum": quantum, "epochs": 4, "max_train_samples": 2000,
+                         "seed": seed},
               "tta": "bn", "positive_class": 1, "unseen": CENTERS, "domains": domains,
               "summary": summarize_domains({c: domains[c] for c in CENTERS}), "domains_no_tta": no_tta,
               "summary_no_tta": summarize_domains({c: no_tta[c] for c in CENTERS})}
@@ -74,7 +75,7 @@ def test_tables_show_every_variant_with_mean_and_std_over_seeds(synthetic):
     assert f"| erm | none | 3 | {expected} |" in md
     assert "| better | shift + DANN + quantum | 3 |" in md and "| same | shift | 3 |" in md
     assert "a note from the preset" in md
-    assert "Settings shared by every run (all others at the TrainConfig defaults): epochs=4, max_train_samples=2000." in md
+    assert "Settings shared by every run (all others at the TrainConfig defaults): max_train_samples=2000, epochs=4." in md
     table = result["groups"]["unseen centers"]["tables"]["no_tta"]
     assert table["erm"]["auc_mean"]["mean"] == pytest.approx(np.mean(per_seed) - 0.02)
     worst = [min(erm_auc(s, c) for c in range(len(CENTERS))) for s in SEEDS]
@@ -139,3 +140,16 @@ def test_report_on_a_real_quick_study(tmp_path_factory, data_root):
     md = (study_dir / "report.md").read_text()
     assert "| erm | none | 1 |" in md and "| full | shift + DANN + quantum | 1 |" in md
     assert "## Failed runs (not finished)" in md and "broken/seed0" in md
+
+
+def test_shared_settings_come_from_the_runs_own_configs():
+    from hybrid.study_results import Run
+
+    def run(**config):
+        return Run(variant="v", seed=config.get("seed", 0), path=None, report={"config": config})
+
+    runs = [run(seed=0, dropout=0.5, quantum=True), run(seed=1, dropout=0.5, quantum=False)]
+    # dropout differs from the default in every run; quantum varies; seed is never a setting
+    assert study_report.shared_settings(runs) == {"dropout": 0.5}
+    # a config saved before input_smoothing existed ran without it, whatever the default is now
+    assert study_report.shared_settings([run(seed=0)]).get("input_smoothing", 0.0) == 0.0
