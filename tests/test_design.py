@@ -1,0 +1,89 @@
+"""Design validation: candidates are compared on validation centers with a stated rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hybrid import design
+from hybrid.config import TrainConfig
+
+CENTERS = ["val_a", "val_b"]
+
+
+def fake_eval(run: str, seed: int, clean: float, a: float, b: float) -> dict:
+    return {"run": run, "config": {"seed": seed}, "unseen": CENTERS,
+            "domains": {"clean": {"auc": clean}, "val_a": {"auc": a}, "val_b": {"auc": b}}}
+
+
+def write_run(tmp_path, name: str, seed: int, clean: float, a: float, b: float):
+    path = tmp_path / name
+    path.mkdir()
+    TrainConfig(seed=seed).save(path / "config.json")
+    (path / "eval_pneumoniamnist_validation.json").write_text(json.dumps(fake_eval(str(path), seed, clean, a, b)))
+    return path
+
+
+def test_score_is_mean_over_runs_of_each_runs_worst_center():
+    s = design.summarize_candidate([fake_eval("r0", 0, 0.9, 0.80, 0.70), fake_eval("r1", 1, 0.9, 0.60, 0.90)])
+    assert s["worst_per_run"] == [0.70, 0.60]
+    assert s["score"] == pytest.approx(0.65)  # not min of the per-center means (0.70)
+    assert s["centers"] == {"val_a": pytest.approx(0.70), "val_b": pytest.approx(0.80)}
+    assert s["mean"] == pytest.approx(0.75) and s["seeds"] == [0, 1]
+
+
+def test_rule_needs_the_gain_and_no_clean_loss():
+    result = design.compare({
+        "base": [fake_eval("b", 0, 0.90, 0.80, 0.80)],
+        "better": [fake_eval("g", 0, 0.90, 0.85, 0.82)],
+        "small_gain": [fake_eval("s", 0, 0.90, 0.805, 0.805)],
+        "costs_clean": [fake_eval("c", 0, 0.87, 0.88, 0.88)],
+    })
+    c = result["candidates"]
+    assert "qualifies" not in c["base"]
+    assert c["better"]["qualifies"] and c["better"]["gain"] == pytest.approx(0.02)
+    assert not c["small_gain"]["qualifies"]
+    assert not c["costs_clean"]["qualifies"]  # best score, but 0.03 clean AUC lost
+    assert result["best"] == "costs_clean"
+
+
+def test_runs_on_different_centers_are_refused():
+    other = fake_eval("x", 0, 0.9, 0.8, 0.8) | {"unseen": ["tgt_blur"]}
+    with pytest.raises(ValueError, match="same validation centers"):
+        design.compare({"base": [fake_eval("b", 0, 0.9, 0.8, 0.8)], "x": [other]})
+
+
+def test_cli_reuses_saved_evaluations_and_writes_table_json_and_plot(tmp_path, capsys):
+    base = [write_run(tmp_path, f"base{s}", s, 0.90, 0.80, 0.78) for s in (0, 1)]
+    cand = [write_run(tmp_path, f"cand{s}", s, 0.91, 0.86, 0.84) for s in (0, 1)]
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--candidate", "baseline=" + ",".join(map(str, base)),
+            "--candidate", "smooth=" + ",".join(map(str, cand))]
+    assert design.main(argv) == 0
+    result = json.loads((out / "design.json").read_text())
+    assert result["best"] == "smooth" and result["candidates"]["smooth"]["qualifies"]
+    assert result["candidates"]["smooth"]["score"] == pytest.approx(0.84)
+    md = (out / "design.md").read_text()
+    assert "| smooth | 2 | 0.840 |" in md and "+0.060 (qualifies)" in md
+    assert (out / "design.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--candidate", "only=x"], "at least two"),
+    (["--candidate", "a=x", "--candidate", "noequals"], "NAME=RUN_DIR"),
+])
+def test_cli_errors_are_one_sentence(tmp_path, capsys, argv, match):
+    (tmp_path / "x").mkdir()
+    argv = [a.replace("=x", f"={tmp_path / 'x'}") for a in argv]
+    assert design.main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+
+
+def test_cli_error_for_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert design.main(["--out", str(tmp_path / "o"), "--candidate", f"a={tmp_path / 'a'}",
+                        "--candidate", f"b={tmp_path / 'b'}"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
