@@ -30,7 +30,7 @@ class TrainConfig:
     stem_stride: int = 1  # stride of the first conv; 1 keeps detail on 28-32 px images
     pretrained: bool = False  # ImageNet weights (torchvision download or weights_path)
     weights_path: str | None = None  # local torchvision mobilenet_v2 state_dict for --pretrained
-    input_smoothing: float = 0.0  # sigma (px) of a fixed Gaussian low-pass in front of the encoder; 0 = off
+    input_smoothing: float = 1.0  # sigma (px) of a fixed Gaussian low-pass in front of the encoder; 0 = off
     embed_dim: int = 128  # bottleneck features shared by classifier, projection and discriminator
     dropout: float = 0.2
     # the three domain-generalization components; each ablation is one flag away
@@ -43,7 +43,7 @@ class TrainConfig:
     entanglement: str = "linear"
     q_precision: str = "float64"
     n_source_centers: int = 4  # virtual training centers drawn from the source range
-    source_sampling: str = "random"  # how centers draw strengths: random, or stratified (Latin hypercube)
+    source_sampling: str = "stratified"  # how centers draw strengths: random, or stratified (Latin hypercube)
     clean_fraction: float = 0.2  # share of training samples left unshifted (domain label = K)
     dann_max_lambda: float = 0.3  # cap of the DANN schedule 2/(1+exp(-10p)) - 1
     dann_weight: float = 1.0  # weight of the domain loss
