@@ -9,6 +9,7 @@ import pytest
 from test_experiment import build_quick_study
 
 from hybrid import report as study_report
+from hybrid.config import TrainConfig
 from hybrid.metrics import summarize_domains
 from hybrid.study_results import paired_test
 
@@ -42,8 +43,8 @@ def write_run(root, variant: str, seed: int) -> None:
     no_tta = {k: metrics(m["auc"] - 0.02) for k, m in domains.items()}
     shift, dann, quantum = FLAGS[variant]
     report = {"run": {"name": f"seed{seed}", "dataset": "synthetic", "seconds": 60.0, "best_epoch": 1, "threads": 2},
-              "config": {"shift": shift, "dann": dann, "quantum": quantum, "epochs": 4, "max_train_samples": 2000,
-                         "seed": seed},
+              "config": TrainConfig(shift=shift, dann=dann, quantum=quantum, epochs=4, max_train_samples=2000,
+                                    seed=seed).to_dict(),
               "tta": "bn", "positive_class": 1, "unseen": CENTERS, "domains": domains,
               "summary": summarize_domains({c: domains[c] for c in CENTERS}), "domains_no_tta": no_tta,
               "summary_no_tta": summarize_domains({c: no_tta[c] for c in CENTERS})}
@@ -145,11 +146,13 @@ def test_report_on_a_real_quick_study(tmp_path_factory, data_root):
 def test_shared_settings_come_from_the_runs_own_configs():
     from hybrid.study_results import Run
 
-    def run(**config):
+    def run(config: dict):
         return Run(variant="v", seed=config.get("seed", 0), path=None, report={"config": config})
 
-    runs = [run(seed=0, dropout=0.5, quantum=True), run(seed=1, dropout=0.5, quantum=False)]
+    runs = [run(TrainConfig(seed=0, dropout=0.5, quantum=True).to_dict()),
+            run(TrainConfig(seed=1, dropout=0.5, quantum=False).to_dict())]
     # dropout differs from the default in every run; quantum varies; seed is never a setting
     assert study_report.shared_settings(runs) == {"dropout": 0.5}
     # a config saved before input_smoothing existed ran without it, whatever the default is now
-    assert study_report.shared_settings([run(seed=0)]).get("input_smoothing", 0.0) == 0.0
+    old = study_report.shared_settings([run({"seed": 0, "epochs": 4})])
+    assert old["input_smoothing"] == 0.0 and old["source_sampling"] == "random"
