@@ -32,7 +32,7 @@ import torch
 from hybrid.config import TrainConfig
 from hybrid.data import DataError, Split, images_to_tensor
 from hybrid.metrics import choose_threshold, domain_metrics, summarize_domains
-from hybrid.shifts import VirtualCenter, apply_center
+from hybrid.shifts import CENTER_SETS, VirtualCenter, apply_center
 from hybrid.tta import TTA_METHODS, make_tta
 
 log = logging.getLogger("hybrid.evaluate")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--data", help=".npz (MedMNIST layout, images/labels, or multi-center) or a center folder")
     source.add_argument("--dataset", help="MedMNIST name: its test split under the virtual target centers")
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")
-    parser.add_argument("--centers", choices=("target", "validation"), default="target",
+    parser.add_argument("--centers", choices=tuple(CENTER_SETS), default="target",
                         help="virtual centers for --dataset or the run's own data: the reported unseen target "
                              "centers, or the design-validation centers for comparing method variants")
     parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")

@@ -400,6 +400,13 @@ def make_validation_centers() -> list[VirtualCenter]:
     return list(_VALIDATION_CENTERS)
 
 
+# Named sets of unseen centers for evaluation: the reported ones and the design-validation ones.
+CENTER_SETS: dict[str, Callable[[], list[VirtualCenter]]] = {
+    "target": make_target_centers,
+    "validation": make_validation_centers,
+}
+
+
 def save_center_grid(
     image: Tensor,
     centers: Sequence[VirtualCenter],

@@ -35,8 +35,7 @@ from hybrid.evaluate import (evaluate_domains, make_target_domains, predict_prob
                              split_to_tensors, summarize, threshold_from_probs)
 from hybrid.metrics import domain_metrics
 from hybrid.model import HybridNet, dann_lambda, domain_loss
-from hybrid.shifts import (VirtualCenter, apply_centers, make_source_centers, make_target_centers,
-                           make_validation_centers)
+from hybrid.shifts import CENTER_SETS, VirtualCenter, apply_centers, make_source_centers, make_target_centers
 
 log = logging.getLogger("hybrid.train")
 CLEAN = VirtualCenter("clean", ())
@@ -56,9 +55,6 @@ def load_bundle(cfg: TrainConfig, root) -> DatasetBundle:
         multicenter = dict(label_field=cfg.label_field, center_field=cfg.center_field,
                            train_centers=cfg.train_centers, test_centers=cfg.test_centers)
     return load_dataset(cfg.dataset, root=root, size=cfg.size, seed=cfg.seed, **multicenter)
-
-
-CENTER_SETS = {"target": make_target_centers, "validation": make_validation_centers}
 
 
 def build_eval_domains(cfg: TrainConfig, bundle: DatasetBundle, channels: int, center_set: str = "target") -> dict:
