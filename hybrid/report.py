@@ -206,6 +206,10 @@ def _table(table: dict, runs: list[Run]) -> list[str]:
     return lines
 
 
+# (with the quantum layer, the same variant without it)
+QUANTUM_PAIRS = (("quantum", "shift"), ("full", "dann"))
+
+
 def _comparison_lines(rows: list[dict], label: str) -> list[str]:
     """Long-form table; per-seed rows only where the seeds allow a test (report.json has them all)."""
     rows = [r for r in rows if r["unit"] != "seed" or r["p"] is not None]
@@ -300,6 +304,14 @@ def _build_report(runs_dir: Path, models: bool, data_root: str | None) -> dict:
                            for row in _flatten(v, compare(by_seed(runs, v), by_seed(runs, v), names,
                                                           "tta", "no_tta"))
                            if row["metric"] in ("AUC", STATS["auc_mean"])]
+        # the quantum layer's own contribution: variants that differ only by the layer
+        g["quantum_effect"] = {setting: [row for with_q, without in QUANTUM_PAIRS
+                                         if by_seed(runs, with_q) and by_seed(runs, without)
+                                         for row in _flatten(f"{with_q} vs {without}",
+                                                             compare(by_seed(runs, with_q), by_seed(runs, without),
+                                                                     names, setting, setting))
+                                         if row["metric"] in ("AUC", STATS["auc_mean"])]
+                               for setting in SETTINGS}
         result["groups"][title] = g
     if not base:
         result["skipped"].append(f"no {BASELINE} runs: paired comparisons with {BASELINE} are left out")
@@ -412,6 +424,12 @@ def _markdown(result: dict, runs: list[Run]) -> str:
                         *_comparison_lines(g["comparisons"][setting], "variant"), ""]
         if g["tta_effect"]:
             out += [f"### TTA ({tta}) versus no TTA, per variant", "", *_comparison_lines(g["tta_effect"], "variant"), ""]
+        if any(g["quantum_effect"].values()):
+            out += ["### Does the quantum layer help? Variants that differ only by the layer", ""]
+            for setting, label in SETTINGS.items():
+                if g["quantum_effect"][setting]:
+                    out += [f"{label[0].upper() + label[1:]}:", "",
+                            *_comparison_lines(g["quantum_effect"][setting], "comparison"), ""]
     out += [f"A difference with p ≥ {ALPHA} is not significant; 'too few pairs' means the test cannot reach "
             f"p < {ALPHA} with that many non-zero differences (a Wilcoxon test needs at least {MIN_PAIRS}).", ""]
     if result.get("hardest_center"):

@@ -156,3 +156,23 @@ def test_shared_settings_come_from_the_runs_own_configs():
     # a config saved before input_smoothing existed ran without it, whatever the default is now
     old = study_report.shared_settings([run({"seed": 0, "epochs": 4})])
     assert old["input_smoothing"] == 0.0 and old["source_sampling"] == "random"
+
+
+def test_quantum_layer_effect_compares_variants_that_differ_only_by_the_layer(synthetic, monkeypatch):
+    shift_auc = lambda s, c: erm_auc(s, c) + 0.03  # noqa: E731
+    monkeypatch.setitem(AUC, "shift", shift_auc)
+    monkeypatch.setitem(AUC, "quantum", lambda s, c: shift_auc(s, c) - 0.02 - 0.001 * c)
+    monkeypatch.setitem(FLAGS, "shift", (True, False, False))
+    monkeypatch.setitem(FLAGS, "quantum", (True, False, True))
+    for variant in ("shift", "quantum"):
+        for seed in SEEDS:
+            write_run(synthetic, variant, seed)
+    result = study_report.build_report(synthetic, models=False)
+    effect = result["groups"]["unseen centers"]["quantum_effect"]["tta"]
+    auc = next(r for r in effect if r["metric"] == "AUC")
+    assert auc["name"] == "quantum vs shift" and auc["n"] == 12
+    assert auc["mean_diff"] == pytest.approx(-0.02 - 0.001 * 1.5)
+    assert auc["lower"] == 12 and auc["verdict"] == "lower, significant at 0.05"
+    assert not any(r["name"].startswith("full") for r in effect)  # no full/dann runs here
+    md = (synthetic / "report.md").read_text()
+    assert "### Does the quantum layer help?" in md and "| quantum vs shift | AUC (per seed x center) | 12 |" in md
