@@ -57,15 +57,18 @@ def validation_eval(run_dir: Path, data_root: str | None = None) -> dict:
 
 
 def summarize_candidate(evals: list[dict]) -> dict:
-    """Mean over the candidate's runs of its worst / mean / clean / per-center AUC."""
+    """Mean over the candidate's runs of its worst / mean / clean / per-center AUC.
+
+    Worst and mean per run are the evaluation's own summary over its unseen centers.
+    """
     centers = evals[0]["unseen"]
-    per_run_worst = [min(e["domains"][c]["auc"] for c in centers) for e in evals]
+    per_run_worst = [e["summary"]["auc"]["worst"] for e in evals]
     return {
         "runs": [e["run"] for e in evals],
         "seeds": [e["config"]["seed"] for e in evals],
         "score": float(np.mean(per_run_worst)),
         "worst_per_run": per_run_worst,
-        "mean": float(np.mean([np.mean([e["domains"][c]["auc"] for c in centers]) for e in evals])),
+        "mean": float(np.mean([e["summary"]["auc"]["mean"] for e in evals])),
         "clean": float(np.mean([e["domains"]["clean"]["auc"] for e in evals])),
         "centers": {c: float(np.mean([e["domains"][c]["auc"] for e in evals])) for c in centers},
     }
@@ -74,7 +77,7 @@ def summarize_candidate(evals: list[dict]) -> dict:
 def compare(candidates: dict[str, list[dict]], min_gain: float = 0.01, max_clean_drop: float = 0.01) -> dict:
     """Summaries plus the verdict of every candidate against the first (the baseline)."""
     names = list(candidates)
-    centers = [c for c in candidates[names[0]][0]["unseen"]]
+    centers = list(candidates[names[0]][0]["unseen"])
     for name, evals in candidates.items():
         for e in evals:
             if e["unseen"] != centers:

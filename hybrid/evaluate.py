@@ -271,7 +271,7 @@ def _evaluate(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backend)
         dataset = args.dataset or cfg.dataset
         bundle = load_bundle(replace(cfg, dataset=dataset), root)
         domains = build_eval_domains(cfg, bundle, ckpt["in_channels"], args.centers)
-        name = Path(dataset).stem + ("_validation" if args.centers == "validation" else "")
+        name = Path(dataset).stem + ("" if args.centers == "target" else f"_{args.centers}")
     if backend.label != cfg.backend or not backend.exact:
         name = f"{name}_{backend.label}"  # results on another backend do not overwrite the run's own
     name = args.name or name

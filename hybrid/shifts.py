@@ -77,11 +77,19 @@ def _require(ok: bool, what: str, strength: float) -> None:
         raise ValueError(f"{what}, got strength={strength}")
 
 
-def _randn_like(images: Tensor, generator: torch.Generator | None) -> Tensor:
+def _draw_device(images: Tensor, generator: torch.Generator | None) -> torch.device:
     # Draw on the generator's device so a CPU generator also seeds GPU batches.
-    device = generator.device if generator is not None else images.device
-    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype, device=device)
-    return noise.to(images.device)
+    return generator.device if generator is not None else images.device
+
+
+def _randn_like(images: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = _draw_device(images, generator)
+    return torch.randn(images.shape, generator=generator, dtype=images.dtype, device=device).to(images.device)
+
+
+def _rand_like(images: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = _draw_device(images, generator)
+    return torch.rand(images.shape, generator=generator, dtype=images.dtype, device=device).to(images.device)
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
@@ -166,8 +174,7 @@ def poisson(images: Tensor, strength: float, generator: torch.Generator | None =
     """Photon-count noise Poisson(I * peak) / peak; ``strength`` is the peak photon count (low = noisy)."""
     _check(images)
     _require(strength > 0, "poisson peak photon count must be > 0", strength)
-    device = generator.device if generator is not None else images.device
-    rate = (images.clamp(0.0, 1.0) * strength).to(device)
+    rate = (images.clamp(0.0, 1.0) * strength).to(_draw_device(images, generator))
     counts = torch.poisson(rate, generator=generator).to(images.device)
     return (counts / strength).clamp(0.0, 1.0)
 
@@ -194,8 +201,7 @@ def impulse(images: Tensor, strength: float, generator: torch.Generator | None =
     """Salt-and-pepper noise: a fraction ``strength`` of pixels stuck at 0 or 1 (dead/hot detector pixels)."""
     _check(images)
     _require(0 <= strength <= 1, "impulse fraction must be in [0, 1]", strength)
-    device = generator.device if generator is not None else images.device
-    u = torch.rand(images.shape, generator=generator, dtype=images.dtype, device=device).to(images.device)
+    u = _rand_like(images, generator)
     out = images.clone()
     out[u < strength / 2] = 0.0
     out[(u >= strength / 2) & (u < strength)] = 1.0

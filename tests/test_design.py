@@ -8,13 +8,15 @@ import pytest
 
 from hybrid import design
 from hybrid.config import TrainConfig
+from hybrid.metrics import summarize_domains
 
 CENTERS = ["val_a", "val_b"]
 
 
 def fake_eval(run: str, seed: int, clean: float, a: float, b: float) -> dict:
-    return {"run": run, "config": {"seed": seed}, "unseen": CENTERS,
-            "domains": {"clean": {"auc": clean}, "val_a": {"auc": a}, "val_b": {"auc": b}}}
+    domains = {"clean": {"auc": clean}, "val_a": {"auc": a}, "val_b": {"auc": b}}
+    return {"run": run, "config": {"seed": seed}, "unseen": CENTERS, "domains": domains,
+            "summary": summarize_domains({c: domains[c] for c in CENTERS}, keys=("auc",))}
 
 
 def write_run(tmp_path, name: str, seed: int, clean: float, a: float, b: float):
