@@ -8,6 +8,8 @@ export HYBRID_DATA_ROOT ?= $(DATA_ROOT)
 .PHONY: setup test run bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
+	@# torch's CUDA build with its libraries takes about 6.5 GB here; warn before pip dies on a full disk
+	@$(PYTHON) -c "import os, shutil, sys; free = shutil.disk_usage(os.path.dirname(os.path.abspath('$(VENV)'))).free / 2**30; free < 7 and print(f'warning: {free:.1f} GiB free where $(VENV) goes; torch and its libraries need about 7 GiB. Free some space or set VENV=/a/larger/disk/venv.', file=sys.stderr)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the release that lies on this machine's disk (a CPU-only
