@@ -3,17 +3,20 @@
     python -m hybrid.design --out results/design_validation \\
         --candidate baseline=runs/ablation_pneumonia/full/seed0,runs/ablation_pneumonia/full/seed1 \\
         --candidate smooth10=runs/design/smooth10_s0,runs/design/smooth10_s1
+    python -m hybrid.design --out results/tta --min-gain -0.005 \
+        --candidate bn:bn=runs/design/s10strat_s0,runs/design/s10strat_s1 --candidate adabn:adabn=...
 
 Choosing a default (a filter, a sampling scheme) by its AUC on the reported unseen centers
 would make those centers part of training. Instead every run of every candidate is evaluated
-(with the run's own TTA) on the validation centers of `hybrid.shifts.make_validation_centers`,
+(with the run's own TTA, or the one a `NAME:TTA=` candidate names) on the validation centers of `hybrid.shifts.make_validation_centers`,
 whose shift families the reported target centers never use. Per candidate this reports, as a
 mean over its runs (seeds): the worst validation-center AUC (the score), the mean, the clean
 test AUC, and each center; then whether the candidate beats the first one (the baseline) by
-`--min-gain` on the score without losing more than `--max-clean-drop` clean AUC. Writes
+`--min-gain` on the score without losing more than `--max-clean-drop` clean AUC (a negative
+`--min-gain` asks only that a candidate not be worse by more than that). Writes
 OUT/design.json, OUT/design.md and OUT/design.png.
 
-Evaluations already in a run directory (`eval_<dataset>_validation.json`) are reused.
+Evaluations already in a run directory (`eval_<dataset>_validation[_<tta>].json`) are reused.
 """
 
 from __future__ import annotations
@@ -31,26 +34,35 @@ from hybrid.data import DataError
 log = logging.getLogger("hybrid.design")
 
 
-def parse_candidate(text: str) -> tuple[str, list[Path]]:
-    name, sep, runs = text.partition("=")
+def parse_candidate(text: str) -> tuple[str, str | None, list[Path]]:
+    """`NAME[:TTA]=RUN_DIR[,RUN_DIR...]` -> (name, TTA or None for the runs' own, run dirs)."""
+    from hybrid.tta import TTA_METHODS
+
+    label, sep, runs = text.partition("=")
+    name, _, tta = label.partition(":")
     paths = [Path(p) for p in runs.split(",") if p]
     if not sep or not name or not paths:
-        raise ValueError(f"--candidate takes NAME=RUN_DIR[,RUN_DIR...], got {text!r}")
-    return name, paths
+        raise ValueError(f"--candidate takes NAME[:TTA]=RUN_DIR[,RUN_DIR...], got {text!r}")
+    if tta and tta not in TTA_METHODS:
+        raise ValueError(f"unknown TTA method {tta!r} in --candidate {text!r}; valid names are: "
+                         f"{', '.join(sorted(TTA_METHODS))}")
+    return name, tta or None, paths
 
 
-def validation_eval(run_dir: Path, data_root: str | None = None) -> dict:
-    """The run's evaluation on the validation centers, computed once and then reused."""
+def validation_eval(run_dir: Path, data_root: str | None = None, tta: str | None = None) -> dict:
+    """The run's evaluation on the validation centers (with `tta`, else its own), computed once."""
     from hybrid import evaluate
     from hybrid.config import TrainConfig
 
     if not (run_dir / "config.json").is_file():
         raise DataError(f"{run_dir} is not a run directory (no config.json)")
-    dataset = Path(TrainConfig.load(run_dir / "config.json").dataset).stem
-    path = run_dir / f"eval_{dataset}_validation.json"
+    name = Path(TrainConfig.load(run_dir / "config.json").dataset).stem + "_validation" + (f"_{tta}" if tta else "")
+    path = run_dir / f"eval_{name}.json"
     if not path.is_file():
-        log.info("evaluating %s on the validation centers", run_dir)
+        log.info("evaluating %s on the validation centers%s", run_dir, f" with TTA {tta}" if tta else "")
         argv = ["--run", str(run_dir), "--centers", "validation"] + (["--data-root", data_root] if data_root else [])
+        if tta:
+            argv += ["--tta", tta, "--name", name]
         if evaluate.main(argv) != 0:
             raise DataError(f"evaluating {run_dir} on the validation centers failed (see the error above)")
     return json.loads(path.read_text())
@@ -65,6 +77,7 @@ def summarize_candidate(evals: list[dict]) -> dict:
     per_run_worst = [e["summary"]["auc"]["worst"] for e in evals]
     return {
         "runs": [e["run"] for e in evals],
+        "tta": sorted({e["tta"] for e in evals}),
         "seeds": [e["config"]["seed"] for e in evals],
         "score": float(np.mean(per_run_worst)),
         "worst_per_run": per_run_worst,
@@ -98,7 +111,7 @@ def compare(candidates: dict[str, list[dict]], min_gain: float = 0.01, max_clean
 
 def to_markdown(result: dict) -> str:
     centers, rule = result["centers"], result["rule"]
-    head = ["candidate", "runs", "score (worst)", "mean", "clean", *centers, "vs baseline"]
+    head = ["candidate", "TTA", "runs", "score (worst)", "mean", "clean", *centers, "vs baseline"]
     lines = ["# Design validation", "",
              f"Score: {rule['score']}. A candidate qualifies if it beats the baseline "
              f"({result['baseline']}) by at least {rule['min_gain']} and loses less than "
@@ -108,7 +121,7 @@ def to_markdown(result: dict) -> str:
     for name, s in result["candidates"].items():
         verdict = "baseline" if name == result["baseline"] else (
             f"{s['gain']:+.3f} ({'qualifies' if s['qualifies'] else 'does not qualify'})")
-        cells = [name, str(len(s["runs"])), f"{s['score']:.3f}", f"{s['mean']:.3f}", f"{s['clean']:.3f}",
+        cells = [name, ", ".join(s["tta"]), str(len(s["runs"])), f"{s['score']:.3f}", f"{s['mean']:.3f}", f"{s['clean']:.3f}",
                  *(f"{s['centers'][c]:.3f}" for c in centers), verdict]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Highest score: **{result['best']}**.", ""]
@@ -143,7 +156,8 @@ def plot(result: dict, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hybrid.design", description=__doc__.split("\n")[0])
     parser.add_argument("--candidate", action="append", required=True,
-                        help="NAME=RUN_DIR[,RUN_DIR...]; the first candidate is the baseline")
+                        help="NAME[:TTA]=RUN_DIR[,RUN_DIR...]; the first candidate is the baseline; "
+                             "TTA evaluates with that test-time adaptation instead of the runs' own")
     parser.add_argument("--out", required=True, help="folder for design.json, design.md, design.png")
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--min-gain", type=float, default=0.01, help="score gain needed to qualify")
@@ -152,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("hybrid").setLevel(logging.INFO)
     try:
-        specs = dict(parse_candidate(c) for c in args.candidate)
+        specs = {name: (tta, paths) for name, tta, paths in map(parse_candidate, args.candidate)}
         if len(specs) < 2:
             raise ValueError("give at least two candidates (a baseline and one to compare)")
-        candidates = {name: [validation_eval(p, args.data_root) for p in paths] for name, paths in specs.items()}
+        candidates = {name: [validation_eval(p, args.data_root, tta) for p in paths]
+                      for name, (tta, paths) in specs.items()}
         result = compare(candidates, args.min_gain, args.max_clean_drop)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -63,6 +63,7 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", ba
     `desc` are reused and each new batch is saved as soon as it is done.
     """
     method = make_tta(tta, model)
+    method.prepare(x, getattr(model, "batchnorm_forward", None))
     out = []
     batches = range(0, len(x), batch_size)
     if progress:

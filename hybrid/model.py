@@ -124,6 +124,11 @@ class HybridNet(nn.Module):
         x = (x - self.pixel_mean) / self.pixel_std
         return self.embed(self.encoder(x))
 
+    def batchnorm_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of `forward` that holds every BatchNorm layer: domain-level TTA collects target
+        statistics with it without running the quantum layer (which may be remote)."""
+        return self.features(x)
+
     def quantum_angles(self, f: torch.Tensor) -> torch.Tensor:
         """Encoder features squashed to rotation angles in [0, pi] for the feature map."""
         return (torch.tanh(self.project(f)) + 1.0) * (math.pi / 2)

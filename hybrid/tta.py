@@ -7,6 +7,9 @@ Three methods behind one interface, picked by name with :func:`make_tta`:
   source running statistics; no parameter changes.
 * ``bn2d`` -- the same for the image-level BatchNorm2d layers only; 1-D BatchNorm over
   embeddings keeps its source statistics (they also track the batch's class mix).
+* ``adabn`` -- AdaBN (Li et al., 2016): the statistics of the whole target domain, collected
+  in one pass before predicting, so a sample's prediction does not depend on which other
+  samples share its batch. Needs :meth:`TTAMethod.prepare` with the domain's images.
 * ``tent`` -- TENT (Wang et al., ICLR 2021): batch statistics plus a few gradient steps
   minimising the prediction entropy, updating only the BatchNorm affine parameters.
 
@@ -171,6 +174,14 @@ class TTAMethod:
         self.fallback_batches = 0
         self.collapse_events = 0
 
+    def prepare(self, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """See the whole target domain ``x`` before predicting it; only domain-level methods use it.
+
+        ``forward`` runs every BatchNorm layer of the model (default: the model itself); a
+        model whose tail holds no BatchNorm can pass its front part, so that a remote tail
+        (a quantum layer on a QPU) is not run just to collect statistics.
+        """
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C)`` for the batch ``x``, adapting first where the method does."""
         raise NotImplementedError
@@ -248,6 +259,63 @@ class ImageBatchNormAdapt(BatchNormAdapt):
     """
 
     kinds = (nn.BatchNorm2d,)
+
+
+@register("adabn")
+class DomainBatchNormAdapt(TTAMethod):
+    """AdaBN: normalise with statistics of the whole target domain, collected by :meth:`prepare`.
+
+    ``bn`` re-estimates the statistics on every test batch, so a sample's score depends on
+    its batch companions: with a rare class and heavy-tailed features (dermoscopy) the batch
+    statistics wander from batch to batch and scores of different batches stop being
+    comparable, which costs pooled AUC even on in-domain data. Here the statistics come from
+    the whole domain, in chunks of ``stats_batch_size`` (cumulative averages, as precise BN
+    does), and prediction runs in eval mode, so it is per sample and batch-size free.
+    A domain of fewer than ``min_samples`` images keeps the source statistics.
+    """
+
+    def __init__(self, model: nn.Module, *, stats_batch_size: int = 256, min_samples: int = 8):
+        check_model(model, require_affine=False)
+        super().__init__(model)
+        self.stats_batch_size = stats_batch_size
+        self.min_samples = min_samples
+        self.prepared = False
+        self.adapted = False
+
+    @torch.no_grad()
+    def prepare(self, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.reset()  # statistics of this domain only, never mixed with an earlier one
+        self.prepared = True
+        self.adapted = len(x) >= self.min_samples
+        if not self.adapted:
+            return
+        forward = forward or self.model
+        layers = bn_layers(self.model)
+        momenta = [bn.momentum for bn in layers]
+        with _flags_kept(self.model):
+            self.model.eval()
+            for bn in layers:
+                bn.reset_running_stats()
+                bn.momentum = None  # cumulative average over the chunks
+                bn.track_running_stats = True
+                bn.train()
+            for start in range(0, len(x), self.stats_batch_size):
+                chunk = x[start:start + self.stats_batch_size]
+                if len(chunk) > 1:  # BatchNorm1d cannot take statistics of one sample
+                    forward(chunk)
+        for bn, momentum in zip(layers, momenta):
+            bn.momentum = momentum
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.prepared:
+            raise RuntimeError("TTA method 'adabn' needs the whole target domain first: call "
+                               "prepare(domain_images) before predict(batch)")
+        self.batches_seen += 1
+        if self.adapted:
+            self.adapted_batches += 1
+        else:
+            self.fallback_batches += 1
+        return self._source_logits(x)  # eval mode: the running statistics are the domain's now
 
 
 @register("tent")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +14,9 @@ from hybrid.metrics import summarize_domains
 CENTERS = ["val_a", "val_b"]
 
 
-def fake_eval(run: str, seed: int, clean: float, a: float, b: float) -> dict:
+def fake_eval(run: str, seed: int, clean: float, a: float, b: float, tta: str = "bn") -> dict:
     domains = {"clean": {"auc": clean}, "val_a": {"auc": a}, "val_b": {"auc": b}}
-    return {"run": run, "config": {"seed": seed}, "unseen": CENTERS, "domains": domains,
+    return {"run": run, "config": {"seed": seed}, "unseen": CENTERS, "domains": domains, "tta": tta,
             "summary": summarize_domains({c: domains[c] for c in CENTERS}, keys=("auc",))}
 
 
@@ -25,6 +26,12 @@ def write_run(tmp_path, name: str, seed: int, clean: float, a: float, b: float):
     TrainConfig(seed=seed).save(path / "config.json")
     (path / "eval_pneumoniamnist_validation.json").write_text(json.dumps(fake_eval(str(path), seed, clean, a, b)))
     return path
+
+
+def add_tta_eval(path, tta: str, clean: float, a: float, b: float) -> None:
+    seed = TrainConfig.load(path / "config.json").seed
+    (path / f"eval_pneumoniamnist_validation_{tta}.json").write_text(
+        json.dumps(fake_eval(str(path), seed, clean, a, b, tta=tta)))
 
 
 def test_score_is_mean_over_runs_of_each_runs_worst_center():
@@ -67,13 +74,14 @@ def test_cli_reuses_saved_evaluations_and_writes_table_json_and_plot(tmp_path, c
     assert result["best"] == "smooth" and result["candidates"]["smooth"]["qualifies"]
     assert result["candidates"]["smooth"]["score"] == pytest.approx(0.84)
     md = (out / "design.md").read_text()
-    assert "| smooth | 2 | 0.840 |" in md and "+0.060 (qualifies)" in md
+    assert "| smooth | bn | 2 | 0.840 |" in md and "+0.060 (qualifies)" in md
     assert (out / "design.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("argv,match", [
     (["--candidate", "only=x"], "at least two"),
-    (["--candidate", "a=x", "--candidate", "noequals"], "NAME=RUN_DIR"),
+    (["--candidate", "a=x", "--candidate", "noequals"], "NAME[:TTA]=RUN_DIR"),
+    (["--candidate", "a=x", "--candidate", "b:nosuch=x"], "unknown TTA method 'nosuch'"),
 ])
 def test_cli_errors_are_one_sentence(tmp_path, capsys, argv, match):
     (tmp_path / "x").mkdir()
@@ -89,3 +97,24 @@ def test_cli_error_for_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert design.main(["--out", str(tmp_path / "o"), "--candidate", f"a={tmp_path / 'a'}",
                         "--candidate", f"b={tmp_path / 'b'}"]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_a_tta_candidate_is_judged_on_its_own_evaluation_of_the_same_runs(tmp_path):
+    runs = [write_run(tmp_path, f"run{s}", s, 0.90, 0.80, 0.78) for s in (0, 1)]
+    for run in runs:
+        add_tta_eval(run, "adabn", 0.905, 0.79, 0.776)
+    out = tmp_path / "out"
+    spec = ",".join(map(str, runs))
+    # a negative --min-gain asks for non-inferiority: no worse than 0.005 on the score
+    argv = ["--out", str(out), "--min-gain", "-0.005", "--candidate", f"bn={spec}", "--candidate", f"domain:adabn={spec}"]
+    assert design.main(argv) == 0
+    c = json.loads((out / "design.json").read_text())["candidates"]
+    assert c["bn"]["tta"] == ["bn"] and c["domain"]["tta"] == ["adabn"]
+    assert c["domain"]["score"] == pytest.approx(0.776) and c["bn"]["score"] == pytest.approx(0.78)
+    assert c["domain"]["gain"] == pytest.approx(-0.004) and c["domain"]["qualifies"]
+    assert "| domain | adabn | 2 |" in (out / "design.md").read_text()
+
+
+def test_parse_candidate_reads_an_optional_tta():
+    assert design.parse_candidate("a=r0,r1") == ("a", None, [Path("r0"), Path("r1")])
+    assert design.parse_candidate("b:adabn=r0") == ("b", "adabn", [Path("r0")])
