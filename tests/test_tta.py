@@ -94,6 +94,7 @@ def test_every_method_predicts_and_resets(name, make_model):
     snap = snapshot(model)
     tta = make_tta(name, model)
     x = target_batch()
+    tta.prepare(x)  # the whole domain; a no-op for the per-batch methods
     logits = tta.predict(x)
     assert logits.shape == (32, {SmallCNN: 3, SmallMLP: 2}[make_model])
     assert not logits.requires_grad
@@ -103,13 +104,16 @@ def test_every_method_predicts_and_resets(name, make_model):
     assert_same_state(model, snap)
 
 
-@pytest.mark.parametrize("name", ["bn", "tent"])
+@pytest.mark.parametrize("name", ["bn", "adabn", "tent"])
 def test_reset_restores_exact_state_after_adaptation(name):
     model = odd_flags(trained_like(SmallCNN()))
     snap = snapshot(model)
     tta = make_tta(name, model, **({"episodic": False, "steps": 3, "lr": 1e-2} if name == "tent" else {}))
     for seed in range(3):
+        tta.prepare(target_batch(seed=seed))
         tta.predict(target_batch(seed=seed))
+    if name == "adabn":
+        assert not torch.equal(model.bn.running_mean, snap[0]["bn.running_mean"])  # it did adapt
     if name == "tent":
         assert not torch.equal(model.bn.weight, snap[0]["bn.weight"])  # it did adapt
         assert tta.optimizer.state  # Adam moments exist
@@ -187,6 +191,85 @@ def test_bn_small_batch_falls_back_to_source_statistics():
     assert tta.fallback_batches == 1 and tta.adapted_batches == 0
     mlp = trained_like(SmallMLP())  # BatchNorm1d cannot normalise a single sample at all
     assert make_tta("bn", mlp).predict(target_batch(n=1)).shape == (1, 2)
+
+
+def test_adabn_normalises_with_the_whole_domains_statistics():
+    model = trained_like(SmallCNN())
+    x = target_batch(n=64)
+    tta = make_tta("adabn", model, stats_batch_size=64)
+    tta.prepare(x)
+    with torch.no_grad():
+        h = model.conv(x)
+        torch.testing.assert_close(model.bn.running_mean, h.mean((0, 2, 3)))
+        torch.testing.assert_close(model.bn.running_var, h.var((0, 2, 3), unbiased=True))
+        mean, var = model.bn.running_mean[None, :, None, None], model.bn.running_var[None, :, None, None]
+        h = (h[:10] - mean) / torch.sqrt(var + model.bn.eps)
+        h = h * model.bn.weight[None, :, None, None] + model.bn.bias[None, :, None, None]
+        expected = model.fc(torch.relu(h).mean((2, 3)))
+    torch.testing.assert_close(tta.predict(x[:10]), expected)  # per sample, dropout off
+    assert tta.counters["adapted_batches"] == 1
+
+
+def test_adabn_scores_do_not_depend_on_batch_companions():
+    from hybrid.evaluate import predict_probs
+
+    model = trained_like(SmallCNN())
+    snap = snapshot(model)
+    x = target_batch(n=64)
+    whole = predict_probs(model, x, "adabn", batch_size=64)
+    torch.testing.assert_close(predict_probs(model, x, "adabn", batch_size=8), whole)
+    # per-batch bn is what this fixes: the same images in batches of 8 get other scores
+    assert not torch.allclose(torch.as_tensor(predict_probs(model, x, "bn", batch_size=8)),
+                              torch.as_tensor(predict_probs(model, x, "bn", batch_size=64)))
+    assert not torch.allclose(torch.as_tensor(whole), torch.as_tensor(predict_probs(model, x, "none")))
+    assert_same_state(model, snap)  # predict_probs puts the source statistics back
+
+
+def test_adabn_prepares_each_domain_afresh_and_asks_for_it():
+    model = trained_like(SmallCNN())
+    first, second = target_batch(n=32, seed=1), 3.0 + target_batch(n=32, seed=2)
+    fresh = make_tta("adabn", model)
+    fresh.prepare(second)
+    expected = fresh.predict(second)
+    fresh.reset()
+    tta = make_tta("adabn", model)
+    with pytest.raises(RuntimeError, match="prepare"):
+        tta.predict(first)
+    tta.prepare(first)
+    tta.prepare(second)  # the first domain's statistics are forgotten, not averaged in
+    torch.testing.assert_close(tta.predict(second), expected)
+
+
+def test_adabn_small_domain_keeps_source_statistics():
+    model = trained_like(SmallCNN())
+    x = target_batch(n=4)
+    tta = make_tta("adabn", model, min_samples=8)
+    tta.prepare(x)
+    assert torch.equal(tta.predict(x), make_tta("none", model).predict(x))
+    assert tta.fallback_batches == 1 and tta.adapted_batches == 0
+
+
+def test_adabn_collects_hybrid_net_statistics_without_running_the_quantum_layer():
+    from hybrid.config import TrainConfig
+    from hybrid.model import HybridNet
+
+    torch.manual_seed(0)
+    model = HybridNet(TrainConfig(width_mult=0.35, embed_dim=16, input_size=28), in_channels=1, n_classes=2,
+                      n_domains=1).eval()
+    x = torch.rand(24, 1, 28, 28)
+    calls = []
+    model.quantum.register_forward_hook(lambda *_: calls.append(1))
+    via_front = make_tta("adabn", model)
+    via_front.prepare(x, model.batchnorm_forward)
+    assert not calls  # a remote quantum layer would have been sent jobs for nothing
+    stats_front = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    via_front.reset()
+    via_model = make_tta("adabn", model)
+    via_model.prepare(x)  # the whole model: the same statistics, so the front holds every BN layer
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(v, stats_front[k], msg=k)
+    via_model.reset()
 
 
 def test_tent_updates_only_bn_affine_and_lowers_entropy():
