@@ -153,7 +153,7 @@ def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: li
     tta = tta or cfg.tta
     if tta == "tent":
         raise ValueError("TTA 'tent' needs gradients through the quantum layer, which sampling backends do not "
-                         "give; use --tta bn or --tta none")
+                         "give; use --tta adabn, bn or none")
     seed = cfg.seed if seed is None else seed
     batch_size = batch_size or cfg.eval_batch_size
     parsed = [parse_backend_spec(s) for s in specs]  # bad specs fail before any work

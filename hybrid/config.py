@@ -56,7 +56,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch threads (None: torch default)
     # evaluation
-    tta: str = "bn"  # test-time adaptation: bn, tent or none
+    tta: str = "adabn"  # test-time adaptation: adabn (whole-domain BN statistics), bn, bn2d, tent or none
     backend: str = "aer"  # backends registry name; exact backends train with the torch engine
     eval_batch_size: int = 256
     n_bootstrap: int = 1000

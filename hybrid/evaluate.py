@@ -258,7 +258,7 @@ def _evaluate(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backend)
     tta = args.tta or cfg.tta
     if tta == "tent" and not backend.exact:
         raise ValueError(f"TTA 'tent' needs gradients through the quantum layer, which {backend.name} does not "
-                         "give at inference; use --tta bn or --tta none")
+                         "give at inference; use --tta adabn, bn or none")
     batch_size = args.batch_size or cfg.eval_batch_size
     root = resolve_data_root(args.data_root or cfg.data_root)
     started = time.perf_counter()

@@ -106,7 +106,7 @@ def roc_on_hardest(runs: list[Run], names: list[str], path: Path, models: ModelD
         run = min((r for r in runs if r.variant == variant), key=lambda r: r.seed)
         cfg, model, domains = models(run)
         x, y = domains[hardest]
-        probs = predict_probs(model, x, cfg.tta, cfg.eval_batch_size)
+        probs = predict_probs(model, x, run.report["tta"], cfg.eval_batch_size)  # the evaluation's TTA
         curves[variant] = (y.numpy(), probs)
         recomputed = domain_metrics(y.numpy(), probs, positive_class=run.report["positive_class"], n_bootstrap=0)["auc"]
         check[variant] = {"seed": run.seed, "recomputed_auc": recomputed,
@@ -263,8 +263,12 @@ def _data_lines(report: dict) -> list[str]:
     return lines
 
 
-def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None = None, threads: int = 1) -> dict:
-    """Write report.md, report.json and figures/ into `runs_dir`; returns the report dict.
+def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None = None, threads: int = 1,
+                 evaluation: str | None = None, out_dir: Path | None = None) -> dict:
+    """Write report.md, report.json and figures/ into `out_dir`; returns the report dict.
+
+    `out_dir` defaults to `runs_dir`, or to `runs_dir/report_<evaluation>` when `evaluation`
+    names the evaluation files that replace the runs' with-TTA results (see `load_runs`).
 
     `threads` torch threads for the reloaded models: the work is small, and on a CPU shared
     with training runs two threads were measured 20x slower than one (oversubscription).
@@ -274,25 +278,28 @@ def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None =
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _build_report(Path(runs_dir), models, data_root)
+        runs_dir = Path(runs_dir)
+        out_dir = Path(out_dir) if out_dir else runs_dir / f"report_{evaluation}" if evaluation else runs_dir
+        return _build_report(runs_dir, models, data_root, evaluation, out_dir)
     finally:
         torch.set_num_threads(previous)
 
 
-def _build_report(runs_dir: Path, models: bool, data_root: str | None) -> dict:
-    study, runs = load_runs(runs_dir)
+def _build_report(runs_dir: Path, models: bool, data_root: str | None, evaluation: str | None,
+                  out_dir: Path) -> dict:
+    study, runs = load_runs(runs_dir, evaluation)
     if not runs:
         raise FileNotFoundError(f"no finished runs (*/seed*/report.json) under {runs_dir}; "
                                 "run `python -m hybrid.experiment --out RUNS_DIR` first")
-    fig_dir = runs_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
     for old in fig_dir.glob("*.png"):
         old.unlink()  # a figure that cannot be drawn this time must not survive from an older report
     variants = variants_of(runs)
     groups = domain_groups(runs)
     primary = "tta" if any(r.domains("tta") for r in runs) else "no_tta"
     result = {"runs_dir": str(runs_dir), "study": study, "variants": variants, "primary_setting": primary,
-              "groups": {}, "figures": {}, "skipped": []}
+              "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": []}
     base = by_seed(runs, BASELINE)
     for title, names in groups.items():
         g = {"domains": names, "tables": {s: variant_table(runs, names, s) for s in SETTINGS}, "comparisons": {}}
@@ -326,7 +333,7 @@ def _build_report(runs_dir: Path, models: bool, data_root: str | None) -> dict:
             log.warning("could not draw the %s figure: %s", key, exc)
             return None
         if path.is_file():
-            result["figures"][key] = str(path.relative_to(runs_dir))
+            result["figures"][key] = str(path.relative_to(out_dir))
         return value
 
     figure("center_auc", fig_dir / "center_auc.png", plot_center_auc)
@@ -350,8 +357,8 @@ def _build_report(runs_dir: Path, models: bool, data_root: str | None) -> dict:
                        "epochs": r.report.get("config", {}).get("epochs"),
                        "minutes": (r.report["run"].get("seconds") or math.nan) / 60,
                        "threads": r.report["run"].get("threads")} for r in runs]
-    (runs_dir / "report.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
-    (runs_dir / "report.md").write_text(_markdown(result, runs))
+    (out_dir / "report.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
+    (out_dir / "report.md").write_text(_markdown(result, runs))
     return result
 
 
@@ -405,8 +412,10 @@ def _markdown(result: dict, runs: list[Run]) -> str:
         listed = ", ".join(f"{k}={v}" for k, v in shared.items())
         out += [f"Settings shared by every run (all others at the TrainConfig defaults): {listed}.", ""]
     out += [f"- {note}" for note in study.get("notes", [])] + [""]
+    source = ("the runs' report.json files" if not result.get("evaluation") else
+              f"the runs' eval_{result['evaluation']}.json files (with TTA) and report.json files (without)")
     out += [f"Variants: {', '.join(result['variants'])}; {len(runs)} finished runs. Every number below is "
-            f"computed from the runs' report.json files. TTA = {tta} at test time; the decision threshold is "
+            f"computed from {source}. TTA = {tta} at test time; the decision threshold is "
             "fixed on source validation data.", ""]
     for title, g in result["groups"].items():
         out += [f"## {title[0].upper() + title[1:]}", "", f"Centers ({len(g['domains'])}): {', '.join(g['domains'])}.", ""]
@@ -476,15 +485,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-models", action="store_true", help="skip the figures that reload checkpoints")
     parser.add_argument("--data-root", help="folder holding the data (default: the runs' or $HYBRID_DATA_ROOT)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the reloaded models")
+    parser.add_argument("--evaluation", help="NAME of eval_NAME.json files in every run (hybrid.evaluate --name) "
+                                             "whose results replace the with-TTA ones, e.g. another TTA method")
+    parser.add_argument("--out", help="folder for the report (default: RUNS_DIR, or RUNS_DIR/report_NAME)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         result = build_report(Path(args.runs_dir), models=not args.no_models, data_root=args.data_root,
-                              threads=args.threads)
+                              threads=args.threads, evaluation=args.evaluation, out_dir=args.out)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{Path(args.runs_dir) / 'report.md'}: {len(result['variants'])} variants, "
+    print(f"{Path(result['out_dir']) / 'report.md'}: {len(result['variants'])} variants, "
           f"{len(result['runs'])} runs, figures: {', '.join(result['figures']) or 'none'}")
     return 0
 

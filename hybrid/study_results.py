@@ -41,16 +41,35 @@ class Run:
         return r.get("domains_no_tta") or (r["domains"] if r.get("tta") == "none" else None)
 
 
-def load_runs(runs_dir: Path) -> tuple[dict, list[Run]]:
-    """study.json (or {}) and every finished run, in the study's variant order, then by seed."""
+def load_runs(runs_dir: Path, evaluation: str | None = None) -> tuple[dict, list[Run]]:
+    """study.json (or {}) and every finished run, in the study's variant order, then by seed.
+
+    With `evaluation`, each run's with-TTA results are those of its `eval_<evaluation>.json`
+    (written by `hybrid.evaluate --name`), e.g. the same runs under another TTA method; the
+    no-TTA results stay the run's own.
+    """
     runs_dir = Path(runs_dir)
     study_path = runs_dir / "study.json"
     study = json.loads(study_path.read_text()) if study_path.is_file() else {}
-    runs = []
+    runs, missing = [], []
     for path in sorted(runs_dir.glob("*/seed*/report.json")):
         match = re.fullmatch(r"seed(\d+)", path.parent.name)
-        if match:
-            runs.append(Run(path.parent.parent.name, int(match.group(1)), path.parent, json.loads(path.read_text())))
+        if not match:
+            continue
+        report = json.loads(path.read_text())
+        if evaluation:
+            eval_path = path.parent / f"eval_{evaluation}.json"
+            if not eval_path.is_file():
+                missing.append(str(eval_path))
+                continue
+            ev = json.loads(eval_path.read_text())
+            if ev.get("tta", "none") == "none":
+                raise ValueError(f"{eval_path} was evaluated without TTA; --evaluation replaces the with-TTA results")
+            report = report | {"domains": ev["domains"], "tta": ev["tta"], "evaluation": evaluation}
+        runs.append(Run(path.parent.parent.name, int(match.group(1)), path.parent, report))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} runs have no eval_{evaluation}.json (first: {missing[0]}); "
+                                f"make them with `python -m hybrid.evaluate --run RUN --tta METHOD --name {evaluation}`")
     order = list(study.get("variants", {}))
     runs.sort(key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.variant, r.seed))
     return study, runs

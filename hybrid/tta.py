@@ -266,9 +266,9 @@ class DomainBatchNormAdapt(TTAMethod):
     """AdaBN: normalise with statistics of the whole target domain, collected by :meth:`prepare`.
 
     ``bn`` re-estimates the statistics on every test batch, so a sample's score depends on
-    its batch companions: with a rare class and heavy-tailed features (dermoscopy) the batch
-    statistics wander from batch to batch and scores of different batches stop being
-    comparable, which costs pooled AUC even on in-domain data. Here the statistics come from
+    its batch companions and scores of different batches are not on one scale; on HAM10000
+    that cost the in-domain test split 0.14 AUC (batches of 256 against the whole split as
+    one batch, which matched no adaptation). Here the statistics come from
     the whole domain, in chunks of ``stats_batch_size`` (cumulative averages, as precise BN
     does), and prediction runs in eval mode, so it is per sample and batch-size free.
     A domain of fewer than ``min_samples`` images keeps the source statistics.

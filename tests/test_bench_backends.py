@@ -52,7 +52,7 @@ def test_evaluate_ibm_runtime_local_mode(run_dir, data_root):
 def test_tent_and_foreign_options_are_refused(run_dir, data_root, capsys):
     assert _evaluate(run_dir, data_root, "--backend", "aer", "--shots", "64", "--tta", "tent") == 2
     err = capsys.readouterr().err
-    assert "tent" in err and "--tta bn" in err and err.count("\n") == 1
+    assert "tent" in err and "--tta adabn" in err and err.count("\n") == 1
     assert _evaluate(run_dir, data_root, "--backend", "aer", "--noise-model", "fake_manila") == 2
     assert "do not apply to backend 'aer'" in capsys.readouterr().err
 

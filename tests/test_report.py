@@ -176,3 +176,40 @@ def test_quantum_layer_effect_compares_variants_that_differ_only_by_the_layer(sy
     assert not any(r["name"].startswith("full") for r in effect)  # no full/dann runs here
     md = (synthetic / "report.md").read_text()
     assert "### Does the quantum layer help?" in md and "| quantum vs shift | AUC (per seed x center) | 12 |" in md
+
+
+def write_evaluation(synthetic, name: str, tta: str, gain: float) -> None:
+    """eval_<name>.json in every run: the run's with-TTA AUCs plus `gain`, as another TTA would give."""
+    for path in synthetic.glob("*/seed*/report.json"):
+        r = json.loads(path.read_text())
+        domains = {k: metrics(m["auc"] + gain) for k, m in r["domains"].items()}
+        (path.parent / f"eval_{name}.json").write_text(json.dumps({"tta": tta, "domains": domains}))
+
+
+def test_an_evaluation_replaces_the_with_tta_results_in_a_report_of_its_own(synthetic, capsys):
+    before = (synthetic / "report.md").exists()
+    write_evaluation(synthetic, "alt", "adabn", 0.03)
+    assert study_report.main([str(synthetic), "--no-models", "--evaluation", "alt"]) == 0
+    out = synthetic / "report_alt"
+    assert str(out / "report.md") in capsys.readouterr().out
+    result = json.loads((out / "report.json").read_text())
+    tables = result["groups"]["unseen centers"]["tables"]
+    per_seed = [np.mean([erm_auc(s, c) for c in range(len(CENTERS))]) for s in SEEDS]
+    assert tables["tta"]["erm"]["auc_mean"]["mean"] == pytest.approx(np.mean(per_seed) + 0.03)
+    assert tables["no_tta"]["erm"]["auc_mean"]["mean"] == pytest.approx(np.mean(per_seed) - 0.02)  # the run's own
+    tta = {r["name"]: r for r in result["groups"]["unseen centers"]["tta_effect"] if r["metric"] == "AUC"}
+    assert tta["erm"]["mean_diff"] == pytest.approx(0.05)
+    md = (out / "report.md").read_text()
+    assert "eval_alt.json" in md and "TTA = adabn" in md and "### With TTA (adabn)" in md
+    assert (synthetic / "report.md").exists() == before  # the study's own report is not touched
+
+
+def test_an_evaluation_missing_from_a_run_or_without_tta_is_refused(synthetic, capsys):
+    write_evaluation(synthetic, "alt", "adabn", 0.0)
+    (synthetic / "erm" / "seed1" / "eval_alt.json").unlink()
+    assert study_report.main([str(synthetic), "--no-models", "--evaluation", "alt"]) == 2
+    err = capsys.readouterr().err
+    assert "1 runs have no eval_alt.json" in err and "--name alt" in err and err.count("\n") == 1
+    write_evaluation(synthetic, "plain", "none", 0.0)
+    assert study_report.main([str(synthetic), "--no-models", "--evaluation", "plain"]) == 2
+    assert "without TTA" in capsys.readouterr().err
