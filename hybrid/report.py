@@ -408,6 +408,8 @@ def _markdown(result: dict, runs: list[Run]) -> str:
     if study.get("description"):
         out += [study["description"] + ".", ""]
     shared = shared_settings(runs)
+    if result.get("evaluation"):
+        shared.pop("tta", None)  # the runs' own TTA is not the one reported with TTA here
     if shared:
         listed = ", ".join(f"{k}={v}" for k, v in shared.items())
         out += [f"Settings shared by every run (all others at the TrainConfig defaults): {listed}.", ""]

@@ -44,7 +44,7 @@ def write_run(root, variant: str, seed: int) -> None:
     shift, dann, quantum = FLAGS[variant]
     report = {"run": {"name": f"seed{seed}", "dataset": "synthetic", "seconds": 60.0, "best_epoch": 1, "threads": 2},
               "config": TrainConfig(shift=shift, dann=dann, quantum=quantum, epochs=4, max_train_samples=2000,
-                                    seed=seed).to_dict(),
+                                    seed=seed, tta="bn").to_dict(),
               "tta": "bn", "positive_class": 1, "unseen": CENTERS, "domains": domains,
               "summary": summarize_domains({c: domains[c] for c in CENTERS}), "domains_no_tta": no_tta,
               "summary_no_tta": summarize_domains({c: no_tta[c] for c in CENTERS})}
@@ -76,7 +76,7 @@ def test_tables_show_every_variant_with_mean_and_std_over_seeds(synthetic):
     assert f"| erm | none | 3 | {expected} |" in md
     assert "| better | shift + DANN + quantum | 3 |" in md and "| same | shift | 3 |" in md
     assert "a note from the preset" in md
-    assert "Settings shared by every run (all others at the TrainConfig defaults): max_train_samples=2000, epochs=4." in md
+    assert "Settings shared by every run (all others at the TrainConfig defaults): max_train_samples=2000, epochs=4, tta=bn." in md
     table = result["groups"]["unseen centers"]["tables"]["no_tta"]
     assert table["erm"]["auc_mean"]["mean"] == pytest.approx(np.mean(per_seed) - 0.02)
     worst = [min(erm_auc(s, c) for c in range(len(CENTERS))) for s in SEEDS]
@@ -201,6 +201,7 @@ def test_an_evaluation_replaces_the_with_tta_results_in_a_report_of_its_own(synt
     assert tta["erm"]["mean_diff"] == pytest.approx(0.05)
     md = (out / "report.md").read_text()
     assert "eval_alt.json" in md and "TTA = adabn" in md and "### With TTA (adabn)" in md
+    assert "tta=bn" not in md  # the runs' own TTA is not what this report shows
     assert (synthetic / "report.md").exists() == before  # the study's own report is not touched
 
 
