@@ -81,6 +81,11 @@ def test_tables_show_every_variant_with_mean_and_std_over_seeds(synthetic):
     assert table["erm"]["auc_mean"]["mean"] == pytest.approx(np.mean(per_seed) - 0.02)
     worst = [min(erm_auc(s, c) for c in range(len(CENTERS))) for s in SEEDS]
     assert result["groups"]["unseen centers"]["tables"]["tta"]["erm"]["auc_worst"]["mean"] == pytest.approx(np.mean(worst))
+    clean = result["groups"]["in-distribution test split"]  # what each variant costs without any shift
+    assert clean["domains"] == ["clean"]
+    assert clean["tables"]["tta"]["erm"]["auc_mean"]["mean"] == pytest.approx(0.9)
+    assert clean["tables"]["no_tta"]["erm"]["auc_mean"]["mean"] == pytest.approx(0.88)
+    assert "## In-distribution test split" in md
 
 
 def test_paired_comparisons_say_what_is_and_is_not_significant(synthetic):
