@@ -268,9 +268,10 @@ class DomainBatchNormAdapt(TTAMethod):
     ``bn`` re-estimates the statistics on every test batch, so a sample's score depends on
     its batch companions and scores of different batches are not on one scale; on HAM10000
     that cost the in-domain test split 0.14 AUC (batches of 256 against the whole split as
-    one batch, which matched no adaptation). Here the statistics come from
-    the whole domain, in chunks of ``stats_batch_size`` (cumulative averages, as precise BN
-    does), and prediction runs in eval mode, so it is per sample and batch-size free.
+    one batch, which matched no adaptation). Here the statistics come from the whole
+    domain, in chunks of ``stats_batch_size`` averaged with equal weight per chunk (as
+    precise BN does, so a short last chunk counts a little more than its share), and
+    prediction runs in eval mode, so it is per sample and free of the prediction batch size.
     A domain of fewer than ``min_samples`` images keeps the source statistics.
     """
 
