@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -19,3 +20,28 @@ def data_root() -> Path:
             "holding pneumoniamnist.npz (CI uses ../shared/data)"
         )
     return root
+
+
+DX = ["mel", "bcc", "nv", "bkl"]  # diagnoses of the synthetic multi-center file; the first two are "malignant"
+
+
+@pytest.fixture(scope="session")
+def multicenter_run(tmp_path_factory):
+    """A tiny run on a synthetic 3-center file whose diagnosis refines a malignant target."""
+    from hybrid import train
+
+    root = tmp_path_factory.mktemp("mc")
+    rng = np.random.default_rng(0)
+    n = 240
+    labels = rng.integers(0, len(DX), n)
+    malignant = (labels < 2).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8)
+    images[malignant == 1, 4:12, 4:12] += 120  # a learnable lesion
+    np.savez(root / "mc.npz", images=images, labels=labels, malignant=malignant,
+             center_ids=np.arange(n) % 3, center_names=np.array(["a", "b", "c"]), label_names=np.array(DX))
+    out = root / "run"
+    argv = ["--dataset", str(root / "mc.npz"), "--label-field", "malignant", "--test-centers", "c",
+            "--input-size", "16", "--width-mult", "0.35", "--stem-stride", "2", "--epochs", "1",
+            "--batch-size", "32", "--n-bootstrap", "20", "--threads", "1", "--out", str(out), "--quiet"]
+    assert train.main(argv) == 0
+    return out

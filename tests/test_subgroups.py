@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from hybrid import subgroups, train
+from hybrid import subgroups
 from hybrid.data import DataError
 
-DX = ["mel", "bcc", "nv", "bkl"]  # the first two are "malignant"
+from conftest import DX
 
 
 def test_pairwise_auc_matches_scikit_learn_with_ties():
@@ -40,26 +40,6 @@ def test_a_group_field_that_does_not_refine_the_target_is_refused():
     groups = np.array(["a", "a", "b", "b"])
     with pytest.raises(DataError, match="both positive and negative"):
         subgroups.analyse_center(np.array([0.1, 0.9, 0.2, 0.8]), np.array([0, 1, 0, 1]), groups, 0.5)
-
-
-@pytest.fixture(scope="module")
-def multicenter_run(tmp_path_factory):
-    """A tiny run on a synthetic 3-center file whose diagnosis refines a malignant target."""
-    root = tmp_path_factory.mktemp("mc")
-    rng = np.random.default_rng(0)
-    n = 240
-    labels = rng.integers(0, len(DX), n)
-    malignant = (labels < 2).astype(np.uint8)
-    images = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8)
-    images[malignant == 1, 4:12, 4:12] += 120  # a learnable lesion
-    np.savez(root / "mc.npz", images=images, labels=labels, malignant=malignant,
-             center_ids=np.arange(n) % 3, center_names=np.array(["a", "b", "c"]), label_names=np.array(DX))
-    out = root / "run"
-    argv = ["--dataset", str(root / "mc.npz"), "--label-field", "malignant", "--test-centers", "c",
-            "--input-size", "16", "--width-mult", "0.35", "--stem-stride", "2", "--epochs", "1",
-            "--batch-size", "32", "--n-bootstrap", "20", "--threads", "1", "--out", str(out), "--quiet"]
-    assert train.main(argv) == 0
-    return out
 
 
 def test_cli_writes_reports_consistent_with_the_run_evaluation(multicenter_run, capsys):
