@@ -56,14 +56,16 @@ def make_target_domains(x: torch.Tensor, y: torch.Tensor, centers: Iterable[Virt
 
 
 def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", batch_size: int = 256,
-                  progress: bool = False, desc: str = "", partial=None) -> np.ndarray:
+                  progress: bool = False, desc: str = "", partial=None,
+                  statistics_from: torch.Tensor | None = None) -> np.ndarray:
     """Class probabilities, adapting per batch with `tta` and restoring the model afterwards.
 
     With `partial` (a `backends.partial.PartialResults`), batches saved earlier under the key
-    `desc` are reused and each new batch is saved as soon as it is done.
+    `desc` are reused and each new batch is saved as soon as it is done. A domain-level method
+    (adabn) takes its statistics from `statistics_from` if given, else from `x` itself.
     """
     method = make_tta(tta, model)
-    method.prepare(x, getattr(model, "batchnorm_forward", None))
+    method.prepare(x if statistics_from is None else statistics_from, getattr(model, "batchnorm_forward", None))
     out = []
     batches = range(0, len(x), batch_size)
     if progress:

@@ -53,7 +53,6 @@ def check_domain(model, x: torch.Tensor, y: torch.Tensor, *, positive_class: int
                  source_prevalence: float | None, seed: int = 0) -> dict:
     """AUC of one domain under each way of (not) adapting; see the module docstring."""
     from hybrid.evaluate import predict_probs
-    from hybrid.tta import make_tta
 
     labels = y.numpy()
     row = {"n": len(labels), "positive_rate": float(np.mean(labels == positive_class)),
@@ -64,20 +63,14 @@ def check_domain(model, x: torch.Tensor, y: torch.Tensor, *, positive_class: int
     row["adabn"] = _auc(labels, predict_probs(model, x, "adabn"), positive_class)
     if source_prevalence is not None:
         subset = prevalence_matched(labels, positive_class, source_prevalence, np.random.default_rng(seed))
-        method = make_tta("adabn", model)
-        try:
-            method.prepare(x[subset], getattr(model, "batchnorm_forward", None))
-            with torch.no_grad():
-                probs = torch.cat([method.predict(x[i:i + 256]) for i in range(0, len(x), 256)]).softmax(1)
-        finally:
-            method.reset()
-        row["adabn_prevalence_matched"] = _auc(labels, probs.numpy(), positive_class)
+        probs = predict_probs(model, x, "adabn", statistics_from=x[subset])
+        row["adabn_prevalence_matched"] = _auc(labels, probs, positive_class)
         row["prevalence_matched_n"] = len(subset)
     return row
 
 
 def run_check(run_dir: Path, domains: list[str] | None, batch_sizes: list[int], root=None, seed: int = 0) -> dict:
-    from hybrid.evaluate import load_run, split_to_tensors
+    from hybrid.evaluate import load_run
     from hybrid.train import build_eval_domains, load_bundle
 
     cfg, model, ckpt, backend = load_run(run_dir)
@@ -90,8 +83,7 @@ def run_check(run_dir: Path, domains: list[str] | None, batch_sizes: list[int], 
         raise DataError(f"{run_dir} has no domain {', '.join(map(repr, unknown))}; it has {', '.join(available)}")
     source_prevalence = None
     if bundle.n_classes == 2:
-        _, y_train = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
-        source_prevalence = float(np.mean(y_train.numpy() == bundle.positive_class))
+        source_prevalence = float(np.mean(np.asarray(bundle.train.labels) == bundle.positive_class))
     from tqdm.auto import tqdm
 
     rows = {}

@@ -222,6 +222,14 @@ def test_adabn_scores_do_not_depend_on_batch_companions():
     assert not torch.allclose(torch.as_tensor(predict_probs(model, x, "bn", batch_size=8)),
                               torch.as_tensor(predict_probs(model, x, "bn", batch_size=64)))
     assert not torch.allclose(torch.as_tensor(whole), torch.as_tensor(predict_probs(model, x, "none")))
+    # statistics from another image set: the same as preparing on that set by hand
+    reference = 2.0 + target_batch(n=40, seed=5)
+    by_hand = make_tta("adabn", model)
+    by_hand.prepare(reference)
+    expected = by_hand.predict(x).softmax(1)
+    by_hand.reset()
+    torch.testing.assert_close(torch.as_tensor(predict_probs(model, x, "adabn", 16, statistics_from=reference)),
+                               expected)
     assert_same_state(model, snap)  # predict_probs puts the source statistics back
 
 
