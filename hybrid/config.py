@@ -1,4 +1,9 @@
-"""The one frozen run configuration, saved as `config.json` in every run directory."""
+"""The one frozen run configuration, saved as `config.json` in every run directory.
+
+This module imports nothing from the rest of the project: names (algorithm, TTA method,
+feature map, ...) are validated by the registries that build them, and the CLI flags with
+their choices are made in `hybrid.cli`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from hybrid.quantum import ENTANGLEMENTS, FEATURE_MAPS, QuantumConfig
-from hybrid.shifts import SOURCE_SAMPLINGS
-from hybrid.tta import TTA_METHODS
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,10 @@ class TrainConfig:
     input_smoothing: float = 1.0  # sigma (px) of a fixed Gaussian low-pass in front of the encoder; 0 = off
     embed_dim: int = 128  # bottleneck features shared by classifier, projection and discriminator
     dropout: float = 0.2
-    # the three domain-generalization components; each ablation is one flag away
-    quantum: bool = True
-    shift: bool = True
-    dann: bool = True
+    # the domain-generalization components; each ablation is one flag away
+    algorithm: str = "dann"  # training algorithm from hybrid.algorithms.ALGORITHMS (erm, dann, ...)
+    quantum: bool = True  # quantum feature-enhancement layer in the head
+    shift: bool = True  # imaging-shift simulation: train on virtual source centers
     n_qubits: int = 4
     feature_map: str = "zz"
     q_reps: int = 2
@@ -61,13 +63,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     n_bootstrap: int = 1000
 
-    def quantum_config(self) -> QuantumConfig:
-        return QuantumConfig(
-            n_qubits=self.n_qubits,
-            feature_map=self.feature_map,
-            reps=self.q_reps,
-            entanglement=self.entanglement,
-        )
+    def model_config(self) -> "ModelConfig":
+        """The fields the network is built from (the rest is data, training and evaluation)."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,54 +79,49 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """A saved config: a run saved before a field existed was made without that feature,
+        whatever today's default (see ABSENT_MEANS), and renamed fields are mapped."""
         known = {f.name for f in fields(cls)}
-        # a run saved before a field existed was made without that feature, whatever today's default
-        return cls(**(_ABSENT_MEANS | {k: v for k, v in data.items() if k in known}))
+        values = {k: v for k, v in upgrade_fields(data).items() if k in known}
+        return cls(**(ABSENT_MEANS | values))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What `HybridNet` is built from: the encoder, the embedding and the quantum layer."""
+
+    width_mult: float = 1.0
+    stem_stride: int = 1
+    pretrained: bool = False
+    weights_path: str | None = None
+    input_smoothing: float = 1.0
+    embed_dim: int = 128
+    dropout: float = 0.2
+    quantum: bool = True
+    n_qubits: int = 4
+    feature_map: str = "zz"
+    q_reps: int = 2
+    entanglement: str = "linear"
+    q_precision: str = "float64"
+    seed: int = 0  # seeds the quantum layer's initial weights
 
 
 # Value of a field in configs saved before the field existed (the behaviour those runs had).
-_ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random"}
-
-_HELP = {
-    "dataset": "MedMNIST name (pneumoniamnist, breastmnist, ...) or path to an .npz",
-    "data_root": "folder with the MedMNIST .npz files (default: $HYBRID_DATA_ROOT)",
-    "train_centers": "multi-center npz: centers to train on (names or ids, comma-separated)",
-    "test_centers": "multi-center npz: held-out centers (names or ids, comma-separated)",
-    "label_field": "multi-center npz: label array, e.g. malignant",
-    "pretrained": "start from ImageNet weights (torchvision, or --weights-path)",
-    "tta": "test-time adaptation at evaluation",
-    "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
-    "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",
-}
-_CHOICES = {
-    "feature_map": FEATURE_MAPS,
-    "entanglement": ENTANGLEMENTS,
-    "q_precision": ("float64", "float32"),
-    "tta": tuple(TTA_METHODS),
-    "stem_stride": (1, 2),
-    "source_sampling": SOURCE_SAMPLINGS,
-}
-_SKIP = {"backend"}  # added by the entry point with choices from the registry
+ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random"}
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One CLI flag per config field; booleans get --flag / --no-flag."""
-    for f in fields(TrainConfig):
-        if f.name in _SKIP:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        help_text = _HELP.get(f.name, "") + f" (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-            continue
-        kind = {int: int, float: float, str: str}.get(type(default), str)
-        if f.name in ("threads", "max_train_samples"):
-            kind = int
-        parser.add_argument(flag, type=kind, default=default, choices=_CHOICES.get(f.name), help=help_text)
+def field_type(name: str) -> type:
+    """The scalar type of a TrainConfig field (`int | None` gives int), for parsing text values."""
+    annotation = {f.name: f.type for f in fields(TrainConfig)}[name]
+    base = str(annotation).replace(" ", "").split("|")[0]
+    return {"int": int, "float": float, "bool": bool, "str": str}[base]
 
 
-def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    values.update(overrides)
-    return TrainConfig(**values)
+def upgrade_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Map fields of older configs to today's: `dann: bool` became `algorithm: str`."""
+    data = dict(data)
+    if "dann" in data:
+        legacy = data.pop("dann")
+        data.setdefault("algorithm", "dann" if legacy else "erm")
+    return data
+

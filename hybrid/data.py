@@ -1,8 +1,10 @@
-"""Data loading: MedMNIST 2D, plain or multi-center .npz files, and per-center image folders.
+"""Data loading: MedMNIST 2D, plain or multi-center .npz files, as `DatasetBundle`s.
 
 Every loader returns uint8 NHWC images and int64 labels; the model side converts with
 `images_to_tensor`. Anything a user can get wrong raises `DataError` with one sentence on
 what is wrong and how to fix it, so a bad file fails at load time, not mid-training.
+Array validation, the evaluation inputs (`load_eval_npz`, `load_center_folder`) and
+`images_to_tensor` live in `hybrid.images`; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -10,40 +12,28 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from hybrid.images import (ENV_DATA_ROOT, IMAGE_SUFFIXES, DataError, Split, as_labels, images_to_tensor,
+                           load_center_folder, load_eval_npz, make_split, open_npz, read_array)
+
+__all__ = [
+    "CENTER_NAME_FIELDS", "ENV_DATA_ROOT", "IMAGE_SUFFIXES", "MEDMNIST_KEYS", "MEDMNIST_SIZES", "SPLITS",
+    "DataError", "DatasetBundle", "Split", "class_counts", "images_to_tensor", "load_center_folder",
+    "load_dataset", "load_eval_npz", "load_medmnist", "load_multicenter_domains", "load_multicenter_npz",
+    "multicenter_fields", "load_npz", "medmnist_names",
+    "resolve_centers", "resolve_data_root", "resolve_dataset_path",
+]
 
 log = logging.getLogger(__name__)
 
-ENV_DATA_ROOT = "HYBRID_DATA_ROOT"
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
 MEDMNIST_KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CENTER_NAME_FIELDS = {"center_ids": "center_names", "source_ids": "source_names"}  # ids -> names array
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes with one intensity channel
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
-_INT_IDS = "store class ids as integers 0..K-1"
-
-
-class DataError(ValueError):
-    """A data problem the user can fix; the message says what is wrong and how to fix it."""
-
-
-@dataclass
-class Split:
-    images: np.ndarray  # uint8 (N, H, W, C), C = 1 or 3
-    labels: np.ndarray  # int64 (N,)
-    centers: np.ndarray | None = None  # int64 (N,) real center ids when known
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 @dataclass
@@ -83,59 +73,7 @@ class DatasetBundle:
         }
 
 
-# ---------------------------------------------------------------- validation helpers
-
-
-def _as_images(arr, where: str) -> np.ndarray:
-    """Validate images and return uint8 (N, H, W, C); floats in [0, 1] or [0, 255] are converted."""
-    arr = np.asarray(arr)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise DataError(f"{where}: images have shape {arr.shape}; expected (N, H, W) or (N, H, W, C) "
-                        "with C = 1 or 3.")
-    if arr.size == 0:
-        raise DataError(f"{where}: the split is empty; every split needs at least one image.")
-    if arr.dtype == np.uint8:
-        return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise DataError(f"{where}: images contain NaN or inf values; clean or drop those images first.")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo >= 0 and hi <= 255:
-            return np.rint(arr * 255 if hi <= 1 else arr).astype(np.uint8)
-        raise DataError(f"{where}: float images range over [{lo:g}, {hi:g}]; "
-                        "rescale them to [0, 1] or [0, 255].")
-    # Integers in 0..255 convert losslessly (e.g. images saved as int64 by accident).
-    if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 255:
-        return arr.astype(np.uint8)
-    raise DataError(f"{where}: images have dtype {arr.dtype}; save them as uint8, "
-                    "or as floats in [0, 1] or [0, 255].")
-
-
-def _as_labels(arr, n: int, where: str) -> np.ndarray:
-    """Validate one integer label per image and return int64 (N,)."""
-    arr = np.asarray(arr)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise DataError(f"{where}: labels have shape {arr.shape}; expected (N,) or (N, 1), one class id per "
-                        "image (multi-label targets are not supported).")
-    if len(arr) != n:
-        raise DataError(f"{where}: {len(arr)} labels for {n} images; each image needs exactly one label.")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-            raise DataError(f"{where}: labels are not whole numbers; {_INT_IDS}.")
-    elif not (arr.dtype == bool or np.issubdtype(arr.dtype, np.integer)):
-        raise DataError(f"{where}: labels have dtype {arr.dtype}; {_INT_IDS}.")
-    if n and arr.min() < 0:
-        raise DataError(f"{where}: labels contain negative values ({arr.min()}); {_INT_IDS}.")
-    return arr.astype(np.int64)
-
-
-def _make_split(images, labels, where: str) -> Split:
-    images = _as_images(images, where)
-    return Split(images, _as_labels(labels, len(images), where))
+# ---------------------------------------------------------------- split helpers
 
 
 def _take(split: Split, idx: np.ndarray) -> Split:
@@ -143,44 +81,9 @@ def _take(split: Split, idx: np.ndarray) -> Split:
     return Split(split.images[idx], split.labels[idx], centers)
 
 
-def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
-    if not path.is_file():
-        raise DataError(f"Data file {path} not found; check the path, or point --data-root / "
-                        f"{ENV_DATA_ROOT} at the folder holding it.")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except _READ_ERRORS as e:
-        raise DataError(f"Cannot read {path} as a NumPy .npz archive ({e}); the file is corrupt or not an "
-                        ".npz, re-download it or re-save it with np.savez.") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DataError(f"{path} holds a single array, not an .npz archive of named arrays; "
-                        "save it with np.savez(path, images=..., labels=...).")
-    return npz
-
-
-def _read(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
-    try:  # members are decompressed lazily, so corruption can surface only here
-        return npz[key]
-    except _READ_ERRORS as e:
-        raise DataError(f"Cannot read array '{key}' from {path} ({e}); the file is corrupt or holds pickled "
-                        "objects, re-save it with plain NumPy arrays.") from None
-
-
 def _read_medmnist_layout(npz, path: Path) -> dict[str, Split]:
-    return {s: _make_split(_read(npz, f"{s}_images", path), _read(npz, f"{s}_labels", path),
+    return {s: make_split(read_array(npz, f"{s}_images", path), read_array(npz, f"{s}_labels", path),
                            f"{path.name} [{s}]") for s in SPLITS}
-
-
-def load_eval_npz(path) -> Split:
-    """All evaluation images of an .npz: its `test_*` arrays, or its `images`/`labels` arrays."""
-    path = Path(path)
-    npz = _open_npz(path)
-    keys = set(npz.files)
-    for images_key, labels_key in (("test_images", "test_labels"), ("images", "labels")):
-        if {images_key, labels_key} <= keys:
-            return _make_split(_read(npz, images_key, path), _read(npz, labels_key, path), path.name)
-    raise DataError(f"{path} has keys {sorted(keys)}; an evaluation file needs test_images/test_labels "
-                    "or images/labels.")
 
 
 def _split_indices(strata: np.ndarray, seed: int, val_fraction: float, test_fraction: float, where: str):
@@ -276,7 +179,7 @@ def load_medmnist(name: str, root: Path | None = None, size: int = 28, download:
             path.unlink(missing_ok=True)  # a partial download would later read as a corrupt file
             raise DataError(f"MedMNIST file {path} not found and the download failed "
                             f"({type(e).__name__}); {how}.") from None
-    with _open_npz(path) as npz:
+    with open_npz(path) as npz:
         if not set(MEDMNIST_KEYS) <= set(npz.files):
             raise DataError(f"{path} has keys {sorted(npz.files)} but a MedMNIST file needs "
                             f"{list(MEDMNIST_KEYS)}; re-download it from Zenodo.")
@@ -294,22 +197,22 @@ def load_npz(path, seed: int = 0, val_fraction: float = 0.1, test_fraction: floa
     """Load an .npz in MedMNIST layout ({train,val,test}_{images,labels}), or plain `images` and
     `labels` split reproducibly (stratified by label) from `seed`; `label_names` names classes."""
     path = Path(path)
-    with _open_npz(path) as npz:
+    with open_npz(path) as npz:
         keys = set(npz.files)
         if set(MEDMNIST_KEYS) <= keys:
             splits = _read_medmnist_layout(npz, path)
         elif {"images", "labels"} <= keys:
-            full = _make_split(_read(npz, "images", path), _read(npz, "labels", path), path.name)
+            full = make_split(read_array(npz, "images", path), read_array(npz, "labels", path), path.name)
             idx = _split_indices(full.labels, seed, val_fraction, test_fraction, path.name)
             splits = {s: _take(full, i) for s, i in zip(SPLITS, idx)}
         else:
             raise DataError(f"{path} has keys {sorted(keys)} but needs either {list(MEDMNIST_KEYS)} "
                             "(MedMNIST layout) or 'images' and 'labels'; re-save it with those names.")
-        names = [str(x) for x in _read(npz, "label_names", path)] if "label_names" in keys else None
+        names = [str(x) for x in read_array(npz, "label_names", path)] if "label_names" in keys else None
     return _bundle(path.stem, splits, names, positive_class=1)
 
 
-def _resolve_centers(selectors, names: list[str], what: str) -> list[int] | None:
+def resolve_centers(selectors, names: list[str], what: str) -> list[int] | None:
     """Center names (case-insensitive, exact or unique prefix) or ids -> ids; strings may be comma-separated."""
     if selectors is None:
         return None
@@ -336,6 +239,58 @@ def _resolve_centers(selectors, names: list[str], what: str) -> list[int] | None
     return ids
 
 
+def _read_multicenter(path: Path, label_field: str, center_field: str) -> tuple[Split, list[str], list[str] | None]:
+    """All images of a multi-center .npz with their labels and center ids; center and class names."""
+    with open_npz(path) as npz:
+        keys = sorted(npz.files)
+        missing = [k for k in ("images", label_field, center_field) if k not in keys]
+        if missing:
+            raise DataError(f"{path} lacks {missing} (it has {keys}); set label_field / center_field to "
+                            "arrays it holds, e.g. label_field='labels', center_field='center_ids'.")
+        where = f"{path.name} [{label_field}]"
+        full = make_split(read_array(npz, "images", path), read_array(npz, label_field, path), where)
+        full.centers = as_labels(read_array(npz, center_field, path), len(full), f"{path.name} [{center_field}]")
+        names_key = CENTER_NAME_FIELDS.get(center_field, center_field.removesuffix("_ids") + "_names")
+        center_names = [str(x) for x in read_array(npz, names_key, path)] if names_key in keys else []
+        class_names = None
+        if label_field == "malignant" and full.labels.max() <= 1:
+            class_names = ["benign", "malignant"]
+        for k in (label_field.removesuffix("s") + "_names", label_field + "_names"):
+            if class_names is None and k in keys:
+                class_names = [str(x) for x in read_array(npz, k, path)]
+    center_names += [str(i) for i in range(len(center_names), int(full.centers.max()) + 1)]
+    return full, center_names, class_names
+
+
+def multicenter_fields(path, label_field: str = "labels", center_field: str = "center_ids") -> tuple[str, str] | None:
+    """(label field, center field) of a multi-center .npz, or None for a file without center ids.
+
+    The given fields are used where the file has them; otherwise `labels` and whichever of
+    `center_ids` / `source_ids` it holds.
+    """
+    with open_npz(Path(path)) as npz:
+        keys = set(npz.files)
+    centers = [f for f in (center_field, *CENTER_NAME_FIELDS) if f in keys]
+    if not centers:
+        return None
+    return (label_field if label_field in keys else "labels"), centers[0]
+
+
+def load_multicenter_domains(path, label_field: str = "labels", center_field: str = "center_ids",
+                             centers=None) -> dict[str, Split]:
+    """Every center of a multi-center .npz as its own Split (or those named in `centers`), for
+    evaluating a run on a file it was not trained on: nothing is split off for training."""
+    path = Path(path)
+    full, center_names, _ = _read_multicenter(path, label_field, center_field)
+    present = np.unique(full.centers).tolist()
+    ids = resolve_centers(centers, center_names, "--centers") or present
+    absent = [center_names[c] for c in ids if c not in present]
+    if absent:
+        raise DataError(f"{path}: centers {absent} have no images; choose among "
+                        f"{[center_names[c] for c in present]}.")
+    return {center_names[c]: _take(full, np.flatnonzero(full.centers == c)) for c in ids}
+
+
 def load_multicenter_npz(path, label_field: str = "labels", center_field: str = "center_ids",
                          train_centers=None, test_centers=None, seed: int = 0, val_fraction: float = 0.15,
                          test_fraction: float = 0.2) -> DatasetBundle:
@@ -346,28 +301,11 @@ def load_multicenter_npz(path, label_field: str = "labels", center_field: str = 
     the last, test on the last. Every Split keeps its center ids for domain-aware training.
     """
     path = Path(path)
-    with _open_npz(path) as npz:
-        keys = sorted(npz.files)
-        missing = [k for k in ("images", label_field, center_field) if k not in keys]
-        if missing:
-            raise DataError(f"{path} lacks {missing} (it has {keys}); set label_field / center_field to "
-                            "arrays it holds, e.g. label_field='labels', center_field='center_ids'.")
-        where = f"{path.name} [{label_field}]"
-        full = _make_split(_read(npz, "images", path), _read(npz, label_field, path), where)
-        full.centers = _as_labels(_read(npz, center_field, path), len(full), f"{path.name} [{center_field}]")
-        names_key = CENTER_NAME_FIELDS.get(center_field, center_field.removesuffix("_ids") + "_names")
-        center_names = [str(x) for x in _read(npz, names_key, path)] if names_key in keys else []
-        class_names = None
-        if label_field == "malignant" and full.labels.max() <= 1:
-            class_names = ["benign", "malignant"]
-        for k in (label_field.removesuffix("s") + "_names", label_field + "_names"):
-            if class_names is None and k in keys:
-                class_names = [str(x) for x in _read(npz, k, path)]
-    center_names += [str(i) for i in range(len(center_names), int(full.centers.max()) + 1)]
+    full, center_names, class_names = _read_multicenter(path, label_field, center_field)
     present = np.unique(full.centers).tolist()
     valid = [center_names[c] for c in present]
-    train_ids = _resolve_centers(train_centers, center_names, "train_centers")
-    test_ids = _resolve_centers(test_centers, center_names, "test_centers")
+    train_ids = resolve_centers(train_centers, center_names, "train_centers")
+    test_ids = resolve_centers(test_centers, center_names, "test_centers")
     if train_ids is None and test_ids is None:
         train_ids, test_ids = present[:-1], present[-1:]
     elif train_ids is None:
@@ -390,55 +328,6 @@ def load_multicenter_npz(path, label_field: str = "labels", center_field: str = 
     domains = {center_names[c]: _take(full, np.flatnonzero(full.centers == c)) for c in test_ids}
     return _bundle(path.stem, splits, class_names, positive_class=1, test_domains=domains,
                    center_names=center_names, n_classes=n_labels)
-
-
-def load_center_folder(root) -> dict[str, Split]:
-    """Read root/<center>/<class>/*.png|jpg into one Split per center.
-
-    Class ids follow the class folder names sorted over all centers, so a center missing a class
-    keeps the same ids. If any image has colour every center is loaded as RGB, else grayscale.
-    """
-    from PIL import Image
-
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"Image folder {root} not found; expected a folder laid out as "
-                        "root/<center>/<class>/*.png.")
-    centers = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = sorted({c.name for p in centers for c in p.iterdir()
-                      if c.is_dir() and not c.name.startswith(".")})
-    if not classes:
-        raise DataError(f"No <center>/<class>/ subfolders under {root}; lay images out as "
-                        "root/<center>/<class>/*.png.")
-    loaded = {}
-    for center in centers:
-        files = [(f, k) for k, c in enumerate(classes) if (center / c).is_dir()
-                 for f in sorted((center / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-        if not files:
-            raise DataError(f"Center folder {center} holds no .png/.jpg images in class subfolders; "
-                            f"add images under {center}/<class>/ or remove it.")
-        arrays = []
-        for f, _ in files:
-            try:
-                with Image.open(f) as im:
-                    arrays.append(np.asarray(im.convert("L" if im.mode in _GRAY_MODES else "RGB")))
-            except (OSError, ValueError) as e:
-                raise DataError(f"Cannot read image {f} ({e}); remove or replace the file.") from None
-        sizes = sorted({a.shape[:2] for a in arrays})
-        if len(sizes) > 1:
-            raise DataError(f"Images in {center} have different sizes {sizes[:4]}; resize them to one size "
-                            "first (e.g. PIL Image.resize).")
-        loaded[center.name] = (arrays, [k for _, k in files])
-    # Grayscale saved as RGB (equal channels) does not make the folder colour.
-    rgb = any(a.ndim == 3 and not (a == a[..., :1]).all() for arrays, _ in loaded.values() for a in arrays)
-    out = {}
-    for i, (name, (arrays, labels)) in enumerate(loaded.items()):
-        if rgb:
-            images = np.stack([a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=-1) for a in arrays])
-        else:
-            images = np.stack([a if a.ndim == 2 else a[..., 0] for a in arrays])[..., None]
-        out[name] = Split(images, np.asarray(labels, dtype=np.int64), np.full(len(labels), i, dtype=np.int64))
-    return out
 
 
 _MULTICENTER_KW = {"label_field", "center_field", "train_centers", "test_centers"}
@@ -483,36 +372,12 @@ def load_dataset(spec: str, root: Path | None = None, size: int = 28, **kw) -> D
     if path.suffix.lower() != ".npz":
         raise DataError(f"Unknown dataset '{spec}'; give a MedMNIST 2D name ({', '.join(medmnist_names())}) "
                         "or a path to an .npz file.")
-    with _open_npz(path) as npz:
+    with open_npz(path) as npz:
         keys = set(npz.files)
     has_centers = bool({kw.get("center_field") or "center_ids", "source_ids"} & keys)
     if has_centers and (any(kw.get(k) is not None for k in _MULTICENTER_KW) or "train_images" not in keys):
         return load_multicenter_npz(path, **_kw_for(load_multicenter_npz, kw))
     return load_npz(path, **_kw_for(load_npz, kw))
-
-
-def images_to_tensor(images: np.ndarray, size: int | None = None, channels: int | None = None) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [0, 1]; optional antialiased bilinear resize to size x size.
-
-    channels=3 repeats grayscale, channels=1 averages RGB, None keeps the stored channels.
-    """
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3) or arr.dtype != np.uint8:
-        raise DataError(f"images_to_tensor expects uint8 (N, H, W[, C]) images with C = 1 or 3, got "
-                        f"{arr.dtype} {arr.shape}; load them with hybrid.data first.")
-    if channels not in (None, 1, 3):
-        raise DataError(f"channels must be 1, 3 or None, got {channels}.")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0)
-    if channels == 1 and x.shape[1] == 3:
-        x = x.mean(dim=1, keepdim=True)  # before resizing: a third of the work
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.clamp_(0, 1)
-    if channels == 3 and x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    return x.contiguous()
 
 
 def class_counts(labels, n_classes: int) -> list[int]:

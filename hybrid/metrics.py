@@ -230,6 +230,18 @@ def summarize_domains(per_domain: Mapping[str, Mapping], keys: Sequence[str] = S
     return summary
 
 
+def summarize(per_domain: Mapping[str, Mapping], unseen: Sequence[str]) -> dict:
+    """`summarize_domains` over the unseen domains only (the clean test split is in-domain)."""
+    return summarize_domains({k: v for k, v in per_domain.items() if k in unseen})
+
+
+def threshold_from_probs(y_val, probs: np.ndarray, positive_class: int) -> float:
+    """Youden threshold on the positive-class probability; 0.5 (unused) for multi-class argmax."""
+    if probs.shape[1] != 2:
+        return 0.5
+    return choose_threshold(np.asarray(y_val), probs[:, positive_class], positive_class)
+
+
 def roc_points(y_true, probs, positive_class: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates of ``positive_class`` against the rest, for ROC plots."""
     y = _labels(y_true)

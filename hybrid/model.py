@@ -1,9 +1,11 @@
-"""The hybrid network: MobileNetV2 encoder, quantum enhancement, classifier, DANN discriminator.
+"""The hybrid network: MobileNetV2 encoder, quantum enhancement, classifier.
 
     image -> MobileNetV2 -> pooled features -> embedding f (embed_dim)
     f -> Linear -> angles in [0, pi] -> QuantumLayer -> q (n_qubits expectation values)
     [f, q] -> classifier -> class logits
-    f -> GradientReversal(lambda) -> discriminator -> center logits   (training only)
+
+What training adds around it (a domain discriminator for DANN, ...) belongs to the training
+algorithm (`hybrid.algorithms`), not to the network that is saved and evaluated.
 """
 
 from __future__ import annotations
@@ -13,34 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hybrid.config import TrainConfig
-from hybrid.quantum import QuantumLayer
+from hybrid.config import ModelConfig
+from hybrid.quantum import QuantumConfig, QuantumLayer
 from hybrid.shifts import gaussian_blur
 
-
-class _ReverseGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, lam: float) -> torch.Tensor:
-        ctx.lam = lam
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return -ctx.lam * grad, None
-
-
-def grad_reverse(x: torch.Tensor, lam: float) -> torch.Tensor:
-    """Identity forward, gradient multiplied by -lam backward (Ganin & Lempitsky, 2015)."""
-    return _ReverseGrad.apply(x, lam)
-
-
-def dann_lambda(progress: float, max_lambda: float = 1.0) -> float:
-    """DANN schedule 2/(1+exp(-10p)) - 1, scaled to `max_lambda`; p in [0, 1] is training progress."""
-    p = min(max(progress, 0.0), 1.0)
-    return max_lambda * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
+# Checkpoints written before the training algorithms owned their extra modules kept the DANN
+# discriminator inside the network's state_dict; the network never used it for predictions.
+LEGACY_TRAINING_KEYS = ("discriminator.",)
 
 
 def _load_pretrained(weights_path: str | None) -> dict:
@@ -84,10 +67,15 @@ def build_encoder(in_channels: int, width_mult: float = 1.0, stem_stride: int = 
     return nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()), net.last_channel
 
 
-class HybridNet(nn.Module):
-    """`forward(x)` returns class logits; `forward_train` also returns center logits."""
+def quantum_config(config: ModelConfig) -> QuantumConfig:
+    return QuantumConfig(n_qubits=config.n_qubits, feature_map=config.feature_map, reps=config.q_reps,
+                         entanglement=config.entanglement)
 
-    def __init__(self, config: TrainConfig, in_channels: int, n_classes: int, n_domains: int,
+
+class HybridNet(nn.Module):
+    """`forward(x)` returns class logits; `features` and `head` are its two halves."""
+
+    def __init__(self, config: ModelConfig, in_channels: int, n_classes: int,
                  layer_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
@@ -107,17 +95,14 @@ class HybridNet(nn.Module):
         if config.quantum:
             self.project = nn.Linear(config.embed_dim, config.n_qubits)
             self.quantum = QuantumLayer(
-                config.quantum_config(), precision=config.q_precision, seed=config.seed,
+                quantum_config(config), precision=config.q_precision, seed=config.seed,
                 **(layer_kwargs or {"engine": "statevector"}),
             )
             extra = self.quantum.n_outputs
         self.classifier = nn.Linear(config.embed_dim + extra, n_classes)
-        self.discriminator = nn.Sequential(
-            nn.Linear(config.embed_dim, 128), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(128, n_domains)
-        ) if n_domains > 1 else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The domain-invariant embedding f (what the discriminator sees)."""
+        """The embedding f (what a domain discriminator or feature-statistics method sees)."""
         if self.config.input_smoothing > 0:
             # a fixed low-pass: pneumonia opacities are low-frequency, pixel noise is not
             x = gaussian_blur(x, self.config.input_smoothing)
@@ -143,15 +128,6 @@ class HybridNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def forward_train(self, x: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        f = self.features(x)
-        domain_logits = None
-        if self.discriminator is not None:
-            domain_logits = self.discriminator(grad_reverse(f, lam))
-        return self.head(f), domain_logits
-
-
-def domain_loss(domain_logits: torch.Tensor | None, domains: torch.Tensor) -> torch.Tensor:
-    if domain_logits is None:
-        return torch.zeros(())
-    return F.cross_entropy(domain_logits, domains)
+    def load_network_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a saved network, dropping the training-only modules older checkpoints carried."""
+        self.load_state_dict({k: v for k, v in state.items() if not k.startswith(LEGACY_TRAINING_KEYS)})

@@ -12,10 +12,16 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hybrid.metrics import roc_points, summarize_domains
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from hybrid.shifts import VirtualCenter
 
 # Domains that are not unseen centers: the in-distribution test set.
 SOURCE_DOMAINS = ("clean",)
@@ -33,7 +39,7 @@ def _num(x) -> float:
         return math.nan
 
 
-def _fmt(x, digits: int = 3) -> str:
+def fmt(x, digits: int = 3) -> str:
     """A number to ``digits`` decimals; ``nan``/``None``/missing become ``n/a``."""
     x = _num(x)
     return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
@@ -41,8 +47,8 @@ def _fmt(x, digits: int = 3) -> str:
 
 def _auc_cell(m: Mapping) -> str:
     low, high = _num(m.get("auc_ci_low")), _num(m.get("auc_ci_high"))
-    ci = f" [{_fmt(low)}, {_fmt(high)}]" if math.isfinite(low) and math.isfinite(high) else ""
-    return _fmt(m.get("auc")) + ci
+    ci = f" [{fmt(low)}, {fmt(high)}]" if math.isfinite(low) and math.isfinite(high) else ""
+    return fmt(m.get("auc")) + ci
 
 
 def _unseen_names(per_domain: Mapping, unseen: Iterable[str] | None) -> list[str]:
@@ -70,14 +76,14 @@ def format_table(
     for name, m in per_domain.items():
         n = m.get("n")
         cells = [name, "n/a" if n is None else str(n)]
-        cells += [_auc_cell(m) if k == "auc" else _fmt(m.get(k)) for k in keys]
+        cells += [_auc_cell(m) if k == "auc" else fmt(m.get(k)) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     n_unseen = f"{len(names)} unseen"
     for stat in ("mean", "std", "worst"):
         cells = [f"**{stat}**", n_unseen]
         for k in keys:
             s = summary.get(k, {})
-            cell = _fmt(s.get(stat))
+            cell = fmt(s.get(stat))
             if stat == "worst" and s.get("worst_domain") is not None:
                 cell += f" ({s['worst_domain']})"
             cells.append(cell)
@@ -88,7 +94,7 @@ def format_table(
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(figsize):
+def new_figure(figsize):
     """A figure on its own Agg canvas (no pyplot, no global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -98,14 +104,15 @@ def _figure(figsize):
     return fig
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """Save as PNG (creating the folder), trimmed to the drawn area."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")  # keeps outside legends whole
     return path
 
 
-def _colours(n: int) -> list:
+def palette(n: int) -> list:
     """``n`` distinct colours: tab10 (tab20's pale halves are hard to see on white)."""
     import matplotlib
 
@@ -125,11 +132,11 @@ def plot_roc_curves(
     """
     from sklearn.metrics import auc as area
 
-    fig = _figure((7.5, 5.5))
+    fig = new_figure((7.5, 5.5))
     ax = fig.add_subplot()
     styles = ("-", "--", ":", "-.")  # past 10 unseen curves colours repeat; dashes tell apart
     unseen = [d for d in roc_data if d not in SOURCE_DOMAINS]
-    colours = dict(zip(unseen, _colours(len(unseen))))
+    colours = dict(zip(unseen, palette(len(unseen))))
     for name, (y, probs) in roc_data.items():
         source = name not in colours
         colour = "black" if source else colours[name]
@@ -146,7 +153,7 @@ def plot_roc_curves(
            ylabel="True positive rate", title=title, aspect="equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_domain_auc(
@@ -169,14 +176,14 @@ def plot_domain_auc(
     finite = np.concatenate([auc, low])[np.isfinite(np.concatenate([auc, low]))]
     left = min(0.5, math.floor((finite.min() - 0.03) * 20) / 20) if finite.size else 0.0
 
-    fig = _figure((7, 1.2 + 0.42 * len(names)))
+    fig = new_figure((7, 1.2 + 0.42 * len(names)))
     ax = fig.add_subplot()
     colours = ["0.55" if d in highlight else "tab:blue" for d in names]
     y = np.arange(len(names))
     ax.barh(y, shown, color=colours, height=0.65, xerr=err,
             error_kw={"ecolor": "black", "capsize": 3, "lw": 1})
     for yi, a in zip(y, auc):
-        ax.text(left + 0.005, yi, _fmt(a), va="center", ha="left", fontsize="small",
+        ax.text(left + 0.005, yi, fmt(a), va="center", ha="left", fontsize="small",
                 color="white" if math.isfinite(a) else "black")
     handles = [Patch(color="tab:blue", label="unseen center")]
     if highlight & set(names):
@@ -189,20 +196,14 @@ def plot_domain_auc(
     ax.grid(axis="x", alpha=0.3)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1),
               fontsize="small", frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _PANELS = (
     ("Losses", ("train_loss", "cls_loss", "domain_loss", "val_loss"), "loss"),
-    ("Validation AUC", ("val_auc", "train_auc"), "AUC"),
+    ("Validation AUC", ("val_auc",), "AUC"),
     ("DANN", ("lambda", "domain_acc"), "value"),
 )
-
-
-def load_history(path) -> list[dict]:
-    """Per-epoch records from a JSON-lines file (blank lines skipped)."""
-    lines = Path(path).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def plot_training_curves(history: Sequence[Mapping], path, title: str = "Training") -> Path:
@@ -219,12 +220,12 @@ def plot_training_curves(history: Sequence[Mapping], path, title: str = "Trainin
 
     panels = [(t, [(k, series(k)) for k in keys if series(k)], yl) for t, keys, yl in _PANELS]
     panels = [p for p in panels if p[1]]
-    fig = _figure((3.6 * max(len(panels), 1), 3.2))
+    fig = new_figure((3.6 * max(len(panels), 1), 3.2))
     if not panels:
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no training history", ha="center", va="center")
         ax.set_axis_off()
-        return _save(fig, path)
+        return save_figure(fig, path)
     seconds = sum(_num(r.get("seconds")) for r in history if math.isfinite(_num(r.get("seconds"))))
     fig.suptitle(f"{title} ({len(history)} epochs, {seconds:.0f} s)" if seconds else title)
     for i, (name, lines, ylabel) in enumerate(panels):
@@ -236,7 +237,49 @@ def plot_training_curves(history: Sequence[Mapping], path, title: str = "Trainin
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def save_center_grid(
+    image: Tensor,
+    centers: Sequence[VirtualCenter],
+    path: str | Path,
+    seed: int = 0,
+    clean_title: str = "clean",
+) -> Path:
+    """PNG grid of one (C, H, W) image, clean and under every center, titled by center name."""
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: plotting is optional
+    from matplotlib.figure import Figure
+
+    from hybrid.shifts import apply_center
+
+    if image.dim() != 3:
+        raise ValueError(f"save_center_grid expects one image (C, H, W), got shape {tuple(image.shape)}")
+    batch = image.detach().cpu().float()[None]
+    panels = [(clean_title, batch[0])]
+    for center in centers:
+        # A fresh generator per panel: each panel is reproducible whatever the center list.
+        g = torch.Generator().manual_seed(seed)
+        panels.append((center.name, apply_center(batch, center, g)[0]))
+
+    ncols = min(len(panels), 5)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(2.2 * ncols, 2.4 * nrows))
+    FigureCanvasAgg(fig)
+    for i, (title, img) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy().clip(0.0, 1.0))
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
 
 
 # ----------------------------------------------------------------------------- report.md
@@ -250,15 +293,15 @@ def _summary_sentence(domains: Mapping, unseen: list[str], summary: Mapping) -> 
     values = {d: v for d, v in values.items() if math.isfinite(v)}
     best = max(values, key=values.get)
     plural = "s" if len(unseen) != 1 else ""
-    text = (f"Across {len(unseen)} unseen domain{plural} the mean AUC is {_fmt(auc['mean'])} "
-            f"(std {_fmt(auc.get('std'))}); the worst is **{auc.get('worst_domain')}** at "
-            f"{_fmt(auc.get('worst'))} and the best {best} at {_fmt(values[best])}, "
-            f"a spread of {_fmt(values[best] - _num(auc.get('worst')))}.")
+    text = (f"Across {len(unseen)} unseen domain{plural} the mean AUC is {fmt(auc['mean'])} "
+            f"(std {fmt(auc.get('std'))}); the worst is **{auc.get('worst_domain')}** at "
+            f"{fmt(auc.get('worst'))} and the best {best} at {fmt(values[best])}, "
+            f"a spread of {fmt(values[best] - _num(auc.get('worst')))}.")
     for source in SOURCE_DOMAINS:
         clean = _num(domains.get(source, {}).get("auc"))
         if math.isfinite(clean):
-            text += (f" In-distribution ({source}) AUC is {_fmt(clean)}, so the worst unseen "
-                     f"domain loses {_fmt(clean - _num(auc.get('worst')))}.")
+            text += (f" In-distribution ({source}) AUC is {fmt(clean)}, so the worst unseen "
+                     f"domain loses {fmt(clean - _num(auc.get('worst')))}.")
     return text
 
 
@@ -279,7 +322,7 @@ def write_markdown_report(report: Mapping, path) -> Path:
             format_table(domains, summary, unseen=unseen), ""]
 
     threshold = report.get("threshold")
-    note = (f"Decision threshold fixed on source validation: {_fmt(threshold)}"
+    note = (f"Decision threshold fixed on source validation: {fmt(threshold)}"
             if threshold is not None else "Predictions by argmax (no decision threshold)")
     if report.get("positive_class") is not None:
         note += f" (positive class {report['positive_class']})"
@@ -289,7 +332,7 @@ def write_markdown_report(report: Mapping, path) -> Path:
     if report.get("source_val"):
         sv = report["source_val"]
         out += [f"Source validation: AUC {_auc_cell(sv)}, balanced accuracy "
-                f"{_fmt(sv.get('balanced_accuracy'))}.", ""]
+                f"{fmt(sv.get('balanced_accuracy'))}.", ""]
 
     figures = [(k, rel) for k, rel in (report.get("figures") or {}).items()
                if rel and (path.parent / rel).is_file()]
@@ -299,11 +342,11 @@ def write_markdown_report(report: Mapping, path) -> Path:
             out += [f"![{_FIGURE_TITLES.get(key, key)}]({rel})", ""]
 
     out += ["## Run", ""]
-    for key, label, fmt in (("seconds", "wall time", "{:.0f} s"),
+    for key, label, spec in (("seconds", "wall time", "{:.0f} s"),
                             ("peak_memory_mb", "peak memory", "{:.0f} MB"),
                             ("best_epoch", "best epoch", "{}")):
         if run.get(key) is not None:
-            out.append(f"- {label}: {fmt.format(run[key])}")
+            out.append(f"- {label}: {spec.format(run[key])}")
     out += ["", "<details><summary>config</summary>", "", "```json",
             json.dumps(report.get("config", {}), indent=2, default=str), "```", "", "</details>", ""]
     if run.get("command"):

@@ -15,6 +15,8 @@ evaluating on them measures generalization to unseen scanners, not interpolation
 
     >>> centers = make_source_centers(k=4, seed=0)
     >>> x_shifted = apply_centers(x, center_ids, centers, generator=g)
+
+``hybrid.reporting.save_center_grid`` draws one image under a list of centers.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -412,41 +413,3 @@ CENTER_SETS: dict[str, Callable[[], list[VirtualCenter]]] = {
     "validation": make_validation_centers,
 }
 
-
-def save_center_grid(
-    image: Tensor,
-    centers: Sequence[VirtualCenter],
-    path: str | Path,
-    seed: int = 0,
-    clean_title: str = "clean",
-) -> Path:
-    """PNG grid of one (C, H, W) image, clean and under every center, titled by center name."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: plotting is optional
-    from matplotlib.figure import Figure
-
-    if image.dim() != 3:
-        raise ValueError(f"save_center_grid expects one image (C, H, W), got shape {tuple(image.shape)}")
-    batch = image.detach().cpu().float()[None]
-    panels = [(clean_title, batch[0])]
-    for center in centers:
-        # A fresh generator per panel: each panel is reproducible whatever the center list.
-        g = torch.Generator().manual_seed(seed)
-        panels.append((center.name, apply_center(batch, center, g)[0]))
-
-    ncols = min(len(panels), 5)
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(2.2 * ncols, 2.4 * nrows))
-    FigureCanvasAgg(fig)
-    for i, (title, img) in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        if img.shape[0] == 1:
-            ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-        else:
-            ax.imshow(img.permute(1, 2, 0).numpy().clip(0.0, 1.0))
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path

@@ -1,6 +1,6 @@
 """Test-time adaptation (TTA) of a trained classifier to an unseen target domain.
 
-Three methods behind one interface, picked by name with :func:`make_tta`:
+Five methods behind one interface, picked by name with :func:`make_tta`:
 
 * ``none`` -- the source model as trained (``eval()`` mode), the reference point.
 * ``bn``   -- normalise with the statistics of the current test batch instead of the
@@ -19,13 +19,18 @@ the model *in place* (as TENT does) but saves its state and flags when built, an
 ``reset()`` puts back exactly that: parameters, BN running statistics, ``training``
 flags and ``requires_grad`` flags. Mode changes made for adaptation are undone at the
 end of every ``predict`` call, so the model is never left half-configured.
+
+Callers ask a method what it needs instead of testing names: ``needs_gradients`` (TENT
+back-propagates through the whole model, so it cannot run where the model's tail gives no
+gradients, e.g. a quantum layer on a QPU). A model that implements :class:`BatchNormForward`
+lets domain-level methods collect statistics without running its tail.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from copy import deepcopy
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -55,6 +60,42 @@ def make_tta(name: str, model: nn.Module, **kwargs) -> "TTAMethod":
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+@runtime_checkable
+class BatchNormForward(Protocol):
+    """A model whose ``batchnorm_forward(x)`` runs every BatchNorm layer it has (its front part).
+
+    Domain-level statistics are collected with it, so that a tail without BatchNorm (a quantum
+    layer that may be remote) is not run just to collect them.
+    """
+
+    def batchnorm_forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@torch.no_grad()
+def estimate_batchnorm_statistics(layers: list[_BatchNorm], forward: Callable[[torch.Tensor], object],
+                                  x: torch.Tensor, batch_size: int) -> None:
+    """Replace the running statistics of ``layers`` with averages over ``x``, in chunks.
+
+    The chunks' statistics are averaged with equal weight per chunk (``momentum=None`` is a
+    cumulative average), so a short last chunk counts a little more than its share. Chunks of
+    one sample are skipped (BatchNorm1d cannot take their statistics). The caller puts the
+    layers in train mode; their momenta are restored here. Used by precise BN after each
+    training epoch and by AdaBN at test time.
+    """
+    momenta = [bn.momentum for bn in layers]
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None
+    try:
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size]
+            if len(chunk) > 1:
+                forward(chunk)
+    finally:
+        for bn, momentum in zip(layers, momenta):
+            bn.momentum = momentum
 
 
 def bn_layers(model: nn.Module) -> list[_BatchNorm]:
@@ -158,11 +199,13 @@ class TTAMethod:
     """Base wrapper: saves the model's exact state at construction so ``reset()`` can restore it.
 
     Counters (``batches_seen``, ``adapted_batches``, ``adapted_steps``,
-    ``fallback_batches``, ``collapse_events``) accumulate over the whole run for
-    reporting; ``reset()`` leaves them alone because episodic TENT resets every batch.
+    ``fallback_batches``, ``collapse_events``) accumulate over the wrapper's life and are
+    reported per domain in the evaluation results (``tta_counters``); ``reset()`` leaves
+    them alone because episodic TENT resets every batch.
     """
 
     name = "base"
+    needs_gradients = False  # whether predict() back-propagates through the model
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -177,10 +220,14 @@ class TTAMethod:
     def prepare(self, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """See the whole target domain ``x`` before predicting it; only domain-level methods use it.
 
-        ``forward`` runs every BatchNorm layer of the model (default: the model itself); a
-        model whose tail holds no BatchNorm can pass its front part, so that a remote tail
-        (a quantum layer on a QPU) is not run just to collect statistics.
+        ``forward`` runs every BatchNorm layer of the model; by default the model's
+        ``batchnorm_forward`` where it implements :class:`BatchNormForward`, else the model.
         """
+
+    def _statistics_forward(self, forward: Callable[[torch.Tensor], torch.Tensor] | None):
+        if forward is not None:
+            return forward
+        return self.model.batchnorm_forward if isinstance(self.model, BatchNormForward) else self.model
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C)`` for the batch ``x``, adapting first where the method does."""
@@ -290,22 +337,14 @@ class DomainBatchNormAdapt(TTAMethod):
         self.adapted = len(x) >= self.min_samples
         if not self.adapted:
             return
-        forward = forward or self.model
+        forward = self._statistics_forward(forward)
         layers = bn_layers(self.model)
-        momenta = [bn.momentum for bn in layers]
         with _flags_kept(self.model):
             self.model.eval()
             for bn in layers:
-                bn.reset_running_stats()
-                bn.momentum = None  # cumulative average over the chunks
                 bn.track_running_stats = True
                 bn.train()
-            for start in range(0, len(x), self.stats_batch_size):
-                chunk = x[start:start + self.stats_batch_size]
-                if len(chunk) > 1:  # BatchNorm1d cannot take statistics of one sample
-                    forward(chunk)
-        for bn, momentum in zip(layers, momenta):
-            bn.momentum = momentum
+            estimate_batchnorm_statistics(layers, forward, x, self.stats_batch_size)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         if not self.prepared:
@@ -342,6 +381,8 @@ class Tent(TTAMethod):
     Batches smaller than ``min_batch`` are not adapted and use the source statistics
     (see :class:`BatchNormAdapt`).
     """
+
+    needs_gradients = True
 
     def __init__(
         self,

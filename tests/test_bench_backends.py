@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from backends import EstimatorRunner, JobError
-from hybrid import bench_backends, evaluate, train
+from hybrid import evaluate, train
+from hybrid.studies import bench_backends
 
 N_DOMAINS = 10  # clean + 9 virtual target centers
 TOKEN = "tok-7d1e5b-must-never-be-written"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hybrid import design
+from hybrid.studies import design
 from hybrid.config import TrainConfig
 from hybrid.metrics import summarize_domains
 

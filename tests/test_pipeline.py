@@ -137,11 +137,11 @@ def test_domain_sampler_uses_the_configured_source_sampling():
 def test_config_saved_before_a_field_existed_loads_without_that_feature(tmp_path):
     from dataclasses import fields
 
-    from hybrid.config import _ABSENT_MEANS
+    from hybrid.config import ABSENT_MEANS
 
-    assert set(_ABSENT_MEANS) <= {f.name for f in fields(TrainConfig)}
+    assert set(ABSENT_MEANS) <= {f.name for f in fields(TrainConfig)}
     old = TrainConfig(input_smoothing=0.9, source_sampling="stratified").to_dict()
-    for name in _ABSENT_MEANS:
+    for name in ABSENT_MEANS:
         del old[name]
     (tmp_path / "config.json").write_text(json.dumps(old))
     cfg = TrainConfig.load(tmp_path / "config.json")

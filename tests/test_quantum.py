@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from hybrid.gates import UnsupportedGateError
+from hybrid.quantum.gates import UnsupportedGateError
 from hybrid.quantum import QuantumConfig, QuantumLayer, build_circuit, qiskit_expectations
-from hybrid.statevector import compile_circuit
+from hybrid.quantum.statevector import compile_circuit
 
 CONFIGS = [
     QuantumConfig(n_qubits=n, feature_map=fm, reps=reps, entanglement=ent)

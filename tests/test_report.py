@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from test_experiment import build_quick_study
 
-from hybrid import report as study_report
+from hybrid.studies import report as study_report
 from hybrid.config import TrainConfig
 from hybrid.metrics import summarize_domains
-from hybrid.study_results import paired_test
+from hybrid.studies.results import paired_test
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CENTERS = ["c0", "c1", "c2", "c3"]
@@ -149,7 +149,7 @@ def test_report_on_a_real_quick_study(tmp_path_factory, data_root):
 
 
 def test_shared_settings_come_from_the_runs_own_configs():
-    from hybrid.study_results import Run
+    from hybrid.studies.results import Run
 
     def run(config: dict):
         return Run(variant="v", seed=config.get("seed", 0), path=None, report={"config": config})

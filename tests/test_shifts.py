@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hybrid import shifts as S
+from hybrid.reporting import save_center_grid
 from hybrid.shifts import (
     HELDOUT_SHIFTS,
     SHIFTS,
@@ -23,7 +24,6 @@ from hybrid.shifts import (
     make_target_centers,
     make_validation_centers,
     ranges_disjoint,
-    save_center_grid,
 )
 
 # A realistic, non-identity strength for every registered shift.

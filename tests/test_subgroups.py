@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from hybrid import subgroups
+from hybrid.studies import subgroups
 from hybrid.data import DataError
 
 from conftest import DX

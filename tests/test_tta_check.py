@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hybrid import tta_check
+from hybrid.studies import tta_check
 from hybrid.data import DataError
 
 

@@ -1,4 +1,4 @@
-"""Gate matrices, diagonal phases and permutations in torch, for the statevector engine.
+"""Gate matrices, diagonal phases, permutations and gate angles in torch, for the statevector engine.
 
 Qiskit's little-endian convention throughout: basis index k = sum_q bit_q * 2**q, and the
 first qubit argument of a multi-qubit gate is the least significant bit of its matrix.
@@ -68,6 +68,76 @@ def _fold(args, env, op):
     for a in args[1:]:
         out = op(out, a(env))
     return out
+
+
+class AngleBank:
+    """Evaluates a list of gate angles as one (B, G) tensor (or (G,) without inputs).
+
+    ``x1=None`` (``weights=None``) is allowed when no angle depends on the inputs (weights),
+    as for the constant and weight-only pieces the compiler evaluates without a batch.
+    """
+
+    def __init__(self, values: list, input_names: list[str], weight_names: list[str], dtype):
+        import sympy
+
+        self.dtype = dtype
+        self.size = len(values)
+        self.mode = "empty" if not values else None
+        symbols = [sympy.Symbol(name) for name in input_names]
+        exprs = [v.sympify() if hasattr(v, "parameters") else sympy.Float(float(v)) for v in values]
+        if self.mode is None and all(not (e.free_symbols - set(symbols)) for e in exprs):
+            self._try_polynomial(exprs, symbols)
+        weight_index = {name: i for i, name in enumerate(weight_names)}
+        if self.mode is None and all(not hasattr(v, "parameters") or
+                                     (len(v.parameters) == 1 and e.is_Symbol and e.name in weight_index)
+                                     for v, e in zip(values, exprs)):
+            self.mode = "gather"
+            self.index = torch.tensor([weight_index[e.name] if e.is_Symbol else 0 for e in exprs])
+            self.is_weight = torch.tensor([e.is_Symbol for e in exprs])
+            self.constant = torch.tensor([0.0 if e.is_Symbol else float(e) for e in exprs], dtype=dtype)
+        if self.mode is None:
+            self.mode = "closures"
+            self.input_names, self.weight_names = input_names, weight_names
+            self.functions = [compile_expression(v)[0] for v in values]
+
+    def _try_polynomial(self, exprs: list, symbols: list) -> None:
+        """Mode "poly" when every angle is a polynomial of degree <= 2 in the inputs."""
+        import sympy
+
+        n_in = len(symbols)
+        # degree <= 2 monomials over [x_0..x_{n-1}, 1]: pairs (i, j), index n_in means "1"
+        pairs = [(i, j) for i in range(n_in + 1) for j in range(i, n_in + 1)]
+        coef = torch.zeros(len(pairs), len(exprs), dtype=self.dtype)
+        for g, e in enumerate(exprs):
+            poly = sympy.Poly(e, *symbols) if symbols else None
+            if poly is None or poly.total_degree() > 2:
+                return
+            for monom, c in poly.terms():
+                idx = [i for i, power in enumerate(monom) for _ in range(power)]
+                idx += [n_in] * (2 - len(idx))
+                coef[pairs.index(tuple(sorted(idx))), g] += float(c)
+        used = coef.abs().sum(dim=1) > 0
+        self.mode = "poly"
+        self.coef = coef[used]
+        self.left = torch.tensor([p[0] for p, u in zip(pairs, used) if u])
+        self.right = torch.tensor([p[1] for p, u in zip(pairs, used) if u])
+
+    def __call__(self, x1: torch.Tensor | None, weights: torch.Tensor | None) -> torch.Tensor:
+        if self.mode == "poly":
+            if x1 is None:  # input-free angles use only the monomial "1"
+                return self.coef.sum(dim=0)
+            return (x1[:, self.left] * x1[:, self.right]) @ self.coef
+        if self.mode == "gather":
+            if weights is None:  # weight-free angles are the constants
+                return self.constant
+            return torch.where(self.is_weight, weights[self.index], self.constant)
+        env = {} if weights is None else {name: weights[i] for i, name in enumerate(self.weight_names)}
+        if x1 is not None:
+            env.update({name: x1[:, i] for i, name in enumerate(self.input_names)})
+        cols = [torch.as_tensor(f(env), dtype=self.dtype) for f in self.functions]
+        if any(c.dim() > 0 for c in cols):
+            return torch.stack([c.expand(x1.shape[0]) for c in cols], dim=-1)
+        return torch.stack(cols)
 
 
 # --- gate matrices

@@ -5,7 +5,7 @@ qiskit-machine-learning (`EstimatorQNN` + `TorchConnector`) on any estimator, wi
 gradients; the `estimator` engine runs it forward-only through a runner made by a backend
 (`backends.EstimatorRunner`: one job per batch, counted), which is how shots, noise and
 real QPUs are reached at inference; the `statevector` engine compiles the *same* circuit
-into batched torch tensor algebra (see `hybrid.statevector`), which is what makes training
+into batched torch tensor algebra (see `hybrid.quantum.statevector`), which is what makes training
 practical. All read the same `nn.Parameter`, so a layer trained with one engine is
 evaluated with another from the same `state_dict`.
 """
@@ -198,7 +198,7 @@ class QuantumLayer(nn.Module):
     def _make_engine(self, estimator: Any, pass_manager: Any,
                      make_runner: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.engine == "statevector":
-            from hybrid.statevector import compile_circuit
+            from hybrid.quantum.statevector import compile_circuit
 
             program = compile_circuit(
                 self.spec.circuit,

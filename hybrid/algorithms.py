@@ -1,0 +1,165 @@
+"""Training algorithms: how one step changes the network (the DomainBed pattern, without globals()).
+
+An `Algorithm` owns the network, its optimizer and learning-rate schedule, and whatever else
+the method trains beside the network (DANN's domain discriminator). `update(x, y, domains,
+step)` takes one step and returns what to log; `predict(x)` gives class logits. Adding a
+method is one class here with `@register_algorithm("name")`, plus its test; the training
+loop (`hybrid.fit`), the CLI choices and the registry-wide test pick it up from `ALGORITHMS`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrid.config import TrainConfig
+
+ALGORITHMS: dict[str, type["Algorithm"]] = {}
+
+
+def register_algorithm(name: str) -> Callable[[type], type]:
+    """Class decorator adding a training algorithm to :data:`ALGORITHMS` under ``name``."""
+
+    def add(cls: type) -> type:
+        if name in ALGORITHMS:
+            raise ValueError(f"training algorithm {name!r} is already registered")
+        cls.name = name
+        ALGORITHMS[name] = cls
+        return cls
+
+    return add
+
+
+def algorithm_class(name: str) -> type["Algorithm"]:
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown training algorithm {name!r}; valid names are: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]
+
+
+def make_algorithm(name: str, network: nn.Module, hparams: TrainConfig, *, n_domains: int,
+                   total_steps: int) -> "Algorithm":
+    """The algorithm registered as ``name``, training ``network`` for ``total_steps`` steps."""
+    return algorithm_class(name)(network, hparams, n_domains=n_domains, total_steps=total_steps)
+
+
+class Algorithm(nn.Module):
+    """Base class: the network, an AdamW optimizer over every parameter, a one-cycle schedule.
+
+    Subclasses create their extra modules in ``build()`` (called before the optimizer is
+    made, so it sees their parameters) and implement ``update``.
+    """
+
+    name = "base"
+    needs_domains = False  # trains against domain labels, so needs at least two training domains
+
+    def __init__(self, network: nn.Module, hparams: TrainConfig, *, n_domains: int, total_steps: int):
+        super().__init__()
+        if self.needs_domains and n_domains < 2:
+            raise ValueError(f"training algorithm {self.name!r} needs at least two training domains (virtual or "
+                             f"real centers), got {n_domains}")
+        self.network = network
+        self.hparams = hparams
+        self.n_domains = n_domains
+        self.total_steps = total_steps
+        self.build()
+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=hparams.lr,
+                                                             total_steps=total_steps, pct_start=0.15)
+
+    def build(self) -> None:
+        """Create the modules the method trains beside the network."""
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor, step: int) -> dict[str, float]:
+        """One optimisation step on a batch; ``step`` counts from 0 over the whole training."""
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def step_optimizer(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def learning_rate(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def training_state(self) -> dict:
+        """Everything `load_training_state` needs to resume exactly where this left off."""
+        return {"algorithm": self.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_training_state(self, state: dict) -> None:
+        """Resume; a checkpoint written before algorithms existed kept every module in `model`."""
+        modules = state.get("algorithm")
+        if modules is None:
+            modules = {(k if k.startswith("discriminator.") else f"network.{k}"): v for k, v in state["model"].items()}
+        self.load_state_dict(modules)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+@register_algorithm("erm")
+class ERM(Algorithm):
+    """Empirical risk minimisation: cross-entropy on the (shifted) training images."""
+
+    def update(self, x, y, domains, step):
+        loss = F.cross_entropy(self.network(x), y)
+        self.step_optimizer(loss)
+        value = loss.item()
+        return {"loss": value, "cls_loss": value}
+
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lam: float) -> torch.Tensor:
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.lam * grad, None
+
+
+def grad_reverse(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Identity forward, gradient multiplied by -lam backward (Ganin & Lempitsky, 2015)."""
+    return _ReverseGrad.apply(x, lam)
+
+
+def dann_lambda(progress: float, max_lambda: float = 1.0) -> float:
+    """DANN schedule 2/(1+exp(-10p)) - 1, scaled to `max_lambda`; p in [0, 1] is training progress."""
+    p = min(max(progress, 0.0), 1.0)
+    return max_lambda * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
+
+
+@register_algorithm("dann")
+class DANN(Algorithm):
+    """Domain-adversarial training (Ganin et al., 2016): a discriminator learns to tell the training
+    centers apart from the embedding, and the reversed gradient makes the embedding hide them.
+
+    The reversal strength follows `dann_lambda`, capped at ``dann_max_lambda``; the domain
+    loss is weighted by ``dann_weight``.
+    """
+
+    needs_domains = True
+
+    def build(self) -> None:
+        width = self.hparams.embed_dim
+        self.discriminator = nn.Sequential(nn.Linear(width, 128), nn.ReLU(inplace=True), nn.Dropout(0.2),
+                                           nn.Linear(128, self.n_domains))
+
+    def update(self, x, y, domains, step):
+        lam = dann_lambda(step / self.total_steps, self.hparams.dann_max_lambda)
+        f = self.network.features(x)
+        domain_logits = self.discriminator(grad_reverse(f, lam))  # before the head: dropout draws keep their order
+        cls_loss = F.cross_entropy(self.network.head(f), y)
+        dom_loss = F.cross_entropy(domain_logits, domains)
+        loss = cls_loss + self.hparams.dann_weight * dom_loss
+        self.step_optimizer(loss)
+        return {"loss": loss.item(), "cls_loss": cls_loss.item(), "domain_loss": dom_loss.item(),
+                "domain_acc": float((domain_logits.argmax(1) == domains).float().mean()), "lambda": lam}

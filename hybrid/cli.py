@@ -1,0 +1,96 @@
+"""What every command-line tool shares: config flags with choices from the registries, logging,
+and turning a user's mistake into one `error:` line and exit status 2 (no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from dataclasses import fields
+from typing import Callable
+
+from hybrid.config import TrainConfig, field_type
+
+HELP = {
+    "dataset": "MedMNIST name (pneumoniamnist, breastmnist, ...) or path to an .npz",
+    "data_root": "folder with the MedMNIST .npz files (default: $HYBRID_DATA_ROOT)",
+    "train_centers": "multi-center npz: centers to train on (names or ids, comma-separated)",
+    "test_centers": "multi-center npz: held-out centers (names or ids, comma-separated)",
+    "label_field": "multi-center npz: label array, e.g. malignant",
+    "pretrained": "start from ImageNet weights (torchvision, or --weights-path)",
+    "algorithm": "domain-generalization training algorithm",
+    "tta": "test-time adaptation at evaluation",
+    "backend": "where the quantum layer runs; exact backends train with the torch engine",
+    "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
+    "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",
+}
+
+
+def config_choices() -> dict[str, tuple]:
+    """CLI choices of the config fields that name registry entries."""
+    from backends import BACKENDS
+    from hybrid.algorithms import ALGORITHMS
+    from hybrid.quantum import ENTANGLEMENTS, FEATURE_MAPS, PRECISIONS
+    from hybrid.shifts import SOURCE_SAMPLINGS
+    from hybrid.tta import TTA_METHODS
+
+    return {"algorithm": tuple(ALGORITHMS), "feature_map": FEATURE_MAPS, "entanglement": ENTANGLEMENTS,
+            "q_precision": tuple(PRECISIONS), "tta": tuple(TTA_METHODS), "stem_stride": (1, 2),
+            "source_sampling": SOURCE_SAMPLINGS, "backend": tuple(sorted(BACKENDS))}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One CLI flag per config field; booleans get --flag / --no-flag."""
+    choices = config_choices()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = HELP.get(f.name, "") + f" (default: {f.default})"
+        kind = field_type(f.name)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            continue
+        parser.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name), help=help_text)
+    parser.add_argument("--dann", action=argparse.BooleanOptionalAction, default=None,
+                        help="older spelling: --dann is --algorithm dann, --no-dann is --algorithm erm")
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if getattr(args, "dann", None) is not None:
+        legacy = "dann" if args.dann else "erm"
+        if values.get("algorithm") not in (legacy, TrainConfig.algorithm):
+            raise ValueError(f"--{'' if args.dann else 'no-'}dann contradicts --algorithm {values['algorithm']}; "
+                             "give one of them")
+        values["algorithm"] = legacy
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def command_line(prog: str, argv: list[str] | None) -> str:
+    """The command as typed, for the run's report."""
+    return prog + " " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+
+def configure_logging(verbose: bool = True) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if verbose:
+        logging.getLogger("hybrid").setLevel(logging.INFO)
+
+
+def run_cli(body: Callable[[], int | None], *, verbose: bool = True,
+            extra_errors: tuple[type[BaseException], ...] = (),
+            exit_codes: dict[type[BaseException], int] | None = None) -> int:
+    """Run a tool's body with the project's logging; user errors become one sentence on stderr.
+
+    `DataError`, `FileNotFoundError` and `ValueError` (and `extra_errors`) exit with 2, or with
+    the code `exit_codes` gives their type; anything else is a bug and keeps its traceback.
+    """
+    configure_logging(verbose)
+    codes = exit_codes or {}
+    try:
+        result = body()
+    except (FileNotFoundError, ValueError, *extra_errors, *codes) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return next((code for kind, code in codes.items() if isinstance(exc, kind)), 2)
+    return 0 if result is None else result

@@ -1,0 +1,152 @@
+"""Domains: the run's data as tensors, the virtual centers it trains on and the ones it is tested on.
+
+`DomainSampler` gives every training sample a center (a virtual source center or its real
+center); `build_eval_domains` makes the clean test split, one shifted copy per unseen virtual
+center and the real held-out centers; `domains_from_data` reads external evaluation data
+(an .npz, a multi-center .npz with every center its own domain, or a center folder).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hybrid.config import TrainConfig
+from hybrid.data import (DataError, DatasetBundle, Split, images_to_tensor, load_center_folder, load_dataset,
+                         load_eval_npz, load_multicenter_domains, multicenter_fields, resolve_dataset_path)
+from hybrid.shifts import CENTER_SETS, VirtualCenter, apply_center, apply_centers, make_source_centers
+
+log = logging.getLogger(__name__)
+
+CLEAN = VirtualCenter("clean", ())
+Domains = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def split_to_tensors(split: Split, input_size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return images_to_tensor(split.images, size=input_size, channels=channels), torch.as_tensor(split.labels)
+
+
+def load_bundle(cfg: TrainConfig, root) -> DatasetBundle:
+    """The run's dataset; center options only reach files that can have centers."""
+    multicenter = {}
+    if cfg.dataset.endswith(".npz"):
+        multicenter = dict(label_field=cfg.label_field, center_field=cfg.center_field,
+                           train_centers=cfg.train_centers, test_centers=cfg.test_centers)
+    return load_dataset(cfg.dataset, root=root, size=cfg.size, seed=cfg.seed, **multicenter)
+
+
+def make_target_domains(x: torch.Tensor, y: torch.Tensor, centers: Iterable[VirtualCenter], seed: int) -> Domains:
+    """The clean test split plus one shifted copy per unseen virtual center (fixed noise)."""
+    domains = {"clean": (x, y)}
+    for i, center in enumerate(centers):
+        generator = torch.Generator().manual_seed(seed * 1000 + i)
+        domains[center.name] = (apply_center(x, center, generator), y)
+    return domains
+
+
+def build_eval_domains(cfg: TrainConfig, bundle: DatasetBundle, channels: int, center_set: str = "target") -> Domains:
+    """Clean test split, every unseen virtual center of `center_set`, and the real held-out centers.
+
+    `validation` swaps the reported target centers for the design-validation centers, which are
+    for comparing method variants without looking at the reported ones.
+    """
+    if center_set not in CENTER_SETS:
+        raise ValueError(f"unknown center set {center_set!r}; valid sets are: {', '.join(CENTER_SETS)}")
+    x, y = split_to_tensors(bundle.test, cfg.input_size, channels)
+    domains = make_target_domains(x, y, CENTER_SETS[center_set](), cfg.seed) if len(y) else {}
+    for name, split in bundle.test_domains.items():
+        domains[f"real:{name}"] = split_to_tensors(split, cfg.input_size, channels)
+    return domains
+
+
+def check_labels(labels: np.ndarray, n_classes: int, where: str) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DataError(
+            f"{where} has labels {sorted(set(labels.tolist()))[:10]} but the model was trained on "
+            f"{n_classes} classes (0..{n_classes - 1}); evaluate it on data with the same classes"
+        )
+
+
+def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: int, root,
+                      centers: str | None = None) -> Domains:
+    """External evaluation data: each center of a multi-center file or folder is its own domain.
+
+    A multi-center .npz is never split the way training splits it ("train on all but the last
+    center"): the run did not train on it, so every center in it is scored, or those named in
+    `centers` (comma-separated names or ids).
+    """
+    path = resolve_dataset_path(spec, root)
+    if path.is_dir():
+        splits = load_center_folder(path)
+        prefix = ""
+    elif path.suffix.lower() == ".npz" and path.is_file() and multicenter_fields(path, cfg.label_field,
+                                                                              cfg.center_field):
+        label_field, center_field = multicenter_fields(path, cfg.label_field, cfg.center_field)
+        splits = load_multicenter_domains(path, label_field, center_field, centers)
+        prefix = "real:"
+        if path.resolve() == resolve_dataset_path(cfg.dataset, root).resolve():
+            log.warning("%s is the run's own dataset: its training centers (%s) were trained on", path.name,
+                        cfg.train_centers or "all but the last")
+    elif path.suffix.lower() == ".npz" and path.is_file():
+        splits = {path.stem: load_eval_npz(path)}
+        prefix = ""
+    else:
+        bundle = load_dataset(spec, root=root, size=cfg.size)
+        splits = {Path(spec).stem: bundle.test}
+        prefix = ""
+    if centers and prefix != "real:":
+        raise DataError(f"--centers {centers} names centers of a multi-center .npz, and {spec} is not one")
+    domains = {}
+    for name, split in splits.items():
+        check_labels(split.labels, n_classes, f"{spec} center {name!r}")
+        domains[prefix + name] = split_to_tensors(split, cfg.input_size, in_channels)
+    return domains
+
+
+def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample random translation by up to `max_shift` pixels (one grid_sample call)."""
+    b, _, h, w = x.shape
+    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * max_shift
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2] = shift[:, 0] * 2 / w
+    theta[:, 1, 2] = shift[:, 1] * 2 / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+class DomainSampler:
+    """Assigns each training sample a center: a virtual source center, or its real center."""
+
+    def __init__(self, cfg: TrainConfig, real_centers: np.ndarray | None):
+        self.cfg = cfg
+        self.centers = make_source_centers(cfg.n_source_centers, cfg.seed, cfg.source_sampling) if cfg.shift else []
+        if cfg.shift and cfg.clean_fraction > 0:
+            self.centers.append(CLEAN)
+        self.real = None
+        if not cfg.shift and real_centers is not None and len(np.unique(real_centers)) > 1:
+            ids = np.unique(real_centers)
+            self.real = torch.as_tensor(np.searchsorted(ids, real_centers))
+            self.n_domains = len(ids)
+        else:
+            self.n_domains = len(self.centers) if cfg.shift else 1
+
+    def draw(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.real is not None:
+            return self.real[idx]
+        if not self.cfg.shift:
+            return torch.zeros(len(idx), dtype=torch.long)
+        k = self.cfg.n_source_centers
+        ids = torch.randint(0, k, (len(idx),), generator=generator)
+        if self.cfg.clean_fraction > 0:
+            clean = torch.rand(len(idx), generator=generator) < self.cfg.clean_fraction
+            ids[clean] = k
+        return ids
+
+    def shift(self, x: torch.Tensor, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return apply_centers(x, ids, self.centers, generator) if self.centers else x

@@ -1,0 +1,154 @@
+"""The training loop: epochs of `algorithm.update` over shifted, augmented batches, precise BN,
+model selection on source validation data, checkpoints and resume.
+
+`fit` knows nothing about what a step does: that is the algorithm's (`hybrid.algorithms`).
+It writes one line per epoch to metrics.jsonl, best.pt when source validation improves
+and last.pt after every epoch, so a crash loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from hybrid.algorithms import Algorithm
+from hybrid.config import TrainConfig
+from hybrid.domains import DomainSampler, random_translate
+from hybrid.inference import predict_probs
+from hybrid.metrics import domain_metrics
+from hybrid.rundir import atomic_save
+from hybrid.tta import bn_layers, estimate_batchnorm_statistics
+
+log = logging.getLogger(__name__)
+
+MAX_TRANSLATION = 2  # pixels of random translation when cfg.augment
+PRECISE_BN_BATCHES = 8  # batches of shifted training images that re-estimate BN statistics per epoch
+
+
+@dataclass
+class TrainingData:
+    """Training and source-validation tensors (validation already shifted, noise fixed once)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    positive_class: int
+    sampler: DomainSampler
+
+
+def recalibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Precise BN: replace running statistics with exact averages over `x` under current weights.
+
+    With few steps per epoch and a high learning rate, the exponential running averages lag
+    far behind the weights, and eval-mode predictions collapse; one forward pass over a
+    sample of (shifted) training images fixes that for the cost of a fraction of an epoch.
+    The whole model runs in train mode (as it does in training, dropout included).
+    """
+    was_training = model.training
+    model.train()
+    estimate_batchnorm_statistics(bn_layers(model), model, x, batch_size)
+    model.train(was_training)
+
+
+def validation_scores(model, data: TrainingData, batch_size: int) -> tuple[float, float]:
+    """Source-validation AUC and log loss, without test-time adaptation."""
+    probs = predict_probs(model, data.x_val, "none", batch_size)
+    loss = float(F.nll_loss(torch.log(torch.as_tensor(probs).clamp_min(1e-12)), data.y_val))
+    m = domain_metrics(data.y_val.numpy(), probs, positive_class=data.positive_class, n_bootstrap=0)
+    return m["auc"], loss
+
+
+def train_epoch(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, epoch: int,
+                generator: torch.Generator, progress: bool) -> tuple[dict, torch.Tensor]:
+    """One epoch of updates; returns the sample-weighted means of what `update` logged, and the order."""
+    from tqdm import tqdm
+
+    algorithm.train()
+    steps_per_epoch = math.ceil(len(data.y_train) / cfg.batch_size)
+    order = torch.randperm(len(data.y_train), generator=generator)
+    sums: dict[str, float] = {}
+    last: dict[str, float] = {}
+    n_seen = 0
+    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+               leave=False, unit="batch")
+    for step in bar:
+        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        if len(idx) < 2:
+            continue  # BatchNorm needs two samples
+        domains = data.sampler.draw(idx, generator)
+        xb = data.sampler.shift(data.x_train[idx], domains, generator)
+        if cfg.augment:
+            xb = random_translate(xb, MAX_TRANSLATION, generator)
+        last = algorithm.update(xb, data.y_train[idx], domains, epoch * steps_per_epoch + step)
+        n_seen += len(idx)
+        for key, value in last.items():
+            sums[key] = sums.get(key, 0.0) + value * len(idx)
+        bar.set_postfix(loss=f"{sums['loss'] / n_seen:.3f}")
+    means = {key: value / n_seen for key, value in sums.items()} if n_seen else {}
+    means["lambda"] = last.get("lambda")  # a schedule value: the epoch's last, not its mean
+    return means, order
+
+
+def _record(epoch: int, means: dict, algorithm: Algorithm, val_auc: float, val_loss: float, seconds: float) -> dict:
+    return {"epoch": epoch + 1, "train_loss": means.get("loss"), "cls_loss": means.get("cls_loss"),
+            "domain_loss": means.get("domain_loss"), "domain_acc": means.get("domain_acc"),
+            "lambda": means.get("lambda"), "lr": algorithm.learning_rate(),
+            "val_auc": val_auc, "val_loss": val_loss, "seconds": seconds}
+
+
+def _improved(best: dict, val_auc: float, val_loss: float) -> bool:
+    """Higher validation AUC wins; a tie (within 1e-6) goes to the lower validation loss."""
+    return val_auc > best["auc"] + 1e-6 or (abs(val_auc - best["auc"]) <= 1e-6 and val_loss < best["loss"])
+
+
+def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Path, *, meta: dict,
+        progress: bool = True, resume: bool = False,
+        on_epoch_end: Callable[[dict], None] | None = None) -> dict:
+    """Train for `cfg.epochs`, keeping the epoch with the best source-validation AUC in best.pt.
+
+    `meta` (architecture facts, class names, ...) is stored in best.pt beside the network.
+    Returns {"auc", "loss", "epoch"} of the selected epoch.
+    """
+    out_dir = Path(out_dir)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start_epoch, best = 0, {"auc": -1.0, "loss": math.inf, "epoch": -1}
+    last_path, best_path, metrics_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        algorithm.load_training_state(state)
+        generator.set_state(state["generator"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        log.info("resuming from epoch %d", start_epoch)
+    if start_epoch == 0:
+        metrics_path.write_text("")
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        means, order = train_epoch(algorithm, data, cfg, epoch, generator, progress)
+        calib = order[: min(len(order), PRECISE_BN_BATCHES * cfg.batch_size)]
+        x_calib = data.sampler.shift(data.x_train[calib], data.sampler.draw(calib, generator), generator)
+        recalibrate_batchnorm(algorithm.network, x_calib, cfg.batch_size)
+        val_auc, val_loss = validation_scores(algorithm.network, data, cfg.eval_batch_size)
+        record = _record(epoch, means, algorithm, val_auc, val_loss, time.perf_counter() - t0)
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        improved = _improved(best, val_auc, val_loss)
+        if improved:
+            best = {"auc": val_auc, "loss": val_loss, "epoch": epoch + 1}
+            atomic_save(meta | {"model": algorithm.network.state_dict(), "epoch": epoch + 1, "val_auc": val_auc},
+                        best_path)
+        atomic_save(algorithm.training_state() | {"generator": generator.get_state(), "epoch": epoch,
+                                                  "best": best}, last_path)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        log.info("epoch %d/%d  loss %.4f  val AUC %.4f%s  (%.0f s)", epoch + 1, cfg.epochs, record["train_loss"],
+                 val_auc, "  *best*" if improved else "", record["seconds"])
+    return best

@@ -1,0 +1,447 @@
+"""Compile a parameterized Qiskit circuit into an exact, batched, differentiable torch program.
+
+The circuit is walked instruction by instruction and cut into segments, each executed with
+as few torch kernels as possible, because at 4-6 qubits the cost is kernel launches, not
+arithmetic:
+
+* product prefix: single-qubit gates before the first multi-qubit gate act on per-qubit
+  2-vectors (all qubits at once when their gate sequences match), joined by a Kronecker
+  product; a prefix that depends on nothing is computed once. Trailing diagonal gates move
+  into the next phase segment;
+* monomial segment: diagonal gates (RZ, P, CP, RZZ, CZ, ...) and permutations (X, CX, SWAP)
+  compose into one permutation times one phase vector, so a whole ZZ block becomes
+  ``state[:, perm] * exp(i * (features(x) @ W))`` - one matmul and one exp;
+* fused unitary: every run of gates that does not depend on the input (constants and
+  trainable weights) becomes one 2**n x 2**n matrix per forward pass, built layer by layer
+  from Kronecker products; constant runs are multiplied once, at compile time;
+* batched gate: any other input-dependent gate, applied on its own.
+
+Each kind is a small callable class that holds what it precomputed at compile time;
+`StatevectorProgram` runs the prefix, then each segment, then the observables.
+
+Angles are evaluated by `AngleBank` (in `gates`): polynomials of degree <= 2 in the inputs
+(every angle of the angle and ZZ feature maps) become one matmul over the monomials
+[1, x_i, x_i x_j]; bare weights become a gather; anything else falls back to per-expression
+torch closures, so input gradients flow through products such as ZZ's (pi - x_i)(pi - x_j)
+in every case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hybrid.quantum.gates import (
+    DIAGONAL,
+    REAL_GATES,
+    PERMUTATION,
+    SUPPORTED,
+    AngleBank,
+    UnsupportedGateError,
+    apply_gate,
+    diagonal_phase,
+    gate_matrix,
+    permutation,
+)
+
+__all__ = ["StatevectorProgram", "UnsupportedGateError", "compile_circuit"]
+
+
+@dataclass
+class _Op:
+    name: str
+    qubits: list[int]
+    params: list  # Qiskit parameter values (floats or ParameterExpressions)
+    depends_on_input: bool
+    depends_on_weight: bool
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every compiled piece needs: the qubit count, the dtypes and the parameter names."""
+
+    n: int
+    dim: int
+    dtype: torch.dtype
+    cdtype: torch.dtype
+    input_names: list[str]
+    weight_names: list[str]
+
+    def bank(self, values: list) -> AngleBank:
+        return AngleBank(values, self.input_names, self.weight_names, self.dtype)
+
+
+# -- product prefix: (x1, w) -> (B, 2**n) product state
+def _kron_states(qubit_states: list[torch.Tensor], batch: int) -> torch.Tensor:
+    state = qubit_states[0].expand(batch, 2)
+    for v in qubit_states[1:]:  # higher qubits are more significant
+        state = (v.expand(batch, 2)[:, :, None] * state[:, None, :]).reshape(batch, -1)
+    return state
+
+
+class ProductPrefix:
+    """Each qubit's own gate sequence on its 2-vector, then one Kronecker product."""
+
+    def __init__(self, prefix: list[list[_Op]], ctx: _Context):
+        self.gates = [[(op.name, ctx.bank(op.params)) for op in ops] for ops in prefix]
+        self.dtype, self.cdtype = ctx.dtype, ctx.cdtype
+        self.zero = torch.tensor([1, 0], dtype=ctx.cdtype)  # |0>, never written to
+
+    def qubit_states(self, x1, w) -> list[torch.Tensor]:
+        states = []
+        for gates in self.gates:
+            v = self.zero
+            for name, bank in gates:
+                params = list(bank(x1, w).unbind(-1)) if bank.size else []
+                v = (gate_matrix(name, params, self.dtype).to(self.cdtype) * v[..., None, :]).sum(-1)
+            states.append(v)
+        return states
+
+    def __call__(self, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return _kron_states(self.qubit_states(x1, w), x1.shape[0])
+
+
+class UniformPrefix:
+    """The same gate sequence on every qubit: one batched 2x2 product per position."""
+
+    def __init__(self, prefix: list[list[_Op]], ctx: _Context):
+        # position j holds the same gate, with at most one angle, on every qubit
+        self.gates = [(op.name, ctx.bank([ops[j].params[0] for ops in prefix]) if op.params else None)
+                      for j, op in enumerate(prefix[0])]
+        self.n, self.dtype, self.cdtype = ctx.n, ctx.dtype, ctx.cdtype
+        self.zero = torch.zeros(ctx.n, 2, dtype=ctx.cdtype)  # |0> on every qubit, never written to
+        self.zero[:, 0] = 1
+
+    def __call__(self, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        v = self.zero
+        for name, bank in self.gates:
+            params = [bank(x1, w)] if bank is not None else []
+            matrix = gate_matrix(name, params, self.dtype).to(self.cdtype)  # (..., n, 2, 2)
+            v = (matrix * v[..., None, :]).sum(-1)
+        if v.dim() == 2:
+            v = v.expand(x1.shape[0], self.n, 2)
+        return _kron_states(list(v.unbind(1)), x1.shape[0])
+
+
+class ConstantPrefix:
+    """A product state that depends on nothing (e.g. ZZ's Hadamard layer), computed once."""
+
+    def __init__(self, prefix: list[list[_Op]], ctx: _Context):
+        self.state = _kron_states(ProductPrefix(prefix, ctx).qubit_states(None, None), 1)[0]
+        self.dim = ctx.dim
+
+    def __call__(self, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.state.expand(x1.shape[0], self.dim)
+
+
+def _compile_prefix(prefix: list[list[_Op]], ctx: _Context):
+    if not any(op.depends_on_input or op.depends_on_weight for ops in prefix for op in ops):
+        return ConstantPrefix(prefix, ctx)
+    names = [[op.name for op in ops] for ops in prefix]
+    if all(n == names[0] for n in names) and all(len(op.params) <= 1 for op in prefix[0]):
+        return UniformPrefix(prefix, ctx)
+    return ProductPrefix(prefix, ctx)
+
+
+# -- segments: (state, x1, w) -> state
+class BatchedGate:
+    """One input-dependent gate with a (B, 2**k, 2**k) matrix, applied on its own."""
+
+    def __init__(self, op: _Op, ctx: _Context):
+        self.name, self.qubits, self.bank = op.name, op.qubits, ctx.bank(op.params)
+        self.n, self.dtype, self.cdtype = ctx.n, ctx.dtype, ctx.cdtype
+
+    def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        params = list(self.bank(x1, w).unbind(-1)) if self.bank.size else []
+        matrix = gate_matrix(self.name, params, self.dtype)
+        return apply_gate(state, matrix.to(self.cdtype), self.qubits, self.n)
+
+
+class MonomialSegment:
+    """Diagonal gates and permutations as one phase vector and one gather: P (exp(i*phase) * state)."""
+
+    def __init__(self, ops: list[_Op], ctx: _Context):
+        perm = torch.arange(ctx.dim)
+        slopes, values = [], []
+        offset = torch.zeros(ctx.dim, dtype=ctx.dtype)
+        for op in ops:
+            if op.name in PERMUTATION:
+                perm = permutation(op.name, op.qubits, ctx.dim)[perm]
+                continue
+            slope, off = diagonal_phase(op.name, op.qubits, ctx.dim, ctx.dtype)
+            offset = offset + off[perm]
+            if op.params:
+                slopes.append(slope[perm])
+                values.append(op.params[0])
+        self.offset = offset
+        self.gather = None if torch.equal(perm, torch.arange(ctx.dim)) else torch.argsort(perm)
+        self.bank = ctx.bank(values) if values else None
+        self.slopes = torch.stack(slopes) if slopes else None
+        if self.bank is not None and self.bank.mode == "poly":
+            # fold the angle polynomial into the slopes: phase = monomials @ (coef @ slopes)
+            self.bank.coef = self.bank.coef @ self.slopes
+            self.slopes = None
+
+    def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        phase = self.offset
+        if self.bank is not None:
+            angles = self.bank(x1, w)
+            phase = (angles if self.slopes is None else angles @ self.slopes) + phase
+        state = state * torch.complex(torch.cos(phase), torch.sin(phase))
+        return state if self.gather is None else state[:, self.gather]
+
+
+# -- fused unitary: the pieces of one input-independent run
+def _to_build(m: torch.Tensor, real: bool, build_dtype: torch.dtype) -> torch.Tensor:
+    """A gate matrix in the run's build dtype: real runs drop the (zero) imaginary part."""
+    return m.real if real and m.is_complex() else m.to(build_dtype)
+
+
+class KronLayers:
+    """The (L, 2**n, 2**n) matrices of a run's single-qubit layers, all layers at once.
+
+    Every layer's matrix is the Kronecker product of its 2x2 gates, computed as
+    ``prod_q M[slot[l, q], a_q, b_q]`` over the bits (a_q, b_q) of each matrix entry, so a
+    whole RealAmplitudes block costs a handful of kernels, not one per gate.
+    """
+
+    def __init__(self, layers: list[dict[int, _Op]], ctx: _Context, real: bool, build_dtype: torch.dtype):
+        groups: dict[str, list[_Op]] = {}
+        for layer in layers:
+            for op in layer.values():
+                groups.setdefault(op.name, []).append(op)
+        # slot 0 is the identity; then each gate name's ops in order, one angle bank per parameter
+        slot_of: dict[int, int] = {}
+        self.tables, offset = [], 1
+        for name, group in groups.items():
+            slot_of.update({id(op): offset + i for i, op in enumerate(group)})
+            banks = [ctx.bank([op.params[j] for op in group]) for j in range(len(group[0].params))]
+            self.tables.append((name, len(group), banks))
+            offset += len(group)
+        slots = torch.tensor([[slot_of[id(layer[q])] if q in layer else 0 for q in range(ctx.n)]
+                              for layer in layers], dtype=torch.long).reshape(len(layers), ctx.n)
+        k = torch.arange(ctx.dim)
+        row_bits = torch.stack([(k >> q) & 1 for q in range(ctx.n)])  # (n, dim)
+        self.slots = slots[:, :, None, None]
+        self.a_idx, self.b_idx = row_bits[None, :, :, None], row_bits[None, :, None, :]  # -> (L, n, dim, dim)
+        self.eye2 = torch.eye(2, dtype=build_dtype)[None]
+        self.dtype, self.real, self.build_dtype = ctx.dtype, real, build_dtype
+
+    def __call__(self, w: torch.Tensor | None) -> torch.Tensor:
+        mats = [self.eye2]
+        for name, count, banks in self.tables:
+            m = _to_build(gate_matrix(name, [bank(None, w) for bank in banks], self.dtype),
+                          self.real, self.build_dtype)
+            mats.append(m.expand(count, 2, 2) if m.dim() == 2 else m)
+        table = torch.cat(mats)  # (slots, 2, 2)
+        return table[self.slots, self.a_idx, self.b_idx].prod(dim=1)
+
+
+class GateUnitary:
+    """One multi-qubit gate of a run as a full 2**n x 2**n matrix (weights only, no inputs)."""
+
+    def __init__(self, op: _Op, ctx: _Context, real: bool, build_dtype: torch.dtype):
+        self.gate, self.eye = BatchedGate(op, ctx), torch.eye(ctx.dim, dtype=ctx.cdtype)
+        self.real, self.build_dtype = real, build_dtype
+
+    def __call__(self, w: torch.Tensor | None) -> torch.Tensor:
+        full = self.gate(self.eye, None, w).transpose(0, 1)  # the identity's rows as the batch
+        return _to_build(full, self.real, self.build_dtype)
+
+
+def _layers_and_gates(ops: list[_Op]) -> list[tuple[str, object]]:
+    """Single-qubit gates grouped into layers ("layer", {qubit: op}); others as ("multi", op)."""
+    items: list = []
+    for op in ops:
+        last = items[-1] if items else None
+        if len(op.qubits) == 1 and last and last[0] == "layer" and op.qubits[0] not in last[1]:
+            last[1][op.qubits[0]] = op
+        elif len(op.qubits) == 1:
+            items.append(("layer", {op.qubits[0]: op}))
+        else:
+            items.append(("multi", op))
+    return items
+
+
+class FusedUnitary:
+    """A run of input-independent gates as one unitary, rebuilt from the weights each forward pass."""
+
+    def __init__(self, ops: list[_Op], ctx: _Context):
+        items = _layers_and_gates(ops)
+        # RY/CX-type blocks are real: build them in real arithmetic (cheaper autograd)
+        real = all(op.name in REAL_GATES for op in ops)
+        build_dtype = ctx.dtype if real else ctx.cdtype
+        layers = [item for kind, item in items if kind == "layer"]
+        self.layers = KronLayers(layers, ctx, real, build_dtype) if layers else None
+        self.cdtype = ctx.cdtype
+        # the product, right to left: ("layer", index) | ("const", matrix) | ("multi", GateUnitary);
+        # constant multi-qubit gates (e.g. a CX chain) are multiplied once, here
+        self.plan: list = []
+        n_layers = 0
+        for kind, item in items:
+            if kind == "layer":
+                self.plan.append(("layer", n_layers))
+                n_layers += 1
+                continue
+            gate = GateUnitary(item, ctx, real, build_dtype)
+            if item.depends_on_weight:
+                self.plan.append(("multi", gate))
+            elif self.plan and self.plan[-1][0] == "const":
+                self.plan[-1] = ("const", gate(None) @ self.plan[-1][1])
+            else:
+                self.plan.append(("const", gate(None)))
+
+    def unitary(self, w: torch.Tensor | None) -> torch.Tensor:
+        stack = self.layers(w) if self.layers is not None else None
+        u = None
+        for kind, item in self.plan:
+            m = stack[item] if kind == "layer" else item if kind == "const" else item(w)
+            u = m if u is None else m @ u
+        return u.to(self.cdtype)
+
+    def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return state @ self.unitary(w).transpose(0, 1)
+
+
+class ConstantUnitary:
+    """A fused run with no weights at all: its unitary (transposed) is computed once."""
+
+    def __init__(self, ops: list[_Op], ctx: _Context):
+        self.matrix_t = FusedUnitary(ops, ctx).unitary(None).transpose(0, 1).contiguous()
+
+    def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return state @ self.matrix_t
+
+
+def _compile_segment(kind: str, ops: list[_Op], ctx: _Context):
+    if kind == "monomial":
+        return MonomialSegment(ops, ctx)
+    if kind == "fused":
+        weighted = any(op.depends_on_weight for op in ops)
+        return FusedUnitary(ops, ctx) if weighted else ConstantUnitary(ops, ctx)
+    return BatchedGate(ops[0], ctx)
+
+
+# -- observables: state -> (B, n_obs)
+class Expectations:
+    """<psi|O|psi> for each observable; one matmul with the probabilities when all are I/Z strings."""
+
+    def __init__(self, observables: list, ctx: _Context):
+        terms = [[(lbl, complex(coef)) for lbl, coef in obs.to_list()] for obs in observables]
+        self.diagonal = all(set(lbl) <= {"I", "Z"} for t in terms for lbl, _ in t)
+        if not self.diagonal:
+            self.matrix = torch.stack(
+                [torch.as_tensor(obs.to_matrix(), dtype=ctx.cdtype) for obs in observables]
+            )  # (n_obs, dim, dim)
+            return
+        k = torch.arange(ctx.dim)
+        rows = []
+        for t in terms:
+            row = torch.zeros(ctx.dim, dtype=ctx.dtype)
+            for lbl, coef in t:
+                sign = torch.ones(ctx.dim, dtype=ctx.dtype)
+                for q, ch in enumerate(reversed(lbl)):
+                    if ch == "Z":
+                        sign = sign * (1 - 2 * ((k >> q) & 1)).to(ctx.dtype)
+                row = row + coef.real * sign
+            rows.append(row)
+        self.matrix = torch.stack(rows, dim=1)  # (dim, n_obs)
+
+    def __call__(self, state: torch.Tensor) -> torch.Tensor:
+        if self.diagonal:
+            return (state.real**2 + state.imag**2) @ self.matrix
+        vec = torch.einsum("oij,bj->boi", self.matrix, state)
+        return torch.einsum("bi,boi->bo", state.conj(), vec).real
+
+
+class StatevectorProgram:
+    """Callable `(x (B, n_in), weights (n_w,)) -> (B, n_obs)` expectation values."""
+
+    def __init__(self, n_qubits, prefix, segments, input_names, weight_names, observables, dtype):
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        ctx = _Context(n_qubits, 2**n_qubits, dtype, cdtype, list(input_names), list(weight_names))
+        self.n, self.dim, self.dtype, self.cdtype = n_qubits, ctx.dim, dtype, ctx.cdtype
+        self.input_names, self.weight_names = input_names, weight_names
+        self.prefix = _compile_prefix(prefix, ctx)
+        self.segments = [_compile_segment(kind, ops, ctx) for kind, ops in segments]
+        self.kinds = [kind for kind, _ in segments]
+        self.expectations = Expectations(observables, ctx)
+
+    def __call__(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        weights = weights.to(self.dtype)
+        x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+        state = self.prefix(x1, weights)
+        for segment in self.segments:
+            state = segment(state, x1, weights)
+        return self.expectations(state)
+
+
+def compile_circuit(circuit, input_params, weight_params, observables, dtype=torch.float64) -> StatevectorProgram:
+    """Compile `circuit` (decomposed as needed) into a `StatevectorProgram`."""
+    n = circuit.num_qubits
+    input_names = [p.name for p in input_params]
+    weight_names = [p.name for p in weight_params]
+    known = set(input_names) | set(weight_names)
+    prefix: list[list[_Op]] = [[] for _ in range(n)]
+    segments: list[tuple[str, list[_Op]]] = []
+    in_prefix = True
+    for inst in _flatten(circuit):
+        name = inst.operation.name
+        params = list(inst.operation.params)
+        names = {p.name for v in params if hasattr(v, "parameters") for p in v.parameters}
+        if names - known:
+            raise ValueError(f"circuit parameters {sorted(names - known)} are neither inputs nor weights")
+        op = _Op(name, [circuit.find_bit(q).index for q in inst.qubits], params,
+                 bool(names & set(input_names)), bool(names & set(weight_names)))
+        if in_prefix and len(op.qubits) == 1:
+            prefix[op.qubits[0]].append(op)
+            continue
+        if in_prefix:
+            in_prefix = False
+            # single-qubit gates on different qubits commute, so each qubit's trailing
+            # diagonal gates can join the phase segment that follows
+            moved = []
+            for ops in prefix:
+                while ops and ops[-1].name in DIAGONAL and ops[-1].depends_on_input:
+                    moved.insert(0, ops.pop())
+            if moved:
+                segments.append(("monomial", moved))
+        _append(segments, op)
+    return StatevectorProgram(n, prefix, segments, input_names, weight_names, observables, dtype)
+
+
+def _append(segments: list, op: _Op) -> None:
+    monomial = op.name in DIAGONAL or op.name in PERMUTATION
+    last = segments[-1] if segments else None
+    if op.depends_on_input and not monomial:
+        segments.append(("gate", [op]))
+    elif monomial and (op.depends_on_input or last is None or last[0] == "monomial"):
+        # constant permutations and phases join a phase segment for free
+        if last is None or last[0] != "monomial":
+            segments.append(last := ("monomial", []))
+        last[1].append(op)
+    elif last is not None and last[0] == "fused":
+        last[1].append(op)
+    else:
+        segments.append(("fused", [op]))
+
+
+def _flatten(circuit) -> list:
+    """Decompose until every instruction is a gate this compiler knows."""
+    skip = {"barrier"}
+    for _ in range(8):
+        names = {inst.operation.name for inst in circuit.data}
+        pending = names - set(SUPPORTED) - skip
+        if not pending:
+            return [inst for inst in circuit.data if inst.operation.name not in skip]
+        decomposed = circuit.decompose(gates_to_decompose=list(pending))
+        if {inst.operation.name for inst in decomposed.data} == names:
+            break
+        circuit = decomposed
+    bad = sorted({inst.operation.name for inst in circuit.data} - set(SUPPORTED) - skip)
+    raise UnsupportedGateError(
+        f"the statevector engine cannot compile gate(s) {', '.join(bad)}; supported gates: "
+        f"{', '.join(SUPPORTED)} (use engine='qnn' for this circuit)"
+    )

@@ -1,0 +1,303 @@
+"""Benchmark a trained quantum layer on several backends: `python -m hybrid.bench_backends`.
+
+    python -m hybrid.bench_backends --run runs/default \\
+        --backends statevector,aer,aer:shots=1024,aer_noisy:fake_brisbane,ibm_runtime:fake_manila \\
+        --samples 256 [--domains tgt_blur,tgt_speckle] [--out benchmarks/results/backends]
+
+A backend spec is `name[:arg][:key=value...]`; `arg` is the shots of `aer`, the noise model of
+`aer_noisy`, the device of `ibm_runtime`. Every backend sees the same images of the unseen
+centers, the same encoder and TTA; only the quantum layer runs on it, through the estimator
+(one job per batch) even where the backend is exact. Per backend: mean AUC and sensitivity
+over the unseen centers, mean absolute error of the layer's outputs against the exact torch
+engine on the very same inputs, quantum-layer latency per sample, jobs, circuits, shots and
+QPU seconds. Writes `bench_backends.json`, `bench_backends.md` and `bench_backends.png` into
+`--out` (default: the run directory) and appends one JSON line to its `results.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("hybrid.bench_backends")
+REFERENCE = "exact (torch engine)"
+DEFAULT_BACKENDS = "statevector,aer,aer:shots=1024,aer_noisy:fake_brisbane,ibm_runtime:fake_manila"
+
+
+class _Recorder:
+    """Wraps a runner factory: keeps every batch of angles and outputs, and the time spent."""
+
+    def __init__(self, make_runner):
+        self.make_runner = make_runner
+        self.angles: list[np.ndarray] = []
+        self.outputs: list[np.ndarray] = []
+        self.seconds = 0.0
+
+    def __call__(self, spec):
+        runner = self.make_runner(spec)
+
+        def run(angles: np.ndarray, weights: np.ndarray) -> np.ndarray:
+            started = time.perf_counter()
+            out = runner(angles, weights)
+            self.seconds += time.perf_counter() - started
+            self.angles.append(np.array(angles))
+            self.outputs.append(np.array(out))
+            return out
+
+        return run
+
+
+@contextmanager
+def _quantum_layer(model, make_runner):
+    """Temporarily run the model's quantum layer through `make_runner` (same weights)."""
+    from hybrid.quantum import QuantumLayer
+
+    original = model.quantum
+    layer = QuantumLayer(original.config, engine="estimator", make_runner=make_runner)
+    layer.load_state_dict(original.state_dict())
+    model.quantum = layer
+    try:
+        yield layer
+    finally:
+        model.quantum = original
+
+
+def _torch_runner(program):
+    def make(_spec):
+        return lambda angles, weights: program(torch.as_tensor(angles), torch.as_tensor(weights)).numpy()
+
+    return make
+
+
+def select_domains(domains: dict, names: list[str] | None, samples: int, seed: int) -> dict:
+    """The unseen domains (all but `clean`, or `names`), `samples` random images each."""
+    unseen = [k for k in domains if k != "clean"]
+    if names:
+        unknown = sorted(set(names) - set(unseen))
+        if unknown:
+            raise ValueError(f"unknown domain(s) {', '.join(unknown)}; valid: {', '.join(unseen)}")
+        unseen = [k for k in unseen if k in names]
+    out = {}
+    for name in unseen:
+        x, y = domains[name]
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+        out[name] = (x[keep], y[keep])
+    return out
+
+
+def bench_backend(model, domains: dict, make_runner, *, ckpt: dict, tta: str, batch_size: int, exact_program,
+                  weight: torch.Tensor) -> dict:
+    """Metrics, output error and cost of one backend on `domains` (the model is left unchanged)."""
+    from hybrid.evaluate import predict_probs
+    from hybrid.metrics import domain_metrics
+
+    recorder = _Recorder(make_runner)
+    per_domain, positive = {}, {}
+    with _quantum_layer(model, recorder), torch.no_grad():
+        for name, (x, y) in domains.items():
+            probs = predict_probs(model, x, tta, batch_size)
+            m = domain_metrics(y.numpy(), probs, threshold=ckpt["threshold"], positive_class=ckpt["positive_class"],
+                               n_bootstrap=0)
+            per_domain[name] = {"auc": m["auc"], "sensitivity": m["sensitivity"], "n": len(y)}
+            positive[name] = probs[:, ckpt["positive_class"]]
+    angles, outputs = np.concatenate(recorder.angles), np.concatenate(recorder.outputs)
+    with torch.no_grad():
+        exact = exact_program(torch.as_tensor(angles), weight).numpy()
+    n = len(angles)
+    return {
+        "auc": float(np.nanmean([d["auc"] for d in per_domain.values()])),
+        "sensitivity": float(np.nanmean([d["sensitivity"] for d in per_domain.values()])),
+        "mae": float(np.abs(outputs - exact).mean()),
+        "max_abs_error": float(np.abs(outputs - exact).max()),
+        "latency_ms": 1000 * recorder.seconds / n,
+        "samples": n,
+        "domains": per_domain,
+        "positive_probs": positive,  # compared with the reference, then dropped
+    }
+
+
+def compare_decisions(row: dict, reference: dict, threshold: float) -> None:
+    """How far the backend moves the predicted probability, and how many decisions flip."""
+    diffs, flips = [], []
+    for name, probs in row.pop("positive_probs").items():
+        ref = reference[name]
+        diffs.append(np.abs(probs - ref))
+        flips.append((probs >= threshold) != (ref >= threshold))
+    row["prob_mae"] = float(np.concatenate(diffs).mean())
+    row["flip_rate"] = float(np.concatenate(flips).mean())
+
+
+def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: list[str] | None = None,
+              tta: str | None = None, batch_size: int | None = None, seed: int | None = None,
+              data_root: str | None = None, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    from backends import JobError, get_backend, parse_backend_spec
+    from hybrid.data import resolve_data_root
+    from hybrid.evaluate import load_run
+    from hybrid.train import build_eval_domains, load_bundle
+
+    cfg, model, ckpt, _ = load_run(run_dir, "statevector")
+    if model.quantum is None:
+        raise ValueError(f"{run_dir} was trained with --no-quantum; there is no quantum layer to benchmark")
+    tta = tta or cfg.tta
+    if tta == "tent":
+        raise ValueError("TTA 'tent' needs gradients through the quantum layer, which sampling backends do not "
+                         "give; use --tta adabn, bn or none")
+    seed = cfg.seed if seed is None else seed
+    batch_size = batch_size or cfg.eval_batch_size
+    parsed = [parse_backend_spec(s) for s in specs]  # bad specs fail before any work
+    bundle = load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
+    domains = select_domains(build_eval_domains(cfg, bundle, ckpt["in_channels"]), domain_names, samples, seed)
+    exact_program, weight = model.quantum.program, model.quantum.weight.detach()
+
+    rows = []
+    jobs = [(REFERENCE, None, {})] + [(spec, name, opts) for spec, (name, opts) in zip(specs, parsed)]
+    for spec, name, options in tqdm(jobs, desc="backends", unit="backend", disable=not progress):
+        row = {"backend": spec}
+        started = time.perf_counter()
+        backend = None
+        try:
+            if name is None:
+                make_runner, row["description"] = _torch_runner(exact_program), "exact statevector, batched torch"
+            else:
+                backend = get_backend(name, **({"seed": seed} | options))
+                make_runner, row["description"] = backend.make_runner, backend.description
+                row["options"] = backend.options
+            row["setup_seconds"] = time.perf_counter() - started
+            row |= bench_backend(model, domains, make_runner, ckpt=ckpt, tta=tta, batch_size=batch_size,
+                                 exact_program=exact_program, weight=weight)
+            stats = backend.stats.to_dict() if backend else {"jobs": 0, "circuits": 0, "shots": 0, "qpu_seconds": None}
+            row |= {k: stats[k] for k in ("jobs", "circuits", "shots", "qpu_seconds")}
+        except (ValueError, JobError) as exc:  # one backend failing must not cost the others their rows
+            row["error"] = str(exc)
+            log.warning("%s: %s", spec, exc)
+        finally:
+            if backend is not None:
+                backend.close()
+        row["seconds"] = time.perf_counter() - started
+        rows.append(row)
+    ref = rows[0]
+    ref_probs = dict(ref.get("positive_probs", {}))
+    for row in rows:
+        if "auc" in row:
+            row["delta_auc"] = row["auc"] - ref["auc"]
+            compare_decisions(row, ref_probs, ckpt["threshold"])
+    return {
+        "kind": "bench_backends", "run": str(run_dir), "dataset": cfg.dataset, "tta": tta,
+        "samples_per_domain": samples, "domains": list(domains), "batch_size": batch_size, "seed": seed,
+        "threshold": ckpt["threshold"], "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch_threads": torch.get_num_threads(), "rows": rows,
+    }
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec)
+
+
+def format_markdown(result: dict) -> str:
+    head = ("| backend | AUC | ΔAUC | sensitivity | layer MAE vs exact | mean Δp | flipped decisions "
+            "| latency ms/sample | jobs | circuits | shots | QPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | error: {r['error']} ||||||||||")
+            continue
+        lines.append(f"| {r['backend']} | {_fmt(r['auc'], '.4f')} | {_fmt(r['delta_auc'], '+.4f')} | "
+                     f"{_fmt(r['sensitivity'], '.4f')} | {_fmt(r['mae'], '.2e')} | {_fmt(r['prob_mae'], '.1e')} | "
+                     f"{_fmt(100 * r['flip_rate'], '.2f')}% | {_fmt(r['latency_ms'], '.2f')} | "
+                     f"{r['jobs']} | {r['circuits']} | {r['shots']} | {_fmt(r['qpu_seconds'], '.1f')} |")
+    notes = "\n".join(f"- `{r['backend']}`: {r.get('description', '')}" for r in result["rows"] if "error" not in r)
+    return (f"{result['samples_per_domain']} samples per unseen center × {len(result['domains'])} centers "
+            f"({', '.join(result['domains'])}); TTA {result['tta']}; batch {result['batch_size']} "
+            f"(one job per batch); seed {result['seed']}; run `{result['run']}`. AUC and sensitivity: mean "
+            "over the centers; layer MAE: mean |<Z>| error of the quantum layer's outputs against the exact "
+            "engine on the same inputs; mean Δp and flipped decisions: change of the predicted positive "
+            "probability and of the thresholded decision against the exact engine; latency: quantum layer "
+            "only, per sample.\n\n" + "\n".join(lines) + "\n\n" + notes + "\n")
+
+
+def plot(result: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    rows = [r for r in result["rows"] if "error" not in r]
+    names = [r["backend"] for r in rows]
+    x = np.arange(len(rows))
+    fig = Figure(figsize=(4 + 1.6 * len(rows), 4.2), layout="constrained")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    ax1.bar(x - 0.2, [r["auc"] for r in rows], 0.4, label="AUC")
+    ax1.bar(x + 0.2, [r["sensitivity"] for r in rows], 0.4, label="sensitivity")
+    ax1.set_ylim(0, 1.15)
+    ax1.legend(loc="upper center", ncols=2, fontsize=8)
+    ax1.set_title("unseen centers (mean)")
+    ax2.bar(x, [max(r["mae"], 1e-17) for r in rows], color="tab:red")
+    ax2.set_yscale("log")
+    ax2.set_title("MAE of layer outputs vs exact")
+    ax3.bar(x, [r["latency_ms"] for r in rows], color="tab:gray")
+    ax3.set_yscale("log")
+    ax3.set_title("quantum-layer latency (ms/sample)")
+    for ax in (ax1, ax2, ax3):
+        ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hybrid.tta import TTA_METHODS
+
+    parser = argparse.ArgumentParser(prog="python -m hybrid.bench_backends", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="run directory written by hybrid.train")
+    parser.add_argument("--backends", default=DEFAULT_BACKENDS,
+                        help=f"comma-separated backend specs name[:arg][:key=value] (default: {DEFAULT_BACKENDS})")
+    parser.add_argument("--samples", type=int, default=256, help="images per unseen center (default: 256)")
+    parser.add_argument("--domains", help="comma-separated unseen centers (default: all)")
+    # tent needs gradients, which the sampling backends do not give
+    parser.add_argument("--tta", choices=tuple(m for m in TTA_METHODS if m != "tent"), help="default: the run's setting")
+    parser.add_argument("--batch-size", type=int, help="samples per batch, i.e. per job (default: the run's)")
+    parser.add_argument("--seed", type=int, help="sample selection, simulator and transpiler seed (default: the run's)")
+    parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")
+    parser.add_argument("--out", help="output folder (default: the run directory)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("hybrid").setLevel(logging.INFO)
+    from hybrid.data import DataError
+
+    try:
+        result = run_bench(Path(args.run), [s for s in args.backends.split(",") if s.strip()], samples=args.samples,
+                           domain_names=args.domains.split(",") if args.domains else None, tta=args.tta,
+                           batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
+                           progress=not args.quiet)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result["command"] = "python -m hybrid.bench_backends " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    out = Path(args.out or args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_backends.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = format_markdown(result)
+    (out / "bench_backends.md").write_text(f"# Quantum-layer backends on {Path(args.run).name}\n\n{table}")
+    try:
+        plot(result, out / "bench_backends.png")
+    except Exception as exc:  # a figure must never cost the benchmark its results
+        log.warning("could not draw the figure: %s", exc)
+    with open(out / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(result) + "\n")
+    print(table)
+    return 0 if all("error" not in r for r in result["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""Ablation studies: every variant x seed under one budget, on the same unseen centers.
+
+    python -m hybrid.experiment --preset ablation --seeds 3 --out runs/ablation
+    python -m hybrid.experiment --preset ablation --seeds 3 --epochs 6 --workers 2 --out runs/ablation
+    python -m hybrid.experiment --preset quick --out /tmp/quick              # CI-sized, about a minute
+    python -m hybrid.experiment --preset ham10000 --variants erm,full --out runs/ham
+    python -m hybrid.experiment --list                                        # presets and variants
+    python -m hybrid.report runs/ablation                                     # tables and figures
+
+OUT/<variant>/seed<k>/ is an ordinary `hybrid.train` run directory. A run is finished when
+its report.json exists; finished runs are never touched again, so rerunning the command
+resumes an interrupted study (a half-trained run continues from its last.pt). A run that
+fails is logged with its traceback to OUT/failures.jsonl and the study goes on; rerun the
+command to retry it. OUT/study.json records the presets, variants, seeds, overrides and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from hybrid.config import TrainConfig
+
+log = logging.getLogger("hybrid.experiment")
+
+# The ablation ladder: each row switches on one more component of the method.
+COMPONENTS: dict[str, dict] = {
+    "erm": dict(shift=False, dann=False, quantum=False),
+    "shift": dict(shift=True, dann=False, quantum=False),
+    "dann": dict(shift=True, dann=True, quantum=False),
+    "quantum": dict(shift=True, dann=False, quantum=True),
+    "full": dict(shift=True, dann=True, quantum=True),
+}
+# Config fields that describe where a run ran, not what it is; they may differ on a rerun.
+_ENVIRONMENT_FIELDS = {"threads", "data_root", "seed"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    base: dict  # TrainConfig overrides shared by every variant: the budget and the data
+    variants: dict[str, dict] = field(default_factory=lambda: dict(COMPONENTS))
+    seeds: int = 3
+    notes: tuple[str, ...] = ()  # printed by hybrid.report
+
+
+_VIRTUAL_NOTE = ("The unseen centers are the virtual target centers of hybrid.shifts (strengths outside the "
+                 "training ranges, plus shift families never used in training), applied to the official "
+                 "test split; the dataset comes from one hospital, so there is no real second center.")
+
+PRESETS: dict[str, Preset] = {
+    "ablation": Preset(
+        "PneumoniaMNIST with the TrainConfig defaults (the main run's settings) unless overridden; "
+        "TTA is evaluated on and off in every run",
+        base={}, notes=(_VIRTUAL_NOTE,)),
+    "quick": Preset(
+        "the whole path in about a minute (CI): 1 epoch on 300 images, a narrow network, 1 thread",
+        # one torch thread: on a shared CI core, two threads were measured several times slower
+        base=dict(epochs=1, max_train_samples=300, width_mult=0.35, stem_stride=2, batch_size=64,
+                  n_bootstrap=100, threads=1),
+        seeds=1, notes=("Smoke-test budget: the numbers say nothing about the method.", _VIRTUAL_NOTE)),
+    "breastmnist": Preset(
+        "BreastMNIST (546 training images), 30 epochs; untuned",
+        base=dict(dataset="breastmnist", epochs=30, batch_size=64), notes=(_VIRTUAL_NOTE,)),
+    "ham10000": Preset(
+        "HAM10000 malignant vs benign: train on the three Vienna sources, hold out Queensland (rosendahl)",
+        # 64 px images with a stride-2 stem cost about what 32 px with a stride-1 stem cost,
+        # but keep the lesion detail of the stored resolution.
+        base=dict(dataset="ham10000_sources_64.npz", label_field="malignant", center_field="source_ids",
+                  train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
+                  size=64, input_size=64, stem_stride=2),
+        variants=dict(COMPONENTS) | {"dann_real": dict(shift=False, dann=True, quantum=False)},
+        notes=("The label mix differs strongly between sources (vidir_molemax is almost all nevi; rosendahl "
+               "has many more malignant lesions), so a leave-source-out result mixes label shift with "
+               "acquisition shift.",
+               "What 'malignant' means differs too: in the Vienna sources it is mostly melanoma (313 mel, 88 "
+               "bcc, 11 akiec among 4,725 images, 3,890 of them nevi), in rosendahl mostly keratinocytic "
+               "(178 mel, 176 bcc, 172 akiec among 1,259), whose benign side holds 287 benign keratoses "
+               "(bkl) that resemble bcc/akiec. A Vienna model that learned 'melanoma vs nevus' can rank "
+               "rosendahl worse than chance.",
+               "real:rosendahl is the only real unseen center (Queensland); the virtual target centers are "
+               "applied to the test split of the Vienna sources. Images are 64 px with a stride-2 stem.",
+               "dann_real trains DANN against the three real Vienna sources instead of virtual centers.",
+               "With one real unseen center, a paired test on rosendahl alone needs at least 6 seeds.")),
+}
+
+
+@dataclass(frozen=True)
+class Study:
+    """What to train: a base config, named variants over it, and seeds."""
+
+    preset: str
+    base: dict
+    variants: dict[str, dict]
+    seeds: tuple[int, ...]
+    notes: tuple[str, ...] = ()
+    description: str = ""
+
+    def config(self, variant: str, seed: int) -> TrainConfig:
+        return TrainConfig(**(self.base | self.variants[variant] | {"seed": seed}))
+
+    def runs(self) -> list[tuple[str, int]]:
+        """Seed-major order: an interrupted study has whole seeds, which the report can pair."""
+        return [(v, s) for s in self.seeds for v in self.variants]
+
+    def to_dict(self) -> dict:
+        return {"preset": self.preset, "description": self.description, "base": self.base,
+                "variants": self.variants, "seeds": list(self.seeds), "notes": list(self.notes)}
+
+
+def build_study(preset: str, *, seeds: int | None = None, variants: list[str] | None = None,
+                overrides: dict | None = None) -> Study:
+    """A preset with the CLI's changes; unknown presets, variants or config fields raise ValueError."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    chosen = dict(p.variants)
+    if variants:
+        unknown = [v for v in variants if v not in chosen]
+        if unknown:
+            raise ValueError(f"preset {preset!r} has no variant {unknown}; valid: {', '.join(chosen)}")
+        chosen = {v: chosen[v] for v in variants}
+    base = p.base | (overrides or {})
+    known = {f.name for f in fields(TrainConfig)}
+    bad = sorted({k for o in (base, *chosen.values()) for k in o} - known)
+    if bad:
+        raise ValueError(f"unknown TrainConfig fields {bad}; see `python -m hybrid.train --help`")
+    study = Study(preset, base, chosen, tuple(range(p.seeds if seeds is None else seeds)), p.notes,
+                  p.description)
+    for v in study.variants:
+        study.config(v, 0)  # fail now, not an hour into the study
+    return study
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`key=value` for a TrainConfig field, the value converted to the field's type."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    if not sep or key not in defaults:
+        raise ValueError(f"--set expects KEY=VALUE with KEY a TrainConfig field, got {text!r}")
+    default = defaults[key]
+    if value.lower() in ("none", "null") and default is None:
+        return key, None
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"--set {key} expects true or false, got {value!r}")
+        return key, value.lower() in ("true", "1", "yes")
+    try:
+        if isinstance(default, (int, float)) or key in ("threads", "max_train_samples"):
+            return key, (float if isinstance(default, float) else int)(value)
+    except ValueError:
+        raise ValueError(f"--set {key} expects a number, got {value!r}") from None
+    return key, value
+
+
+def run_dir(out: Path, variant: str, seed: int) -> Path:
+    return Path(out) / variant / f"seed{seed}"
+
+
+def is_finished(path: Path) -> bool:
+    return (Path(path) / "report.json").is_file()
+
+
+def machine_info() -> dict:
+    """Where the study ran, for the report's results section."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+        memory = f"{kb / 2**20:.0f} GiB"
+    return {"cpu": cpu, "cores": _cores(), "memory": memory, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_existing(study: Study, out: Path) -> None:
+    """Refuse to mix budgets: a run directory already there must hold the same config."""
+    for variant, seed in study.runs():
+        path = run_dir(out, variant, seed) / "config.json"
+        if not path.is_file():
+            continue
+        old = TrainConfig.load(path).to_dict()
+        new = study.config(variant, seed).to_dict()
+        diff = [f"{k}={old[k]!r} (now {new[k]!r})" for k in new
+                if k not in _ENVIRONMENT_FIELDS and old.get(k) != new[k]]
+        if diff:
+            raise ValueError(f"{path.parent} was made with {', '.join(diff)}; a study compares runs "
+                             "with one budget, so use a new --out (or the same settings) for this one")
+
+
+def _write_study(study: Study, out: Path, command: str | None, workers: int) -> None:
+    """Create or extend study.json: variants and seeds accumulate over reruns."""
+    path = out / "study.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    spec = study.to_dict()
+    spec["variants"] = data.get("variants", {}) | study.variants
+    spec["seeds"] = sorted(set(data.get("seeds", [])) | set(study.seeds))
+    spec["configs"] = data.get("configs", {}) | {
+        v: {k: x for k, x in study.config(v, 0).to_dict().items() if k != "seed"} for v in study.variants}
+    spec["machine"] = machine_info()
+    spec["invocations"] = data.get("invocations", []) + [
+        {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "workers": workers,
+         "variants": list(study.variants), "seeds": list(study.seeds)}]
+    path.write_text(json.dumps(spec, indent=2) + "\n")
+
+
+def run_one(cfg: TrainConfig, path: Path, threads: int, command: str | None = None) -> dict:
+    """Train one run with its output in path/train.log; errors come back as data, not exceptions.
+
+    Top-level so that spawned worker processes can import it.
+    """
+    import torch
+
+    from hybrid.train import train
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads or threads)
+    started = time.perf_counter()
+    handler = logging.FileHandler(path / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    hybrid_log = logging.getLogger("hybrid")
+    hybrid_log.addHandler(handler)
+    old = hybrid_log.level, hybrid_log.propagate
+    hybrid_log.setLevel(logging.INFO)
+    hybrid_log.propagate = False  # epoch lines go to train.log, not over the study's progress bar
+    try:
+        with open(path / "train.log", "a") as fh, contextlib.redirect_stdout(fh):
+            report = train(cfg, path, progress=False, resume=True, command=command)
+        auc = report["summary"]["auc"]
+        return {"ok": True, "seconds": time.perf_counter() - started, "auc_mean": auc["mean"],
+                "auc_worst": auc["worst"]}
+    except Exception as exc:  # one bad run must not end the study
+        return {"ok": False, "seconds": time.perf_counter() - started,
+                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    finally:
+        hybrid_log.removeHandler(handler)
+        hybrid_log.level, hybrid_log.propagate = old
+        handler.close()
+
+
+def _record_failure(out: Path, variant: str, seed: int, result: dict) -> None:
+    line = {"variant": variant, "seed": seed, "run_dir": str(run_dir(out, variant, seed)),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")} | {k: result.get(k) for k in ("error", "traceback", "seconds")}
+    with open(out / "failures.jsonl", "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    log.error("%s/seed%d failed: %s (details in %s)", variant, seed, result.get("error"), out / "failures.jsonl")
+
+
+def exit_with_parent(parent_pid: int, poll_seconds: float = 2.0) -> None:
+    """Worker initializer: end the worker once the study process is gone.
+
+    A study killed with SIGTERM/SIGKILL cannot shut its pool down, and its workers would
+    go on training unattended; a watcher thread notices the new parent and exits.
+    """
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def run_study(study: Study, out: Path, *, workers: int = 1, threads: int | None = None,
+              progress: bool = True, command: str | None = None) -> dict:
+    """Train every unfinished run of `study` under `out`; returns finished, skipped and failed runs.
+
+    With workers > 1 the runs go to a spawn-context process pool, each worker using
+    `threads` torch threads (default: cores // workers). Finished runs are skipped.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_existing(study, out)
+    _write_study(study, out, command, workers)
+    runs = study.runs()
+    todo = [(v, s) for v, s in runs if not is_finished(run_dir(out, v, s))]
+    summary = {"finished": [], "skipped": [f"{v}/seed{s}" for v, s in runs if (v, s) not in todo], "failed": []}
+    if summary["skipped"]:
+        log.info("%d of %d runs already finished; skipping them", len(summary["skipped"]), len(runs))
+    n_workers = max(1, min(workers, len(todo)))
+    per_worker = threads or max(1, _cores() // n_workers)
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", disable=not progress)
+
+    def done(variant, seed, result):
+        name = f"{variant}/seed{seed}"
+        if result.get("ok"):
+            summary["finished"].append(name)
+            log.info("%s: unseen AUC mean %.4f, worst %.4f (%.1f min)", name, result["auc_mean"],
+                     result["auc_worst"], result["seconds"] / 60)
+            bar.set_postfix_str(f"{name} AUC {result['auc_mean']:.3f}")
+        else:
+            summary["failed"].append(name)
+            _record_failure(out, variant, seed, result)
+        bar.update()
+
+    jobs = [(v, s, study.config(v, s), run_dir(out, v, s)) for v, s in todo]
+    if n_workers == 1:
+        for v, s, cfg, path in jobs:
+            done(v, s, run_one(cfg, path, per_worker, command))
+    else:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
+            futures = {pool.submit(run_one, cfg, path, per_worker, command): (v, s) for v, s, cfg, path in jobs}
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except BrokenProcessPool as exc:  # a worker was killed (e.g. out of memory)
+                    result = {"ok": False, "error": f"worker process died: {exc}; rerun to retry"}
+                done(*futures[future], result)
+    bar.close()
+    return summary
+
+
+def _list_presets() -> str:
+    lines = []
+    for name, p in PRESETS.items():
+        lines.append(f"{name}: {p.description}\n  seeds {p.seeds}; base {p.base or '{} (TrainConfig defaults)'}")
+        lines += [f"  {v}: {o}" for v, o in p.variants.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hybrid.experiment", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="ablation")
+    parser.add_argument("--out", help="study directory (default: runs/<preset>)")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the preset's)")
+    parser.add_argument("--variants", help="comma-separated subset of the preset's variants")
+    parser.add_argument("--workers", type=int, default=1, help="runs trained in parallel processes")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
+    parser.add_argument("--epochs", type=int, help="override the preset's epochs")
+    parser.add_argument("--max-train-samples", type=int, help="train on a random subset of this size")
+    parser.add_argument("--data-root", help="folder holding the data (default: $HYBRID_DATA_ROOT)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other TrainConfig field for every variant, e.g. --set n_bootstrap=200")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
+    parser.add_argument("--list", action="store_true", help="list presets and their variants")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
+    if args.list:
+        print(_list_presets())
+        return 0
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+        for key in ("epochs", "max_train_samples", "data_root"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+        study = build_study(args.preset, seeds=args.seeds, variants=variants, overrides=overrides)
+        out = Path(args.out or f"runs/{args.preset}")
+        if args.dry_run:
+            check_existing(study, out)
+            for v, s in study.runs():
+                print(f"{'finished' if is_finished(run_dir(out, v, s)) else 'to do':9s} {run_dir(out, v, s)}")
+            return 0
+        command = "python -m hybrid.experiment " + " ".join(
+            shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        summary = run_study(study, out, workers=args.workers, threads=args.threads, progress=not args.quiet,
+                            command=command)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(summary['finished'])} trained, {len(summary['skipped'])} already finished, "
+          f"{len(summary['failed'])} failed; next: python -m hybrid.report {shlex.quote(str(out))}")
+    if summary["failed"]:
+        print(f"failed runs: {', '.join(summary['failed'])} (see {out / 'failures.jsonl'}; rerun to retry)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

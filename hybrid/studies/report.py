@@ -1,0 +1,189 @@
+"""Ablation report of a study directory: `python -m hybrid.report RUNS_DIR`.
+
+    python -m hybrid.experiment --preset ablation --seeds 3 --out runs/ablation
+    python -m hybrid.report runs/ablation               # runs/ablation/report.md, report.json, figures/
+    python -m hybrid.report runs/ablation --no-models   # tables and bar chart only, no checkpoint reloaded
+
+Reads every RUNS_DIR/<variant>/seed<k>/report.json written by `hybrid.train`. Per variant:
+mean ± std over seeds of the mean unseen-center AUC, worst-center AUC, sensitivity,
+specificity and the AUC spread across centers, with and without test-time adaptation.
+Each variant is paired with erm by (seed, center) in a Wilcoxon signed-rank test, and by
+seed alone (stricter: centers within a seed share one model). The ROC and feature figures
+reload each variant's lowest-seed checkpoint and recompute on the test data.
+
+This module assembles the report dict; `report_figures` draws the figures and
+`report_markdown` writes report.md from the dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+from pathlib import Path
+
+from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
+from hybrid.studies.report_markdown import markdown, shared_settings
+from hybrid.studies.results import (BASELINE, SETTINGS, STATS, by_seed, compare, domain_groups, load_runs,
+                                    variant_table, variants_of)
+
+# `shared_settings` is re-exported: tests read it from here.
+__all__ = ["QUANTUM_PAIRS", "build_report", "main", "shared_settings"]
+
+log = logging.getLogger("hybrid.report")
+
+# (with the quantum layer, the same variant without it)
+QUANTUM_PAIRS = (("quantum", "shift"), ("full", "dann"))
+
+
+def _flatten(name: str, comparison: dict) -> list[dict]:
+    return [{"name": name, "metric": metric} | result for metric, result in comparison.items()]
+
+
+def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None = None, threads: int = 1,
+                 evaluation: str | None = None, out_dir: Path | None = None) -> dict:
+    """Write report.md, report.json and figures/ into `out_dir`; returns the report dict.
+
+    `out_dir` defaults to `runs_dir`, or to `runs_dir/report_<evaluation>` when `evaluation`
+    names the evaluation files that replace the runs' with-TTA results (see `load_runs`).
+
+    `threads` torch threads for the reloaded models: the work is small, and on a CPU shared
+    with training runs two threads were measured 20x slower than one (oversubscription).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs_dir = Path(runs_dir)
+        out_dir = Path(out_dir) if out_dir else runs_dir / f"report_{evaluation}" if evaluation else runs_dir
+        return _build_report(runs_dir, models, data_root, evaluation, out_dir)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _build_report(runs_dir: Path, models: bool, data_root: str | None, evaluation: str | None,
+                  out_dir: Path) -> dict:
+    study, runs = load_runs(runs_dir, evaluation)
+    if not runs:
+        raise FileNotFoundError(f"no finished runs (*/seed*/report.json) under {runs_dir}; "
+                                "run `python -m hybrid.experiment --out RUNS_DIR` first")
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in fig_dir.glob("*.png"):
+        old.unlink()  # a figure that cannot be drawn this time must not survive from an older report
+    variants = variants_of(runs)
+    groups = domain_groups(runs)
+    primary = "tta" if any(r.domains("tta") for r in runs) else "no_tta"
+    result = {"runs_dir": str(runs_dir), "study": study, "variants": variants, "primary_setting": primary,
+              "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": []}
+    base = by_seed(runs, BASELINE)
+    for title, names in groups.items():
+        g = {"domains": names, "tables": {s: variant_table(runs, names, s) for s in SETTINGS}, "comparisons": {}}
+        for setting in SETTINGS:
+            g["comparisons"][setting] = [row for v in variants if v != BASELINE and base
+                                         for row in _flatten(v, compare(by_seed(runs, v), base, names,
+                                                                        setting, setting))]
+        g["tta_effect"] = [row for v in variants
+                           for row in _flatten(v, compare(by_seed(runs, v), by_seed(runs, v), names,
+                                                          "tta", "no_tta"))
+                           if row["metric"] in ("AUC", STATS["auc_mean"])]
+        # the quantum layer's own contribution: variants that differ only by the layer
+        g["quantum_effect"] = {setting: [row for with_q, without in QUANTUM_PAIRS
+                                         if by_seed(runs, with_q) and by_seed(runs, without)
+                                         for row in _flatten(f"{with_q} vs {without}",
+                                                             compare(by_seed(runs, with_q), by_seed(runs, without),
+                                                                     names, setting, setting))
+                                         if row["metric"] in ("AUC", STATS["auc_mean"])]
+                               for setting in SETTINGS}
+        result["groups"][title] = g
+    if not base:
+        result["skipped"].append(f"no {BASELINE} runs: paired comparisons with {BASELINE} are left out")
+    all_unseen = max(groups.values(), key=len)
+
+    def figure(key: str, path: Path, fn, *args):
+        """Draw one figure into `path`; a figure must never cost the study its tables."""
+        try:
+            value = fn(runs, all_unseen, path, *args)
+        except Exception as exc:
+            result["skipped"].append(f"{key} figure: {type(exc).__name__}: {exc}")
+            log.warning("could not draw the %s figure: %s", key, exc)
+            return None
+        if path.is_file():
+            result["figures"][key] = str(path.relative_to(out_dir))
+        return value
+
+    figure("center_auc", fig_dir / "center_auc.png", plot_center_auc)
+    if models:
+        loader = ModelData(data_root)
+        result["hardest_center"] = figure("roc_hardest", fig_dir / "roc_hardest.png", roc_on_hardest, loader)
+        result["invariance"] = figure("features", fig_dir / "features_pca.png", feature_study, loader)
+        if result["invariance"] and "features" not in result["figures"]:
+            result["skipped"].append(f"feature projection: needs {BASELINE} and one of {', '.join(DANN_VARIANTS)}")
+    else:
+        result["skipped"].append("ROC and feature figures: --no-models")
+    grid = next((r.path / "centers.png" for r in runs if r.report.get("config", {}).get("shift")
+                 and (r.path / "centers.png").is_file()), None)
+    if grid:
+        shutil.copy(grid, fig_dir / "centers.png")
+        result["figures"]["centers"] = "figures/centers.png"
+    else:
+        result["skipped"].append("virtual-center grid: no run with shift simulation drew one")
+    result["failures"] = _open_failures(runs_dir)
+    result["runs"] = [{"variant": r.variant, "seed": r.seed, "best_epoch": r.report["run"].get("best_epoch"),
+                       "epochs": r.report.get("config", {}).get("epochs"),
+                       "minutes": (r.report["run"].get("seconds") or math.nan) / 60,
+                       "threads": r.report["run"].get("threads")} for r in runs]
+    (out_dir / "report.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown(result, runs))
+    return result
+
+
+def _open_failures(runs_dir: Path) -> list[dict]:
+    """Failures whose run has not finished since (a retried run drops out)."""
+    path = runs_dir / "failures.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    latest = {(r["variant"], r["seed"]): r for r in rows}
+    return [r for (v, s), r in latest.items() if not (runs_dir / v / f"seed{s}" / "report.json").is_file()]
+
+
+def _clean(obj):
+    """JSON without NaN: undefined numbers become null."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hybrid.report", description=__doc__.split("\n")[0])
+    parser.add_argument("runs_dir", help="study directory written by hybrid.experiment")
+    parser.add_argument("--no-models", action="store_true", help="skip the figures that reload checkpoints")
+    parser.add_argument("--data-root", help="folder holding the data (default: the runs' or $HYBRID_DATA_ROOT)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the reloaded models")
+    parser.add_argument("--evaluation", help="NAME of eval_NAME.json files in every run (hybrid.evaluate --name) "
+                                             "whose results replace the with-TTA ones, e.g. another TTA method")
+    parser.add_argument("--out", help="folder for the report (default: RUNS_DIR, or RUNS_DIR/report_NAME)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        result = build_report(Path(args.runs_dir), models=not args.no_models, data_root=args.data_root,
+                              threads=args.threads, evaluation=args.evaluation, out_dir=args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{Path(result['out_dir']) / 'report.md'}: {len(result['variants'])} variants, "
+          f"{len(result['runs'])} runs, figures: {', '.join(result['figures']) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""report.md of an ablation study (`hybrid.studies.report`), written from the report dict.
+
+Every number comes from the dict `build_report` assembled from the runs' JSON files; this
+module only lays them out as Markdown tables and sentences.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from hybrid.reporting import fmt
+from hybrid.studies.results import ALPHA, BASELINE, MIN_PAIRS, SETTINGS, STATS, Run
+
+
+def _pm(s: dict) -> str:
+    return fmt(s["mean"]) + (f" ± {fmt(s['std'])}" if math.isfinite(s["std"]) else "")
+
+
+def _p(p) -> str:
+    return "n/a" if p is None else (f"{p:.2g}" if p < 0.001 else f"{p:.3f}")
+
+
+def _components(cfg: dict) -> str:
+    parts = [name for name, on in (("shift", cfg.get("shift")), ("DANN", cfg.get("dann")),
+                                   ("quantum", cfg.get("quantum"))) if on]
+    return " + ".join(parts) or "none"
+
+
+def _table(table: dict, runs: list[Run]) -> list[str]:
+    configs = {r.variant: r.report.get("config", {}) for r in runs}
+    head = ["variant", "components", "seeds", *STATS.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v, stats in table.items():
+        seeds = stats["auc_mean"]["n"]
+        lines.append("| " + " | ".join([v, _components(configs[v]), str(seeds), *(_pm(stats[k]) for k in STATS)]) + " |")
+    return lines
+
+
+def _comparison_lines(rows: list[dict], label: str) -> list[str]:
+    """Long-form table; per-seed rows only where the seeds allow a test (report.json has them all)."""
+    rows = [r for r in rows if r["unit"] != "seed" or r["p"] is not None]
+    head = [label, "metric", "pairs", "mean difference", "higher / lower", "p (Wilcoxon)", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join([row["name"], f"{row['metric']} (per {row['unit']})", str(row["n"]),
+                                        f"{row['mean_diff']:+.4f}" if math.isfinite(row["mean_diff"]) else "n/a",
+                                        f"{row['higher']} / {row['lower']}", _p(row["p"]), row["verdict"]]) + " |")
+    return lines
+
+
+def _answer(group: dict, primary: str, tta: str) -> list[str]:
+    """One sentence per variant (does it beat erm on AUC?) and one on TTA."""
+    lines = []
+    for row in group["comparisons"][primary]:
+        if row["metric"] != "AUC":
+            continue
+        per_seed = next(r for r in group["comparisons"][primary]
+                        if r["name"] == row["name"] and r["metric"] == STATS["auc_mean"])
+        lines.append(f"- **{row['name']}** vs {BASELINE} ({SETTINGS[primary]}): AUC difference "
+                     f"{row['mean_diff']:+.4f} on average over {row['n']} (seed, center) pairs, "
+                     f"p = {_p(row['p'])}: {row['verdict']}; per-seed test: {per_seed['verdict']}"
+                     + (f" (p = {_p(per_seed['p'])})" if per_seed["p"] is not None else "") + ".")
+    effects = [r for r in group["tta_effect"] if r["metric"] == "AUC"]
+    if effects:
+        lines.append(f"- **TTA ({tta})** vs none, AUC over (seed, center) pairs: " + "; ".join(
+            f"{r['name']} {r['mean_diff']:+.4f} (p = {_p(r['p'])}, {r['verdict']})" for r in effects) + ".")
+    if lines:
+        lines += ["", "(Seed, center) pairs within one seed share a trained model, so their p-value speaks for "
+                  "these models rather than for the training recipe; the per-seed test speaks for the recipe "
+                  f"and needs at least {MIN_PAIRS} seeds to reach p < {ALPHA}."]
+    return lines
+
+
+def _data_lines(report: dict) -> list[str]:
+    data, pos = report.get("data") or {}, report.get("positive_class", 1)
+    names = data.get("class_names") or []
+    label = names[pos] if pos < len(names) else f"class {pos}"
+    lines = [f"| part | n | share {label} | centers |", "|---|---|---|---|"]
+    parts = list((data.get("splits") or {}).items()) + list((data.get("test_domains") or {}).items())
+    for name, part in parts:
+        counts = part.get("class_counts") or []
+        share = counts[pos] / part["n"] if part.get("n") and pos < len(counts) else math.nan
+        centers = ", ".join(f"{k} {v}" for k, v in (part.get("centers") or {}).items()) or "-"
+        lines.append(f"| {name} | {part.get('n')} | {fmt(share)} | {centers} |")
+    return lines
+
+
+def shared_settings(runs: list[Run]) -> dict:
+    """Config values every run has and today's TrainConfig defaults do not (seed and threads aside).
+
+    Read from the runs' own configs, so a study made before a default changed still says what
+    it ran with.
+    """
+    from hybrid.config import TrainConfig
+
+    configs = [TrainConfig.from_dict(r.report["config"]).to_dict() for r in runs if r.report.get("config")]
+    if not configs:
+        return {}
+    defaults = TrainConfig().to_dict()
+    return {k: v for k, v in configs[0].items()
+            if k not in ("seed", "threads") and v != defaults[k] and all(c[k] == v for c in configs)}
+
+
+def markdown(result: dict, runs: list[Run]) -> str:
+    """The whole report.md: settings, per-group tables and tests, findings, figures, data and runs."""
+    first = runs[0].report
+    tta = first.get("tta") or "none"
+    out = _intro_lines(result, runs, tta)
+    for title, g in result["groups"].items():
+        out += _group_lines(title, g, result["primary_setting"], tta, runs)
+    out += [f"A difference with p ≥ {ALPHA} is not significant; 'too few pairs' means the test cannot reach "
+            f"p < {ALPHA} with that many non-zero differences (a Wilcoxon test needs at least {MIN_PAIRS}).", ""]
+    out += _finding_lines(result)
+    if result["figures"]:
+        out += ["## Figures", ""] + [f"![{k}]({rel})\n" for k, rel in result["figures"].items()]
+    out += ["## Data", "", *_data_lines(first), ""]
+    out += _run_lines(result)
+    return "\n".join(out)
+
+
+def _intro_lines(result: dict, runs: list[Run], tta: str) -> list[str]:
+    study, first = result["study"], runs[0].report
+    out = [f"# Ablation study: {study.get('preset', Path(result['runs_dir']).name)} on {first['run'].get('dataset')}",
+           ""]
+    if study.get("description"):
+        out += [study["description"] + ".", ""]
+    shared = shared_settings(runs)
+    if result.get("evaluation"):
+        shared.pop("tta", None)  # the runs' own TTA is not the one reported with TTA here
+    if shared:
+        listed = ", ".join(f"{k}={v}" for k, v in shared.items())
+        out += [f"Settings shared by every run (all others at the TrainConfig defaults): {listed}.", ""]
+    out += [f"- {note}" for note in study.get("notes", [])] + [""]
+    source = ("the runs' report.json files" if not result.get("evaluation") else
+              f"the runs' eval_{result['evaluation']}.json files (with TTA) and report.json files (without)")
+    out += [f"Variants: {', '.join(result['variants'])}; {len(runs)} finished runs. Every number below is "
+            f"computed from {source}. TTA = {tta} at test time; the decision threshold is "
+            "fixed on source validation data.", ""]
+    return out
+
+
+def _group_lines(title: str, g: dict, primary: str, tta: str, runs: list[Run]) -> list[str]:
+    out = [f"## {title[0].upper() + title[1:]}", "", f"Centers ({len(g['domains'])}): {', '.join(g['domains'])}.", ""]
+    answer = _answer(g, primary, tta)
+    if answer:
+        out += [f"**Does each component help?** Paired comparisons (Wilcoxon signed-rank):", "", *answer, ""]
+    for setting, label in SETTINGS.items():
+        if g["tables"][setting]:
+            out += [f"### {label[0].upper() + label[1:]} ({tta if setting == 'tta' else 'none'})", "",
+                    "Mean ± std over seeds of per-run statistics across the centers above.", "",
+                    *_table(g["tables"][setting], runs), ""]
+    for setting, label in SETTINGS.items():
+        if g["comparisons"][setting]:
+            out += [f"### Paired comparison with {BASELINE}, {label}", "",
+                    *_comparison_lines(g["comparisons"][setting], "variant"), ""]
+    if g["tta_effect"]:
+        out += [f"### TTA ({tta}) versus no TTA, per variant", "", *_comparison_lines(g["tta_effect"], "variant"), ""]
+    if any(g["quantum_effect"].values()):
+        out += ["### Does the quantum layer help? Variants that differ only by the layer", ""]
+        for setting, label in SETTINGS.items():
+            if g["quantum_effect"][setting]:
+                out += [f"{label[0].upper() + label[1:]}:", "",
+                        *_comparison_lines(g["quantum_effect"][setting], "comparison"), ""]
+    return out
+
+
+def _finding_lines(result: dict) -> list[str]:
+    """The hardest center's recomputed ROC, and the feature-invariance table."""
+    out = []
+    if result.get("hardest_center"):
+        h = result["hardest_center"]
+        out += ["## Hardest center", "", f"{h['center']} has the lowest mean AUC over all runs "
+                f"({fmt(h['mean_auc'])}); its ROC curves (lowest seed of each variant) were recomputed from the "
+                "checkpoints and agree with the stored AUCs: " + ", ".join(
+                    f"{v} {fmt(c['recomputed_auc'])} (stored {fmt(c['reported_auc'])})" for v, c in h["runs"].items())
+                + ".", ""]
+    inv = result.get("invariance")
+    if inv:
+        out += ["## Domain invariance of the encoder features", "",
+                f"Accuracy of a linear classifier (shrinkage LDA, 5-fold cross-validation) that tells apart {len(inv['domains'])} "
+                f"centers ({', '.join(inv['domains'])}) from encoder features of {inv['samples_per_domain']} test "
+                "images per center (the same images under every virtual center; eval mode, no TTA); lower is "
+                "more invariant.", "",
+                "| variant | seed | center accuracy | chance |", "|---|---|---|---|"]
+        out += [f"| {v} | {x['seed']} | {fmt(x['center_accuracy'])} | {fmt(x['chance'])} |"
+                for v, x in inv["variants"].items()] + [""]
+    return out
+
+
+def _run_lines(result: dict) -> list[str]:
+    """Machine, invocations, the table of runs, open failures and what was left out."""
+    study = result["study"]
+    machine = study.get("machine") or {}
+    out = ["## Runs", ""]
+    if machine:
+        out += [f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory')} RAM, "
+                f"GPU: {machine.get('gpu') or 'none'}; torch {machine.get('torch')}, Python {machine.get('python')}.", ""]
+    for inv_ in study.get("invocations", []):
+        out += [f"- {inv_.get('started')} (workers {inv_.get('workers')}): `{inv_.get('command')}`"]
+    out += ["", "| variant | seed | epochs | best epoch | minutes | threads |", "|---|---|---|---|---|---|"]
+    out += [f"| {r['variant']} | {r['seed']} | {r['epochs']} | {r['best_epoch']} | {fmt(r['minutes'], 1)} | "
+            f"{r['threads']} |" for r in result["runs"]] + [""]
+    if result["failures"]:
+        out += ["## Failed runs (not finished)", ""] + [f"- {f['variant']}/seed{f['seed']}: {f.get('error')}"
+                                                        for f in result["failures"]] + [""]
+    if result["skipped"]:
+        out += ["## Left out", ""] + [f"- {s}" for s in result["skipped"]] + [""]
+    return out

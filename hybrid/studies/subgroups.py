@@ -1,0 +1,210 @@
+"""Subgroup analysis on a real held-out center: which kinds of cases does the model rank wrongly?
+
+    python -m hybrid.subgroups --run runs/ham/erm/seed0 --group-field labels
+
+A binary target can hide very different cases: "malignant" in HAM10000 is melanoma, basal cell
+carcinoma or actinic keratosis, and the sources mix them differently. For every held-out center
+of a multi-center run this scores each image once (with the run's TTA, exactly as evaluation
+does) and reports, per subgroup of a second label array (e.g. the diagnosis), how many images it
+has and how often they are flagged positive, plus the AUC of every positive subgroup against
+every negative subgroup. Writes RUN/subgroups_<center>.json, .md and a heatmap .png.
+
+Only held-out centers are analysed: their images were never trained on. Images of training
+centers would need the run's exact test split, which the subgroup array does not carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hybrid.data import DataError, resolve_centers, resolve_data_root, resolve_dataset_path
+from hybrid.metrics import binary_auc, domain_metrics
+from hybrid.tta import TTA_METHODS
+
+log = logging.getLogger("hybrid.subgroups")
+MIN_GROUP = 5  # smaller subgroups get counts but no AUC: a handful of images says nothing
+
+
+def pairwise_auc(scores: np.ndarray, groups: np.ndarray, positive_groups, negative_groups,
+                 min_n: int = MIN_GROUP) -> list[dict]:
+    """AUC of the score for each positive subgroup against each negative subgroup.
+
+    Ties count one half; pairs with a side under `min_n` images get auc None.
+    """
+    rows = []
+    for p in positive_groups:
+        n_pos = int((groups == p).sum())
+        for n in negative_groups:
+            n_neg = int((groups == n).sum())
+            pair = (groups == p) | (groups == n)
+            auc = binary_auc(scores[pair], groups[pair] == p) if min(n_pos, n_neg) >= min_n else None
+            rows.append({"positive": p, "negative": n, "n_positive": n_pos, "n_negative": n_neg, "auc": auc})
+    return rows
+
+
+def group_table(scores: np.ndarray, target: np.ndarray, groups: np.ndarray, threshold: float) -> list[dict]:
+    """Per subgroup: size, its target label(s), mean score, and the share flagged positive."""
+    rows = []
+    for g in np.unique(groups):
+        m = groups == g
+        rows.append({"group": g, "n": int(m.sum()), "target": sorted({int(t) for t in target[m]}),
+                     "mean_score": float(scores[m].mean()), "flagged_positive": float((scores[m] >= threshold).mean())})
+    return rows
+
+
+def analyse_center(scores, target, groups, threshold: float, positive_class: int = 1) -> dict:
+    """Everything the report shows for one center, from per-image scores."""
+    positive = [g for g in np.unique(groups[target == positive_class])]
+    negative = [g for g in np.unique(groups[target != positive_class]) if g not in positive]
+    mixed = sorted(set(groups[target == positive_class]) & set(groups[target != positive_class]))
+    if mixed:
+        raise DataError(f"subgroups {mixed} hold both positive and negative cases; choose a group field "
+                        "that refines the target (e.g. the diagnosis for a malignant/benign target)")
+    probs = np.stack([1 - scores, scores], 1) if positive_class == 1 else np.stack([scores, 1 - scores], 1)
+    overall = domain_metrics(target, probs, threshold=threshold, positive_class=positive_class, n_bootstrap=0)
+    return {"n": int(len(scores)), "threshold": float(threshold), "auc": overall["auc"],
+            "sensitivity": overall["sensitivity"], "specificity": overall["specificity"],
+            "groups": group_table(scores, target, groups, threshold),
+            "pairs": pairwise_auc(scores, groups, positive, negative)}
+
+
+def _markdown(run_dir: Path, center: str, result: dict, group_field: str, tta: str) -> str:
+    out = [f"# Subgroups of {center} ({run_dir})", "",
+           f"{result['n']} images of the held-out center, scored once with TTA = {tta}; subgroups from "
+           f"`{group_field}`. Overall AUC {result['auc']:.3f}, sensitivity {result['sensitivity']:.3f}, "
+           f"specificity {result['specificity']:.3f} at the source-validation threshold "
+           f"{result['threshold']:.3f}.", "",
+           "| subgroup | target | n | mean score | flagged positive |", "|---|---|---|---|---|"]
+    for g in result["groups"]:
+        out.append(f"| {g['group']} | {'/'.join(map(str, g['target']))} | {g['n']} | {g['mean_score']:.3f} | "
+                   f"{g['flagged_positive']:.3f} |")
+    negatives = list(dict.fromkeys(p["negative"] for p in result["pairs"]))
+    positives = list(dict.fromkeys(p["positive"] for p in result["pairs"]))
+    auc = {(p["positive"], p["negative"]): p["auc"] for p in result["pairs"]}
+    out += ["", "AUC of each positive subgroup (rows) against each negative subgroup (columns); "
+            f"below 0.5 the model ranks that negative subgroup *above* the positive one; '-' = under "
+            f"{MIN_GROUP} images.", "",
+            "| positive \\ negative | " + " | ".join(negatives) + " |", "|---|" + "---|" * len(negatives)]
+    for p in positives:
+        cells = ["-" if auc[p, n] is None else f"{auc[p, n]:.3f}" for n in negatives]
+        out.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot_pairs(result: dict, title: str, path: Path) -> Path:
+    from hybrid.reporting import new_figure, save_figure
+
+    negatives = list(dict.fromkeys(p["negative"] for p in result["pairs"]))
+    positives = list(dict.fromkeys(p["positive"] for p in result["pairs"]))
+    grid = np.full((len(positives), len(negatives)), np.nan)
+    for p in result["pairs"]:
+        if p["auc"] is not None:
+            grid[positives.index(p["positive"]), negatives.index(p["negative"])] = p["auc"]
+    fig = new_figure((1.2 + 1.0 * len(negatives), 1.2 + 0.7 * len(positives)))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap="RdBu", vmin=0.0, vmax=1.0)  # white = chance, red = ranked backwards
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, "-" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(negatives)), negatives)
+    ax.set_yticks(range(len(positives)), positives)
+    ax.set_xlabel("negative subgroup")
+    ax.set_ylabel("positive subgroup")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label="AUC")
+    return save_figure(fig, path)
+
+
+def run_subgroups(run_dir: Path, group_field: str, centers=None, tta: str | None = None, root=None,
+                  threads: int | None = None) -> dict[str, dict]:
+    import torch
+
+    from hybrid.evaluate import load_run, predict_probs, source_threshold, split_to_tensors
+    from hybrid.train import load_bundle
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg, model, ckpt, backend = load_run(run_dir)
+    backend.close()
+    if not cfg.dataset.endswith(".npz"):
+        raise DataError(f"{run_dir} was trained on {cfg.dataset}, which has no real centers; subgroup "
+                        "analysis needs a run on a multi-center .npz")
+    tta = tta or cfg.tta
+    bundle = load_bundle(cfg, root)
+    if bundle.n_classes != 2:
+        raise DataError(f"{run_dir} predicts {bundle.n_classes} classes; subgroup analysis needs a binary target")
+    held_out = list(bundle.test_domains)
+    if not held_out:
+        raise DataError(f"{run_dir} holds no center out; train with --test-centers to analyse one")
+    chosen = held_out if centers is None else [bundle.center_names[i] for i in
+                                              resolve_centers(centers, bundle.center_names, "--centers")]
+    trained = [c for c in chosen if c not in held_out]
+    if trained:
+        raise DataError(f"centers {trained} were used for training; only held-out centers ({', '.join(held_out)}) "
+                        "can be analysed")
+    path = resolve_dataset_path(cfg.dataset, root)
+    with np.load(path) as npz:
+        if group_field not in npz.files:
+            raise DataError(f"{path.name} has no array {group_field!r}; it has {sorted(npz.files)}")
+        groups_all = np.asarray(npz[group_field])
+        center_ids = np.asarray(npz[cfg.center_field])
+        names_key = group_field.removesuffix("s") + "_names"
+        names = [str(x) for x in npz[names_key]] if names_key in npz.files else None
+    channels = ckpt["in_channels"]
+    x_val, y_val = split_to_tensors(bundle.val, cfg.input_size, channels)
+    threshold = source_threshold(model, x_val, y_val, tta=tta, positive_class=bundle.positive_class,
+                                 batch_size=cfg.eval_batch_size)
+    results = {}
+    for center in chosen:
+        split = bundle.test_domains[center]
+        # held-out centers keep file order (see load_multicenter_npz), so the subgroup array lines up
+        groups = groups_all[center_ids == bundle.center_names.index(center)]
+        if len(groups) != len(split.labels):
+            raise DataError(f"{group_field!r} does not line up with the images of {center}")
+        if names is not None:
+            groups = np.array([names[int(g)] for g in groups])
+        x, y = split_to_tensors(split, cfg.input_size, channels)
+        probs = predict_probs(model, x, tta, cfg.eval_batch_size, progress=True, desc=center)
+        scores = probs[:, bundle.positive_class]
+        result = analyse_center(scores, y.numpy(), groups.astype(str), threshold, bundle.positive_class)
+        result |= {"run": str(run_dir), "center": center, "group_field": group_field, "tta": tta}
+        stem = run_dir / f"subgroups_{center}"
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(_markdown(run_dir, center, result, group_field, tta))
+        plot_pairs(result, f"{center}: AUC per subgroup pair ({'/'.join(run_dir.parts[-2:])}, TTA {tta})", stem.with_suffix(".png"))
+        results[center] = result
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hybrid.subgroups", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="run directory of a multi-center training")
+    parser.add_argument("--group-field", default="labels", help="array of subgroups, e.g. labels (the diagnosis)")
+    parser.add_argument("--centers", help="held-out centers to analyse (default: all the run held out)")
+    parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")
+    parser.add_argument("--data-root", help="folder holding the run's .npz (default: $HYBRID_DATA_ROOT)")
+    parser.add_argument("--threads", type=int, help="torch threads")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        results = run_subgroups(Path(args.run), args.group_field, args.centers, args.tta,
+                                resolve_data_root(args.data_root), args.threads)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for center, r in results.items():
+        worst = min((p for p in r["pairs"] if p["auc"] is not None), key=lambda p: p["auc"], default=None)
+        line = f"{center}: AUC {r['auc']:.3f} over {r['n']} images"
+        if worst:
+            line += f"; weakest pair {worst['positive']} vs {worst['negative']} AUC {worst['auc']:.3f}"
+        print(line + f"; see {Path(args.run) / f'subgroups_{center}.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Is test-time adaptation helping, or is it batching? `python -m hybrid.tta_check --run RUN_DIR`.
+
+    python -m hybrid.tta_check --run runs/default                          # clean split + every center
+    python -m hybrid.tta_check --run runs/ham --domains clean,real:rosendahl --batch-sizes 64,256
+
+For each domain of a run (the clean test split, the virtual target centers, the real held-out
+centers) this measures AUC under: no adaptation; per-batch BatchNorm (`bn`) at each batch size;
+`bn` with the whole domain as one batch; `adabn` (whole-domain statistics); and, for a binary
+target, `adabn` with statistics from a subset of the domain resampled to the source class mix.
+Reading it: if `bn` moves with the batch size and the whole-domain `bn` matches `adabn`, the
+per-batch loss is batching; if the prevalence-matched statistics recover what `adabn` loses,
+the loss is the domain's class mix (label shift), otherwise its images. Writes
+`tta_check.json` and `tta_check.md` into the run directory (or `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hybrid.data import DataError, resolve_data_root
+
+log = logging.getLogger("hybrid.tta_check")
+
+
+def prevalence_matched(labels: np.ndarray, positive_class: int, prevalence: float,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Indices of a subset whose positive rate is `prevalence`, as large as the domain allows."""
+    pos, neg = np.flatnonzero(labels == positive_class), np.flatnonzero(labels != positive_class)
+    if not 0 < prevalence < 1 or not len(pos) or not len(neg):
+        raise DataError(f"cannot resample to a positive rate of {prevalence:.3f} from {len(pos)} positive and "
+                        f"{len(neg)} negative images")
+    k = int(round(prevalence / (1 - prevalence) * len(neg)))
+    if k <= len(pos):
+        return np.sort(np.concatenate([neg, rng.choice(pos, max(k, 1), replace=False)]))
+    m = int(round((1 - prevalence) / prevalence * len(pos)))  # too few positives: drop negatives instead
+    return np.sort(np.concatenate([pos, rng.choice(neg, max(m, 1), replace=False)]))
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray, positive_class: int) -> float:
+    from hybrid.metrics import domain_metrics
+
+    return float(domain_metrics(labels, probs, positive_class=positive_class, n_bootstrap=0)["auc"])
+
+
+def check_domain(model, x: torch.Tensor, y: torch.Tensor, *, positive_class: int, batch_sizes: list[int],
+                 source_prevalence: float | None, seed: int = 0) -> dict:
+    """AUC of one domain under each way of (not) adapting; see the module docstring."""
+    from hybrid.evaluate import predict_probs
+
+    labels = y.numpy()
+    row = {"n": len(labels), "positive_rate": float(np.mean(labels == positive_class)),
+           "none": _auc(labels, predict_probs(model, x, "none"), positive_class)}
+    for size in batch_sizes:
+        row[f"bn_batch{size}"] = _auc(labels, predict_probs(model, x, "bn", size), positive_class)
+    row["bn_whole_domain"] = _auc(labels, predict_probs(model, x, "bn", len(x)), positive_class)
+    row["adabn"] = _auc(labels, predict_probs(model, x, "adabn"), positive_class)
+    if source_prevalence is not None:
+        subset = prevalence_matched(labels, positive_class, source_prevalence, np.random.default_rng(seed))
+        probs = predict_probs(model, x, "adabn", statistics_from=x[subset])
+        row["adabn_prevalence_matched"] = _auc(labels, probs, positive_class)
+        row["prevalence_matched_n"] = len(subset)
+    return row
+
+
+def run_check(run_dir: Path, domains: list[str] | None, batch_sizes: list[int], root=None, seed: int = 0) -> dict:
+    from hybrid.evaluate import load_run
+    from hybrid.train import build_eval_domains, load_bundle
+
+    cfg, model, ckpt, backend = load_run(run_dir)
+    backend.close()
+    bundle = load_bundle(cfg, root or resolve_data_root(cfg.data_root))
+    available = build_eval_domains(cfg, bundle, ckpt["in_channels"])
+    chosen = domains or list(available)
+    unknown = [d for d in chosen if d not in available]
+    if unknown:
+        raise DataError(f"{run_dir} has no domain {', '.join(map(repr, unknown))}; it has {', '.join(available)}")
+    source_prevalence = None
+    if bundle.n_classes == 2:
+        source_prevalence = float(np.mean(np.asarray(bundle.train.labels) == bundle.positive_class))
+    from tqdm.auto import tqdm
+
+    rows = {}
+    for name in tqdm(chosen, desc="domains", unit="domain"):
+        x, y = available[name]
+        rows[name] = check_domain(model, x, y, positive_class=bundle.positive_class, batch_sizes=batch_sizes,
+                                  source_prevalence=source_prevalence, seed=seed)
+    return {"run": str(run_dir), "source_positive_rate": source_prevalence, "batch_sizes": batch_sizes,
+            "seed": seed, "domains": rows}
+
+
+def to_markdown(result: dict) -> str:
+    columns = ["none", *(f"bn_batch{b}" for b in result["batch_sizes"]), "bn_whole_domain", "adabn"]
+    if result["source_positive_rate"] is not None:
+        columns.append("adabn_prevalence_matched")
+    lines = [f"# TTA check of {result['run']}", "",
+             "AUC per domain. bn_batchN: per-batch BatchNorm statistics in batches of N; bn_whole_domain: the "
+             "whole domain as one batch; adabn: whole-domain statistics, prediction per image; "
+             "adabn_prevalence_matched: statistics from a subset resampled to the source positive rate"
+             + (f" ({result['source_positive_rate']:.3f})." if result["source_positive_rate"] is not None else "."),
+             "", "| domain | n | positive rate | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 3)]
+    for name, row in result["domains"].items():
+        cells = [name, str(row["n"]), f"{row['positive_rate']:.3f}", *(f"{row[c]:.3f}" for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hybrid.tta_check", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="run directory written by hybrid.train")
+    parser.add_argument("--domains", help="comma-separated domains (default: all; e.g. clean,real:rosendahl)")
+    parser.add_argument("--batch-sizes", default="64,256", help="per-batch bn batch sizes to try (default: 64,256)")
+    parser.add_argument("--data-root", help="folder holding the run's data (default: $HYBRID_DATA_ROOT)")
+    parser.add_argument("--out", help="folder for tta_check.json/.md (default: the run directory)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prevalence-matched subset")
+    parser.add_argument("--threads", type=int, help="torch threads")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+        if not batch_sizes or min(batch_sizes) < 2:
+            raise ValueError
+    except ValueError:
+        print(f"error: --batch-sizes takes comma-separated sizes of at least 2, got {args.batch_sizes!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        domains = [d for d in args.domains.split(",") if d] if args.domains else None
+        result = run_check(Path(args.run), domains, batch_sizes, resolve_data_root(args.data_root), args.seed)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tta_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = to_markdown(result)
+    (out / "tta_check.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
