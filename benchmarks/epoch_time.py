@@ -3,8 +3,8 @@
     python -m benchmarks.epoch_time                 # default config, real PneumoniaMNIST
     python -m benchmarks.epoch_time --steps 20      # time 20 optimizer steps per variant
 
-Each variant runs the real training step (shift simulation, augmentation, DANN, backward,
-AdamW) on real images; variants alternate over several rounds so drift in machine load
+Each variant runs the real training step, the algorithm's own `update` (shift simulation and
+augmentation as `hybrid.fit` does them, then DANN's forward, backward and AdamW step) on real images; variants alternate over several rounds so drift in machine load
 hits both alike, and the median step time is extrapolated to a full epoch.
 """
 
@@ -21,13 +21,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from hybrid.algorithms import make_algorithm
 from hybrid.config import TrainConfig
 from hybrid.data import load_dataset, resolve_data_root
-from hybrid.evaluate import split_to_tensors
-from hybrid.model import HybridNet, domain_loss
-from hybrid.train import DomainSampler, _translate
+from hybrid.domains import DomainSampler, split_to_tensors
+from hybrid.fit import make_batch
+from hybrid.model import HybridNet
 
 log = logging.getLogger("benchmarks.epoch_time")
 GOAL_OVERHEAD = 0.10
@@ -36,21 +36,18 @@ GOAL_OVERHEAD = 0.10
 def _step_timer(cfg: TrainConfig, x, y, centers):
     torch.manual_seed(cfg.seed)
     sampler = DomainSampler(cfg, centers)
-    model = HybridNet(cfg, x.shape[1], int(y.max()) + 1, sampler.n_domains)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    network = HybridNet(cfg.model_config(), x.shape[1], int(y.max()) + 1)
+    # a long schedule, so the timed steps never run past it; the DANN strength is mid-schedule
+    total_steps = 1_000_000
+    algorithm = make_algorithm(cfg.algorithm, network, cfg, n_domains=sampler.n_domains, total_steps=total_steps)
+    algorithm.train()
     generator = torch.Generator().manual_seed(0)
 
     def step() -> float:
         idx = torch.randint(0, len(y), (cfg.batch_size,), generator=generator)
         t0 = time.perf_counter()
-        domains = sampler.draw(idx, generator)
-        xb = _translate(sampler.shift(x[idx], domains, generator), 2, generator)
-        logits, domain_logits = model.forward_train(xb, 0.5)
-        loss = F.cross_entropy(logits, y[idx]) + domain_loss(domain_logits, domains)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        xb, domains = make_batch(sampler, x, idx, generator, augment=True)
+        algorithm.update(xb, y[idx], domains, total_steps // 2)
         return time.perf_counter() - t0
 
     return step

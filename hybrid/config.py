@@ -7,7 +7,6 @@ their choices are made in `hybrid.cli`.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path

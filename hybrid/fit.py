@@ -25,7 +25,7 @@ from hybrid.domains import DomainSampler, random_translate
 from hybrid.inference import predict_probs
 from hybrid.metrics import domain_metrics
 from hybrid.rundir import atomic_save
-from hybrid.tta import bn_layers, estimate_batchnorm_statistics
+from hybrid.batchnorm import bn_layers, estimate_batchnorm_statistics
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,16 @@ def validation_scores(model, data: TrainingData, batch_size: int) -> tuple[float
     return m["auc"], loss
 
 
+def make_batch(sampler: DomainSampler, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator,
+               augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `update` sees: each sample's center drawn, that center's shift applied, then augmentation."""
+    domains = sampler.draw(idx, generator)
+    xb = sampler.shift(x[idx], domains, generator)
+    if augment:
+        xb = random_translate(xb, MAX_TRANSLATION, generator)
+    return xb, domains
+
+
 def train_epoch(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, epoch: int,
                 generator: torch.Generator, progress: bool) -> tuple[dict, torch.Tensor]:
     """One epoch of updates; returns the sample-weighted means of what `update` logged, and the order."""
@@ -84,10 +94,7 @@ def train_epoch(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, epoc
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         if len(idx) < 2:
             continue  # BatchNorm needs two samples
-        domains = data.sampler.draw(idx, generator)
-        xb = data.sampler.shift(data.x_train[idx], domains, generator)
-        if cfg.augment:
-            xb = random_translate(xb, MAX_TRANSLATION, generator)
+        xb, domains = make_batch(data.sampler, data.x_train, idx, generator, cfg.augment)
         last = algorithm.update(xb, data.y_train[idx], domains, epoch * steps_per_epoch + step)
         n_seen += len(idx)
         for key, value in last.items():

@@ -28,13 +28,15 @@ lets domain-level methods collect statistics without running its tail.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from copy import deepcopy
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from hybrid.batchnorm import (BatchNormForward, bn_layers, estimate_batchnorm_statistics, flags_kept, restore_flags,
+                              save_flags, use_batch_stats)
 
 TTA_METHODS: dict[str, type["TTAMethod"]] = {}
 
@@ -62,94 +64,9 @@ def make_tta(name: str, model: nn.Module, **kwargs) -> "TTAMethod":
 # ---------------------------------------------------------------------------- helpers
 
 
-@runtime_checkable
-class BatchNormForward(Protocol):
-    """A model whose ``batchnorm_forward(x)`` runs every BatchNorm layer it has (its front part).
-
-    Domain-level statistics are collected with it, so that a tail without BatchNorm (a quantum
-    layer that may be remote) is not run just to collect them.
-    """
-
-    def batchnorm_forward(self, x: torch.Tensor) -> torch.Tensor: ...
-
-
-@torch.no_grad()
-def estimate_batchnorm_statistics(layers: list[_BatchNorm], forward: Callable[[torch.Tensor], object],
-                                  x: torch.Tensor, batch_size: int) -> None:
-    """Replace the running statistics of ``layers`` with averages over ``x``, in chunks.
-
-    The chunks' statistics are averaged with equal weight per chunk (``momentum=None`` is a
-    cumulative average), so a short last chunk counts a little more than its share. Chunks of
-    one sample are skipped (BatchNorm1d cannot take their statistics). The caller puts the
-    layers in train mode; their momenta are restored here. Used by precise BN after each
-    training epoch and by AdaBN at test time.
-    """
-    momenta = [bn.momentum for bn in layers]
-    for bn in layers:
-        bn.reset_running_stats()
-        bn.momentum = None
-    try:
-        for start in range(0, len(x), batch_size):
-            chunk = x[start:start + batch_size]
-            if len(chunk) > 1:
-                forward(chunk)
-    finally:
-        for bn, momentum in zip(layers, momenta):
-            bn.momentum = momentum
-
-
-def bn_layers(model: nn.Module) -> list[_BatchNorm]:
-    """All BatchNorm layers (1d/2d/3d/sync) of ``model``, in module order."""
-    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
-
-
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy of the softmax of each row of ``logits``."""
     return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
-
-
-def _save_flags(model: nn.Module) -> tuple[list[bool], list[bool], list[bool]]:
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [bn.track_running_stats for bn in bn_layers(model)],
-    )
-
-
-def _restore_flags(model: nn.Module, flags: tuple[list[bool], list[bool], list[bool]]) -> None:
-    training, requires_grad, tracking = flags
-    for m, t in zip(model.modules(), training):
-        m.training = t
-    for p, r in zip(model.parameters(), requires_grad):
-        p.requires_grad_(r)
-    for bn, t in zip(bn_layers(model), tracking):
-        bn.track_running_stats = t
-
-
-@contextmanager
-def _flags_kept(model: nn.Module):
-    """Undo any mode / requires_grad / BN-tracking change made inside the block."""
-    flags = _save_flags(model)
-    try:
-        yield
-    finally:
-        _restore_flags(model, flags)
-
-
-def use_batch_stats(model: nn.Module, kinds: tuple[type, ...] = (_BatchNorm,)) -> nn.Module:
-    """Put ``model`` in eval mode except BN layers of ``kinds``, which normalise with batch statistics.
-
-    Train-mode BN normalises with the batch mean and (biased) variance; turning off
-    ``track_running_stats`` stops it from also overwriting the stored source statistics,
-    while keeping the buffers, so ``state_dict`` keeps its keys. Dropout and every other
-    layer stay in eval mode: only the normalisation should change at test time.
-    """
-    model.eval()
-    for bn in bn_layers(model):
-        if isinstance(bn, kinds):
-            bn.train()
-            bn.track_running_stats = False
-    return model
 
 
 def configure_model(model: nn.Module) -> nn.Module:
@@ -210,7 +127,7 @@ class TTAMethod:
     def __init__(self, model: nn.Module):
         self.model = model
         self._model_state = deepcopy(model.state_dict())
-        self._flags = _save_flags(model)
+        self._flags = save_flags(model)
         self.batches_seen = 0
         self.adapted_batches = 0
         self.adapted_steps = 0
@@ -236,7 +153,7 @@ class TTAMethod:
     def reset(self) -> None:
         """Restore the parameters, buffers and flags the model had when wrapped."""
         self.model.load_state_dict(self._model_state)  # copies in place: optimizers stay valid
-        _restore_flags(self.model, self._flags)
+        restore_flags(self.model, self._flags)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -250,7 +167,7 @@ class TTAMethod:
 
     @torch.no_grad()
     def _source_logits(self, x: torch.Tensor) -> torch.Tensor:
-        with _flags_kept(self.model):
+        with flags_kept(self.model):
             return self.model.eval()(x)
 
 
@@ -290,7 +207,7 @@ class BatchNormAdapt(TTAMethod):
         if x.shape[0] < self.min_batch:
             self.fallback_batches += 1
             return self._source_logits(x)
-        with _flags_kept(self.model):
+        with flags_kept(self.model):
             logits = use_batch_stats(self.model, self.kinds)(x)
         self.adapted_batches += 1
         return logits
@@ -339,7 +256,7 @@ class DomainBatchNormAdapt(TTAMethod):
             return
         forward = self._statistics_forward(forward)
         layers = bn_layers(self.model)
-        with _flags_kept(self.model):
+        with flags_kept(self.model):
             self.model.eval()
             for bn in layers:
                 bn.track_running_stats = True
@@ -424,7 +341,7 @@ class Tent(TTAMethod):
             self.fallback_batches += 1
             return self._source_logits(x)
         try:
-            with _flags_kept(self.model):
+            with flags_kept(self.model):
                 configure_model(self.model)
                 logits = self._adapt(x)
         finally:

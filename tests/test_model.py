@@ -1,35 +1,16 @@
-"""Model pieces: gradient reversal, DANN schedule, encoder variants, quantum head, pretrained file."""
+"""Model pieces: encoder variants, quantum head, input filter, pretrained file, legacy checkpoints."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import pytest
 import torch
 
-from hybrid.config import TrainConfig
-from hybrid.model import HybridNet, build_encoder, dann_lambda, grad_reverse
+from hybrid.config import ModelConfig
+from hybrid.model import HybridNet, build_encoder
 
-SMALL = TrainConfig(width_mult=0.35, stem_stride=2, embed_dim=16, input_size=28)
-
-
-def test_gradient_reversal_is_identity_forward_and_negates_backward():
-    x = torch.randn(5, 3, requires_grad=True)
-    y = grad_reverse(x, 0.7)
-    assert torch.equal(y, x)
-    upstream = torch.randn(5, 3)
-    y.backward(upstream)
-    torch.testing.assert_close(x.grad, -0.7 * upstream)
-
-
-def test_dann_schedule():
-    assert dann_lambda(0.0) == 0.0
-    assert dann_lambda(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
-    assert dann_lambda(0.5, max_lambda=0.3) == pytest.approx(0.3 * (2 / (1 + math.exp(-5)) - 1))
-    values = [dann_lambda(p / 10) for p in range(11)]
-    assert values == sorted(values)
-    assert dann_lambda(2.0) == dann_lambda(1.0)  # clamped
+SMALL = ModelConfig(width_mult=0.35, stem_stride=2, embed_dim=16)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -37,10 +18,10 @@ def test_dann_schedule():
 def test_hybrid_net_shapes_and_gradients_reach_encoder(channels, quantum):
     torch.manual_seed(0)
     cfg = replace(SMALL, quantum=quantum)
-    model = HybridNet(cfg, in_channels=channels, n_classes=3, n_domains=4)
+    model = HybridNet(cfg, in_channels=channels, n_classes=3)
     x = torch.rand(6, channels, 28, 28)
-    logits, domain_logits = model.forward_train(x, lam=0.5)
-    assert logits.shape == (6, 3) and domain_logits.shape == (6, 4)
+    logits = model(x)
+    assert logits.shape == (6, 3) and model.features(x).shape == (6, 16)
     assert (model.quantum is not None) == quantum
     logits.sum().backward()
     stem = model.encoder[0][0][0]
@@ -50,40 +31,30 @@ def test_hybrid_net_shapes_and_gradients_reach_encoder(channels, quantum):
         assert model.project.weight.grad.abs().sum() > 0
 
 
-def test_discriminator_gradient_is_reversed_into_features():
-    torch.manual_seed(0)
-    model = HybridNet(SMALL, in_channels=1, n_classes=2, n_domains=3)
-    model.eval()  # deterministic features (no dropout, running BN stats)
-    x = torch.rand(4, 1, 28, 28)
-    domains = torch.tensor([0, 1, 2, 0])
-
-    def embed_grad(lam):
-        model.zero_grad()
-        _, d = model.forward_train(x, lam)
-        torch.nn.functional.cross_entropy(d, domains).backward()
-        return model.embed[0].weight.grad.clone()
-
-    g_pos, g_neg = embed_grad(1.0), embed_grad(0.25)
-    torch.testing.assert_close(g_neg, 0.25 * g_pos)  # scaled by lambda...
-    model.zero_grad()
-    f = model.features(x)
-    torch.nn.functional.cross_entropy(model.discriminator(f), domains).backward()
-    torch.testing.assert_close(model.embed[0].weight.grad, -g_pos)  # ...and reversed in sign
-
-
 def test_no_quantum_model_has_no_quantum_parameters():
-    model = HybridNet(replace(SMALL, quantum=False), 1, 2, 1)
+    model = HybridNet(replace(SMALL, quantum=False), 1, 2)
     assert not any("quantum" in name for name, _ in model.named_parameters())
-    assert model.discriminator is None
+    assert not any("discriminator" in name for name, _ in model.named_parameters())  # the algorithm's, not the net's
+
+
+def test_legacy_checkpoint_keys_of_the_discriminator_are_dropped():
+    torch.manual_seed(0)
+    model = HybridNet(replace(SMALL, quantum=False), 1, 2).eval()
+    old = dict(model.state_dict()) | {"discriminator.0.weight": torch.zeros(128, 16)}
+    fresh = HybridNet(replace(SMALL, quantum=False), 1, 2).eval()
+    fresh.load_network_state(old)
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(fresh(x), model(x))
+    with pytest.raises(RuntimeError, match="Unexpected"):
+        fresh.load_network_state(dict(model.state_dict()) | {"encoder.extra": torch.zeros(1)})
 
 
 def test_input_smoothing_is_a_fixed_blur_in_front_of_the_same_network():
     from hybrid.shifts import gaussian_blur
 
     torch.manual_seed(0)
-    plain = HybridNet(replace(SMALL, quantum=False), in_channels=1, n_classes=2, n_domains=1).eval()
-    smooth = HybridNet(replace(SMALL, quantum=False, input_smoothing=0.8), in_channels=1, n_classes=2,
-                       n_domains=1).eval()
+    plain = HybridNet(replace(SMALL, quantum=False, input_smoothing=0.0), in_channels=1, n_classes=2).eval()
+    smooth = HybridNet(replace(SMALL, quantum=False, input_smoothing=0.8), in_channels=1, n_classes=2).eval()
     smooth.load_state_dict(plain.state_dict())  # no new parameters: the filter is fixed
     x = torch.rand(3, 1, 28, 28)
     torch.testing.assert_close(smooth.features(x), plain.features(gaussian_blur(x, 0.8)))

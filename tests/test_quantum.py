@@ -223,3 +223,60 @@ def test_build_circuit_is_single_source_of_truth():
     assert len(spec.input_params) == 4
     assert len(spec.weight_params) == 4 * 3  # RealAmplitudes: (reps + 1) * n
     assert [str(o.paulis[0]) for o in spec.observables] == ["IIIZ", "IIZI", "IZII", "ZIII"]
+
+
+def _edge_circuits():
+    """Circuits whose angles are constants or weights where the compiler has no batch."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import ParameterVector
+
+    x, w = ParameterVector("x", 2), ParameterVector("w", 3)
+    cases = {}
+    qc = QuantumCircuit(2)  # constant prefix with a numeric angle, no inputs at all
+    qc.rx(0.3, 0)
+    qc.h(1)
+    cases["constant-prefix-angle"] = (qc, [], [])
+    qc = QuantumCircuit(2)  # the same, followed by input-dependent gates
+    qc.rx(0.3, 0)
+    qc.h(1)
+    qc.cx(0, 1)
+    qc.rx(x[0], 0)
+    qc.ry(x[1], 1)
+    cases["constant-prefix-angle-inputs"] = (qc, list(x), [])
+    qc = QuantumCircuit(2)  # fused runs with numeric angles only, and a constant CRX
+    qc.ry(x[0], 0)
+    qc.ry(x[1], 1)
+    qc.cx(0, 1)
+    qc.ry(0.3, 0)
+    qc.ry(-0.2, 1)
+    qc.crx(0.7, 1, 0)
+    cases["constant-fused-angles"] = (qc, list(x), [])
+    qc = QuantumCircuit(2)  # three-parameter gates with weights in a fused run
+    qc.ry(x[0], 0)
+    qc.ry(x[1], 1)
+    qc.cx(0, 1)
+    qc.u(w[0], w[1], w[2], 0)
+    qc.u(w[1], 0.2, w[0], 1)
+    cases["fused-u-weights"] = (qc, list(x), list(w))
+    qc = QuantumCircuit(2)  # the same gate sequence on every qubit, three parameters each
+    qc.u(x[0], w[0], 0.3, 0)
+    qc.u(x[1], w[1], w[2], 1)
+    qc.cx(0, 1)
+    cases["uniform-prefix-u"] = (qc, list(x), list(w))
+    return cases
+
+
+@pytest.mark.parametrize("name", list(_edge_circuits()))
+def test_constant_and_multi_parameter_angles_match_qiskit(name):
+    from qiskit.quantum_info import SparsePauliOp, Statevector
+
+    qc, x, w = _edge_circuits()[name]
+    obs = [SparsePauliOp(p) for p in ("IZ", "XI", "YZ")]
+    program = compile_circuit(qc, x, w, obs)
+    xs = torch.tensor([[0.4, -1.1], [2.3, 0.6]], dtype=torch.float64)[:, : len(x)]
+    ws = torch.tensor([0.5, -0.9, 1.3], dtype=torch.float64)[: len(w)]
+    out = program(xs, ws).numpy()
+    assert out.shape == (2, 3)
+    for i, row in enumerate(xs.numpy()):
+        sv = Statevector(qc.assign_parameters(dict(zip(x, row)) | dict(zip(w, ws.numpy()))))
+        np.testing.assert_allclose(out[i], [sv.expectation_value(o).real for o in obs], atol=1e-10)

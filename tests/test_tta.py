@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybrid.tta import TTA_METHODS, make_tta, softmax_entropy
+from hybrid.tta import TTA_METHODS, BatchNormForward, make_tta, softmax_entropy
 
 
 class SmallCNN(nn.Module):
@@ -211,7 +211,7 @@ def test_adabn_normalises_with_the_whole_domains_statistics():
 
 
 def test_adabn_scores_do_not_depend_on_batch_companions():
-    from hybrid.evaluate import predict_probs
+    from hybrid.inference import predict_probs
 
     model = trained_like(SmallCNN())
     snap = snapshot(model)
@@ -258,22 +258,23 @@ def test_adabn_small_domain_keeps_source_statistics():
 
 
 def test_adabn_collects_hybrid_net_statistics_without_running_the_quantum_layer():
-    from hybrid.config import TrainConfig
+    from hybrid.config import ModelConfig
     from hybrid.model import HybridNet
 
     torch.manual_seed(0)
-    model = HybridNet(TrainConfig(width_mult=0.35, embed_dim=16, input_size=28), in_channels=1, n_classes=2,
-                      n_domains=1).eval()
+    model = HybridNet(ModelConfig(width_mult=0.35, embed_dim=16), in_channels=1, n_classes=2).eval()
     x = torch.rand(24, 1, 28, 28)
     calls = []
     model.quantum.register_forward_hook(lambda *_: calls.append(1))
     via_front = make_tta("adabn", model)
-    via_front.prepare(x, model.batchnorm_forward)
+    via_front.prepare(x)  # HybridNet declares batchnorm_forward, so adabn uses it by default
+    assert isinstance(model, BatchNormForward)
     assert not calls  # a remote quantum layer would have been sent jobs for nothing
     stats_front = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     via_front.reset()
     via_model = make_tta("adabn", model)
-    via_model.prepare(x)  # the whole model: the same statistics, so the front holds every BN layer
+    via_model.prepare(x, model)  # the whole model: the same statistics, so the front holds every BN layer
+    assert calls
     for k, v in model.state_dict().items():
         if "running" in k:
             torch.testing.assert_close(v, stats_front[k], msg=k)
@@ -394,3 +395,29 @@ def test_models_tent_cannot_adapt_fail_loudly():
     with pytest.raises(ValueError, match="affine"):
         make_tta("tent", no_affine)
     assert make_tta("bn", no_affine.eval()).predict(target_batch(n=16)).shape == (16, 2)
+
+
+def test_methods_declare_whether_they_need_gradients():
+    assert TTA_METHODS["tent"].needs_gradients
+    assert not any(cls.needs_gradients for name, cls in TTA_METHODS.items() if name != "tent")
+
+
+def test_adabn_and_precise_bn_share_one_statistics_estimate():
+    """Both are `estimate_batchnorm_statistics`: equal-weight chunk averages of the batch statistics."""
+    from hybrid.fit import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm1d(3)
+    x = torch.randn(10, 3) * 2 + 1
+    recalibrate_batchnorm(bn, x, batch_size=4)  # chunks of 4, 4, 2
+    chunks = [x[:4], x[4:8], x[8:]]
+    torch.testing.assert_close(bn.running_mean, torch.stack([c.mean(0) for c in chunks]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([c.var(0) for c in chunks]).mean(0))
+    assert bn.momentum == 0.1  # restored
+    model = torch.nn.Sequential(bn).eval()
+    adabn = make_tta("adabn", model, stats_batch_size=4, min_samples=2)
+    before = bn.running_mean.clone()
+    adabn.prepare(x + 5)
+    torch.testing.assert_close(bn.running_mean, before + 5)
+    adabn.reset()
+    torch.testing.assert_close(bn.running_mean, before)

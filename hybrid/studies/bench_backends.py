@@ -98,7 +98,7 @@ def select_domains(domains: dict, names: list[str] | None, samples: int, seed: i
 def bench_backend(model, domains: dict, make_runner, *, ckpt: dict, tta: str, batch_size: int, exact_program,
                   weight: torch.Tensor) -> dict:
     """Metrics, output error and cost of one backend on `domains` (the model is left unchanged)."""
-    from hybrid.evaluate import predict_probs
+    from hybrid.inference import predict_probs
     from hybrid.metrics import domain_metrics
 
     recorder = _Recorder(make_runner)
@@ -144,8 +144,8 @@ def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: li
 
     from backends import JobError, get_backend, parse_backend_spec
     from hybrid.data import resolve_data_root
-    from hybrid.evaluate import load_run
-    from hybrid.train import build_eval_domains, load_bundle
+    from hybrid.rundir import load_run
+    from hybrid.domains import build_eval_domains, load_bundle
 
     cfg, model, ckpt, _ = load_run(run_dir, "statevector")
     if model.quantum is None:

@@ -65,8 +65,8 @@ class ModelData:
 
     def __call__(self, run: Run):
         from hybrid.data import resolve_data_root
-        from hybrid.evaluate import load_run
-        from hybrid.train import build_eval_domains, load_bundle
+        from hybrid.rundir import load_run
+        from hybrid.domains import build_eval_domains, load_bundle
 
         cfg, model, ckpt, _ = load_run(run.path)
         key = (cfg.dataset, cfg.size, cfg.input_size, cfg.seed, cfg.label_field, cfg.center_field,
@@ -79,7 +79,7 @@ class ModelData:
 
 def roc_on_hardest(runs: list[Run], names: list[str], path: Path, models: ModelData) -> dict:
     """ROC of each variant's lowest seed on the center with the lowest mean AUC (TTA as trained)."""
-    from hybrid.evaluate import predict_probs
+    from hybrid.inference import predict_probs
     from hybrid.metrics import domain_metrics
     from hybrid.reporting import plot_roc_curves
 

@@ -124,8 +124,10 @@ def run_subgroups(run_dir: Path, group_field: str, centers=None, tta: str | None
                   threads: int | None = None) -> dict[str, dict]:
     import torch
 
-    from hybrid.evaluate import load_run, predict_probs, source_threshold, split_to_tensors
-    from hybrid.train import load_bundle
+    from hybrid.domains import split_to_tensors
+    from hybrid.inference import predict_probs, source_threshold
+    from hybrid.rundir import load_run
+    from hybrid.domains import load_bundle
 
     if threads:
         torch.set_num_threads(threads)

@@ -52,7 +52,7 @@ def _auc(labels: np.ndarray, probs: np.ndarray, positive_class: int) -> float:
 def check_domain(model, x: torch.Tensor, y: torch.Tensor, *, positive_class: int, batch_sizes: list[int],
                  source_prevalence: float | None, seed: int = 0) -> dict:
     """AUC of one domain under each way of (not) adapting; see the module docstring."""
-    from hybrid.evaluate import predict_probs
+    from hybrid.inference import predict_probs
 
     labels = y.numpy()
     row = {"n": len(labels), "positive_rate": float(np.mean(labels == positive_class)),
@@ -70,8 +70,8 @@ def check_domain(model, x: torch.Tensor, y: torch.Tensor, *, positive_class: int
 
 
 def run_check(run_dir: Path, domains: list[str] | None, batch_sizes: list[int], root=None, seed: int = 0) -> dict:
-    from hybrid.evaluate import load_run
-    from hybrid.train import build_eval_domains, load_bundle
+    from hybrid.rundir import load_run
+    from hybrid.domains import build_eval_domains, load_bundle
 
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()

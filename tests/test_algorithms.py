@@ -1,0 +1,137 @@
+"""Training algorithms: every registered one builds, updates and predicts; DANN's pieces; resume."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from hybrid.algorithms import ALGORITHMS, Algorithm, dann_lambda, grad_reverse, make_algorithm
+from hybrid.config import TrainConfig
+from hybrid.model import HybridNet
+
+CFG = TrainConfig(width_mult=0.35, stem_stride=2, embed_dim=16, input_size=16, lr=1e-2, quantum=False)
+N_DOMAINS = 3
+
+
+def build(name: str, cfg: TrainConfig = CFG, n_domains: int = N_DOMAINS, seed: int = 0) -> Algorithm:
+    torch.manual_seed(seed)
+    network = HybridNet(cfg.model_config(), in_channels=1, n_classes=2)
+    return make_algorithm(name, network, cfg, n_domains=n_domains, total_steps=10)
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(8, 1, 16, 16, generator=g)
+    y = torch.tensor([0, 1] * 4)
+    x[y == 1, :, 4:12, 4:12] += 0.5  # learnable
+    return x, y, torch.arange(8) % N_DOMAINS
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_builds_updates_and_predicts(name):
+    algorithm = build(name)
+    assert algorithm.name == name and isinstance(algorithm, torch.nn.Module)
+    before = {k: v.clone() for k, v in algorithm.network.state_dict().items()}
+    x, y, domains = batch()
+    logs = [algorithm.update(x, y, domains, step) for step in range(3)]
+    for log in logs:
+        assert {"loss", "cls_loss"} <= set(log) and all(isinstance(v, float) for v in log.values())
+        assert all(math.isfinite(v) for v in log.values())
+    changed = [k for k, v in algorithm.network.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("encoder") for k in changed) and any(k.startswith("classifier") for k in changed)
+    algorithm.eval()
+    logits = algorithm.predict(x)
+    assert logits.shape == (8, 2)
+    torch.testing.assert_close(logits, algorithm.network(x))  # what is saved and evaluated is the network
+    assert algorithm.learning_rate() > 0
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_resumes_exactly(name):
+    x, y, domains = batch()
+    straight = build(name)
+    torch.manual_seed(1)
+    for step in range(4):
+        straight.update(x, y, domains, step)
+    first = build(name)
+    torch.manual_seed(1)
+    for step in range(2):
+        first.update(x, y, domains, step)
+    dropout_rng = torch.get_rng_state()
+    resumed = build(name, seed=5)  # different initial weights: everything must come from the state
+    resumed.load_training_state(first.training_state())
+    torch.set_rng_state(dropout_rng)  # dropout draws from the global generator
+    for step in range(2, 4):
+        resumed.update(x, y, domains, step)
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, msg=k)
+
+
+def test_unknown_algorithm_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid names are: .*dann.*erm"):
+        build("coral_typo")
+
+
+def test_dann_needs_two_domains():
+    with pytest.raises(ValueError, match="at least two training domains"):
+        build("dann", n_domains=1)
+    assert build("erm", n_domains=1).update(*batch(), step=0)["loss"] > 0
+
+
+def test_gradient_reversal_is_identity_forward_and_negates_backward():
+    x = torch.randn(5, 3, requires_grad=True)
+    y = grad_reverse(x, 0.7)
+    assert torch.equal(y, x)
+    upstream = torch.randn(5, 3)
+    y.backward(upstream)
+    torch.testing.assert_close(x.grad, -0.7 * upstream)
+
+
+def test_dann_schedule():
+    assert dann_lambda(0.0) == 0.0
+    assert dann_lambda(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert dann_lambda(0.5, max_lambda=0.3) == pytest.approx(0.3 * (2 / (1 + math.exp(-5)) - 1))
+    values = [dann_lambda(p / 10) for p in range(11)]
+    assert values == sorted(values)
+    assert dann_lambda(2.0) == dann_lambda(1.0)  # clamped
+
+
+def test_dann_reverses_the_discriminator_gradient_into_the_embedding():
+    dann = build("dann", replace(CFG, dann_weight=1.0))
+    dann.eval()  # deterministic features (no dropout, running BN stats)
+    x, _, domains = batch()
+    net = dann.network
+
+    def embed_grad(lam, reverse=True):
+        dann.zero_grad()
+        f = net.features(x)
+        d = dann.discriminator(grad_reverse(f, lam) if reverse else f)
+        torch.nn.functional.cross_entropy(d, domains).backward()
+        return net.embed[0].weight.grad.clone()
+
+    g_pos, g_small = embed_grad(1.0), embed_grad(0.25)
+    torch.testing.assert_close(g_small, 0.25 * g_pos)  # scaled by lambda...
+    torch.testing.assert_close(embed_grad(1.0, reverse=False), -g_pos)  # ...and reversed in sign
+
+
+def test_dann_logs_its_schedule_and_domain_accuracy():
+    dann = build("dann", replace(CFG, dann_max_lambda=0.3))
+    log = dann.update(*batch(), step=5)
+    assert log["lambda"] == pytest.approx(dann_lambda(0.5, 0.3))
+    assert 0.0 <= log["domain_acc"] <= 1.0 and log["domain_loss"] > 0
+    assert log["loss"] == pytest.approx(log["cls_loss"] + CFG.dann_weight * log["domain_loss"], rel=1e-5)
+
+
+def test_checkpoint_written_before_algorithms_resumes():
+    """last.pt of older runs kept the discriminator inside `model`; it maps onto network + discriminator."""
+    source = build("dann")
+    old_model = {k.removeprefix("network."): v for k, v in source.state_dict().items()}
+    legacy = {"model": old_model, "optimizer": source.optimizer.state_dict(),
+              "scheduler": source.scheduler.state_dict()}
+    resumed = build("dann", seed=3)
+    resumed.load_training_state(legacy)
+    for k, v in source.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k
