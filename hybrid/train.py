@@ -118,9 +118,9 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     if not backend.exact:
         raise ValueError(f"training needs an exact backend; {cfg.backend!r} samples or is noisy "
                          "(train with aer, then evaluate with `python -m hybrid.evaluate --backend ...`)")
+    bundle, data = prepare_data(cfg, resolve_data_root(cfg.data_root))  # bad data fails before any file is written
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(out_dir / "config.json")
-    bundle, data = prepare_data(cfg, resolve_data_root(cfg.data_root))
     algorithm_name = resolve_algorithm(cfg, data.sampler.n_domains)
     n_domains = data.sampler.n_domains if ALGORITHMS[algorithm_name].needs_domains else 1
     target_centers = make_target_centers()

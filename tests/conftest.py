@@ -45,3 +45,21 @@ def multicenter_run(tmp_path_factory):
             "--batch-size", "32", "--n-bootstrap", "20", "--threads", "1", "--out", str(out), "--quiet"]
     assert train.main(argv) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory, data_root):
+    """The quick preset's erm and full plus a variant that fails, one seed, two worker processes.
+
+    Built once per session (tests of the study runner and of the study report read it);
+    returns (study directory, run_study's summary).
+    """
+    from dataclasses import replace
+
+    from hybrid.studies import experiment
+
+    out = tmp_path_factory.mktemp("quick_study")
+    study = experiment.build_study("quick", seeds=1, variants=["erm", "full"], overrides={"data_root": str(data_root)})
+    # the broken variant is submitted first; the others must still finish
+    study = replace(study, variants={"broken": {"dataset": "nosuchmnist"}} | study.variants)
+    return out, experiment.run_study(study, out, workers=2, progress=False)

@@ -11,6 +11,8 @@ from backends import EstimatorRunner, JobError
 from hybrid import evaluate, train
 from hybrid.studies import bench_backends
 
+pytestmark = pytest.mark.slow  # every test uses a trained run
+
 N_DOMAINS = 10  # clean + 9 virtual target centers
 TOKEN = "tok-7d1e5b-must-never-be-written"
 

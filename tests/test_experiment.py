@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -12,30 +10,14 @@ from hybrid.studies import experiment
 from hybrid.config import TrainConfig
 
 QUICK = ["--preset", "quick", "--variants", "erm,full", "--seeds", "1", "--quiet"]
-_BUILT: dict[str, Path] = {}
-
-
-def build_quick_study(tmp_path_factory, data_root) -> Path:
-    """The quick preset's erm and full plus a variant that fails, one seed, two worker processes.
-
-    Built once per session; tests/test_report.py reads it too.
-    """
-    if "dir" not in _BUILT:
-        out = tmp_path_factory.mktemp("quick_study")
-        study = experiment.build_study("quick", seeds=1, variants=["erm", "full"],
-                                       overrides={"data_root": str(data_root)})
-        # the broken variant is submitted first; the others must still finish
-        study = replace(study, variants={"broken": {"dataset": "nosuchmnist"}} | study.variants)
-        _BUILT["summary"] = experiment.run_study(study, out, workers=2, progress=False)
-        _BUILT["dir"] = out
-    return _BUILT["dir"]
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory, data_root):
-    return build_quick_study(tmp_path_factory, data_root)
+def study_dir(quick_study):
+    return quick_study[0]
 
 
+@pytest.mark.slow
 def test_study_layout_and_spec(study_dir):
     for variant in ("erm", "full"):
         run = study_dir / variant / "seed0"
@@ -52,14 +34,16 @@ def test_study_layout_and_spec(study_dir):
     assert report["summary_no_tta"] is not None and report["run"]["threads"] == 1
 
 
-def test_failed_run_is_logged_and_the_others_finish(study_dir):
-    summary = _BUILT["summary"]
+@pytest.mark.slow
+def test_failed_run_is_logged_and_the_others_finish(study_dir, quick_study):
+    summary = quick_study[1]
     assert summary["failed"] == ["broken/seed0"] and sorted(summary["finished"]) == ["erm/seed0", "full/seed0"]
     assert not experiment.is_finished(study_dir / "broken" / "seed0")
     (failure,) = [json.loads(line) for line in (study_dir / "failures.jsonl").read_text().splitlines()]
     assert failure["variant"] == "broken" and "nosuchmnist" in failure["error"] and failure["traceback"]
 
 
+@pytest.mark.slow
 def test_rerun_trains_nothing(study_dir, data_root, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in study_dir.glob("*/seed0/*") if p.is_file()}
     assert experiment.main(QUICK + ["--data-root", str(data_root), "--out", str(study_dir)]) == 0
@@ -68,6 +52,7 @@ def test_rerun_trains_nothing(study_dir, data_root, capsys):
     assert len(json.loads((study_dir / "study.json").read_text())["invocations"]) >= 2
 
 
+@pytest.mark.slow
 def test_rerun_with_another_budget_is_refused(study_dir, data_root, capsys):
     code = experiment.main(QUICK + ["--epochs", "2", "--data-root", str(data_root), "--out", str(study_dir)])
     assert code == 2 and "epochs=1" in capsys.readouterr().err

@@ -46,6 +46,7 @@ def test_committed_notebook_has_prose_and_outputs_of_one_full_run(path):
     assert path.stat().st_size < 2_000_000, "keep committed notebooks under 2 MB"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes_in_quick_mode(path, tmp_path, monkeypatch, data_root):
     monkeypatch.setenv("HYBRID_NOTEBOOK_QUICK", "1")

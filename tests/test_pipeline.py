@@ -10,6 +10,9 @@ import torch
 
 from hybrid import evaluate, train
 from hybrid.config import TrainConfig
+from hybrid.domains import CLEAN, DomainSampler
+
+pytestmark = pytest.mark.slow  # these train
 
 QUICK = ["--epochs", "3", "--max-train-samples", "1500", "--width-mult", "0.5", "--stem-stride", "2",
          "--n-bootstrap", "200", "--batch-size", "64", "--quiet"]
@@ -28,7 +31,7 @@ def test_run_directory_contents(run_dir):
                  "report.md", "results.jsonl", "roc_curves.png", "domain_auc.png", "centers.png"):
         assert (run_dir / name).is_file(), name
     cfg = TrainConfig.load(run_dir / "config.json")
-    assert cfg.epochs == 3 and cfg.quantum and cfg.dann and cfg.shift
+    assert cfg.epochs == 3 and cfg.quantum and cfg.algorithm == "dann" and cfg.shift
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     ckpt = torch.load(run_dir / "best.pt", weights_only=True)
@@ -106,7 +109,12 @@ def test_train_errors(tmp_path, capsys, data_root):
     missing = tmp_path / "empty_root"
     missing.mkdir()
     assert train.main(["--data-root", str(missing), "--out", str(tmp_path / "y"), "--quiet"]) == 2
-    assert "HYBRID_DATA_ROOT" in capsys.readouterr().err or True
+    err = capsys.readouterr().err
+    assert "pneumoniamnist.npz not found" in err and "HYBRID_DATA_ROOT" in err
+    assert not (tmp_path / "y").exists()  # refused before anything was written
+    with pytest.raises(SystemExit) as exit_info:  # argparse: choices come from the registry
+        train.main(["--algorithm", "nosuchalgorithm", "--out", str(tmp_path / "z"), "--quiet"])
+    assert exit_info.value.code == 2 and "'dann'" in capsys.readouterr().err and not (tmp_path / "z").exists()
 
 
 def test_crash_then_resume_loses_nothing(tmp_path, data_root):
@@ -130,8 +138,8 @@ def test_domain_sampler_uses_the_configured_source_sampling():
     from hybrid.shifts import make_source_centers
 
     for sampling in ("random", "stratified"):
-        sampler = train.DomainSampler(TrainConfig(seed=3, source_sampling=sampling), None)
-        assert sampler.centers == make_source_centers(4, seed=3, sampling=sampling) + [train.CLEAN]
+        sampler = DomainSampler(TrainConfig(seed=3, source_sampling=sampling), None)
+        assert sampler.centers == make_source_centers(4, seed=3, sampling=sampling) + [CLEAN]
 
 
 def test_config_saved_before_a_field_existed_loads_without_that_feature(tmp_path):

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from test_experiment import build_quick_study
 
 from hybrid.studies import report as study_report
 from hybrid.config import TrainConfig
@@ -29,7 +28,7 @@ AUC = {
     "better": lambda s, c: erm_auc(s, c) + 0.05 + 0.001 * (c + s),
     "same": lambda s, c: erm_auc(s, c) + 0.01 * (c + 1) * (-1) ** (c + s),
 }
-FLAGS = {"erm": (False, False, False), "better": (True, True, True), "same": (True, False, False)}
+FLAGS = {"erm": (False, "erm", False), "better": (True, "dann", True), "same": (True, "erm", False)}
 
 
 def metrics(auc: float) -> dict:
@@ -41,9 +40,9 @@ def metrics(auc: float) -> dict:
 def write_run(root, variant: str, seed: int) -> None:
     domains = {"clean": metrics(0.9)} | {c: metrics(AUC[variant](seed, i)) for i, c in enumerate(CENTERS)}
     no_tta = {k: metrics(m["auc"] - 0.02) for k, m in domains.items()}
-    shift, dann, quantum = FLAGS[variant]
+    shift, algorithm, quantum = FLAGS[variant]
     report = {"run": {"name": f"seed{seed}", "dataset": "synthetic", "seconds": 60.0, "best_epoch": 1, "threads": 2},
-              "config": TrainConfig(shift=shift, dann=dann, quantum=quantum, epochs=4, max_train_samples=2000,
+              "config": TrainConfig(shift=shift, algorithm=algorithm, quantum=quantum, epochs=4, max_train_samples=2000,
                                     seed=seed, tta="bn").to_dict(),
               "tta": "bn", "positive_class": 1, "unseen": CENTERS, "domains": domains,
               "summary": summarize_domains({c: domains[c] for c in CENTERS}), "domains_no_tta": no_tta,
@@ -129,8 +128,9 @@ def test_paired_test_edge_cases():
     assert low["p"] < 0.05 and low["verdict"] == "lower, significant at 0.05"
 
 
-def test_report_on_a_real_quick_study(tmp_path_factory, data_root):
-    study_dir = build_quick_study(tmp_path_factory, data_root)
+@pytest.mark.slow
+def test_report_on_a_real_quick_study(quick_study):
+    study_dir = quick_study[0]
     assert study_report.main([str(study_dir)]) == 0
     result = json.loads((study_dir / "report.json").read_text())
     assert set(result["figures"]) == {"center_auc", "roc_hardest", "features", "centers"}
@@ -167,8 +167,8 @@ def test_quantum_layer_effect_compares_variants_that_differ_only_by_the_layer(sy
     shift_auc = lambda s, c: erm_auc(s, c) + 0.03  # noqa: E731
     monkeypatch.setitem(AUC, "shift", shift_auc)
     monkeypatch.setitem(AUC, "quantum", lambda s, c: shift_auc(s, c) - 0.02 - 0.001 * c)
-    monkeypatch.setitem(FLAGS, "shift", (True, False, False))
-    monkeypatch.setitem(FLAGS, "quantum", (True, False, True))
+    monkeypatch.setitem(FLAGS, "shift", (True, "erm", False))
+    monkeypatch.setitem(FLAGS, "quantum", (True, "erm", True))
     for variant in ("shift", "quantum"):
         for seed in SEEDS:
             write_run(synthetic, variant, seed)

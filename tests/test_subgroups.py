@@ -42,6 +42,7 @@ def test_a_group_field_that_does_not_refine_the_target_is_refused():
         subgroups.analyse_center(np.array([0.1, 0.9, 0.2, 0.8]), np.array([0, 1, 0, 1]), groups, 0.5)
 
 
+@pytest.mark.slow
 def test_cli_writes_reports_consistent_with_the_run_evaluation(multicenter_run, capsys):
     assert subgroups.main(["--run", str(multicenter_run), "--threads", "1"]) == 0
     assert "c: AUC" in capsys.readouterr().out
@@ -63,6 +64,7 @@ def test_cli_writes_reports_consistent_with_the_run_evaluation(multicenter_run, 
     (["--group-field", "nope"], "has no array 'nope'"),
     (["--centers", "zz"], "Unknown center"),
 ])
+@pytest.mark.slow
 def test_cli_errors_are_one_sentence(multicenter_run, capsys, argv, match):
     assert subgroups.main(["--run", str(multicenter_run), *argv]) == 2
     assert match in capsys.readouterr().err

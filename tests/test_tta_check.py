@@ -26,6 +26,7 @@ def test_prevalence_matching_needs_both_classes():
         tta_check.prevalence_matched(np.zeros(10, int), 1, 0.1, np.random.default_rng(0))
 
 
+@pytest.mark.slow
 def test_cli_measures_every_way_of_adapting_on_the_chosen_domains(multicenter_run, tmp_path, capsys):
     out = tmp_path / "check"
     argv = ["--run", str(multicenter_run), "--domains", "clean,real:c", "--batch-sizes", "8,32",
@@ -48,6 +49,7 @@ def test_cli_measures_every_way_of_adapting_on_the_chosen_domains(multicenter_ru
     (["--domains", "nosuch"], "has no domain 'nosuch'"),
     (["--batch-sizes", "1"], "--batch-sizes takes"),
 ])
+@pytest.mark.slow
 def test_cli_errors_are_one_sentence(multicenter_run, capsys, argv, match):
     assert tta_check.main(["--run", str(multicenter_run)] + argv) == 2
     err = capsys.readouterr().err

@@ -29,17 +29,17 @@ import traceback
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from hybrid.config import TrainConfig
+from hybrid.config import TrainConfig, field_type
 
 log = logging.getLogger("hybrid.experiment")
 
 # The ablation ladder: each row switches on one more component of the method.
 COMPONENTS: dict[str, dict] = {
-    "erm": dict(shift=False, dann=False, quantum=False),
-    "shift": dict(shift=True, dann=False, quantum=False),
-    "dann": dict(shift=True, dann=True, quantum=False),
-    "quantum": dict(shift=True, dann=False, quantum=True),
-    "full": dict(shift=True, dann=True, quantum=True),
+    "erm": dict(shift=False, algorithm="erm", quantum=False),
+    "shift": dict(shift=True, algorithm="erm", quantum=False),
+    "dann": dict(shift=True, algorithm="dann", quantum=False),
+    "quantum": dict(shift=True, algorithm="erm", quantum=True),
+    "full": dict(shift=True, algorithm="dann", quantum=True),
 }
 # Config fields that describe where a run ran, not what it is; they may differ on a rerun.
 _ENVIRONMENT_FIELDS = {"threads", "data_root", "seed"}
@@ -79,7 +79,7 @@ PRESETS: dict[str, Preset] = {
         base=dict(dataset="ham10000_sources_64.npz", label_field="malignant", center_field="source_ids",
                   train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
                   size=64, input_size=64, stem_stride=2),
-        variants=dict(COMPONENTS) | {"dann_real": dict(shift=False, dann=True, quantum=False)},
+        variants=dict(COMPONENTS) | {"dann_real": dict(shift=False, algorithm="dann", quantum=False)},
         notes=("The label mix differs strongly between sources (vidir_molemax is almost all nevi; rosendahl "
                "has many more malignant lesions), so a leave-source-out result mixes label shift with "
                "acquisition shift.",
@@ -149,19 +149,17 @@ def parse_override(text: str) -> tuple[str, object]:
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     if not sep or key not in defaults:
         raise ValueError(f"--set expects KEY=VALUE with KEY a TrainConfig field, got {text!r}")
-    default = defaults[key]
-    if value.lower() in ("none", "null") and default is None:
+    kind = field_type(key)
+    if value.lower() in ("none", "null") and defaults[key] is None:
         return key, None
-    if isinstance(default, bool):
+    if kind is bool:
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"--set {key} expects true or false, got {value!r}")
         return key, value.lower() in ("true", "1", "yes")
     try:
-        if isinstance(default, (int, float)) or key in ("threads", "max_train_samples"):
-            return key, (float if isinstance(default, float) else int)(value)
+        return key, kind(value)
     except ValueError:
         raise ValueError(f"--set {key} expects a number, got {value!r}") from None
-    return key, value
 
 
 def run_dir(out: Path, variant: str, seed: int) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from hybrid.config import upgrade_fields
 from hybrid.reporting import fmt
 from hybrid.studies.results import ALPHA, BASELINE, MIN_PAIRS, SETTINGS, STATS, Run
 
@@ -22,7 +23,9 @@ def _p(p) -> str:
 
 
 def _components(cfg: dict) -> str:
-    parts = [name for name, on in (("shift", cfg.get("shift")), ("DANN", cfg.get("dann")),
+    """The method's components, e.g. "shift + DANN + quantum"; ERM is the absence of an algorithm."""
+    algorithm = upgrade_fields(cfg).get("algorithm", "erm")
+    parts = [name for name, on in (("shift", cfg.get("shift")), (algorithm.upper(), algorithm != "erm"),
                                    ("quantum", cfg.get("quantum"))) if on]
     return " + ".join(parts) or "none"
 

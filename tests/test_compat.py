@@ -1,0 +1,58 @@
+"""Runs made before the redesign (`dann: bool`, the discriminator inside the network) still load,
+evaluate exactly as they were trained, and older flags keep working."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hybrid import evaluate
+from hybrid.config import TrainConfig, upgrade_fields
+
+# Made with the code of commit 878fcfe (before the algorithm registry):
+#   python -m hybrid.train --width-mult 0.1 --stem-stride 2 --input-size 16 --embed-dim 16 \
+#       --max-train-samples 96 --epochs 1 --batch-size 32 --n-bootstrap 10 --threads 1 --eval-batch-size 128
+# keeping config.json, best.pt and report.json (what that code measured at the end of training).
+LEGACY_RUN = Path(__file__).parent / "fixtures" / "legacy_run"
+
+
+def test_old_config_maps_dann_to_the_algorithm():
+    raw = json.loads((LEGACY_RUN / "config.json").read_text())
+    assert raw["dann"] is True and "algorithm" not in raw
+    assert TrainConfig.load(LEGACY_RUN / "config.json").algorithm == "dann"
+    assert TrainConfig.from_dict(raw | {"dann": False}).algorithm == "erm"
+    assert upgrade_fields({"dann": False, "epochs": 2}) == {"algorithm": "erm", "epochs": 2}
+
+
+@pytest.mark.slow
+def test_legacy_run_evaluates_exactly_as_it_was_trained(tmp_path, data_root):
+    run = tmp_path / "legacy_run"
+    shutil.copytree(LEGACY_RUN, run)
+    trained = json.loads((run / "report.json").read_text())
+    # training scored no-TTA at its own no-TTA threshold; hybrid.evaluate keeps the run's, so compare ranks there
+    for tta, name, key, compared in (("adabn", "again", "domains", ("sensitivity", "specificity")),
+                                     ("none", "again_none", "domains_no_tta", ())):
+        assert evaluate.main(["--run", str(run), "--tta", tta, "--name", name, "--data-root", str(data_root)]) == 0
+        result = json.loads((run / f"eval_{name}.json").read_text())
+        assert set(result["domains"]) == set(trained[key])
+        for domain, metrics in trained[key].items():
+            for metric in ("auc", "auc_ci_low", "auc_ci_high", *compared):
+                assert result["domains"][domain][metric] == pytest.approx(metrics[metric], abs=1e-12), (domain, metric)
+    assert result["threshold"] == trained["threshold"]
+
+
+def test_older_dann_flags_still_work():
+    from hybrid.cli import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert config_from_args(parser.parse_args(["--no-dann"])).algorithm == "erm"
+    assert config_from_args(parser.parse_args(["--dann"])).algorithm == "dann"
+    assert config_from_args(parser.parse_args(["--algorithm", "erm"])).algorithm == "erm"
+    assert config_from_args(parser.parse_args([])).algorithm == TrainConfig.algorithm
+    with pytest.raises(ValueError, match="contradicts"):
+        config_from_args(parser.parse_args(["--dann", "--algorithm", "erm"]))

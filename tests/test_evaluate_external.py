@@ -1,0 +1,53 @@
+"""`hybrid.evaluate --data FILE.npz` on a multi-center file the run never saw scores every center in it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hybrid import evaluate
+
+pytestmark = pytest.mark.slow  # uses the trained multi-center fixture
+
+
+@pytest.fixture(scope="module")
+def clinics(tmp_path_factory):
+    """Four external centers with the run's label field; each has its own brightness."""
+    rng = np.random.default_rng(1)
+    n = 160
+    centers = np.arange(n) % 4
+    malignant = rng.integers(0, 2, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8) + (centers * 15)[:, None, None, None].astype(np.uint8)
+    images[malignant == 1, 4:12, 4:12] += 120
+    path = tmp_path_factory.mktemp("ext") / "clinics.npz"
+    np.savez(path, images=images, malignant=malignant, labels=malignant, center_ids=centers,
+             center_names=np.array(["north", "south", "east", "west"]))
+    return path
+
+
+def _evaluate(run, data, name, *extra):
+    assert evaluate.main(["--run", str(run), "--data", str(data), "--name", name, *extra]) == 0
+    return json.loads((run / f"eval_{name}.json").read_text())
+
+
+def test_every_center_of_an_external_file_is_its_own_domain(multicenter_run, clinics):
+    result = _evaluate(multicenter_run, clinics, "ext_all")
+    assert list(result["domains"]) == ["real:north", "real:south", "real:east", "real:west"]
+    assert all(m["n"] == 40 for m in result["domains"].values())
+    assert result["unseen"] == list(result["domains"]) and result["summary"]["auc"]["n_domains"] == 4
+    # each center adapts with its own statistics: scoring one alone gives the same numbers
+    alone = _evaluate(multicenter_run, clinics, "ext_east", "--centers", "east")
+    assert list(alone["domains"]) == ["real:east"]
+    assert alone["domains"]["real:east"]["auc"] == result["domains"]["real:east"]["auc"]
+
+
+def test_centers_option_chooses_some_and_names_the_valid_ones(multicenter_run, clinics, capsys):
+    result = _evaluate(multicenter_run, clinics, "ext_two", "--centers", "south,3")
+    assert list(result["domains"]) == ["real:south", "real:west"]
+    assert evaluate.main(["--run", str(multicenter_run), "--data", str(clinics), "--centers", "mars"]) == 2
+    err = capsys.readouterr().err
+    assert "mars" in err and "north" in err and "Traceback" not in err
+    assert evaluate.main(["--run", str(multicenter_run), "--centers", "south"]) == 2  # not a virtual center set
+    assert "validation" in capsys.readouterr().err
