@@ -114,3 +114,31 @@ def test_no_private_name_is_imported_across_modules():
                 offenders += [f"{name}: {node.module}.{a.name}" for a in node.names
                               if a.name.startswith("_") and not a.name.startswith("__")]
     assert offenders == []
+
+
+CONSOLE_SCRIPTS = {"hybrid-train": "hybrid.train", "hybrid-evaluate": "hybrid.evaluate",
+                   "hybrid-experiment": "hybrid.studies.experiment", "hybrid-report": "hybrid.studies.report"}
+
+
+@pytest.mark.parametrize("script", sorted(CONSOLE_SCRIPTS))
+def test_console_scripts_are_installed_and_answer_help(script):
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    declared = {ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.name.startswith("hybrid-")}
+    assert declared.get(script) == f"{CONSOLE_SCRIPTS[script]}:main", "reinstall with pip install -e . after setup.cfg"
+    path = Path(sys.executable).parent / script
+    done = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage:" in done.stdout
+
+
+@pytest.mark.parametrize("tool", ["train", "evaluate", "experiment", "report", "design", "subgroups", "tta_check",
+                                  "bench_backends"])
+def test_every_python_m_tool_of_the_readme_still_answers(tool):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", f"hybrid.{tool}", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-500:]

@@ -1,4 +1,4 @@
-"""The quantum feature-enhancement layer: one Qiskit circuit, two engines.
+"""The quantum feature-enhancement layer: one Qiskit circuit, three engines.
 
 `build_circuit(config)` is the single source of truth. The `qnn` engine runs it through
 qiskit-machine-learning (`EstimatorQNN` + `TorchConnector`) on any estimator, with
