@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import math
-import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -29,6 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hybrid.cli import command_line, run_cli
+from hybrid.inference import gradient_free_tta
+from hybrid.rundir import append_result
+from hybrid.tta import TTA_METHODS
 log = logging.getLogger("hybrid.bench_backends")
 REFERENCE = "exact (torch engine)"
 DEFAULT_BACKENDS = "statevector,aer,aer:shots=1024,aer_noisy:fake_brisbane,ibm_runtime:fake_manila"
@@ -151,9 +154,9 @@ def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: li
     if model.quantum is None:
         raise ValueError(f"{run_dir} was trained with --no-quantum; there is no quantum layer to benchmark")
     tta = tta or cfg.tta
-    if tta == "tent":
-        raise ValueError("TTA 'tent' needs gradients through the quantum layer, which sampling backends do not "
-                         "give; use --tta adabn, bn or none")
+    if TTA_METHODS[tta].needs_gradients:
+        raise ValueError(f"TTA {tta!r} needs gradients through the quantum layer, which sampling backends do not "
+                         f"give; use --tta with one of: {', '.join(gradient_free_tta())}")
     seed = cfg.seed if seed is None else seed
     batch_size = batch_size or cfg.eval_batch_size
     parsed = [parse_backend_spec(s) for s in specs]  # bad specs fail before any work
@@ -254,36 +257,29 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hybrid.tta import TTA_METHODS
-
     parser = argparse.ArgumentParser(prog="python -m hybrid.bench_backends", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run directory written by hybrid.train")
     parser.add_argument("--backends", default=DEFAULT_BACKENDS,
                         help=f"comma-separated backend specs name[:arg][:key=value] (default: {DEFAULT_BACKENDS})")
     parser.add_argument("--samples", type=int, default=256, help="images per unseen center (default: 256)")
     parser.add_argument("--domains", help="comma-separated unseen centers (default: all)")
-    # tent needs gradients, which the sampling backends do not give
-    parser.add_argument("--tta", choices=tuple(m for m in TTA_METHODS if m != "tent"), help="default: the run's setting")
+    # methods that back-propagate (tent) need gradients, which the sampling backends do not give
+    parser.add_argument("--tta", choices=gradient_free_tta(), help="default: the run's setting")
     parser.add_argument("--batch-size", type=int, help="samples per batch, i.e. per job (default: the run's)")
     parser.add_argument("--seed", type=int, help="sample selection, simulator and transpiler seed (default: the run's)")
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--out", help="output folder (default: the run directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("hybrid").setLevel(logging.INFO)
-    from hybrid.data import DataError
+    return run_cli(lambda: _run(args, command_line("python -m hybrid.bench_backends", argv)))
 
-    try:
-        result = run_bench(Path(args.run), [s for s in args.backends.split(",") if s.strip()], samples=args.samples,
-                           domain_names=args.domains.split(",") if args.domains else None, tta=args.tta,
-                           batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
-                           progress=not args.quiet)
-    except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    result["command"] = "python -m hybrid.bench_backends " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+def _run(args, command: str) -> int:
+    result = run_bench(Path(args.run), [s for s in args.backends.split(",") if s.strip()], samples=args.samples,
+                       domain_names=args.domains.split(",") if args.domains else None, tta=args.tta,
+                       batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
+                       progress=not args.quiet)
+    result["command"] = command
     out = Path(args.out or args.run)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_backends.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -293,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(result, out / "bench_backends.png")
     except Exception as exc:  # a figure must never cost the benchmark its results
         log.warning("could not draw the figure: %s", exc)
-    with open(out / "results.jsonl", "a") as fh:
-        fh.write(json.dumps(result) + "\n")
+    append_result(out, result)
     print(table)
     return 0 if all("error" not in r for r in result["rows"]) else 1
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from hybrid.data import DataError
+from hybrid.cli import run_cli
 
 log = logging.getLogger("hybrid.design")
 
@@ -163,18 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-gain", type=float, default=0.01, help="score gain needed to qualify")
     parser.add_argument("--max-clean-drop", type=float, default=0.01, help="clean AUC a candidate may lose")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("hybrid").setLevel(logging.INFO)
-    try:
-        specs = {name: (tta, paths) for name, tta, paths in map(parse_candidate, args.candidate)}
-        if len(specs) < 2:
-            raise ValueError("give at least two candidates (a baseline and one to compare)")
-        candidates = {name: [validation_eval(p, args.data_root, tta) for p in paths]
-                      for name, (tta, paths) in specs.items()}
-        result = compare(candidates, args.min_gain, args.max_clean_drop)
-    except (DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(args))
+
+
+def _run(args) -> int:
+    specs = {name: (tta, paths) for name, tta, paths in map(parse_candidate, args.candidate)}
+    if len(specs) < 2:
+        raise ValueError("give at least two candidates (a baseline and one to compare)")
+    candidates = {name: [validation_eval(p, args.data_root, tta) for p in paths]
+                  for name, (tta, paths) in specs.items()}
+    result = compare(candidates, args.min_gain, args.max_clean_drop)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "design.json").write_text(json.dumps(result, indent=2) + "\n")

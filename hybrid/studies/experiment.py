@@ -29,6 +29,7 @@ import traceback
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from hybrid.cli import command_line, run_cli
 from hybrid.config import TrainConfig, field_type
 
 log = logging.getLogger("hybrid.experiment")
@@ -229,13 +230,11 @@ def run_one(cfg: TrainConfig, path: Path, threads: int, command: str | None = No
 
     Top-level so that spawned worker processes can import it.
     """
-    import torch
-
+    from hybrid.runtime import torch_settings
     from hybrid.train import train
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads or threads)
     started = time.perf_counter()
     handler = logging.FileHandler(path / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
@@ -245,7 +244,7 @@ def run_one(cfg: TrainConfig, path: Path, threads: int, command: str | None = No
     hybrid_log.setLevel(logging.INFO)
     hybrid_log.propagate = False  # epoch lines go to train.log, not over the study's progress bar
     try:
-        with open(path / "train.log", "a") as fh, contextlib.redirect_stdout(fh):
+        with open(path / "train.log", "a") as fh, contextlib.redirect_stdout(fh), torch_settings(cfg.threads or threads):
             report = train(cfg, path, progress=False, resume=True, command=command)
         auc = report["summary"]["auc"]
         return {"ok": True, "seconds": time.perf_counter() - started, "auc_mean": auc["mean"],
@@ -364,31 +363,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list presets and their variants")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    return run_cli(lambda: _run(args, command_line("python -m hybrid.experiment", argv)), verbose=False)
+
+
+def _run(args, command: str) -> int:
     log.setLevel(logging.INFO)
     if args.list:
         print(_list_presets())
         return 0
-    try:
-        overrides = dict(parse_override(s) for s in args.set)
-        for key in ("epochs", "max_train_samples", "data_root"):
-            if getattr(args, key) is not None:
-                overrides[key] = getattr(args, key)
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
-        study = build_study(args.preset, seeds=args.seeds, variants=variants, overrides=overrides)
-        out = Path(args.out or f"runs/{args.preset}")
-        if args.dry_run:
-            check_existing(study, out)
-            for v, s in study.runs():
-                print(f"{'finished' if is_finished(run_dir(out, v, s)) else 'to do':9s} {run_dir(out, v, s)}")
-            return 0
-        command = "python -m hybrid.experiment " + " ".join(
-            shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-        summary = run_study(study, out, workers=args.workers, threads=args.threads, progress=not args.quiet,
-                            command=command)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    overrides = dict(parse_override(s) for s in args.set)
+    for key in ("epochs", "max_train_samples", "data_root"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    study = build_study(args.preset, seeds=args.seeds, variants=variants, overrides=overrides)
+    out = Path(args.out or f"runs/{args.preset}")
+    if args.dry_run:
+        check_existing(study, out)
+        for v, s in study.runs():
+            print(f"{'finished' if is_finished(run_dir(out, v, s)) else 'to do':9s} {run_dir(out, v, s)}")
+        return 0
+    summary = run_study(study, out, workers=args.workers, threads=args.threads, progress=not args.quiet,
+                        command=command)
     print(f"{len(summary['finished'])} trained, {len(summary['skipped'])} already finished, "
           f"{len(summary['failed'])} failed; next: python -m hybrid.report {shlex.quote(str(out))}")
     if summary["failed"]:

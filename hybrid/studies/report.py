@@ -25,6 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from hybrid.cli import run_cli
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
 from hybrid.studies.results import (BASELINE, SETTINGS, STATS, by_seed, compare, domain_groups, load_runs,
@@ -53,16 +54,12 @@ def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None =
     `threads` torch threads for the reloaded models: the work is small, and on a CPU shared
     with training runs two threads were measured 20x slower than one (oversubscription).
     """
-    import torch
+    from hybrid.runtime import torch_settings
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        runs_dir = Path(runs_dir)
-        out_dir = Path(out_dir) if out_dir else runs_dir / f"report_{evaluation}" if evaluation else runs_dir
+    runs_dir = Path(runs_dir)
+    out_dir = Path(out_dir) if out_dir else runs_dir / f"report_{evaluation}" if evaluation else runs_dir
+    with torch_settings(threads):
         return _build_report(runs_dir, models, data_root, evaluation, out_dir)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _build_report(runs_dir: Path, models: bool, data_root: str | None, evaluation: str | None,
@@ -173,13 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                                              "whose results replace the with-TTA ones, e.g. another TTA method")
     parser.add_argument("--out", help="folder for the report (default: RUNS_DIR, or RUNS_DIR/report_NAME)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        result = build_report(Path(args.runs_dir), models=not args.no_models, data_root=args.data_root,
-                              threads=args.threads, evaluation=args.evaluation, out_dir=args.out)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(args), verbose=False)
+
+
+def _run(args) -> int:
+    result = build_report(Path(args.runs_dir), models=not args.no_models, data_root=args.data_root,
+                          threads=args.threads, evaluation=args.evaluation, out_dir=args.out)
     print(f"{Path(result['out_dir']) / 'report.md'}: {len(result['variants'])} variants, "
           f"{len(result['runs'])} runs, figures: {', '.join(result['figures']) or 'none'}")
     return 0

@@ -147,7 +147,7 @@ def _group_lines(title: str, g: dict, primary: str, tta: str, runs: list[Run]) -
     out = [f"## {title[0].upper() + title[1:]}", "", f"Centers ({len(g['domains'])}): {', '.join(g['domains'])}.", ""]
     answer = _answer(g, primary, tta)
     if answer:
-        out += [f"**Does each component help?** Paired comparisons (Wilcoxon signed-rank):", "", *answer, ""]
+        out += ["**Does each component help?** Paired comparisons (Wilcoxon signed-rank):", "", *answer, ""]
     for setting, label in SETTINGS.items():
         if g["tables"][setting]:
             out += [f"### {label[0].upper() + label[1:]} ({tta if setting == 'tta' else 'none'})", "",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybrid.cli import run_cli
 from hybrid.data import DataError, resolve_centers, resolve_data_root, resolve_dataset_path
 from hybrid.metrics import binary_auc, domain_metrics
 from hybrid.tta import TTA_METHODS
@@ -122,15 +123,18 @@ def plot_pairs(result: dict, title: str, path: Path) -> Path:
 
 def run_subgroups(run_dir: Path, group_field: str, centers=None, tta: str | None = None, root=None,
                   threads: int | None = None) -> dict[str, dict]:
-    import torch
+    """Subgroup tables of each held-out center; `threads` torch threads while scoring (restored after)."""
+    from hybrid.runtime import torch_settings
 
-    from hybrid.domains import split_to_tensors
+    with torch_settings(threads):
+        return _run_subgroups(run_dir, group_field, centers, tta, root)
+
+
+def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, root) -> dict[str, dict]:
+    from hybrid.domains import load_bundle, split_to_tensors
     from hybrid.inference import predict_probs, source_threshold
     from hybrid.rundir import load_run
-    from hybrid.domains import load_bundle
 
-    if threads:
-        torch.set_num_threads(threads)
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()
     if not cfg.dataset.endswith(".npz"):
@@ -192,13 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="folder holding the run's .npz (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--threads", type=int, help="torch threads")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        results = run_subgroups(Path(args.run), args.group_field, args.centers, args.tta,
-                                resolve_data_root(args.data_root), args.threads)
-    except (DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(args), verbose=False)
+
+
+def _run(args) -> int:
+    results = run_subgroups(Path(args.run), args.group_field, args.centers, args.tta,
+                            resolve_data_root(args.data_root), args.threads)
     for center, r in results.items():
         worst = min((p for p in r["pairs"] if p["auc"] is not None), key=lambda p: p["auc"], default=None)
         line = f"{center}: AUC {r['auc']:.3f} over {r['n']} images"

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hybrid.cli import run_cli
 from hybrid.data import DataError, resolve_data_root
+from hybrid.runtime import torch_settings
 
 log = logging.getLogger("hybrid.tta_check")
 
@@ -121,23 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the prevalence-matched subset")
     parser.add_argument("--threads", type=int, help="torch threads")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return run_cli(lambda: _run(args), verbose=False)
+
+
+def parse_batch_sizes(text: str) -> list[int]:
     try:
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-        if not batch_sizes or min(batch_sizes) < 2:
-            raise ValueError
+        batch_sizes = [int(b) for b in text.split(",") if b]
     except ValueError:
-        print(f"error: --batch-sizes takes comma-separated sizes of at least 2, got {args.batch_sizes!r}",
-              file=sys.stderr)
-        return 2
-    try:
-        domains = [d for d in args.domains.split(",") if d] if args.domains else None
+        batch_sizes = []
+    if not batch_sizes or min(batch_sizes) < 2:
+        raise ValueError(f"--batch-sizes takes comma-separated sizes of at least 2, got {text!r}")
+    return batch_sizes
+
+
+def _run(args) -> int:
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    domains = [d for d in args.domains.split(",") if d] if args.domains else None
+    with torch_settings(args.threads):
         result = run_check(Path(args.run), domains, batch_sizes, resolve_data_root(args.data_root), args.seed)
-    except (DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tta_check.json").write_text(json.dumps(result, indent=2) + "\n")
