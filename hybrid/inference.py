@@ -17,11 +17,13 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", ba
     With `partial` (a `backends.partial.PartialResults`), batches saved earlier under the key
     `desc` are reused and each new batch is saved as soon as it is done. A domain-level method
     (adabn) takes its statistics from `statistics_from` if given, else from `x` itself.
-    `counters`, if given, receives the method's counters (batches adapted, fallbacks, ...).
+    `counters`, if given, receives the method's counters (batches adapted, fallbacks, ...) and
+    `reused_batches`, the batches taken from `partial` (adapted by an earlier, interrupted run).
     """
     method = make_tta(tta, model)
     method.prepare(x if statistics_from is None else statistics_from)
     out = []
+    reused = 0
     batches = range(0, len(x), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -32,6 +34,7 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", ba
             saved = partial.get(desc, start) if partial is not None else None
             if saved is not None:
                 out.append(saved)
+                reused += 1
                 continue
             logits = method.predict(x[start:start + batch_size])
             out.append(torch.softmax(logits.float(), dim=1).numpy())
@@ -40,7 +43,7 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", ba
     finally:
         method.reset()
         if counters is not None:
-            counters.update(method.counters)
+            counters.update(method.counters | {"reused_batches": reused})
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 

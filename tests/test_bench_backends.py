@@ -55,7 +55,7 @@ def test_evaluate_ibm_runtime_local_mode(run_dir, data_root):
 def test_tent_and_foreign_options_are_refused(run_dir, data_root, capsys):
     assert _evaluate(run_dir, data_root, "--backend", "aer", "--shots", "64", "--tta", "tent") == 2
     err = capsys.readouterr().err
-    assert "tent" in err and "--tta adabn" in err and err.count("\n") == 1
+    assert "tent" in err and "adabn" in err and err.count("\n") == 1
     assert _evaluate(run_dir, data_root, "--backend", "aer", "--noise-model", "fake_manila") == 2
     assert "do not apply to backend 'aer'" in capsys.readouterr().err
 
@@ -90,8 +90,13 @@ def test_failed_job_keeps_finished_batches_and_resume_continues(run_dir, data_ro
     resumed = json.loads((run_dir / "eval_flaky.json").read_text())
     assert resumed["quantum_execution"]["resumed_batches"] == 4
     assert resumed["quantum_execution"]["jobs"] == reference["quantum_execution"]["jobs"] == N_DOMAINS * 2
-    # seeded jobs: nothing lost, nothing different (compared as JSON: NaN CIs without bootstrap)
+    # seeded jobs: nothing lost, nothing different (compared as JSON: NaN CIs without bootstrap); the TTA
+    # counters say which batches this process adapted and which it reused from the interrupted one
+    counters = {k: (m.pop("tta_counters"), reference["domains"][k].pop("tta_counters"))
+                for k, m in resumed["domains"].items()}
     assert json.dumps(resumed["domains"], sort_keys=True) == json.dumps(reference["domains"], sort_keys=True)
+    assert sum(c["reused_batches"] for c, _ in counters.values()) == 4
+    assert all(c["batches_seen"] + c["reused_batches"] == ref["batches_seen"] for c, ref in counters.values())
     assert not partial.exists()
 
 

@@ -24,7 +24,7 @@ def test_study_layout_and_spec(study_dir):
         for name in ("config.json", "report.json", "best.pt", "train.log"):
             assert (run / name).is_file(), run / name
     erm, full = (TrainConfig.load(study_dir / v / "seed0" / "config.json") for v in ("erm", "full"))
-    assert not (erm.shift or erm.dann or erm.quantum) and full.shift and full.dann and full.quantum
+    assert not (erm.shift or erm.quantum) and erm.algorithm == "erm" and full.shift and full.algorithm == "dann" and full.quantum
     assert erm.epochs == full.epochs == 1 and erm.max_train_samples == full.max_train_samples == 300
     spec = json.loads((study_dir / "study.json").read_text())
     assert spec["preset"] == "quick" and list(spec["variants"]) == ["broken", "erm", "full"]
