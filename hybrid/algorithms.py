@@ -10,34 +10,20 @@ loop (`hybrid.fit`), the CLI choices and the registry-wide test pick it up from 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hybrid.config import TrainConfig
+from hybrid.registry import lookup, registrar
 
 ALGORITHMS: dict[str, type["Algorithm"]] = {}
-
-
-def register_algorithm(name: str) -> Callable[[type], type]:
-    """Class decorator adding a training algorithm to :data:`ALGORITHMS` under ``name``."""
-
-    def add(cls: type) -> type:
-        if name in ALGORITHMS:
-            raise ValueError(f"training algorithm {name!r} is already registered")
-        cls.name = name
-        ALGORITHMS[name] = cls
-        return cls
-
-    return add
+register_algorithm = registrar(ALGORITHMS, "training algorithm")  # class decorator: @register_algorithm("name")
 
 
 def algorithm_class(name: str) -> type["Algorithm"]:
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown training algorithm {name!r}; valid names are: {', '.join(sorted(ALGORITHMS))}")
-    return ALGORITHMS[name]
+    return lookup(ALGORITHMS, name, "training algorithm")
 
 
 def make_algorithm(name: str, network: nn.Module, hparams: TrainConfig, *, n_domains: int,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hybrid.algorithms import ALGORITHMS, make_algorithm
+from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
 from hybrid.config import TrainConfig
 from hybrid.data import DatasetBundle, Split, resolve_data_root
 from hybrid.domains import DomainSampler, build_eval_domains, load_bundle, split_to_tensors
@@ -112,8 +112,7 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     from backends import get_backend
 
     started = time.perf_counter()
-    if cfg.algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown training algorithm {cfg.algorithm!r}; valid names are: {', '.join(ALGORITHMS)}")
+    algorithm_class(cfg.algorithm)  # an unknown name fails before any work
     backend = get_backend(cfg.backend)
     if not backend.exact:
         raise ValueError(f"training needs an exact backend; {cfg.backend!r} samples or is noisy "

@@ -37,28 +37,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from hybrid.batchnorm import (BatchNormForward, bn_layers, estimate_batchnorm_statistics, flags_kept, restore_flags,
                               save_flags, use_batch_stats)
+from hybrid.registry import lookup, registrar
 
 TTA_METHODS: dict[str, type["TTAMethod"]] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator adding a TTA method to :data:`TTA_METHODS` under ``name``."""
-
-    def add(cls: type) -> type:
-        if name in TTA_METHODS:
-            raise ValueError(f"TTA method {name!r} is already registered")
-        cls.name = name
-        TTA_METHODS[name] = cls
-        return cls
-
-    return add
+register = registrar(TTA_METHODS, "TTA method")  # class decorator: @register("name")
 
 
 def make_tta(name: str, model: nn.Module, **kwargs) -> "TTAMethod":
     """Wrap ``model`` in the TTA method registered as ``name``."""
-    if name not in TTA_METHODS:
-        raise ValueError(f"unknown TTA method {name!r}; valid names are: {', '.join(sorted(TTA_METHODS))}")
-    return TTA_METHODS[name](model, **kwargs)
+    return lookup(TTA_METHODS, name, "TTA method")(model, **kwargs)
 
 
 # ---------------------------------------------------------------------------- helpers

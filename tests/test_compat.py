@@ -56,3 +56,15 @@ def test_older_dann_flags_still_work():
     assert config_from_args(parser.parse_args([])).algorithm == TrainConfig.algorithm
     with pytest.raises(ValueError, match="contradicts"):
         config_from_args(parser.parse_args(["--dann", "--algorithm", "erm"]))
+
+
+def test_every_committed_run_config_still_loads():
+    """results/ keeps the configs (not the checkpoints) of the reported runs; each maps onto today's fields."""
+    from hybrid.algorithms import ALGORITHMS
+
+    configs = sorted((Path(__file__).parents[1] / "results").rglob("config.json"))
+    assert configs
+    for path in configs:
+        cfg = TrainConfig.load(path)
+        assert cfg.algorithm in ALGORITHMS, path
+        assert cfg.algorithm == ("dann" if json.loads(path.read_text()).get("dann", True) else "erm"), path
