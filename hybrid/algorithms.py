@@ -76,7 +76,7 @@ class Algorithm(nn.Module):
         return self.scheduler.get_last_lr()[0]
 
     def training_state(self) -> dict:
-        """Everything `load_training_state` needs to resume exactly where this left off."""
+        """Modules, optimizer and schedule, for `load_training_state` (the caller keeps the random state)."""
         return {"algorithm": self.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict()}
 

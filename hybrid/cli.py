@@ -47,10 +47,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = HELP.get(f.name, "") + f" (default: {f.default})"
         kind = field_type(f.name)
+        default = None if f.name == "algorithm" else f.default  # None: not given, so --dann may set it
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
             continue
-        parser.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name), help=help_text)
+        parser.add_argument(flag, type=kind, default=default, choices=choices.get(f.name), help=help_text)
     parser.add_argument("--dann", action=argparse.BooleanOptionalAction, default=None,
                         help="older spelling: --dann is --algorithm dann, --no-dann is --algorithm erm")
 
@@ -59,10 +60,12 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     if getattr(args, "dann", None) is not None:
         legacy = "dann" if args.dann else "erm"
-        if values.get("algorithm") not in (legacy, TrainConfig.algorithm):
+        if values.get("algorithm") not in (None, legacy):
             raise ValueError(f"--{'' if args.dann else 'no-'}dann contradicts --algorithm {values['algorithm']}; "
                              "give one of them")
         values["algorithm"] = legacy
+    if values.get("algorithm") is None:
+        values["algorithm"] = TrainConfig.algorithm
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     # data

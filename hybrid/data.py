@@ -273,7 +273,11 @@ def multicenter_fields(path, label_field: str = "labels", center_field: str = "c
     centers = [f for f in (center_field, *CENTER_NAME_FIELDS) if f in keys]
     if not centers:
         return None
-    return (label_field if label_field in keys else "labels"), centers[0]
+    if label_field not in keys:
+        log.warning("%s has no %r array (the run's label field); scoring its 'labels' instead", Path(path).name,
+                    label_field)
+        label_field = "labels"
+    return label_field, centers[0]
 
 
 def load_multicenter_domains(path, label_field: str = "labels", center_field: str = "center_ids",

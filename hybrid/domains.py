@@ -78,20 +78,23 @@ def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: 
 
     A multi-center .npz is never split the way training splits it ("train on all but the last
     center"): the run did not train on it, so every center in it is scored, or those named in
-    `centers` (comma-separated names or ids).
+    `centers` (comma-separated names or ids). For the run's own multi-center file the default is
+    its held-out centers; a training center asked for by name is scored as `train:NAME`, which
+    is not an unseen domain.
     """
     path = resolve_dataset_path(spec, root)
+    trained: set[str] = set()
     if path.is_dir():
         splits = load_center_folder(path)
         prefix = ""
     elif path.suffix.lower() == ".npz" and path.is_file() and multicenter_fields(path, cfg.label_field,
                                                                               cfg.center_field):
         label_field, center_field = multicenter_fields(path, cfg.label_field, cfg.center_field)
+        if path.resolve() == resolve_dataset_path(cfg.dataset, root).resolve():
+            trained, held_out = _own_centers(cfg, root)
+            centers = centers or ",".join(held_out)
         splits = load_multicenter_domains(path, label_field, center_field, centers)
         prefix = "real:"
-        if path.resolve() == resolve_dataset_path(cfg.dataset, root).resolve():
-            log.warning("%s is the run's own dataset: its training centers (%s) were trained on", path.name,
-                        cfg.train_centers or "all but the last")
     elif path.suffix.lower() == ".npz" and path.is_file():
         splits = {path.stem: load_eval_npz(path)}
         prefix = ""
@@ -104,8 +107,24 @@ def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: 
     domains = {}
     for name, split in splits.items():
         check_labels(split.labels, n_classes, f"{spec} center {name!r}")
-        domains[prefix + name] = split_to_tensors(split, cfg.input_size, in_channels)
+        if name in trained:
+            log.warning("center %s of %s was trained on; it is scored as train:%s, not as an unseen center",
+                        name, path.name, name)
+        domains[("train:" if name in trained else prefix) + name] = split_to_tensors(split, cfg.input_size,
+                                                                                     in_channels)
     return domains
+
+
+def _own_centers(cfg: TrainConfig, root) -> tuple[set[str], list[str]]:
+    """The centers a multi-center run trained on, and the ones it held out."""
+    bundle = load_bundle(cfg, root)
+    ids = np.unique(bundle.train.centers) if bundle.train.centers is not None else []
+    return {bundle.center_names[int(c)] for c in ids}, list(bundle.test_domains)
+
+
+def is_unseen(domain: str) -> bool:
+    """Whether a domain name counts among the unseen centers (not the in-domain test split or a trained center)."""
+    return domain != "clean" and not domain.startswith("train:")
 
 
 def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from hybrid.config import TrainConfig
 from hybrid.data import resolve_data_root
-from hybrid.domains import Domains, build_eval_domains, domains_from_data, load_bundle
+from hybrid.domains import Domains, build_eval_domains, domains_from_data, is_unseen, load_bundle
 from hybrid.inference import check_tta_on_backend, evaluate_domains
 from hybrid.metrics import summarize
 from hybrid.reporting import format_table
@@ -105,7 +105,7 @@ def evaluate_run(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backe
     except JobError as exc:
         raise Interrupted(f"{exc}; {partial.n_samples} samples are saved in {partial.path}; rerun the same "
                           "command with --resume to continue") from None
-    unseen = [k for k in per_domain if k != "clean"]
+    unseen = [k for k in per_domain if is_unseen(k)]
     result = {
         "kind": "evaluation", "name": name, "run": str(run_dir), "data": args.data or args.dataset or cfg.dataset,
         "backend": backend.name, "backend_description": backend.description, "backend_options": backend.options,

@@ -3,7 +3,8 @@ model selection on source validation data, checkpoints and resume.
 
 `fit` knows nothing about what a step does: that is the algorithm's (`hybrid.algorithms`).
 It writes one line per epoch to metrics.jsonl, best.pt when source validation improves
-and last.pt after every epoch, so a crash loses at most the epoch in progress.
+and last.pt after every epoch (with both random generators, so a resumed run continues exactly
+as the uninterrupted one would), so a crash loses at most the epoch in progress.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from hybrid.algorithms import Algorithm
+from hybrid.batchnorm import bn_layers, estimate_batchnorm_statistics
 from hybrid.config import TrainConfig
 from hybrid.domains import DomainSampler, random_translate
 from hybrid.inference import predict_probs
 from hybrid.metrics import domain_metrics
 from hybrid.rundir import atomic_save
-from hybrid.batchnorm import bn_layers, estimate_batchnorm_statistics
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         algorithm.load_training_state(state)
         generator.set_state(state["generator"])
+        if "torch_rng" in state:  # dropout's generator; last.pt files of older runs lack it
+            torch.set_rng_state(state["torch_rng"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         log.info("resuming from epoch %d", start_epoch)
     if start_epoch == 0:
@@ -152,8 +155,8 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
             best = {"auc": val_auc, "loss": val_loss, "epoch": epoch + 1}
             atomic_save(meta | {"model": algorithm.network.state_dict(), "epoch": epoch + 1, "val_auc": val_auc},
                         best_path)
-        atomic_save(algorithm.training_state() | {"generator": generator.get_state(), "epoch": epoch,
-                                                  "best": best}, last_path)
+        atomic_save(algorithm.training_state() | {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                                                  "epoch": epoch, "best": best}, last_path)
         if on_epoch_end is not None:
             on_epoch_end(record)
         log.info("epoch %d/%d  loss %.4f  val AUC %.4f%s  (%.0f s)", epoch + 1, cfg.epochs, record["train_loss"],

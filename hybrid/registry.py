@@ -10,8 +10,10 @@ def registrar(table: dict[str, type], what: str) -> Callable[[str], Callable[[ty
 
     def register(name: str) -> Callable[[type], type]:
         def add(cls: type) -> type:
-            if name in table:
-                raise ValueError(f"{what} {name!r} is already registered")
+            old = table.get(name)
+            # a reloaded module (notebook autoreload) registers the same class again: that is fine
+            if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise ValueError(f"{what} {name!r} is already registered (by {old.__module__}.{old.__qualname__})")
             cls.name = name
             table[name] = cls
             return cls

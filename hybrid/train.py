@@ -29,7 +29,7 @@ import torch
 from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
 from hybrid.config import TrainConfig
 from hybrid.data import DatasetBundle, Split, resolve_data_root
-from hybrid.domains import DomainSampler, build_eval_domains, load_bundle, split_to_tensors
+from hybrid.domains import DomainSampler, build_eval_domains, is_unseen, load_bundle, split_to_tensors
 from hybrid.fit import TrainingData, fit
 from hybrid.inference import evaluate_domains, predict_probs, source_threshold
 from hybrid.metrics import domain_metrics, summarize, threshold_from_probs
@@ -77,7 +77,7 @@ def evaluate_best(network, cfg: TrainConfig, bundle: DatasetBundle, data: Traini
     """The selected epoch on every unseen domain, with the run's TTA and without; the threshold
     comes from source validation and is stored in best.pt."""
     ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
-    network.load_state_dict(ckpt["model"])
+    network.load_network_state(ckpt["model"])  # a best.pt of an older resumed run holds discriminator keys
     network.eval()
     val_probs = predict_probs(network, data.x_val, cfg.tta, cfg.eval_batch_size)
     threshold = threshold_from_probs(data.y_val.numpy(), val_probs, bundle.positive_class)
@@ -86,7 +86,7 @@ def evaluate_best(network, cfg: TrainConfig, bundle: DatasetBundle, data: Traini
     kwargs = dict(threshold=threshold, positive_class=bundle.positive_class, batch_size=cfg.eval_batch_size,
                   n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, progress=progress)
     per_domain, raw = evaluate_domains(network, domains, tta=cfg.tta, **kwargs)
-    unseen = [k for k in per_domain if k != "clean"]
+    unseen = [k for k in per_domain if is_unseen(k)]
     no_tta = None
     if cfg.tta != "none":
         no_tta_threshold = source_threshold(network, data.x_val, data.y_val, tta="none",

@@ -128,6 +128,7 @@ def test_dann_logs_its_schedule_and_domain_accuracy():
 def test_checkpoint_written_before_algorithms_resumes():
     """last.pt of older runs kept the discriminator inside `model`; it maps onto network + discriminator."""
     source = build("dann")
+    source.update(*batch(), step=0)  # optimizer moments to carry over
     old_model = {k.removeprefix("network."): v for k, v in source.state_dict().items()}
     legacy = {"model": old_model, "optimizer": source.optimizer.state_dict(),
               "scheduler": source.scheduler.state_dict()}
@@ -135,3 +136,12 @@ def test_checkpoint_written_before_algorithms_resumes():
     resumed.load_training_state(legacy)
     for k, v in source.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
+    moments = resumed.optimizer.state_dict()["state"]
+    assert moments and all(torch.equal(s["exp_avg"], source.optimizer.state_dict()["state"][i]["exp_avg"])
+                           for i, s in moments.items())
+
+
+def test_model_config_defaults_match_the_training_config():
+    from hybrid.config import ModelConfig
+
+    assert ModelConfig() == TrainConfig().model_config()

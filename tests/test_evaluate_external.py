@@ -51,3 +51,13 @@ def test_centers_option_chooses_some_and_names_the_valid_ones(multicenter_run, c
     assert "mars" in err and "north" in err and "Traceback" not in err
     assert evaluate.main(["--run", str(multicenter_run), "--centers", "south"]) == 2  # not a virtual center set
     assert "validation" in capsys.readouterr().err
+
+
+def test_the_runs_own_file_defaults_to_its_held_out_centers(multicenter_run, capsys):
+    from hybrid.config import TrainConfig
+
+    own = TrainConfig.load(multicenter_run / "config.json").dataset
+    result = _evaluate(multicenter_run, own, "own_default")
+    assert list(result["domains"]) == ["real:c"]  # trained on a and b, held out c
+    asked = _evaluate(multicenter_run, own, "own_a", "--centers", "a,c")
+    assert list(asked["domains"]) == ["train:a", "real:c"] and asked["unseen"] == ["real:c"]

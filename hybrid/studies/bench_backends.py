@@ -30,8 +30,10 @@ import torch
 
 from hybrid.cli import command_line, run_cli
 from hybrid.inference import gradient_free_tta
+from hybrid.registry import lookup
 from hybrid.rundir import append_result
 from hybrid.tta import TTA_METHODS
+
 log = logging.getLogger("hybrid.bench_backends")
 REFERENCE = "exact (torch engine)"
 DEFAULT_BACKENDS = "statevector,aer,aer:shots=1024,aer_noisy:fake_brisbane,ibm_runtime:fake_manila"
@@ -154,7 +156,7 @@ def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: li
     if model.quantum is None:
         raise ValueError(f"{run_dir} was trained with --no-quantum; there is no quantum layer to benchmark")
     tta = tta or cfg.tta
-    if TTA_METHODS[tta].needs_gradients:
+    if lookup(TTA_METHODS, tta, "TTA method").needs_gradients:
         raise ValueError(f"TTA {tta!r} needs gradients through the quantum layer, which sampling backends do not "
                          f"give; use --tta with one of: {', '.join(gradient_free_tta())}")
     seed = cfg.seed if seed is None else seed

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid.data import DataError
 from hybrid.cli import run_cli
+from hybrid.data import DataError
 
 log = logging.getLogger("hybrid.design")
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from hybrid.cli import command_line, run_cli
-from hybrid.config import TrainConfig, field_type
+from hybrid.algorithms import algorithm_class
+from hybrid.config import TrainConfig, field_type, upgrade_fields
 
 log = logging.getLogger("hybrid.experiment")
 
@@ -139,14 +140,22 @@ def build_study(preset: str, *, seeds: int | None = None, variants: list[str] | 
     study = Study(preset, base, chosen, tuple(range(p.seeds if seeds is None else seeds)), p.notes,
                   p.description)
     for v in study.variants:
-        study.config(v, 0)  # fail now, not an hour into the study
+        algorithm_class(study.config(v, 0).algorithm)  # fail now, not an hour into the study
     return study
+
+
+def _parse_bool(key: str, value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"--set {key} expects true or false, got {value!r}")
+    return value.lower() in ("true", "1", "yes")
 
 
 def parse_override(text: str) -> tuple[str, object]:
     """`key=value` for a TrainConfig field, the value converted to the field's type."""
     key, sep, value = text.partition("=")
     key = key.strip().replace("-", "_")
+    if key == "dann" and sep:  # the older spelling of the algorithm
+        return next(iter(upgrade_fields({"dann": _parse_bool(key, value)}).items()))
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     if not sep or key not in defaults:
         raise ValueError(f"--set expects KEY=VALUE with KEY a TrainConfig field, got {text!r}")
@@ -154,9 +163,7 @@ def parse_override(text: str) -> tuple[str, object]:
     if value.lower() in ("none", "null") and defaults[key] is None:
         return key, None
     if kind is bool:
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"--set {key} expects true or false, got {value!r}")
-        return key, value.lower() in ("true", "1", "yes")
+        return key, _parse_bool(key, value)
     try:
         return key, kind(value)
     except ValueError:
@@ -230,8 +237,9 @@ def run_one(cfg: TrainConfig, path: Path, threads: int, command: str | None = No
 
     Top-level so that spawned worker processes can import it.
     """
+    from hybrid.reporting import format_table
     from hybrid.runtime import torch_settings
-    from hybrid.train import train
+    from hybrid.train import summary_line, train
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -246,6 +254,7 @@ def run_one(cfg: TrainConfig, path: Path, threads: int, command: str | None = No
     try:
         with open(path / "train.log", "a") as fh, contextlib.redirect_stdout(fh), torch_settings(cfg.threads or threads):
             report = train(cfg, path, progress=False, resume=True, command=command)
+            print(format_table(report["domains"], report["summary"]) + "\n\n" + summary_line(report, path))
         auc = report["summary"]["auc"]
         return {"ok": True, "seconds": time.perf_counter() - started, "auc_mean": auc["mean"],
                 "auc_worst": auc["worst"]}
