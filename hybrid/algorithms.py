@@ -32,15 +32,35 @@ def make_algorithm(name: str, network: nn.Module, hparams: TrainConfig, *, n_dom
     return algorithm_class(name)(network, hparams, n_domains=n_domains, total_steps=total_steps)
 
 
+def parse_hparams(text: str, known: dict[str, float], algorithm: str) -> dict[str, float]:
+    """`"name=value,..."` -> {name: float}; names must be among the algorithm's `known` ones."""
+    values = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in known:
+            valid = ", ".join(f"{k} (default {v})" for k, v in known.items()) or "none"
+            raise ValueError(f"algorithm_hparams entry {item!r} is not NAME=VALUE for a hyperparameter of "
+                             f"{algorithm!r}; its hyperparameters are: {valid}")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"algorithm_hparams {name.strip()} expects a number, got {value!r}") from None
+    return values
+
+
 class Algorithm(nn.Module):
     """Base class: the network, an AdamW optimizer over every parameter, a one-cycle schedule.
 
     Subclasses create their extra modules in ``build()`` (called before the optimizer is
-    made, so it sees their parameters) and implement ``update``.
+    made, so it sees their parameters) and implement ``update``. A method's own
+    hyperparameters are declared in ``HPARAMS`` with their defaults and read with
+    ``self.hp(name)``; `TrainConfig.algorithm_hparams` ("name=value,...") overrides them, so a
+    new method needs no new config field.
     """
 
     name = "base"
     needs_domains = False  # trains against domain labels, so needs at least two training domains
+    HPARAMS: dict[str, float] = {}  # the method's own hyperparameters and their defaults
 
     def __init__(self, network: nn.Module, hparams: TrainConfig, *, n_domains: int, total_steps: int):
         super().__init__()
@@ -49,6 +69,7 @@ class Algorithm(nn.Module):
                              f"real centers), got {n_domains}")
         self.network = network
         self.hparams = hparams
+        self._hp = self.HPARAMS | parse_hparams(hparams.algorithm_hparams, self.HPARAMS, self.name)
         self.n_domains = n_domains
         self.total_steps = total_steps
         self.build()
@@ -58,6 +79,10 @@ class Algorithm(nn.Module):
 
     def build(self) -> None:
         """Create the modules the method trains beside the network."""
+
+    def hp(self, name: str) -> float:
+        """One of the method's own hyperparameters (its HPARAMS default unless overridden)."""
+        return self._hp[name]
 
     def update(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor, step: int) -> dict[str, float]:
         """One optimisation step on a batch; ``step`` counts from 0 over the whole training."""

@@ -20,6 +20,7 @@ HELP = {
     "label_field": "multi-center npz: label array, e.g. malignant",
     "pretrained": "start from ImageNet weights (torchvision, or --weights-path)",
     "algorithm": "domain-generalization training algorithm",
+    "algorithm_hparams": "NAME=VALUE,... for the algorithm's own hyperparameters (an unknown NAME is answered with the list)",
     "tta": "test-time adaptation at evaluation",
     "backend": "where the quantum layer runs; exact backends train with the torch engine",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",

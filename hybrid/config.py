@@ -35,6 +35,7 @@ class TrainConfig:
     dropout: float = 0.2
     # the domain-generalization components; each ablation is one flag away
     algorithm: str = "dann"  # training algorithm from hybrid.algorithms.ALGORITHMS (erm, dann, ...)
+    algorithm_hparams: str = ""  # "name=value,..." overrides of the algorithm's own HPARAMS defaults
     quantum: bool = True  # quantum feature-enhancement layer in the head
     shift: bool = True  # imaging-shift simulation: train on virtual source centers
     n_qubits: int = 4

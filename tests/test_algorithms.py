@@ -145,3 +145,29 @@ def test_model_config_defaults_match_the_training_config():
     from hybrid.config import ModelConfig
 
     assert ModelConfig() == TrainConfig().model_config()
+
+
+def test_a_new_method_is_one_class_whose_hyperparameters_need_no_config_field():
+    from hybrid.algorithms import ERM, register_algorithm
+
+    @register_algorithm("scaled_erm_for_test")
+    class ScaledERM(ERM):
+        HPARAMS = {"scale": 1.0}
+
+        def update(self, x, y, domains, step):
+            loss = self.hp("scale") * torch.nn.functional.cross_entropy(self.network(x), y)
+            self.step_optimizer(loss)
+            return {"loss": loss.item(), "cls_loss": loss.item()}
+
+    try:
+        default = build("scaled_erm_for_test").update(*batch(), step=0)["loss"]
+        doubled = build("scaled_erm_for_test", replace(CFG, algorithm_hparams="scale=2")).update(*batch(), step=0)
+        assert doubled["loss"] == pytest.approx(2 * default, rel=1e-5)
+        with pytest.raises(ValueError, match=r"hyperparameters are: scale \(default 1.0\)"):
+            build("scaled_erm_for_test", replace(CFG, algorithm_hparams="shift=2"))
+        with pytest.raises(ValueError, match="expects a number"):
+            build("scaled_erm_for_test", replace(CFG, algorithm_hparams="scale=big"))
+        with pytest.raises(ValueError, match="hyperparameters are: none"):
+            build("erm", replace(CFG, algorithm_hparams="scale=2"))
+    finally:
+        del ALGORITHMS["scaled_erm_for_test"]
