@@ -9,7 +9,6 @@ import pytest
 
 from hybrid import evaluate
 
-pytestmark = pytest.mark.slow  # uses the trained multi-center fixture
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +31,7 @@ def _evaluate(run, data, name, *extra):
     return json.loads((run / f"eval_{name}.json").read_text())
 
 
+@pytest.mark.slow  # uses the trained multi-center fixture
 def test_every_center_of_an_external_file_is_its_own_domain(multicenter_run, clinics):
     result = _evaluate(multicenter_run, clinics, "ext_all")
     assert list(result["domains"]) == ["real:north", "real:south", "real:east", "real:west"]
@@ -43,6 +43,7 @@ def test_every_center_of_an_external_file_is_its_own_domain(multicenter_run, cli
     assert alone["domains"]["real:east"]["auc"] == result["domains"]["real:east"]["auc"]
 
 
+@pytest.mark.slow
 def test_centers_option_chooses_some_and_names_the_valid_ones(multicenter_run, clinics, capsys):
     result = _evaluate(multicenter_run, clinics, "ext_two", "--centers", "south,3")
     assert list(result["domains"]) == ["real:south", "real:west"]
@@ -53,6 +54,7 @@ def test_centers_option_chooses_some_and_names_the_valid_ones(multicenter_run, c
     assert "validation" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_runs_own_file_defaults_to_its_held_out_centers(multicenter_run, capsys):
     from hybrid.config import TrainConfig
 
@@ -61,3 +63,20 @@ def test_the_runs_own_file_defaults_to_its_held_out_centers(multicenter_run, cap
     assert list(result["domains"]) == ["real:c"]  # trained on a and b, held out c
     asked = _evaluate(multicenter_run, own, "own_a", "--centers", "a,c")
     assert list(asked["domains"]) == ["train:a", "real:c"] and asked["unseen"] == ["real:c"]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not an archive\n"], ids=["empty", "truncated",
+                                                                                          "not_zip"])
+def test_an_unreadable_npz_is_one_sentence(tmp_path, capsys, content):
+    import shutil
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "legacy_run", run)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(content)
+    before = sorted(p.name for p in run.iterdir())
+    assert evaluate.main(["--run", str(run), "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.npz" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written
