@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from hybrid.config import TrainConfig
 from hybrid.data import (DataError, DatasetBundle, Split, images_to_tensor, load_center_folder, load_dataset,
-                         load_eval_npz, load_multicenter_domains, multicenter_fields, resolve_dataset_path)
+                         load_eval_npz, load_multicenter_domains, multicenter_fields, resolve_data_root,
+                         resolve_dataset_path)
 from hybrid.shifts import CENTER_SETS, VirtualCenter, apply_center, apply_centers, make_source_centers
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,13 @@ def build_eval_domains(cfg: TrainConfig, bundle: DatasetBundle, channels: int, c
     return domains
 
 
+def run_domains(cfg: TrainConfig, in_channels: int, data_root=None, center_set: str = "target") -> Domains:
+    """The unseen domains a trained run is scored on: its dataset (under `data_root`, else the run's
+    own root or $HYBRID_DATA_ROOT) through `build_eval_domains`."""
+    bundle = load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
+    return build_eval_domains(cfg, bundle, in_channels, center_set)
+
+
 def check_labels(labels: np.ndarray, n_classes: int, where: str) -> None:
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
         raise DataError(
@@ -83,19 +91,20 @@ def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: 
     is not an unseen domain.
     """
     path = resolve_dataset_path(spec, root)
+    is_npz = path.suffix.lower() == ".npz" and path.is_file()
+    fields = multicenter_fields(path, cfg.label_field, cfg.center_field) if is_npz else None
     trained: set[str] = set()
     if path.is_dir():
         splits = load_center_folder(path)
         prefix = ""
-    elif path.suffix.lower() == ".npz" and path.is_file() and multicenter_fields(path, cfg.label_field,
-                                                                              cfg.center_field):
-        label_field, center_field = multicenter_fields(path, cfg.label_field, cfg.center_field)
+    elif fields:
+        label_field, center_field = fields
         if path.resolve() == resolve_dataset_path(cfg.dataset, root).resolve():
             trained, held_out = _own_centers(cfg, root)
             centers = centers or ",".join(held_out)
         splits = load_multicenter_domains(path, label_field, center_field, centers)
         prefix = "real:"
-    elif path.suffix.lower() == ".npz" and path.is_file():
+    elif is_npz:
         splits = {path.stem: load_eval_npz(path)}
         prefix = ""
     else:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from hybrid.metrics import domain_metrics, threshold_from_probs
+from hybrid.registry import lookup
 from hybrid.tta import TTA_METHODS, make_tta
 
 
@@ -74,13 +75,15 @@ def source_threshold(model, x_val, y_val, *, tta: str, positive_class: int, batc
 
 
 def check_tta_on_backend(tta: str, backend) -> None:
-    """Refuse a TTA method that back-propagates on a backend that gives no gradients."""
-    if tta not in TTA_METHODS:
-        raise ValueError(f"unknown TTA method {tta!r}; valid names are: {', '.join(sorted(TTA_METHODS))}")
-    if TTA_METHODS[tta].needs_gradients and not backend.exact:
-        usable = ", ".join(m for m, cls in TTA_METHODS.items() if not cls.needs_gradients)
-        raise ValueError(f"TTA {tta!r} needs gradients through the quantum layer, which {backend.name} does not "
-                         f"give at inference; use --tta with one of: {usable}")
+    """Refuse an unknown TTA method, or one that back-propagates on a backend that gives no gradients."""
+    refuse_gradient_tta(tta, None if backend.exact else backend.name)
+
+
+def refuse_gradient_tta(tta: str, where: str | None) -> None:
+    """Raise ValueError for an unknown method, or one that needs gradients `where` gives none (None: exact)."""
+    if lookup(TTA_METHODS, tta, "TTA method").needs_gradients and where is not None:
+        raise ValueError(f"TTA {tta!r} needs gradients through the quantum layer, which {where} does not "
+                         f"give at inference; use --tta with one of: {', '.join(gradient_free_tta())}")
 
 
 def gradient_free_tta() -> tuple[str, ...]:

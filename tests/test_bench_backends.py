@@ -177,3 +177,10 @@ def test_benchmark_errors_are_one_sentence(run_dir, data_root, capsys, tmp_path)
     assert bench_backends.main(args + ["--domains", "tgt_blur", "--backends", "statevector,quantum_cloud_9000"]) == 1
     rows = json.loads((tmp_path / "bench_backends.json").read_text())["rows"]
     assert "auc" in rows[1] and "valid backends" in rows[2]["error"]
+
+
+def test_benchmark_refuses_a_tta_that_needs_gradients(run_dir, data_root):
+    with pytest.raises(ValueError, match="needs gradients.*sampling backend.*adabn"):
+        bench_backends.run_bench(run_dir, ["aer"], samples=8, tta="tent", data_root=str(data_root), progress=False)
+    with pytest.raises(ValueError, match="unknown TTA method 'nosuch'"):
+        bench_backends.run_bench(run_dir, ["aer"], samples=8, tta="nosuch", data_root=str(data_root), progress=False)

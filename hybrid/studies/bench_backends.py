@@ -29,10 +29,8 @@ import numpy as np
 import torch
 
 from hybrid.cli import command_line, run_cli
-from hybrid.inference import gradient_free_tta
-from hybrid.registry import lookup
+from hybrid.inference import gradient_free_tta, refuse_gradient_tta
 from hybrid.rundir import append_result
-from hybrid.tta import TTA_METHODS
 
 log = logging.getLogger("hybrid.bench_backends")
 REFERENCE = "exact (torch engine)"
@@ -148,22 +146,18 @@ def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: li
     from tqdm.auto import tqdm
 
     from backends import JobError, get_backend, parse_backend_spec
-    from hybrid.data import resolve_data_root
+    from hybrid.domains import run_domains
     from hybrid.rundir import load_run
-    from hybrid.domains import build_eval_domains, load_bundle
 
     cfg, model, ckpt, _ = load_run(run_dir, "statevector")
     if model.quantum is None:
         raise ValueError(f"{run_dir} was trained with --no-quantum; there is no quantum layer to benchmark")
     tta = tta or cfg.tta
-    if lookup(TTA_METHODS, tta, "TTA method").needs_gradients:
-        raise ValueError(f"TTA {tta!r} needs gradients through the quantum layer, which sampling backends do not "
-                         f"give; use --tta with one of: {', '.join(gradient_free_tta())}")
+    refuse_gradient_tta(tta, "a sampling backend")
     seed = cfg.seed if seed is None else seed
     batch_size = batch_size or cfg.eval_batch_size
     parsed = [parse_backend_spec(s) for s in specs]  # bad specs fail before any work
-    bundle = load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
-    domains = select_domains(build_eval_domains(cfg, bundle, ckpt["in_channels"]), domain_names, samples, seed)
+    domains = select_domains(run_domains(cfg, ckpt["in_channels"], data_root), domain_names, samples, seed)
     exact_program, weight = model.quantum.program, model.quantum.weight.detach()
 
     rows = []

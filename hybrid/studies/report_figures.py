@@ -64,16 +64,14 @@ class ModelData:
         self._domains = {}
 
     def __call__(self, run: Run):
-        from hybrid.data import resolve_data_root
+        from hybrid.domains import run_domains
         from hybrid.rundir import load_run
-        from hybrid.domains import build_eval_domains, load_bundle
 
         cfg, model, ckpt, _ = load_run(run.path)
         key = (cfg.dataset, cfg.size, cfg.input_size, cfg.seed, cfg.label_field, cfg.center_field,
                cfg.train_centers, cfg.test_centers, ckpt["in_channels"])
         if key not in self._domains:
-            bundle = load_bundle(cfg, resolve_data_root(self.data_root or cfg.data_root))
-            self._domains[key] = build_eval_domains(cfg, bundle, ckpt["in_channels"])
+            self._domains[key] = run_domains(cfg, ckpt["in_channels"], self.data_root)
         return cfg, model, self._domains[key]
 
 

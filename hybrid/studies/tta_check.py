@@ -72,12 +72,12 @@ def check_domain(model, x: torch.Tensor, y: torch.Tensor, *, positive_class: int
 
 
 def run_check(run_dir: Path, domains: list[str] | None, batch_sizes: list[int], root=None, seed: int = 0) -> dict:
-    from hybrid.rundir import load_run
     from hybrid.domains import build_eval_domains, load_bundle
+    from hybrid.rundir import load_run
 
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()
-    bundle = load_bundle(cfg, root or resolve_data_root(cfg.data_root))
+    bundle = load_bundle(cfg, root or resolve_data_root(cfg.data_root))  # the class-mix control needs its labels
     available = build_eval_domains(cfg, bundle, ckpt["in_channels"])
     chosen = domains or list(available)
     unknown = [d for d in chosen if d not in available]
