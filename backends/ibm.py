@@ -1,28 +1,34 @@
-"""`ibm_runtime`: IBM Runtime EstimatorV2 on a real QPU, or on a fake device in local testing mode.
+"""`ibm_runtime`: IBM Runtime's client-side Estimator on a real QPU, or on a fake device locally.
+
+The estimator is `qiskit_ibm_runtime.executor_estimator.Estimator` (qiskit-ibm-runtime 0.50
+deprecated the server-side `EstimatorV2`): it turns each `run()` into one Executor job and
+does twirling, TREX and dynamical decoupling on this machine, so the circuits it executes are
+the bindings times the twirling randomizations, plus TREX's calibration circuits. The plan of
+every job (`ibm_plan`) is built by the same preparation step the estimator runs, without
+submitting, which is how dry runs and the QPU-seconds estimate count exactly what runs.
 
 Live runs need credentials: `QISKIT_IBM_TOKEN` (and `QISKIT_IBM_INSTANCE`) in the environment,
 or an account saved with `QiskitRuntimeService.save_account(...)`. The token is handed to
 `QiskitRuntimeService` and nowhere else: it is not an option, so it cannot reach a report,
-and error messages are redacted. A `fake_*` device name runs the same EstimatorV2 code path
-in qiskit-ibm-runtime's local testing mode (Aer with the device's noise model), which is how
-the tests cover this backend offline. Jobs go in **batch** mode by default (sessions are not
+and error messages are redacted. A `fake_*` device name runs the same code path in
+qiskit-ibm-runtime's local testing mode (Aer with the device's noise model), which is how the
+tests cover this backend offline. Jobs go in **batch** mode by default (sessions are not
 available on the open plan); `batch_mode=False` submits plain jobs.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
-from typing import Any
+from typing import Any, Callable
 
+from backends.budget import default_rate
 from backends.noisy import fake_device
 from backends.registry import Backend, BackendError, register_backend, shots_from
 from backends.runner import one_line
 
-log = logging.getLogger("backends.ibm")
 
 CHANNEL = "ibm_quantum_platform"
+DEFAULT_RESILIENCE_LEVEL = 1  # IBM's default (TREX readout mitigation), stated in every report
 CREDENTIALS_HELP = ("IBM Runtime needs credentials: set QISKIT_IBM_TOKEN (and QISKIT_IBM_INSTANCE) or save an "
                     "account with QiskitRuntimeService.save_account(...); for an offline run use "
                     "--ibm-backend fake_manila")
@@ -61,44 +67,61 @@ def _device(service: Any, name: str | None) -> Any:
                            "list yours with QiskitRuntimeService().backends()") from None
 
 
-@register_backend("ibm_runtime")
-def ibm_runtime_backend(ibm_backend: str | None = None, shots: int | None = None, precision: float | None = None,
-                        resilience_level: int | None = None, dd: bool | None = None, twirling: bool | None = None,
-                        batch_mode: bool | None = None, seed: int | None = None,
-                        optimization_level: int = 1) -> Backend:
-    """EstimatorV2 on `ibm_backend` (default: the least busy QPU); `fake_*` names run locally."""
-    from qiskit.transpiler import generate_preset_pass_manager
-    from qiskit_ibm_runtime import Batch, EstimatorV2
+def ibm_plan(estimator: Any, device: Any) -> Callable[[tuple], dict]:
+    """`pub -> {"circuits", "shots"}` that `estimator.run([pub])` would execute on `device`.
 
-    if resilience_level is not None and resilience_level not in (0, 1, 2):
-        raise BackendError(f"resilience_level must be 0, 1 or 2, got {resilience_level!r}")
-    shots_from(shots, precision, default=None)  # validates both; IBM takes either as an option
-    local = bool(ibm_backend) and ibm_backend.lower().startswith("fake_")
-    device = fake_device(ibm_backend) if local else _device(runtime_service(), ibm_backend)
-    batch_mode = True if batch_mode is None else batch_mode
-    batch = Batch(backend=device) if batch_mode else None
-    with warnings.catch_warnings():
-        # qiskit-ibm-runtime 0.50 deprecates EstimatorV2 for a client-side Estimator; the legacy
-        # one is what the open plan documents (server-side resilience, DD, twirling), so keep it
-        warnings.filterwarnings("ignore", message="The EstimatorV2 class is deprecated", category=DeprecationWarning)
-        estimator = EstimatorV2(mode=batch if batch_mode else device)
-    opts = estimator.options
+    Runs the estimator's own preparation (twirling randomizations, TREX calibration, DD) with
+    its current options; nothing is submitted.
+    """
+    from qiskit_ibm_runtime.executor_estimator.prepare import prepare
+
+    def plan(pub: tuple) -> dict:
+        program, _ = prepare([pub], estimator.options, None, add_tags=False, backend=device)
+        circuits = sum(int(item.size()) for item in program.items)
+        return {"circuits": circuits, "shots": int(program.shots) * circuits}
+
+    return plan
+
+
+def _set_options(opts: Any, *, shots, precision, resilience_level, dd, twirling, seed, local: bool) -> None:
+    opts.resilience_level = resilience_level
     if shots is not None:
         opts.default_shots = int(shots)
     elif precision is not None:
         opts.default_precision = precision
-    if resilience_level is not None:
-        opts.resilience_level = resilience_level
     if dd is not None:
         opts.dynamical_decoupling.enable = dd
     if twirling is not None:
         opts.twirling.enable_gates = twirling
         opts.twirling.enable_measure = twirling
     if local and seed is not None:
-        # qiskit-ibm-runtime 0.51's local mode reads this with a truthiness test: seed 0 is ignored
-        opts.simulator.seed_simulator = seed
-    if local and (resilience_level or dd or twirling):
-        log.info("resilience, dynamical decoupling and twirling have no effect in local testing mode")
+        opts.simulator.seed_simulator = seed  # the executor path honours every seed, 0 included
+
+
+@register_backend("ibm_runtime")
+def ibm_runtime_backend(ibm_backend: str | None = None, shots: int | None = None, precision: float | None = None,
+                        resilience_level: int | None = None, dd: bool | None = None, twirling: bool | None = None,
+                        batch_mode: bool | None = None, seed: int | None = None,
+                        optimization_level: int = 1, dry_run: bool = False) -> Backend:
+    """The client-side Estimator on `ibm_backend` (default: the least busy QPU); `fake_*` names run locally.
+
+    With `dry_run` no batch is opened (a live batch starts on the service when it is created).
+    """
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_ibm_runtime import Batch
+    from qiskit_ibm_runtime.executor_estimator import Estimator
+
+    resilience_level = DEFAULT_RESILIENCE_LEVEL if resilience_level is None else resilience_level
+    if resilience_level not in (0, 1, 2):
+        raise BackendError(f"resilience_level must be 0, 1 or 2, got {resilience_level!r}")
+    shots_from(shots, precision, default=None)  # validates both; IBM takes either as an option
+    local = bool(ibm_backend) and ibm_backend.lower().startswith("fake_")
+    device = fake_device(ibm_backend) if local else _device(runtime_service(), ibm_backend)
+    batch_mode = True if batch_mode is None else batch_mode
+    batch = Batch(backend=device) if batch_mode and not dry_run else None
+    estimator = Estimator(mode=batch or device)
+    _set_options(estimator.options, shots=shots, precision=precision, resilience_level=resilience_level, dd=dd,
+                 twirling=twirling, seed=seed, local=local)
     pass_manager = generate_preset_pass_manager(optimization_level=optimization_level, backend=device,
                                                 seed_transpiler=seed)
     options = {"ibm_backend": device.name, "local": local, "batch_mode": batch_mode, "shots": shots,
@@ -109,7 +132,8 @@ def ibm_runtime_backend(ibm_backend: str | None = None, shots: int | None = None
     budget = f"{shots} shots" if shots else (f"precision {precision:g}" if precision else "default precision")
     return Backend(
         name="ibm_runtime",
-        description=f"IBM Runtime EstimatorV2, {where}, {'batch' if batch_mode else 'job'} mode, {budget}",
+        description=(f"IBM Runtime Estimator (client-side, Executor jobs), {where}, "
+                     f"{'batch' if batch_mode else 'job'} mode, {budget}, resilience level {resilience_level}"),
         estimator=estimator,
         pass_manager=pass_manager,
         num_qubits=device.num_qubits,
@@ -118,4 +142,7 @@ def ibm_runtime_backend(ibm_backend: str | None = None, shots: int | None = None
         label=f"ibm_runtime-{device.name}",
         reports_usage=not local,
         closer=batch.close if batch is not None else None,
+        planner=ibm_plan(estimator, device),
+        target=device.target,
+        qpu_rate=default_rate(device),
     )

@@ -115,4 +115,6 @@ def aer_noisy_backend(noise_model: str | None = None, depolarizing: Any = None, 
         exact=False,
         options=options,
         label=label,
+        shots=shots,
+        target=None if simple else device.target,
     )

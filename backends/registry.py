@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from backends.budget import QpuRate
 from backends.runner import EstimatorRunner, ExecutionStats
 
 BACKENDS: dict[str, Callable[..., "Backend"]] = {}
@@ -42,6 +43,12 @@ class Backend:
     reports_usage: bool = False  # the service reports QPU seconds per job
     stats: ExecutionStats = field(default_factory=ExecutionStats)
     closer: Callable[[], None] | None = None  # ends a Runtime batch
+    shots: int = 0  # shots per circuit (0: exact), for planning jobs before they run
+    planner: Callable[[tuple], dict] | None = None  # pub -> executed circuits and shots (see EstimatorRunner)
+    target: Any = None  # the device's target: gate durations for the ISA circuit's duration
+    qpu_rate: QpuRate | None = None  # estimates QPU seconds (None: not a QPU)
+    dry_run: bool = False  # plan every job, submit none
+    circuit_summary: dict | None = None  # the ISA circuit of the last runner made: depth, 2-qubit gates
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -60,9 +67,13 @@ class Backend:
 
     def make_runner(self, spec: Any) -> EstimatorRunner:
         """An `EstimatorRunner` for the layer's circuit, counting into this backend's `stats`."""
-        return EstimatorRunner(spec, self.estimator, self.pass_manager, stats=self.stats,
-                               timeout=self.job_timeout, report_usage=self.reports_usage,
-                               num_qubits=self.num_qubits, label=self.label)
+        runner = EstimatorRunner(spec, self.estimator, self.pass_manager, stats=self.stats,
+                                 timeout=self.job_timeout, report_usage=self.reports_usage,
+                                 num_qubits=self.num_qubits, label=self.label, planner=self.planner,
+                                 shots=self.shots, target=self.target, qpu_rate=self.qpu_rate,
+                                 dry_run=self.dry_run)
+        self.circuit_summary = runner.summary
+        return runner
 
     def close(self) -> None:
         if self.closer is not None:
@@ -78,19 +89,26 @@ def register_backend(name: str):
     return decorator
 
 
-def get_backend(name: str, *, job_timeout: float | None = None, **options) -> Backend:
-    """Build a backend by name; unknown names and options raise a ValueError listing valid ones."""
+def get_backend(name: str, *, job_timeout: float | None = None, dry_run: bool = False, **options) -> Backend:
+    """Build a backend by name; unknown names and options raise a ValueError listing valid ones.
+
+    With `dry_run`, its runners plan every job and submit none (and IBM Runtime opens no batch).
+    """
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}")
     factory = BACKENDS[name]
-    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+    parameters = inspect.signature(factory).parameters
+    accepted = [p for p in parameters if p not in ("self", "dry_run")]  # dry_run is get_backend's own
     options = {k: v for k, v in options.items() if v is not None}
     wrong = sorted(set(options) - set(accepted))
     if wrong:
         raise BackendError(f"option(s) {', '.join(wrong)} do not apply to backend {name!r}; "
                            f"it takes: {', '.join(accepted) or 'no options'}")
+    if dry_run and "dry_run" in parameters:
+        options["dry_run"] = True
     backend = factory(**options)
     backend.job_timeout = job_timeout
+    backend.dry_run = dry_run
     return backend
 
 
@@ -181,4 +199,5 @@ def aer_backend(shots: int | None = None, precision: float | None = None, seed: 
         exact=False,
         options={"shots": shots, "seed": seed},
         label=f"aer-shots{shots}",
+        shots=shots,
     )

@@ -3,9 +3,12 @@
 `EstimatorRunner` maps a batch of angles `(B, n_in)` and the layer's weights `(n_w,)` to
 expectation values `(B, n_obs)` with a single PUB: the ISA circuit, the observables laid
 out on it, and a `(B, 1, n_params)` parameter array, which broadcasts against the `(n_obs,)`
-observables to `(B, n_obs)`. Jobs, circuits, shots, wall time and (on IBM Runtime) QPU
-seconds are counted in an `ExecutionStats`. A failed or timed-out job raises `JobError`
-with a message for people; nothing is retried behind the caller's back.
+observables to `(B, n_obs)`. Every job is planned before it is sent (executed circuits and
+shots, twirling randomizations included, and on a QPU the estimated seconds), so a dry run
+(`dry_run=True`: plan, submit nothing, answer with exact values) counts exactly what a real
+run then does. Jobs, circuits, shots, wall time and (on IBM Runtime) reported QPU seconds
+are counted in an `ExecutionStats`. A failed or timed-out job raises `JobError` with a
+message for people; nothing is retried behind the caller's back.
 """
 
 from __future__ import annotations
@@ -13,17 +16,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+from backends.budget import QpuRate, circuit_summary
 
 log = logging.getLogger("backends.runner")
 
 SECRET_ENV = ("QISKIT_IBM_TOKEN",)  # values that must never reach a message, log or file
-# qiskit-ibm-runtime's local testing mode warns on every job about options it ignores
-_LOCAL_MODE_WARNING = r".*(no effect in local testing mode|resilience_level option has no effect).*"
+COUNTS = ("jobs", "circuits", "shots", "samples", "wall_seconds")
+OPTIONAL = ("qpu_seconds", "estimated_qpu_seconds")  # None where nothing reports or estimates them
 
 
 def redact(text: str) -> str:
@@ -57,13 +61,15 @@ class ExecutionStats:
     samples: int = 0  # rows of angles evaluated
     wall_seconds: float = 0.0  # submit-to-result time, queueing included
     qpu_seconds: float | None = None  # QPU time the service reports; None where none does
+    estimated_qpu_seconds: float | None = None  # the plan's estimate (backends.budget); None off QPUs
 
     def add(self, other: "ExecutionStats | dict") -> None:
         other = other if isinstance(other, dict) else other.to_dict()
-        for key in ("jobs", "circuits", "shots", "samples", "wall_seconds"):
+        for key in COUNTS:
             setattr(self, key, getattr(self, key) + other.get(key, 0))
-        if other.get("qpu_seconds") is not None:
-            self.qpu_seconds = (self.qpu_seconds or 0.0) + other["qpu_seconds"]
+        for key in OPTIONAL:
+            if other.get(key) is not None:
+                setattr(self, key, (getattr(self, key) or 0.0) + other[key])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,11 +77,9 @@ class ExecutionStats:
     def since(self, before: dict) -> dict:
         """The difference between now and an earlier `to_dict()` snapshot."""
         now = self.to_dict()
-        delta = {k: now[k] - before[k] for k in ("jobs", "circuits", "shots", "samples", "wall_seconds")}
-        if now["qpu_seconds"] is None:
-            delta["qpu_seconds"] = None
-        else:
-            delta["qpu_seconds"] = now["qpu_seconds"] - (before["qpu_seconds"] or 0.0)
+        delta = {k: now[k] - before[k] for k in COUNTS}
+        for key in OPTIONAL:
+            delta[key] = None if now[key] is None else now[key] - (before.get(key) or 0.0)
         return delta
 
 
@@ -117,30 +121,63 @@ def _qpu_seconds(job: Any) -> float | None:
     return float(value) if value is not None else None
 
 
+def shots_per_circuit(pub_result: Any, result: Any = None) -> int:
+    """Shots each executed circuit ran, wherever this estimator's results keep them (0: exact).
+
+    Qiskit's estimators put `shots` in the PUB metadata; IBM Runtime's client-side estimator
+    puts the shots per randomization under `metadata["executor"]` and the requested shots
+    on the job-level result.
+    """
+    meta = dict(getattr(pub_result, "metadata", {}) or {})
+    shots = meta.get("shots") or (meta.get("executor") or {}).get("shots")
+    if not shots and result is not None:
+        shots = (getattr(result, "metadata", None) or {}).get("shots")
+    return int(shots or 0)
+
+
+def _values_in_spec_order(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    out = np.empty_like(values)
+    out[..., columns] = values
+    return out
+
+
 class EstimatorRunner:
     """`(angles (B, n_in), weights (n_w,)) -> (B, n_obs)` on an estimator, one job per call.
 
     Args:
         spec: the layer's `CircuitSpec` (circuit, input and weight parameters, observables).
-        estimator: any Qiskit V2 estimator (Aer, BackendEstimatorV2, IBM Runtime EstimatorV2).
+        estimator: any Qiskit V2 estimator (Aer, BackendEstimatorV2, IBM Runtime's Estimator).
         pass_manager: turns the circuit into an ISA circuit; observables follow its layout.
         stats: where to count jobs, circuits and shots (shared by a backend's runners).
         timeout: seconds to wait for one job before giving up (None: wait forever).
         report_usage: read QPU seconds from the job's metrics (IBM Runtime, live).
         num_qubits: qubits the device has, to fail early when the circuit does not fit.
+        planner: `pub -> {"circuits", "shots"}` executed for that PUB (IBM Runtime: with its
+            twirling and TREX circuits); default one circuit per binding of `shots` shots.
+        shots: shots per circuit for the default planner (0: exact).
+        target: the device's target, for the ISA circuit's duration.
+        qpu_rate: estimates QPU seconds per job (None: not a QPU).
+        dry_run: plan every job and answer with exact values; nothing is submitted.
     """
 
     def __init__(self, spec: Any, estimator: Any, pass_manager: Any = None, *,
                  stats: ExecutionStats | None = None, timeout: float | None = None,
-                 report_usage: bool = False, num_qubits: int | None = None, label: str = "backend") -> None:
+                 report_usage: bool = False, num_qubits: int | None = None, label: str = "backend",
+                 planner: Callable[[tuple], dict] | None = None, shots: int = 0, target: Any = None,
+                 qpu_rate: QpuRate | None = None, dry_run: bool = False) -> None:
         if num_qubits is not None and spec.circuit.num_qubits > num_qubits:
             raise ValueError(f"the quantum layer needs {spec.circuit.num_qubits} qubits but {label} has "
                              f"{num_qubits}; choose a larger device or fewer --n-qubits")
+        self.spec = spec
         self.estimator = estimator
         self.stats = stats if stats is not None else ExecutionStats()
         self.timeout = timeout
         self.report_usage = report_usage
         self.label = label
+        self.planner = planner
+        self.shots = int(shots or 0)
+        self.qpu_rate = qpu_rate
+        self.dry_run = dry_run
         if pass_manager is not None:
             self.circuit = pass_manager.run(spec.circuit)
             layout = self.circuit.layout
@@ -148,6 +185,7 @@ class EstimatorRunner:
         else:
             self.circuit = spec.circuit
             self.observables = list(spec.observables)
+        self.summary = circuit_summary(self.circuit, target)
         # A PUB's parameter columns follow `circuit.parameters`, which Qiskit sorts by name,
         # not the [inputs..., weights...] order of our arrays: map them explicitly.
         ours = list(spec.input_params) + list(spec.weight_params)
@@ -169,17 +207,30 @@ class EstimatorRunner:
         values = np.concatenate([angles, np.broadcast_to(weights, (len(angles), self.n_weights))], axis=1)
         return (self.circuit, self.observables, values[:, self.columns][:, None, :])
 
+    def plan(self, pub: tuple) -> dict:
+        """What running `pub` executes: one job, one PUB, its circuits and shots, estimated QPU seconds."""
+        batch = len(pub[2])
+        planned = self.planner(pub) if self.planner is not None else {"circuits": batch,
+                                                                     "shots": batch * self.shots}
+        estimate = None
+        if self.qpu_rate is not None:
+            estimate = self.qpu_rate.seconds(1, planned["shots"], self.summary["duration_seconds"] or 0.0)
+        return {"jobs": 1, "pubs": 1, "circuits": int(planned["circuits"]), "shots": int(planned["shots"]),
+                "samples": batch, "estimated_qpu_seconds": estimate}
+
     def __call__(self, angles: np.ndarray, weights: np.ndarray) -> np.ndarray:
         pub = self.pub(angles, weights)
         batch = len(pub[2])
         if batch == 0:
             return np.zeros((0, len(self.observables)))
+        planned = self.plan(pub)
+        if self.dry_run:
+            self.stats.add({k: planned[k] for k in (*COUNTS[:-1], "estimated_qpu_seconds")})
+            return self._exact(pub)
         started = time.perf_counter()
         job = None
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_LOCAL_MODE_WARNING)
-                job = self.estimator.run([pub])
+            job = self.estimator.run([pub])
             result = wait_for(job, self.timeout, self.label)
         except JobError:
             raise
@@ -187,14 +238,33 @@ class EstimatorRunner:
             where = f"job {_job_id(job)}" if job is not None else "submitting a job"
             raise JobError(f"{where} on {self.label} failed ({one_line(exc)})") from None
         wall = time.perf_counter() - started
-        pub_result = result[0]
-        evs = np.asarray(pub_result.data.evs, dtype=float)
+        evs = np.asarray(result[0].data.evs, dtype=float)
         if evs.shape != (batch, len(self.observables)):
             raise JobError(f"{self.label} returned expectation values of shape {evs.shape}, "
                            f"expected {(batch, len(self.observables))}")
-        shots = int(pub_result.metadata.get("shots") or 0)
+        shots = self._executed_shots(planned, result)
         qpu = _qpu_seconds(job) if self.report_usage else None
-        self.stats.add({"jobs": 1, "circuits": batch, "shots": shots * batch, "samples": batch,
-                        "wall_seconds": wall, "qpu_seconds": qpu})
+        self.stats.add({"jobs": 1, "circuits": planned["circuits"], "shots": shots, "samples": batch,
+                        "wall_seconds": wall, "qpu_seconds": qpu,
+                        "estimated_qpu_seconds": planned["estimated_qpu_seconds"]})
         log.debug("job %s on %s: %d samples in %.2f s", _job_id(job), self.label, batch, wall)
         return evs
+
+    def _executed_shots(self, planned: dict, result: Any) -> int:
+        """Shots the job ran, from its results; a plan that disagrees is reported, the result wins."""
+        per_circuit = shots_per_circuit(result[0], result)
+        shots = per_circuit * planned["circuits"]
+        if shots != planned["shots"]:
+            log.warning("%s ran %d shots where %d were planned; counting what it ran", self.label, shots,
+                        planned["shots"])
+        return shots
+
+    def _exact(self, pub: tuple) -> np.ndarray:
+        """Exact expectation values of the logical circuit (a dry run's stand-in for the job's)."""
+        from qiskit.primitives import StatevectorEstimator
+
+        values = _values_in_spec_order(pub[2][:, 0, :], self.columns)
+        ordered = list(self.spec.input_params) + list(self.spec.weight_params)
+        logical = values[:, [ordered.index(p) for p in self.spec.circuit.parameters]][:, None, :]
+        job = StatevectorEstimator().run([(self.spec.circuit, list(self.spec.observables), logical)])
+        return np.asarray(job.result()[0].data.evs, dtype=float)

@@ -7,13 +7,18 @@
     python -m hybrid.evaluate --run runs/default --tta bn --backend aer --shots 1000
     python -m hybrid.evaluate --run runs/default --backend aer_noisy --noise-model fake_brisbane
     python -m hybrid.evaluate --run runs/default --backend ibm_runtime --ibm-backend ibm_brisbane \\
-        --max-samples 200 [--resume]
+        --max-samples 200 --dry-run                  # what it would send and cost; nothing submitted
+    python -m hybrid.evaluate --run runs/default --backend ibm_runtime --ibm-backend ibm_brisbane \\
+        --max-samples 200 --max-qpu-seconds 60 [--resume]
 
 Writes `eval_<name>.json` and `eval_<name>.md` into the run directory and appends a JSON line
 to its `results.jsonl`. On a sampling, noisy or remote backend only the quantum layer leaves
 the machine: one job per batch; each finished batch is saved to `partial_<name>.jsonl`, so
 a failed job loses nothing and `--resume` continues. The report's `quantum_execution` block
-counts jobs, circuits, shots, wall time and QPU seconds.
+counts jobs, circuits, shots, wall time and QPU seconds, reported and estimated; a live run
+that reports its usage calibrates the estimate's rate (`qpu_rates.json` in the run directory).
+`--dry-run` plans the evaluation (jobs, PUBs, circuits, shots, the ISA circuit, QPU seconds)
+and submits nothing; `--max-qpu-seconds` refuses a plan whose estimate is over budget.
 """
 
 from __future__ import annotations
@@ -77,25 +82,43 @@ def open_partial(args, run_dir: Path, name: str, cfg, ckpt, backend, tta: str, b
 def execution_summary(partial, domains: Domains, batch_size: int) -> dict:
     if partial is None:
         return {"engine": "statevector (torch, exact)", "jobs": 0, "circuits": 0, "shots": 0,
-                "samples": sum(len(y) for _, y in domains.values()), "wall_seconds": None, "qpu_seconds": None}
+                "samples": sum(len(y) for _, y in domains.values()), "wall_seconds": None, "qpu_seconds": None,
+                "estimated_qpu_seconds": None}
     return {"engine": "estimator (one job per batch)"} | partial.totals() | {
         "batch_size": batch_size, "resumed_batches": partial.reused}
+
+
+def evaluation_inputs(args, cfg: TrainConfig, ckpt: dict, backend) -> tuple[Domains, str, str, int]:
+    """What an evaluation scores and how: (domains, name, TTA method, batch size)."""
+    tta = args.tta or cfg.tta
+    check_tta_on_backend(tta, backend)
+    batch_size = args.batch_size or cfg.eval_batch_size
+    domains, name = select_domains(args, cfg, ckpt, resolve_data_root(args.data_root or cfg.data_root))
+    if backend.label != cfg.backend or not backend.exact:
+        name = f"{name}_{backend.label}"  # results on another backend do not overwrite the run's own
+    if args.max_samples:
+        domains = {k: (x[: args.max_samples], y[: args.max_samples]) for k, (x, y) in domains.items()}
+    return domains, args.name or name, tta, batch_size
+
+
+def record_qpu_usage(execution: dict, run_dir: Path, backend) -> None:
+    """Add the rate to a QPU evaluation's execution block; calibrate it where the service reported usage."""
+    from backends.budget import calibrate
+
+    if backend.qpu_rate is None:
+        return
+    execution["qpu_rate"] = backend.qpu_rate.to_dict()
+    if execution.get("qpu_seconds") and execution.get("estimated_qpu_seconds"):
+        execution["qpu_rate_update"] = calibrate(run_dir, backend.qpu_rate, execution["qpu_seconds"],
+                                                 execution["estimated_qpu_seconds"])
 
 
 def evaluate_run(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backend) -> dict:
     """Score the run on the chosen domains and write eval_<name>.json/.md and a results.jsonl line."""
     from backends import JobError
 
-    tta = args.tta or cfg.tta
-    check_tta_on_backend(tta, backend)
-    batch_size = args.batch_size or cfg.eval_batch_size
     started = time.perf_counter()
-    domains, name = select_domains(args, cfg, ckpt, resolve_data_root(args.data_root or cfg.data_root))
-    if backend.label != cfg.backend or not backend.exact:
-        name = f"{name}_{backend.label}"  # results on another backend do not overwrite the run's own
-    name = args.name or name
-    if args.max_samples:
-        domains = {k: (x[: args.max_samples], y[: args.max_samples]) for k, (x, y) in domains.items()}
+    domains, name, tta, batch_size = evaluation_inputs(args, cfg, ckpt, backend)
     partial = open_partial(args, run_dir, name, cfg, ckpt, backend, tta, batch_size, domains)
     try:
         per_domain, _ = evaluate_domains(
@@ -114,11 +137,12 @@ def evaluate_run(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backe
         "quantum_execution": execution_summary(partial, domains, batch_size),
         "seconds": time.perf_counter() - started, "config": cfg.to_dict(),
     }
+    record_qpu_usage(result["quantum_execution"], run_dir, backend)
     write_json(result, run_dir / f"eval_{name}.json")
     (run_dir / f"eval_{name}.md").write_text(
         f"# Evaluation of {run_dir.name} on {result['data']}\n\nbackend: {backend.description}; "
         f"TTA: {tta}; threshold (source validation): {ckpt['threshold']:.4f}\n\n"
-        f"{format_table(per_domain, result['summary'])}\n"
+        f"{format_table(per_domain, result['summary'])}\n" + (f"\n{execution_line(result)}\n" if partial else "")
     )
     append_result(run_dir, result)
     if partial is not None:
@@ -131,9 +155,16 @@ def execution_line(result: dict) -> str | None:
     e = result["quantum_execution"]
     if e["engine"].startswith("statevector"):
         return None
-    qpu = f"{e['qpu_seconds']:.1f} s" if e["qpu_seconds"] is not None else "not reported"
-    return (f"{result['backend_description']}: {e['jobs']} jobs, {e['circuits']} circuits, {e['shots']} shots, "
+    qpu = f"{e['qpu_seconds']:.1f} s reported" if e["qpu_seconds"] is not None else "not reported"
+    if e.get("estimated_qpu_seconds") is not None:
+        qpu += f", {e['estimated_qpu_seconds']:.1f} s estimated"
+        if e["qpu_seconds"]:
+            qpu += f" (reported / estimated = {e['qpu_seconds'] / max(e['estimated_qpu_seconds'], 1e-12):.2f})"
+    line = (f"{result['backend_description']}: {e['jobs']} jobs, {e['circuits']} circuits, {e['shots']} shots, "
             f"{e['wall_seconds'] or 0:.1f} s waiting for jobs, QPU time {qpu}")
+    if "qpu_rate_update" in e:
+        line += f"; the estimate's rate is now calibrated by {e['qpu_rate_update']['runs']} live run(s)"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,13 +207,42 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--job-mode", dest="batch_mode", action="store_const", const=False,
                       help="ibm_runtime: submit plain jobs")
     q.add_argument("--job-timeout", type=float, help="seconds to wait for one job before stopping")
+    budget = parser.add_argument_group("QPU budget")
+    budget.add_argument("--dry-run", action="store_true",
+                        help="transpile and plan the evaluation (jobs, PUBs, circuits, shots, ISA depth and two-qubit "
+                             "gates, estimated QPU seconds), print it and submit nothing")
+    budget.add_argument("--max-qpu-seconds", type=float,
+                        help="refuse to submit when the planned evaluation is estimated to need more QPU seconds "
+                             "(with --resume the estimate counts the saved batches too)")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args), exit_codes={Interrupted: 3})
 
 
+def plan_evaluation(args, run_dir: Path, options: dict) -> dict:
+    """The evaluation's plan on a dry-run backend: counts every job, submits none."""
+    from hybrid.qpu_budget import plan_forward
+
+    cfg, model, ckpt, backend = load_run(run_dir, args.backend, dry_run=True, **options)
+    try:
+        domains, _, tta, batch_size = evaluation_inputs(args, cfg, ckpt, backend)
+        return plan_forward(model, domains, backend, tta=tta, batch_size=batch_size, progress=True)
+    finally:
+        backend.close()
+
+
 def _run(args) -> int:
+    from hybrid.qpu_budget import check_budget, plan_text
+
     run_dir = Path(args.run)
     options = {k: getattr(args, k) for k in BACKEND_FLAGS if getattr(args, k) is not None}
+    if args.dry_run or args.max_qpu_seconds is not None:
+        plan = plan_evaluation(args, run_dir, options)
+        if args.dry_run:
+            print(plan_text(plan))
+            check_budget([plan], args.max_qpu_seconds)
+            return 0
+        check_budget([plan], args.max_qpu_seconds)
+        log.info("%s", plan_text(plan))
     cfg, model, ckpt, backend = load_run(run_dir, args.backend, job_timeout=args.job_timeout, **options)
     try:
         result = evaluate_run(args, run_dir, cfg, model, ckpt, backend)

@@ -54,8 +54,12 @@ class LoadedRun(NamedTuple):
 
 
 def load_run(run_dir: Path, backend_name: str | None = None, **backend_options) -> LoadedRun:
-    """Rebuild a trained model from `config.json` and its checkpoint (weights_only)."""
+    """Rebuild a trained model from `config.json` and its checkpoint (weights_only).
+
+    A QPU backend's cost estimate takes the rate calibrated by live runs of this run directory.
+    """
     from backends import get_backend
+    from backends.budget import stored_rate
     from hybrid.model import HybridNet
 
     run_dir = Path(run_dir)
@@ -69,6 +73,7 @@ def load_run(run_dir: Path, backend_name: str | None = None, **backend_options) 
     except Exception as exc:
         raise DataError(f"checkpoint {ckpt_path} could not be read ({exc}); retrain or restore it") from exc
     backend = get_backend(backend_name or cfg.backend, **backend_options)
+    backend.qpu_rate = stored_rate(run_dir, backend.qpu_rate)  # before the model makes its runner
     # the checkpoint carries its own architecture facts; weights need not be downloaded again
     model_cfg = replace(cfg.model_config(), pretrained=False, weights_path=None)
     model = HybridNet(model_cfg, ckpt["in_channels"], ckpt["n_classes"], layer_kwargs=backend.layer_kwargs())

@@ -24,8 +24,9 @@ CASES = [
     ("aer", {"shots": 4096, "seed": 1}, 0.04),
     ("aer_noisy", {"noise_model": "fake_manila", "shots": 1024, "seed": 1}, 0.15),
     ("aer_noisy", {"depolarizing": "0.001,0.01", "readout_error": 0.01, "shots": 1024, "seed": 1}, 0.15),
-    ("ibm_runtime", {"ibm_backend": "fake_manila", "shots": 1024, "seed": 1}, 0.15),
-    ("ibm_runtime", {"ibm_backend": "fake_manila", "shots": 256, "seed": 1, "batch_mode": False}, 0.2),
+    ("ibm_runtime", {"ibm_backend": "fake_manila", "shots": 1024, "seed": 1, "resilience_level": 0}, 0.15),
+    ("ibm_runtime", {"ibm_backend": "fake_manila", "shots": 256, "seed": 0, "resilience_level": 0,
+                     "batch_mode": False}, 0.2),
 ]
 
 

@@ -146,23 +146,24 @@ def test_benchmark_writes_json_markdown_and_plot(run_dir, data_root, tmp_path):
     out = tmp_path / "bench"
     assert bench_backends.main([
         "--run", str(run_dir), "--data-root", str(data_root), "--samples", "8", "--domains", "tgt_blur,tgt_speckle",
-        "--backends", "statevector,aer:shots=512,aer_noisy:fake_manila:shots=256,ibm_runtime:fake_manila:shots=256",
+        "--backends", "statevector,aer:shots=512,aer_noisy:fake_manila:shots=256,"
+                      "ibm_runtime:fake_manila:shots=256:resilience_level=0",
         "--quiet", "--out", str(out)]) == 0
     result = json.loads((out / "bench_backends.json").read_text())
     rows = {r["backend"]: r for r in result["rows"]}
     assert list(rows) == [bench_backends.REFERENCE, "statevector", "aer:shots=512", "aer_noisy:fake_manila:shots=256",
-                          "ibm_runtime:fake_manila:shots=256"]
+                          "ibm_runtime:fake_manila:shots=256:resilience_level=0"]
     assert result["domains"] == ["tgt_blur", "tgt_speckle"]
     assert rows["statevector"]["mae"] < 1e-10 and rows["statevector"]["delta_auc"] == pytest.approx(0, abs=1e-9)
     assert rows["statevector"]["flip_rate"] == 0 and rows["statevector"]["prob_mae"] < 1e-6
     for spec, shots in (("aer:shots=512", 512), ("aer_noisy:fake_manila:shots=256", 256),
-                        ("ibm_runtime:fake_manila:shots=256", 256)):
+                        ("ibm_runtime:fake_manila:shots=256:resilience_level=0", 256)):
         row = rows[spec]
         assert 1e-4 < row["mae"] < 0.3
         assert row["jobs"] == 2 and row["circuits"] == 16 and row["shots"] == 16 * shots
         assert 0 <= row["auc"] <= 1 and row["latency_ms"] > 0 and 0 <= row["flip_rate"] <= 1
     table = (out / "bench_backends.md").read_text()
-    assert "| backend | AUC |" in table and "ibm_runtime:fake_manila:shots=256" in table
+    assert "| backend | AUC |" in table and "ibm_runtime:fake_manila:shots=256:resilience_level=0" in table
     assert (out / "bench_backends.png").stat().st_size > 10_000
     assert json.loads((out / "results.jsonl").read_text().splitlines()[-1])["kind"] == "bench_backends"
 

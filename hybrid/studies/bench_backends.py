@@ -5,7 +5,9 @@
         --samples 256 [--domains tgt_blur,tgt_speckle] [--out benchmarks/results/backends]
 
 A backend spec is `name[:arg][:key=value...]`; `arg` is the shots of `aer`, the noise model of
-`aer_noisy`, the device of `ibm_runtime`. Every backend sees the same images of the unseen
+`aer_noisy`, the device of `ibm_runtime`. `--dry-run` prints what each backend would be
+sent and what it would cost in QPU seconds, and submits nothing; `--max-qpu-seconds S`
+refuses to start when the plan's estimate is over S. Every backend sees the same images of the unseen
 centers, the same encoder and TTA; only the quantum layer runs on it, through the estimator
 (one job per batch) even where the backend is exact. Per backend: mean AUC and sensitivity
 over the unseen centers, mean absolute error of the layer's outputs against the exact torch
@@ -22,7 +24,6 @@ import logging
 import math
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 
 from hybrid.cli import command_line, run_cli
 from hybrid.inference import gradient_free_tta, refuse_gradient_tta
+from hybrid.qpu_budget import check_budget, plan_forward, quantum_layer_through
 from hybrid.rundir import append_result
 
 log = logging.getLogger("hybrid.bench_backends")
@@ -58,21 +60,6 @@ class _Recorder:
             return out
 
         return run
-
-
-@contextmanager
-def _quantum_layer(model, make_runner):
-    """Temporarily run the model's quantum layer through `make_runner` (same weights)."""
-    from hybrid.quantum import QuantumLayer
-
-    original = model.quantum
-    layer = QuantumLayer(original.config, engine="estimator", make_runner=make_runner)
-    layer.load_state_dict(original.state_dict())
-    model.quantum = layer
-    try:
-        yield layer
-    finally:
-        model.quantum = original
 
 
 def _torch_runner(program):
@@ -106,7 +93,7 @@ def bench_backend(model, domains: dict, make_runner, *, ckpt: dict, tta: str, ba
 
     recorder = _Recorder(make_runner)
     per_domain, positive = {}, {}
-    with _quantum_layer(model, recorder), torch.no_grad():
+    with quantum_layer_through(model, recorder), torch.no_grad():
         for name, (x, y) in domains.items():
             probs = predict_probs(model, x, tta, batch_size)
             m = domain_metrics(y.numpy(), probs, threshold=ckpt["threshold"], positive_class=ckpt["positive_class"],
@@ -140,12 +127,9 @@ def compare_decisions(row: dict, reference: dict, threshold: float) -> None:
     row["flip_rate"] = float(np.concatenate(flips).mean())
 
 
-def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: list[str] | None = None,
-              tta: str | None = None, batch_size: int | None = None, seed: int | None = None,
-              data_root: str | None = None, progress: bool = True) -> dict:
-    from tqdm.auto import tqdm
-
-    from backends import JobError, get_backend, parse_backend_spec
+def _setup(run_dir: Path, specs: list[str], samples: int, domain_names, tta, batch_size, seed, data_root):
+    """The trained model, its unseen domains and the parsed backend specs; bad input fails before any work."""
+    from backends import parse_backend_spec
     from hybrid.domains import run_domains
     from hybrid.rundir import load_run
 
@@ -156,8 +140,50 @@ def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: li
     refuse_gradient_tta(tta, "a sampling backend")
     seed = cfg.seed if seed is None else seed
     batch_size = batch_size or cfg.eval_batch_size
-    parsed = [parse_backend_spec(s) for s in specs]  # bad specs fail before any work
+    parsed = [parse_backend_spec(s) for s in specs]
     domains = select_domains(run_domains(cfg, ckpt["in_channels"], data_root), domain_names, samples, seed)
+    return cfg, model, ckpt, {"tta": tta, "seed": seed, "batch_size": batch_size}, parsed, domains
+
+
+def _make_backend(run_dir: Path, name: str, options: dict, seed: int, dry_run: bool = False):
+    from backends import get_backend
+    from backends.budget import stored_rate
+
+    backend = get_backend(name, dry_run=dry_run, **({"seed": seed} | options))
+    backend.qpu_rate = stored_rate(run_dir, backend.qpu_rate)
+    return backend
+
+
+def plan_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: list[str] | None = None,
+               tta: str | None = None, batch_size: int | None = None, seed: int | None = None,
+               data_root: str | None = None, progress: bool = True) -> dict:
+    """What the benchmark would send to each backend (a dry run: nothing is submitted)."""
+    cfg, model, ckpt, settings, parsed, domains = _setup(run_dir, specs, samples, domain_names, tta, batch_size,
+                                                         seed, data_root)
+    plans = []
+    for spec, (name, options) in zip(specs, parsed):
+        backend = _make_backend(run_dir, name, options, settings["seed"], dry_run=True)
+        try:
+            with quantum_layer_through(model, backend.make_runner):
+                plan = plan_forward(model, domains, backend, tta=settings["tta"], batch_size=settings["batch_size"],
+                                    progress=progress)
+        finally:
+            backend.close()
+        plans.append({"spec": spec} | plan | {"exact": False})  # the benchmark sends exact backends jobs too
+    return {"kind": "bench_backends_plan", "run": str(run_dir), "samples_per_domain": samples,
+            "domains": list(domains), **settings, "plans": plans}
+
+
+def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: list[str] | None = None,
+              tta: str | None = None, batch_size: int | None = None, seed: int | None = None,
+              data_root: str | None = None, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    from backends import JobError
+
+    cfg, model, ckpt, settings, parsed, domains = _setup(run_dir, specs, samples, domain_names, tta, batch_size,
+                                                         seed, data_root)
+    tta, seed, batch_size = settings["tta"], settings["seed"], settings["batch_size"]
     exact_program, weight = model.quantum.program, model.quantum.weight.detach()
 
     rows = []
@@ -170,14 +196,13 @@ def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: li
             if name is None:
                 make_runner, row["description"] = _torch_runner(exact_program), "exact statevector, batched torch"
             else:
-                backend = get_backend(name, **({"seed": seed} | options))
+                backend = _make_backend(run_dir, name, options, seed)
                 make_runner, row["description"] = backend.make_runner, backend.description
                 row["options"] = backend.options
             row["setup_seconds"] = time.perf_counter() - started
             row |= bench_backend(model, domains, make_runner, ckpt=ckpt, tta=tta, batch_size=batch_size,
                                  exact_program=exact_program, weight=weight)
-            stats = backend.stats.to_dict() if backend else {"jobs": 0, "circuits": 0, "shots": 0, "qpu_seconds": None}
-            row |= {k: stats[k] for k in ("jobs", "circuits", "shots", "qpu_seconds")}
+            row |= _cost(backend, run_dir)
         except (ValueError, JobError) as exc:  # one backend failing must not cost the others their rows
             row["error"] = str(exc)
             log.warning("%s: %s", spec, exc)
@@ -200,6 +225,22 @@ def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: li
     }
 
 
+def _cost(backend, run_dir: Path) -> dict:
+    """Jobs, circuits, shots and QPU seconds (reported, estimated) of one backend's row; calibrates the rate."""
+    from backends.budget import calibrate
+
+    if backend is None:
+        return {"jobs": 0, "circuits": 0, "shots": 0, "qpu_seconds": None, "estimated_qpu_seconds": None}
+    stats = backend.stats.to_dict()
+    cost = {k: stats[k] for k in ("jobs", "circuits", "shots", "qpu_seconds", "estimated_qpu_seconds")}
+    if backend.circuit_summary:
+        cost["isa_circuit"] = backend.circuit_summary
+    if backend.qpu_rate is not None and stats["qpu_seconds"] and stats["estimated_qpu_seconds"]:
+        cost["qpu_rate_update"] = calibrate(run_dir, backend.qpu_rate, stats["qpu_seconds"],
+                                            stats["estimated_qpu_seconds"])
+    return cost
+
+
 def _fmt(value, spec: str = ".3f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -208,7 +249,8 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 def format_markdown(result: dict) -> str:
     head = ("| backend | AUC | ΔAUC | sensitivity | layer MAE vs exact | mean Δp | flipped decisions "
-            "| latency ms/sample | jobs | circuits | shots | QPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| latency ms/sample | jobs | circuits | shots | QPU s reported (estimated) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in result["rows"]:
         if "error" in r:
@@ -217,7 +259,8 @@ def format_markdown(result: dict) -> str:
         lines.append(f"| {r['backend']} | {_fmt(r['auc'], '.4f')} | {_fmt(r['delta_auc'], '+.4f')} | "
                      f"{_fmt(r['sensitivity'], '.4f')} | {_fmt(r['mae'], '.2e')} | {_fmt(r['prob_mae'], '.1e')} | "
                      f"{_fmt(100 * r['flip_rate'], '.2f')}% | {_fmt(r['latency_ms'], '.2f')} | "
-                     f"{r['jobs']} | {r['circuits']} | {r['shots']} | {_fmt(r['qpu_seconds'], '.1f')} |")
+                     f"{r['jobs']} | {r['circuits']} | {r['shots']} | {_fmt(r['qpu_seconds'], '.1f')} "
+                     f"({_fmt(r.get('estimated_qpu_seconds'), '.1f')}) |")
     notes = "\n".join(f"- `{r['backend']}`: {r.get('description', '')}" for r in result["rows"] if "error" not in r)
     return (f"{result['samples_per_domain']} samples per unseen center × {len(result['domains'])} centers "
             f"({', '.join(result['domains'])}); TTA {result['tta']}; batch {result['batch_size']} "
@@ -226,6 +269,21 @@ def format_markdown(result: dict) -> str:
             "engine on the same inputs; mean Δp and flipped decisions: change of the predicted positive "
             "probability and of the thresholded decision against the exact engine; latency: quantum layer "
             "only, per sample.\n\n" + "\n".join(lines) + "\n\n" + notes + "\n")
+
+
+def format_plan(result: dict) -> str:
+    """The dry run's table: what each backend would be sent, and the QPU seconds it would cost."""
+    lines = [f"dry run, nothing submitted: {result['samples_per_domain']} samples per unseen center × "
+             f"{len(result['domains'])} centers, batch {result['batch_size']} (one job, one PUB per batch)\n",
+             "| backend | jobs | PUBs | circuits | shots | ISA depth | two-qubit gates | estimated QPU s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for plan in result["plans"]:
+        isa = plan["isa_circuit"] or {}
+        lines.append(f"| {plan['spec']} | {plan['jobs']} | {plan['pubs']} | {plan['circuits']:,} | {plan['shots']:,} "
+                     f"| {isa.get('depth', '–')} | {isa.get('two_qubit_gates', '–')} "
+                     f"| {_fmt(plan['estimated_qpu_seconds'], '.1f')} |")
+    sources = sorted({p["rate"]["source"] for p in result["plans"] if p["rate"]})
+    return "\n".join(lines) + "".join(f"\n\nQPU-seconds rate: {source}" for source in sources) + "\n"
 
 
 def plot(result: dict, path: Path) -> None:
@@ -266,15 +324,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--out", help="output folder (default: the run directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what each backend would be sent (jobs, PUBs, circuits, shots, ISA circuit, "
+                             "estimated QPU seconds) and submit nothing")
+    parser.add_argument("--max-qpu-seconds", type=float,
+                        help="refuse to run when all backends together are estimated to need more QPU seconds")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args, command_line("python -m hybrid.bench_backends", argv)))
 
 
 def _run(args, command: str) -> int:
-    result = run_bench(Path(args.run), [s for s in args.backends.split(",") if s.strip()], samples=args.samples,
-                       domain_names=args.domains.split(",") if args.domains else None, tta=args.tta,
-                       batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
-                       progress=not args.quiet)
+    specs = [s for s in args.backends.split(",") if s.strip()]
+    settings = {"samples": args.samples, "domain_names": args.domains.split(",") if args.domains else None,
+                "tta": args.tta, "batch_size": args.batch_size, "seed": args.seed, "data_root": args.data_root,
+                "progress": not args.quiet}
+    if args.dry_run or args.max_qpu_seconds is not None:
+        plan = plan_bench(Path(args.run), specs, **settings)
+        if args.dry_run:
+            print(format_plan(plan))
+        check_budget(plan["plans"], args.max_qpu_seconds)
+        if args.dry_run:
+            return 0
+    result = run_bench(Path(args.run), specs, **settings)
     result["command"] = command
     out = Path(args.out or args.run)
     out.mkdir(parents=True, exist_ok=True)
