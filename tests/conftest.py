@@ -22,6 +22,18 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_root) -> Path:
+    """A one-epoch PneumoniaMNIST run (300 images, width 0.35): for the tools that read a trained run."""
+    from hybrid import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    assert train.main(["--epochs", "1", "--max-train-samples", "300", "--width-mult", "0.35", "--stem-stride", "2",
+                       "--n-bootstrap", "0", "--batch-size", "64", "--quiet", "--data-root", str(data_root),
+                       "--out", str(out)]) == 0
+    return out
+
+
 DX = ["mel", "bcc", "nv", "bkl"]  # diagnoses of the synthetic multi-center file; the first two are "malignant"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from backends import EstimatorRunner, JobError
-from hybrid import evaluate, train
+from hybrid import evaluate
 from hybrid.studies import bench_backends
 
 pytestmark = pytest.mark.slow  # every test uses a trained run
@@ -18,12 +18,8 @@ TOKEN = "tok-7d1e5b-must-never-be-written"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_root):
-    out = tmp_path_factory.mktemp("bench_run")
-    assert train.main(["--epochs", "1", "--max-train-samples", "300", "--width-mult", "0.35", "--stem-stride", "2",
-                       "--n-bootstrap", "0", "--batch-size", "64", "--quiet", "--data-root", str(data_root),
-                       "--out", str(out)]) == 0
-    return out
+def run_dir(tiny_run):
+    return tiny_run
 
 
 def _evaluate(run_dir, data_root, *extra):
@@ -130,6 +126,12 @@ def test_token_never_reaches_logs_reports_or_run_directory(run_dir, data_root, m
     assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "ibm_brisbane") == 2
     assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila", "--shots",
                      "64", "--tta", "none", "--name", "with_token") == 0
+    # the budget paths: a dry run, a refusal over budget, and the benchmark's dry run
+    assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila", "--dry-run") == 0
+    assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila",
+                     "--max-qpu-seconds", "0.01") == 2
+    assert bench_backends.main(["--run", str(run_dir), "--data-root", str(data_root), "--dry-run", "--samples", "4",
+                                "--domains", "tgt_blur", "--quiet", "--backends", "ibm_runtime:fake_manila"]) == 0
     assert bench_backends.main(["--run", str(run_dir), "--data-root", str(data_root),
                                 "--backends", "ibm_runtime:fake_manila:shots=64",
                                 "--samples", "4", "--domains", "tgt_blur", "--quiet", "--out", str(tmp_path)]) == 0
