@@ -187,3 +187,32 @@ def test_benchmark_refuses_a_tta_that_needs_gradients(run_dir, data_root):
         bench_backends.run_bench(run_dir, ["aer"], samples=8, tta="tent", data_root=str(data_root), progress=False)
     with pytest.raises(ValueError, match="unknown TTA method 'nosuch'"):
         bench_backends.run_bench(run_dir, ["aer"], samples=8, tta="nosuch", data_root=str(data_root), progress=False)
+
+
+def test_benchmark_dry_run_plans_what_the_benchmark_sends(run_dir, data_root, monkeypatch, capsys, tmp_path):
+    from qiskit_ibm_runtime.executor_estimator import Estimator
+
+    specs = ["aer:shots=128", "ibm_runtime:fake_manila:shots=100"]
+    sizes = {"samples": 8, "domain_names": ["tgt_blur", "tgt_speckle"], "batch_size": 8,
+             "data_root": str(data_root), "progress": False}
+    with monkeypatch.context() as patch:
+        patch.setattr(Estimator, "run", lambda *a, **k: pytest.fail("a dry run submitted a job"))
+        plan = bench_backends.plan_bench(run_dir, specs, **sizes)
+        args = ["--run", str(run_dir), "--data-root", str(data_root), "--samples", "8", "--domains", "tgt_blur",
+                "--quiet", "--backends", ",".join(specs), "--out", str(tmp_path / "bench")]
+        assert bench_backends.main(args + ["--dry-run"]) == 0
+        table = capsys.readouterr().out
+        assert bench_backends.main(args + ["--max-qpu-seconds", "0.5"]) == 2
+        assert "more than --max-qpu-seconds 0.5" in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()  # neither a dry run nor a refusal writes anything
+    assert "| ibm_runtime:fake_manila:shots=100 |" in table and "estimated QPU s" in table
+    real = bench_backends.run_bench(run_dir, specs, **sizes)
+    for planned, row in zip(plan["plans"], real["rows"][1:]):
+        assert planned["spec"] == row["backend"]
+        for key in ("jobs", "circuits", "shots"):
+            assert planned[key] == row[key], (row["backend"], key)
+        assert planned["estimated_qpu_seconds"] == pytest.approx(row["estimated_qpu_seconds"])
+    ibm = plan["plans"][1]
+    assert ibm["jobs"] == 2 and ibm["circuits"] > 16  # resilience level 1: twirled and TREX circuits
+    assert ibm["isa_circuit"]["qubits"] == 5 and ibm["estimated_qpu_seconds"] > 2 * 2.0
+    assert plan["plans"][0]["estimated_qpu_seconds"] is None  # a simulator costs no QPU time
