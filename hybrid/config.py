@@ -33,6 +33,7 @@ class TrainConfig:
     input_smoothing: float = 1.0  # sigma (px) of a fixed Gaussian low-pass in front of the encoder; 0 = off
     embed_dim: int = 128  # bottleneck features shared by classifier, projection and discriminator
     dropout: float = 0.2
+    channels_last: bool = True  # encoder in NHWC memory format: oneDNN's faster CPU kernels (same maths)
     # the domain-generalization components; each ablation is one flag away
     algorithm: str = "dann"  # training algorithm from hybrid.algorithms.ALGORITHMS (erm, dann, ...)
     algorithm_hparams: str = ""  # "name=value,..." overrides of the algorithm's own HPARAMS defaults
@@ -96,6 +97,7 @@ class ModelConfig:
     input_smoothing: float = 1.0
     embed_dim: int = 128
     dropout: float = 0.2
+    channels_last: bool = True
     quantum: bool = True
     n_qubits: int = 4
     feature_map: str = "zz"
@@ -106,7 +108,7 @@ class ModelConfig:
 
 
 # Value of a field in configs saved before the field existed (the behaviour those runs had).
-ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random"}
+ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random", "channels_last": False}
 
 
 def field_type(name: str) -> type:

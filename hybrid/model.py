@@ -86,6 +86,8 @@ class HybridNet(nn.Module):
         mean, std = ((0.449, 0.226) if config.pretrained else (0.5, 0.25))
         self.register_buffer("pixel_mean", torch.tensor(mean))
         self.register_buffer("pixel_std", torch.tensor(std))
+        if config.channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
         self.embed = nn.Sequential(
             nn.Linear(width, config.embed_dim), nn.BatchNorm1d(config.embed_dim), nn.ReLU(inplace=True)
         )
@@ -107,6 +109,8 @@ class HybridNet(nn.Module):
             # a fixed low-pass: pneumonia opacities are low-frequency, pixel noise is not
             x = gaussian_blur(x, self.config.input_smoothing)
         x = (x - self.pixel_mean) / self.pixel_std
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.embed(self.encoder(x))
 
     def batchnorm_forward(self, x: torch.Tensor) -> torch.Tensor:
