@@ -70,3 +70,25 @@ def test_pennylane_is_an_optional_import(bench, monkeypatch):
     monkeypatch.setitem(sys.modules, "pennylane", None)  # as if not installed
     with pytest.raises(ImportError):
         bench.pennylane_forward(bench.QuantumConfig())
+
+
+@pytest.mark.slow
+def test_epoch_time_benchmark_compares_every_configuration_with_the_plain_loop(tmp_path, data_root, capsys):
+    from benchmarks import epoch_time
+
+    out = tmp_path / "epoch_time.json"
+    returned = epoch_time.main(["--steps", "1", "--rounds", "1", "--max-train-samples", "300", "--threads", "1",
+                                "--data-root", str(data_root), "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["configurations"]
+    assert list(rows) == ["plain", "full", "full_nchw", "no_quantum"] == list(returned["configurations"])
+    assert rows["plain"]["ratio_to_plain"] == 1.0
+    for name, row in rows.items():
+        assert row["images_per_s"] == pytest.approx(result["batch_size"] / row["median_step_s"]), name
+        assert row["ratio_to_plain"] == pytest.approx(row["images_per_s"] / rows["plain"]["images_per_s"]), name
+        assert row["steps_timed"] == 1 and row["first_step_s"] > 0
+    assert result["full_vs_plain"] == rows["full"]["ratio_to_plain"]
+    assert result["pass_speedup"] == (result["full_vs_plain"] >= result["goal_speedup"] == 1.3)
+    ratio = rows["full"]["median_step_s"] / rows["no_quantum"]["median_step_s"]
+    assert result["quantum_overhead"] == pytest.approx(ratio - 1)
+    assert "| full |" in capsys.readouterr().out
