@@ -181,6 +181,33 @@ def summary_line(report: dict, out_dir: Path) -> str:
             f"spread (std) {s['std']:.4f}; {report['run']['seconds'] / 60:.1f} min; report: {out_dir / 'report.md'}")
 
 
+# where a run runs, not what it is: a resumed run may change these
+RESUME_MAY_DIFFER = ("threads", "data_root")
+
+
+def check_resume(cfg: TrainConfig, out_dir: Path) -> None:
+    """Refuse a --resume that would silently start afresh or turn the run into another one."""
+    from dataclasses import fields
+
+    last = out_dir / "last.pt"
+    if not last.is_file():
+        raise ValueError(f"--resume: {last} does not exist, so there is nothing to resume; "
+                         "train without --resume, or into another --out")
+    saved_path = out_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = TrainConfig.load(saved_path)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--resume: {saved_path} could not be read ({exc}); restore it, or train into another "
+                         "--out") from None
+    differ = [f"{f.name} ({getattr(saved, f.name)!r} saved, {getattr(cfg, f.name)!r} given)" for f in fields(cfg)
+              if f.name not in RESUME_MAY_DIFFER and getattr(saved, f.name) != getattr(cfg, f.name)]
+    if differ:
+        raise ValueError(f"--resume with options that differ from {saved_path}: {'; '.join(differ)}; resume with "
+                         "the saved options, or train into another --out")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -196,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         cfg = config_from_args(args)
         out = Path(args.out or f"runs/{Path(cfg.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if args.resume:
+            check_resume(cfg, out)  # before anything is written into the run directory
         report = train(cfg, out, progress=not args.quiet, resume=args.resume,
                        command=command_line("python -m hybrid.train", argv))
         print(format_table(report["domains"], report["summary"]))

@@ -1,0 +1,39 @@
+"""`python -m hybrid.train --resume` never starts afresh silently and never turns a run into another one."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybrid import train
+
+TINY = ["--epochs", "1", "--max-train-samples", "96", "--width-mult", "0.1", "--stem-stride", "2", "--input-size", "16",
+        "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0", "--threads", "1", "--quiet"]
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_resume_without_last_checkpoint_is_refused_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([*TINY, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume:") and "last.pt does not exist" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_resume_with_other_options_is_refused_and_the_run_is_kept(tmp_path, data_root, capsys):
+    out = tmp_path / "run"
+    common = [*TINY, "--data-root", str(data_root), "--out", str(out)]
+    assert train.main(common) == 0
+    before = _files(out)
+    assert train.main([*common, "--resume", "--width-mult", "0.35", "--lr", "0.01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differ from" in err and "width_mult (0.1 saved, 0.35 given)" in err and "lr (" in err
+    assert "\n" not in err and _files(out) == before  # config.json, checkpoints and reports untouched
+    (out / "config.json").write_text("{not json")
+    assert train.main([*common, "--resume"]) == 2
+    assert "could not be read" in capsys.readouterr().err
+    (out / "config.json").write_bytes(before["config.json"])
+    assert train.main([*common, "--resume", "--threads", "2"]) == 0  # where it runs may change
