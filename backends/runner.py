@@ -135,12 +135,6 @@ def shots_per_circuit(pub_result: Any, result: Any = None) -> int:
     return int(shots or 0)
 
 
-def _values_in_spec_order(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    out = np.empty_like(values)
-    out[..., columns] = values
-    return out
-
-
 class EstimatorRunner:
     """`(angles (B, n_in), weights (n_w,)) -> (B, n_obs)` on an estimator, one job per call.
 
@@ -194,18 +188,22 @@ class EstimatorRunner:
         if unknown:
             raise ValueError(f"the transpiled circuit has parameters {unknown} that are neither inputs nor weights")
         self.columns = np.array([position[p] for p in self.circuit.parameters], dtype=int)
+        self.logical_columns = np.array([position[p] for p in spec.circuit.parameters], dtype=int)  # dry runs
         self.n_inputs = len(spec.input_params)
         self.n_weights = len(spec.weight_params)
 
-    def pub(self, angles: np.ndarray, weights: np.ndarray) -> tuple:
-        """The single PUB for a batch: bindings `(B, 1)` broadcast against `(n_obs,)` observables."""
+    def _values(self, angles: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """`(B, n_inputs + n_weights)` in our [inputs..., weights...] order."""
         angles = np.asarray(angles, dtype=float)
         weights = np.asarray(weights, dtype=float).reshape(-1)
         if angles.ndim != 2 or angles.shape[1] != self.n_inputs or weights.shape != (self.n_weights,):
             raise ValueError(f"expected angles (B, {self.n_inputs}) and weights ({self.n_weights},), "
                              f"got {angles.shape} and {weights.shape}")
-        values = np.concatenate([angles, np.broadcast_to(weights, (len(angles), self.n_weights))], axis=1)
-        return (self.circuit, self.observables, values[:, self.columns][:, None, :])
+        return np.concatenate([angles, np.broadcast_to(weights, (len(angles), self.n_weights))], axis=1)
+
+    def pub(self, angles: np.ndarray, weights: np.ndarray) -> tuple:
+        """The single PUB for a batch: bindings `(B, 1)` broadcast against `(n_obs,)` observables."""
+        return (self.circuit, self.observables, self._values(angles, weights)[:, self.columns][:, None, :])
 
     def plan(self, pub: tuple) -> dict:
         """What running `pub` executes: one job, one PUB, its circuits and shots, estimated QPU seconds."""
@@ -224,9 +222,9 @@ class EstimatorRunner:
         if batch == 0:
             return np.zeros((0, len(self.observables)))
         planned = self.plan(pub)
-        if self.dry_run:
-            self.stats.add({k: planned[k] for k in (*COUNTS[:-1], "estimated_qpu_seconds")})
-            return self._exact(pub)
+        if self.dry_run:  # counted as planned; no wall time, no usage
+            self.stats.add({k: planned[k] for k in ("jobs", "circuits", "shots", "samples", "estimated_qpu_seconds")})
+            return self._exact(angles, weights)
         started = time.perf_counter()
         job = None
         try:
@@ -259,12 +257,10 @@ class EstimatorRunner:
                         planned["shots"])
         return shots
 
-    def _exact(self, pub: tuple) -> np.ndarray:
+    def _exact(self, angles: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Exact expectation values of the logical circuit (a dry run's stand-in for the job's)."""
         from qiskit.primitives import StatevectorEstimator
 
-        values = _values_in_spec_order(pub[2][:, 0, :], self.columns)
-        ordered = list(self.spec.input_params) + list(self.spec.weight_params)
-        logical = values[:, [ordered.index(p) for p in self.spec.circuit.parameters]][:, None, :]
-        job = StatevectorEstimator().run([(self.spec.circuit, list(self.spec.observables), logical)])
+        values = self._values(angles, weights)[:, self.logical_columns][:, None, :]
+        job = StatevectorEstimator().run([(self.spec.circuit, list(self.spec.observables), values)])
         return np.asarray(job.result()[0].data.evs, dtype=float)

@@ -70,6 +70,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def differences(self, other: "TrainConfig", ignore=()) -> list[tuple[str, Any, Any]]:
+        """(field, this value, other value) for every field but `ignore` where the two configs differ."""
+        return [(f.name, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
+
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 

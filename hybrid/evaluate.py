@@ -239,10 +239,11 @@ def _run(args) -> int:
         plan = plan_evaluation(args, run_dir, options)
         if args.dry_run:
             print(plan_text(plan))
-            check_budget([plan], args.max_qpu_seconds)
-            return 0
+        else:
+            log.info("%s", plan_text(plan))
         check_budget([plan], args.max_qpu_seconds)
-        log.info("%s", plan_text(plan))
+        if args.dry_run:
+            return 0
     cfg, model, ckpt, backend = load_run(run_dir, args.backend, job_timeout=args.job_timeout, **options)
     try:
         result = evaluate_run(args, run_dir, cfg, model, ckpt, backend)

@@ -187,8 +187,6 @@ RESUME_MAY_DIFFER = ("threads", "data_root")
 
 def check_resume(cfg: TrainConfig, out_dir: Path) -> None:
     """Refuse a --resume that would silently start afresh or turn the run into another one."""
-    from dataclasses import fields
-
     last = out_dir / "last.pt"
     if not last.is_file():
         raise ValueError(f"--resume: {last} does not exist, so there is nothing to resume; "
@@ -201,8 +199,8 @@ def check_resume(cfg: TrainConfig, out_dir: Path) -> None:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"--resume: {saved_path} could not be read ({exc}); restore it, or train into another "
                          "--out") from None
-    differ = [f"{f.name} ({getattr(saved, f.name)!r} saved, {getattr(cfg, f.name)!r} given)" for f in fields(cfg)
-              if f.name not in RESUME_MAY_DIFFER and getattr(saved, f.name) != getattr(cfg, f.name)]
+    differ = [f"{name} ({old!r} saved, {new!r} given)"
+              for name, old, new in saved.differences(cfg, ignore=RESUME_MAY_DIFFER)]
     if differ:
         raise ValueError(f"--resume with options that differ from {saved_path}: {'; '.join(differ)}; resume with "
                          "the saved options, or train into another --out")

@@ -207,10 +207,8 @@ def check_existing(study: Study, out: Path) -> None:
         path = run_dir(out, variant, seed) / "config.json"
         if not path.is_file():
             continue
-        old = TrainConfig.load(path).to_dict()
-        new = study.config(variant, seed).to_dict()
-        diff = [f"{k}={old[k]!r} (now {new[k]!r})" for k in new
-                if k not in _ENVIRONMENT_FIELDS and old.get(k) != new[k]]
+        diff = [f"{k}={old!r} (now {new!r})" for k, old, new in
+                TrainConfig.load(path).differences(study.config(variant, seed), ignore=_ENVIRONMENT_FIELDS)]
         if diff:
             raise ValueError(f"{path.parent} was made with {', '.join(diff)}; a study compares runs "
                              "with one budget, so use a new --out (or the same settings) for this one")
