@@ -101,7 +101,7 @@ def test_workers_exit_when_the_study_process_is_killed(tmp_path):
         "import os, sys, time\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
         "from multiprocessing import get_context\n"
-        "from hybrid.studies.experiment import exit_with_parent\n"
+        "from hybrid.studies.launchers import exit_with_parent\n"
         "if __name__ == '__main__':\n"
         "    pool = ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=exit_with_parent,\n"
         "                               initargs=(os.getpid(), 0.2))\n"

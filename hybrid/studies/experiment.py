@@ -5,13 +5,19 @@
     python -m hybrid.experiment --preset quick --out /tmp/quick              # CI-sized, about a minute
     python -m hybrid.experiment --preset ham10000 --variants erm,full --out runs/ham
     python -m hybrid.experiment --list                                        # presets and variants
+    python -m hybrid.experiment --preset ablation --launcher slurm --partition cpu --time 240 \
+        --cpus-per-task 4 --out /shared/runs/ablation                        # one Slurm job array
+    python -m hybrid.experiment --status /shared/runs/ablation                # finished/running/failed/pending
     python -m hybrid.report runs/ablation                                     # tables and figures
 
 OUT/<variant>/seed<k>/ is an ordinary `hybrid.train` run directory. A run is finished when
 its report.json exists; finished runs are never touched again, so rerunning the command
 resumes an interrupted study (a half-trained run continues from its last.pt). A run that
-fails is logged with its traceback to OUT/failures.jsonl and the study goes on; rerun the
-command to retry it. OUT/study.json records the presets, variants, seeds, overrides and machine.
+fails is logged with its traceback (and Slurm job id and log) to OUT/failures.jsonl and the
+study goes on; rerun the command to retry it. With `--launcher slurm` the runs are one Slurm
+job array (submitit): preempted or timed-out tasks are requeued and resume from last.pt, a
+rerun submits only what is neither finished nor still queued, and the tasks write everything
+into OUT themselves, so the submitting shell may die (or leave at once with --no-wait). OUT/study.json records the presets, variants, seeds, overrides and machine.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ import platform
 import shlex
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from hybrid.cli import command_line, run_cli
 from hybrid.algorithms import algorithm_class
 from hybrid.config import TrainConfig, field_type, upgrade_fields
+from hybrid.rundir import write_json
+from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmLauncher
+from hybrid.studies.runs import RunJob, is_finished, record_failure, run_dir, study_status
 
 log = logging.getLogger("hybrid.experiment")
 
@@ -170,14 +178,6 @@ def parse_override(text: str) -> tuple[str, object]:
         raise ValueError(f"--set {key} expects a number, got {value!r}") from None
 
 
-def run_dir(out: Path, variant: str, seed: int) -> Path:
-    return Path(out) / variant / f"seed{seed}"
-
-
-def is_finished(path: Path) -> bool:
-    return (Path(path) / "report.json").is_file()
-
-
 def machine_info() -> dict:
     """Where the study ran, for the report's results section."""
     import torch
@@ -214,7 +214,7 @@ def check_existing(study: Study, out: Path) -> None:
                              "with one budget, so use a new --out (or the same settings) for this one")
 
 
-def _write_study(study: Study, out: Path, command: str | None, workers: int) -> None:
+def _write_study(study: Study, out: Path, command: str | None, workers: int, launcher: str = "local") -> None:
     """Create or extend study.json: variants and seeds accumulate over reruns."""
     path = out / "study.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
@@ -226,121 +226,45 @@ def _write_study(study: Study, out: Path, command: str | None, workers: int) -> 
     spec["machine"] = machine_info()
     spec["invocations"] = data.get("invocations", []) + [
         {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "workers": workers,
-         "variants": list(study.variants), "seeds": list(study.seeds)}]
-    path.write_text(json.dumps(spec, indent=2) + "\n")
-
-
-def run_one(cfg: TrainConfig, path: Path, threads: int, command: str | None = None) -> dict:
-    """Train one run with its output in path/train.log; errors come back as data, not exceptions.
-
-    Top-level so that spawned worker processes can import it.
-    """
-    from hybrid.reporting import format_table
-    from hybrid.runtime import torch_settings
-    from hybrid.train import summary_line, train
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    handler = logging.FileHandler(path / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-    hybrid_log = logging.getLogger("hybrid")
-    hybrid_log.addHandler(handler)
-    old = hybrid_log.level, hybrid_log.propagate
-    hybrid_log.setLevel(logging.INFO)
-    hybrid_log.propagate = False  # epoch lines go to train.log, not over the study's progress bar
-    try:
-        with open(path / "train.log", "a") as fh, contextlib.redirect_stdout(fh), torch_settings(cfg.threads or threads):
-            report = train(cfg, path, progress=False, resume=True, command=command)
-            print(format_table(report["domains"], report["summary"]) + "\n\n" + summary_line(report, path))
-        auc = report["summary"]["auc"]
-        return {"ok": True, "seconds": time.perf_counter() - started, "auc_mean": auc["mean"],
-                "auc_worst": auc["worst"]}
-    except Exception as exc:  # one bad run must not end the study
-        return {"ok": False, "seconds": time.perf_counter() - started,
-                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    finally:
-        hybrid_log.removeHandler(handler)
-        hybrid_log.level, hybrid_log.propagate = old
-        handler.close()
-
-
-def _record_failure(out: Path, variant: str, seed: int, result: dict) -> None:
-    line = {"variant": variant, "seed": seed, "run_dir": str(run_dir(out, variant, seed)),
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")} | {k: result.get(k) for k in ("error", "traceback", "seconds")}
-    with open(out / "failures.jsonl", "a") as fh:
-        fh.write(json.dumps(line) + "\n")
-    log.error("%s/seed%d failed: %s (details in %s)", variant, seed, result.get("error"), out / "failures.jsonl")
-
-
-def exit_with_parent(parent_pid: int, poll_seconds: float = 2.0) -> None:
-    """Worker initializer: end the worker once the study process is gone.
-
-    A study killed with SIGTERM/SIGKILL cannot shut its pool down, and its workers would
-    go on training unattended; a watcher thread notices the new parent and exits.
-    """
-    import threading
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(poll_seconds)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+         "launcher": launcher, "variants": list(study.variants), "seeds": list(study.seeds)}]
+    write_json(spec, path)
 
 
 def run_study(study: Study, out: Path, *, workers: int = 1, threads: int | None = None,
-              progress: bool = True, command: str | None = None) -> dict:
+              progress: bool = True, command: str | None = None, launcher: Launcher | None = None) -> dict:
     """Train every unfinished run of `study` under `out`; returns finished, skipped and failed runs.
 
-    With workers > 1 the runs go to a spawn-context process pool, each worker using
-    `threads` torch threads (default: cores // workers). Finished runs are skipped.
+    The runs go to `launcher` (default: this machine, `workers` processes), each with `threads`
+    torch threads (default: the launcher's share of the cores). Finished runs are skipped.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-    from multiprocessing import get_context
-
     from tqdm.auto import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_existing(study, out)
-    _write_study(study, out, command, workers)
+    launcher = launcher or LocalLauncher(workers)
+    _write_study(study, out, command, workers, launcher.name)
     runs = study.runs()
     todo = [(v, s) for v, s in runs if not is_finished(run_dir(out, v, s))]
     summary = {"finished": [], "skipped": [f"{v}/seed{s}" for v, s in runs if (v, s) not in todo], "failed": []}
     if summary["skipped"]:
         log.info("%d of %d runs already finished; skipping them", len(summary["skipped"]), len(runs))
-    n_workers = max(1, min(workers, len(todo)))
-    per_worker = threads or max(1, _cores() // n_workers)
+    per_run = threads or launcher.threads_per_run(len(todo), _cores())
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", disable=not progress)
 
-    def done(variant, seed, result):
-        name = f"{variant}/seed{seed}"
+    def done(job: RunJob, result: dict) -> None:
         if result.get("ok"):
-            summary["finished"].append(name)
-            log.info("%s: unseen AUC mean %.4f, worst %.4f (%.1f min)", name, result["auc_mean"],
-                     result["auc_worst"], result["seconds"] / 60)
-            bar.set_postfix_str(f"{name} AUC {result['auc_mean']:.3f}")
+            summary["finished"].append(job.name)
+            log.info("%s: unseen AUC mean %.4f, worst %.4f%s", job.name, result["auc_mean"], result["auc_worst"],
+                     f" ({result['seconds'] / 60:.1f} min)" if result.get("seconds") else "")
+            bar.set_postfix_str(f"{job.name} AUC {result['auc_mean']:.3f}")
         else:
-            summary["failed"].append(name)
-            _record_failure(out, variant, seed, result)
+            summary["failed"].append(job.name)
+            if not result.get("recorded"):
+                record_failure(out, job, result, **({"slurm_job": result["slurm_job"]} if "slurm_job" in result else {}))
         bar.update()
 
-    jobs = [(v, s, study.config(v, s), run_dir(out, v, s)) for v, s in todo]
-    if n_workers == 1:
-        for v, s, cfg, path in jobs:
-            done(v, s, run_one(cfg, path, per_worker, command))
-    else:
-        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(run_one, cfg, path, per_worker, command): (v, s) for v, s, cfg, path in jobs}
-            for future in as_completed(futures):
-                try:
-                    result = future.result()
-                except BrokenProcessPool as exc:  # a worker was killed (e.g. out of memory)
-                    result = {"ok": False, "error": f"worker process died: {exc}; rerun to retry"}
-                done(*futures[future], result)
+    launcher.launch([RunJob(v, s, study.config(v, s), run_dir(out, v, s), per_run, command) for v, s in todo], done)
     bar.close()
     return summary
 
@@ -367,10 +291,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other TrainConfig field for every variant, e.g. --set n_bootstrap=200")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
+    parser.add_argument("--status", metavar="OUT", help="show each run of the study in OUT: finished, running, "
+                        "failed or pending; train nothing")
+    _add_launcher_arguments(parser)
     parser.add_argument("--list", action="store_true", help="list presets and their variants")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args, command_line("python -m hybrid.experiment", argv)), verbose=False)
+
+
+def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("launcher", "where the runs execute")
+    group.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local",
+                       help="local: process pool on this machine (--workers); slurm: one Slurm job array (submitit)")
+    group.add_argument("--partition", help="slurm: partition to submit to (default: the cluster's)")
+    group.add_argument("--time", type=int, default=SlurmLauncher.time_min, metavar="MIN",
+                       help="slurm: time limit per run in minutes; a run that hits it is requeued and resumes")
+    group.add_argument("--cpus-per-task", type=int, default=SlurmLauncher.cpus_per_task,
+                       help="slurm: CPUs per run (also its torch threads unless --threads)")
+    group.add_argument("--gpus-per-task", type=int, default=0, help="slurm: GPUs per run (runs use --device auto)")
+    group.add_argument("--mem", type=float, metavar="GB", help="slurm: memory per run in GB")
+    group.add_argument("--array-parallelism", type=int, default=SlurmLauncher.array_parallelism,
+                       help="slurm: at most this many runs at once")
+    group.add_argument("--no-wait", action="store_true",
+                       help="slurm: return once submitted; follow with --status OUT")
+
+
+def make_launcher(args, out: Path) -> Launcher:
+    if args.launcher == "local":
+        return LocalLauncher(args.workers)
+    for name in ("time", "cpus_per_task", "array_parallelism"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.gpus_per_task < 0 or (args.mem is not None and args.mem <= 0):
+        raise ValueError("--gpus-per-task must be 0 or more and --mem positive")
+    return SlurmLauncher(out, partition=args.partition, time_min=args.time, cpus_per_task=args.cpus_per_task,
+                         gpus_per_task=args.gpus_per_task, mem_gb=args.mem,
+                         array_parallelism=args.array_parallelism, wait=not args.no_wait)
+
+
+def print_status(out: Path) -> int:
+    spec_path = Path(out) / "study.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path} does not exist; is {out} a study directory of hybrid.experiment?")
+    spec = json.loads(spec_path.read_text())
+    rows = study_status(out, [(v, s) for s in spec["seeds"] for v in spec["variants"]])
+    width = max(len(f"{r['variant']}/seed{r['seed']}") for r in rows) if rows else 10
+    for r in rows:
+        print(f"{r['variant'] + '/seed' + str(r['seed']):{width}s}  {r['state']:8s}  {r['detail']}")
+    counts = {state: sum(r["state"] == state for r in rows) for state in ("finished", "running", "failed", "pending")}
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
 
 
 def _run(args, command: str) -> int:
@@ -378,6 +349,8 @@ def _run(args, command: str) -> int:
     if args.list:
         print(_list_presets())
         return 0
+    if args.status:
+        return print_status(Path(args.status))
     overrides = dict(parse_override(s) for s in args.set)
     for key in ("epochs", "max_train_samples", "data_root"):
         if getattr(args, key) is not None:
@@ -390,8 +363,12 @@ def _run(args, command: str) -> int:
         for v, s in study.runs():
             print(f"{'finished' if is_finished(run_dir(out, v, s)) else 'to do':9s} {run_dir(out, v, s)}")
         return 0
+    launcher = make_launcher(args, out)
     summary = run_study(study, out, workers=args.workers, threads=args.threads, progress=not args.quiet,
-                        command=command)
+                        command=command, launcher=launcher)
+    if args.launcher == "slurm" and args.no_wait:
+        print(f"submitted; follow with: python -m hybrid.experiment --status {shlex.quote(str(out))}")
+        return 0
     print(f"{len(summary['finished'])} trained, {len(summary['skipped'])} already finished, "
           f"{len(summary['failed'])} failed; next: python -m hybrid.report {shlex.quote(str(out))}")
     if summary["failed"]:
