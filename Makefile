@@ -13,8 +13,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the release that lies on this machine's disk (a CPU-only
-	# machine elsewhere can use any torch>=2.2)
-	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q "torch>=2.2" "torchvision>=0.17"
+	# machine elsewhere can use any torch>=2.3)
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q "torch>=2.3" "torchvision>=0.18"
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
 

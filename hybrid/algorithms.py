@@ -3,8 +3,9 @@
 An `Algorithm` owns the network, its optimizer and learning-rate schedule, and whatever else
 the method trains beside the network (DANN's domain discriminator). `update(x, y, domains,
 step)` takes one step and returns what to log; `predict(x)` gives class logits. Adding a
-method is one class here with `@register_algorithm("name")`, plus its test; the training
-loop (`hybrid.fit`), the CLI choices and the registry-wide test pick it up from `ALGORITHMS`.
+method is one class here with `@register_algorithm("name")` and its `objective` (the loss of a
+batch), plus its test; the training loop (`hybrid.fit`), the CLI choices and the registry-wide
+test pick it up from `ALGORITHMS`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid.config import TrainConfig
+from hybrid.devices import module_device
 from hybrid.registry import lookup, registrar
 
 ALGORITHMS: dict[str, type["Algorithm"]] = {}
@@ -52,7 +54,7 @@ class Algorithm(nn.Module):
     """Base class: the network, an AdamW optimizer over every parameter, a one-cycle schedule.
 
     Subclasses create their extra modules in ``build()`` (called before the optimizer is
-    made, so it sees their parameters) and implement ``update``. A method's own
+    made, so it sees their parameters) and implement ``objective``. A method's own
     hyperparameters are declared in ``HPARAMS`` with their defaults and read with
     ``self.hp(name)``; `TrainConfig.algorithm_hparams` ("name=value,...") overrides them, so a
     new method needs no new config field.
@@ -73,6 +75,10 @@ class Algorithm(nn.Module):
         self.n_domains = n_domains
         self.total_steps = total_steps
         self.build()
+        device = module_device(network)
+        self.to(device)  # modules made by build() join the network's device before the optimizer sees them
+        # float16 gradients underflow without loss scaling; bfloat16 (CPU autocast) has float32's range
+        self.scaler = torch.amp.GradScaler("cuda") if hparams.amp and device.type == "cuda" else None
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=hparams.lr,
                                                              total_steps=total_steps, pct_start=0.15)
@@ -84,17 +90,34 @@ class Algorithm(nn.Module):
         """One of the method's own hyperparameters (its HPARAMS default unless overridden)."""
         return self._hp[name]
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor, step: int) -> dict[str, float]:
-        """One optimisation step on a batch; ``step`` counts from 0 over the whole training."""
+    def objective(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
+                  step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one batch and what to log; ``step`` counts from 0 over the whole training."""
         raise NotImplementedError
+
+    def forward(self, x, y, domains, step):
+        """The objective: `DistributedDataParallel(algorithm)(...)` averages its gradients over ranks."""
+        return self.objective(x, y, domains, step)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor, step: int,
+               runner: nn.Module | None = None) -> dict[str, float]:
+        """One optimisation step on a batch; `runner` is the DDP wrapper of this algorithm, if any."""
+        loss, logs = (runner or self)(x, y, domains, step)
+        self.step_optimizer(loss)
+        return logs
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 
     def step_optimizer(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
 
     def learning_rate(self) -> float:
@@ -102,8 +125,11 @@ class Algorithm(nn.Module):
 
     def training_state(self) -> dict:
         """Modules, optimizer and schedule, for `load_training_state` (the caller keeps the random state)."""
-        return {"algorithm": self.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        state = {"algorithm": self.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_training_state(self, state: dict) -> None:
         """Resume; a checkpoint written before algorithms existed kept every module in `model`."""
@@ -113,17 +139,18 @@ class Algorithm(nn.Module):
         self.load_state_dict(modules)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 @register_algorithm("erm")
 class ERM(Algorithm):
     """Empirical risk minimisation: cross-entropy on the (shifted) training images."""
 
-    def update(self, x, y, domains, step):
+    def objective(self, x, y, domains, step):
         loss = F.cross_entropy(self.network(x), y)
-        self.step_optimizer(loss)
         value = loss.item()
-        return {"loss": value, "cls_loss": value}
+        return loss, {"loss": value, "cls_loss": value}
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -164,13 +191,12 @@ class DANN(Algorithm):
         self.discriminator = nn.Sequential(nn.Linear(width, 128), nn.ReLU(inplace=True), nn.Dropout(0.2),
                                            nn.Linear(128, self.n_domains))
 
-    def update(self, x, y, domains, step):
+    def objective(self, x, y, domains, step):
         lam = dann_lambda(step / self.total_steps, self.hparams.dann_max_lambda)
         f = self.network.features(x)
         domain_logits = self.discriminator(grad_reverse(f, lam))  # before the head: dropout draws keep their order
         cls_loss = F.cross_entropy(self.network.head(f), y)
         dom_loss = F.cross_entropy(domain_logits, domains)
         loss = cls_loss + self.hparams.dann_weight * dom_loss
-        self.step_optimizer(loss)
-        return {"loss": loss.item(), "cls_loss": cls_loss.item(), "domain_loss": dom_loss.item(),
+        return loss, {"loss": loss.item(), "cls_loss": cls_loss.item(), "domain_loss": dom_loss.item(),
                 "domain_acc": float((domain_logits.argmax(1) == domains).float().mean()), "lambda": lam}

@@ -38,6 +38,7 @@ def estimate_batchnorm_statistics(layers: list[_BatchNorm], forward: Callable[[t
     training epoch and by AdaBN at test time.
     """
     momenta = [bn.momentum for bn in layers]
+    device = layers[0].running_mean.device if layers and layers[0].running_mean is not None else None
     for bn in layers:
         bn.reset_running_stats()
         bn.momentum = None
@@ -45,7 +46,7 @@ def estimate_batchnorm_statistics(layers: list[_BatchNorm], forward: Callable[[t
         for start in range(0, len(x), batch_size):
             chunk = x[start:start + batch_size]
             if len(chunk) > 1:
-                forward(chunk)
+                forward(chunk if device is None else chunk.to(device))
     finally:
         for bn, momentum in zip(layers, momenta):
             bn.momentum = momentum

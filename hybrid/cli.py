@@ -25,6 +25,9 @@ HELP = {
     "backend": "where the quantum layer runs; exact backends train with the torch engine",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",
+    "device": "auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N or mps",
+    "amp": "mixed precision in the encoder: float16 with a gradient scaler on CUDA, bfloat16 on CPU; the "
+           "quantum layer keeps q_precision",
     "channels_last": "run the encoder in channels-last memory format (about 1.6x faster on CPUs with oneDNN; "
                      "rounds differently in the last bits, so --no-channels-last reproduces older runs exactly)",
 }

@@ -57,6 +57,8 @@ class TrainConfig:
     augment: bool = True  # small random translations
     seed: int = 0
     threads: int | None = None  # torch threads (None: torch default)
+    device: str = "auto"  # auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps
+    amp: bool = False  # mixed precision in the encoder (float16 on CUDA, bfloat16 on CPU); quantum layer stays exact
     # evaluation
     tta: str = "adabn"  # test-time adaptation: adabn (whole-domain BN statistics), bn, bn2d, tent or none
     backend: str = "aer"  # backends registry name; exact backends train with the torch engine
@@ -103,6 +105,7 @@ class ModelConfig:
     embed_dim: int = 128
     dropout: float = 0.2
     channels_last: bool = True
+    amp: bool = False
     quantum: bool = True
     n_qubits: int = 4
     feature_map: str = "zz"

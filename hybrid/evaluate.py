@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="samples per batch, i.e. per job (default: the run's)")
     parser.add_argument("--name", help="name of the evaluation files (default: from the data and backend)")
     parser.add_argument("--resume", action="store_true", help="reuse the batches saved by an interrupted evaluation")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N or mps (default: auto)")
     q = parser.add_argument_group("backend options (those that apply to the chosen --backend)")
     q.add_argument("--shots", type=int, help="shots per circuit (aer, aer_noisy, ibm_runtime)")
     q.add_argument("--precision", type=float, help="target precision instead of shots")
@@ -244,7 +246,8 @@ def _run(args) -> int:
         check_budget([plan], args.max_qpu_seconds)
         if args.dry_run:
             return 0
-    cfg, model, ckpt, backend = load_run(run_dir, args.backend, job_timeout=args.job_timeout, **options)
+    cfg, model, ckpt, backend = load_run(run_dir, args.backend, device=args.device, job_timeout=args.job_timeout,
+                                         **options)
     try:
         result = evaluate_run(args, run_dir, cfg, model, ckpt, backend)
     finally:

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from hybrid.algorithms import Algorithm
 from hybrid.batchnorm import bn_layers, estimate_batchnorm_statistics
 from hybrid.config import TrainConfig
+from hybrid.devices import module_device
+from hybrid.distributed import Distributed
 from hybrid.domains import DomainSampler, random_translate
 from hybrid.inference import predict_probs
 from hybrid.metrics import domain_metrics
@@ -78,32 +80,66 @@ def make_batch(sampler: DomainSampler, x: torch.Tensor, idx: torch.Tensor, gener
     return xb, domains
 
 
+@dataclass
+class Generators:
+    """The run's random draws. `order` (permutation, BN calibration) is the same on every rank;
+    `batch` (virtual centers, shifts, augmentation) is the rank's own. One process: one generator."""
+
+    order: torch.Generator
+    batch: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int, ddp: Distributed) -> "Generators":
+        order = torch.Generator().manual_seed(seed)
+        if not ddp.active:
+            return cls(order, order)  # exactly the single-process run of earlier versions
+        return cls(order, torch.Generator().manual_seed(seed + 1_000_003 * (ddp.rank + 1)))
+
+
 def train_epoch(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, epoch: int,
-                generator: torch.Generator, progress: bool) -> tuple[dict, torch.Tensor]:
-    """One epoch of updates; returns the sample-weighted means of what `update` logged, and the order."""
+                generators: Generators, progress: bool, ddp: Distributed | None = None,
+                runner: torch.nn.Module | None = None) -> tuple[dict, torch.Tensor]:
+    """One epoch of updates; returns the sample-weighted means of what `update` logged, and the order.
+
+    With several ranks each takes its shard of every global batch of `cfg.batch_size`.
+    """
     from tqdm import tqdm
 
+    ddp = ddp or Distributed()
     algorithm.train()
+    device = module_device(algorithm)
     steps_per_epoch = math.ceil(len(data.y_train) / cfg.batch_size)
-    order = torch.randperm(len(data.y_train), generator=generator)
+    order = torch.randperm(len(data.y_train), generator=generators.order)
     sums: dict[str, float] = {}
     last: dict[str, float] = {}
     n_seen = 0
     bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                leave=False, unit="batch")
     for step in bar:
-        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        if len(idx) < 2:
-            continue  # BatchNorm needs two samples
-        xb, domains = make_batch(data.sampler, data.x_train, idx, generator, cfg.augment)
-        last = algorithm.update(xb, data.y_train[idx], domains, epoch * steps_per_epoch + step)
+        global_idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        if len(global_idx) < 2 * ddp.world_size:
+            continue  # BatchNorm needs two samples on every rank
+        idx = ddp.shard(global_idx)
+        xb, domains = make_batch(data.sampler, data.x_train, idx, generators.batch, cfg.augment)
+        last = algorithm.update(xb.to(device), data.y_train[idx].to(device), domains.to(device),
+                                epoch * steps_per_epoch + step, runner=runner)
         n_seen += len(idx)
         for key, value in last.items():
             sums[key] = sums.get(key, 0.0) + value * len(idx)
         bar.set_postfix(loss=f"{sums['loss'] / n_seen:.3f}")
-    means = {key: value / n_seen for key, value in sums.items()} if n_seen else {}
+    keys = sorted(k for k in sums if k != "lambda")
+    totals = ddp.sum([sums[k] for k in keys] + [n_seen])  # every rank's samples in the logged means
+    means = {k: v / totals[-1] for k, v in zip(keys, totals)} if totals[-1] else {}
     means["lambda"] = last.get("lambda")  # a schedule value: the epoch's last, not its mean
     return means, order
+
+
+def random_state() -> dict:
+    """Torch's global generators (dropout draws from them), for last.pt."""
+    state = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _record(epoch: int, means: dict, algorithm: Algorithm, val_auc: float, val_loss: float, seconds: float) -> dict:
@@ -120,45 +156,70 @@ def _improved(best: dict, val_auc: float, val_loss: float) -> bool:
 
 def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Path, *, meta: dict,
         progress: bool = True, resume: bool = False,
-        on_epoch_end: Callable[[dict], None] | None = None) -> dict:
+        on_epoch_end: Callable[[dict], None] | None = None, ddp: Distributed | None = None) -> dict:
     """Train for `cfg.epochs`, keeping the epoch with the best source-validation AUC in best.pt.
 
     `meta` (architecture facts, class names, ...) is stored in best.pt beside the network.
-    Returns {"auc", "loss", "epoch"} of the selected epoch.
+    Returns {"auc", "loss", "epoch"} of the selected epoch. With `ddp` across several ranks,
+    gradients are averaged by DistributedDataParallel, rank 0 validates and writes every file,
+    and last.pt keeps every rank's generators.
     """
+    ddp = ddp or Distributed()
     out_dir = Path(out_dir)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generators = Generators.seeded(cfg.seed, ddp)
     start_epoch, best = 0, {"auc": -1.0, "loss": math.inf, "epoch": -1}
     last_path, best_path, metrics_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        algorithm.load_training_state(state)
-        generator.set_state(state["generator"])
-        if "torch_rng" in state:  # dropout's generator; last.pt files of older runs lack it
-            torch.set_rng_state(state["torch_rng"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-        log.info("resuming from epoch %d", start_epoch)
-    if start_epoch == 0:
+        start_epoch, best = _resume(algorithm, last_path, generators, ddp)
+    if start_epoch == 0 and ddp.is_main:
         metrics_path.write_text("")
+    runner = ddp.wrap(algorithm, module_device(algorithm))
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        means, order = train_epoch(algorithm, data, cfg, epoch, generator, progress)
+        means, order = train_epoch(algorithm, data, cfg, epoch, generators, progress and ddp.is_main, ddp, runner)
         calib = order[: min(len(order), PRECISE_BN_BATCHES * cfg.batch_size)]
-        x_calib = data.sampler.shift(data.x_train[calib], data.sampler.draw(calib, generator), generator)
+        x_calib = data.sampler.shift(data.x_train[calib], data.sampler.draw(calib, generators.order), generators.order)
         recalibrate_batchnorm(algorithm.network, x_calib, cfg.batch_size)
-        val_auc, val_loss = validation_scores(algorithm.network, data, cfg.eval_batch_size)
+        val_auc, val_loss = ddp.broadcast(validation_scores(algorithm.network, data, cfg.eval_batch_size)
+                                          if ddp.is_main else None)
         record = _record(epoch, means, algorithm, val_auc, val_loss, time.perf_counter() - t0)
-        with open(metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
         improved = _improved(best, val_auc, val_loss)
         if improved:
             best = {"auc": val_auc, "loss": val_loss, "epoch": epoch + 1}
+        rank_states = ddp.gather(random_state() | {"batch_generator": generators.batch.get_state()})
+        if not ddp.is_main:
+            continue
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if improved:
             atomic_save(meta | {"model": algorithm.network.state_dict(), "epoch": epoch + 1, "val_auc": val_auc},
                         best_path)
-        atomic_save(algorithm.training_state() | {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                                                  "epoch": epoch, "best": best}, last_path)
+        extra = {"world_size": ddp.world_size, "rank_states": rank_states} if ddp.active else {}
+        atomic_save(algorithm.training_state() | random_state() | extra | {
+            "generator": generators.order.get_state(), "epoch": epoch, "best": best}, last_path)
         if on_epoch_end is not None:
             on_epoch_end(record)
         log.info("epoch %d/%d  loss %.4f  val AUC %.4f%s  (%.0f s)", epoch + 1, cfg.epochs, record["train_loss"],
                  val_auc, "  *best*" if improved else "", record["seconds"])
     return best
+
+
+def _resume(algorithm: Algorithm, last_path: Path, generators: Generators, ddp: Distributed) -> tuple[int, dict]:
+    """Load last.pt: modules, optimizer, schedule and every generator; returns (next epoch, best)."""
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    saved_world = state.get("world_size", 1)
+    if saved_world != ddp.world_size:
+        raise ValueError(f"--resume: {last_path} was written by {saved_world} training process(es); resume with "
+                         f"the same number (torchrun --nproc-per-node {saved_world}) so every rank continues its "
+                         "own random draws")
+    algorithm.load_training_state(state)
+    generators.order.set_state(state["generator"])
+    own = state["rank_states"][ddp.rank] if ddp.active else state
+    if ddp.active:
+        generators.batch.set_state(own["batch_generator"])
+    if "torch_rng" in own:  # dropout's generator; last.pt files of older runs lack it
+        torch.set_rng_state(own["torch_rng"])
+    if "cuda_rng" in own and torch.cuda.is_available():  # dropout on a GPU draws from its own generator
+        torch.cuda.set_rng_state_all(own["cuda_rng"])
+    log.info("resuming from epoch %d", state["epoch"] + 1)
+    return state["epoch"] + 1, state["best"]

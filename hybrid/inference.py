@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hybrid.devices import module_device
 from hybrid.metrics import domain_metrics, threshold_from_probs
 from hybrid.registry import lookup
 from hybrid.tta import TTA_METHODS, make_tta
@@ -22,6 +23,7 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", ba
     `reused_batches`, the batches taken from `partial` (adapted by an earlier, interrupted run).
     """
     method = make_tta(tta, model)
+    device = module_device(model)
     method.prepare(x if statistics_from is None else statistics_from)
     out = []
     reused = 0
@@ -37,8 +39,8 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", ba
                 out.append(saved)
                 reused += 1
                 continue
-            logits = method.predict(x[start:start + batch_size])
-            out.append(torch.softmax(logits.float(), dim=1).numpy())
+            logits = method.predict(x[start:start + batch_size].to(device))
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
             if partial is not None:
                 partial.add(desc, start, out[-1])
     finally:

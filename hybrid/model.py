@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from hybrid.config import ModelConfig
+from hybrid.devices import autocast_dtype
 from hybrid.quantum import QuantumConfig, QuantumLayer
 from hybrid.shifts import gaussian_blur
 
@@ -111,6 +112,11 @@ class HybridNet(nn.Module):
         x = (x - self.pixel_mean) / self.pixel_std
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.config.amp:
+            # the encoder only: the embedding, quantum layer and classifier stay in full precision
+            with torch.autocast(x.device.type, dtype=autocast_dtype(x.device)):
+                h = self.encoder(x)
+            return self.embed(h.float())
         return self.embed(self.encoder(x))
 
     def batchnorm_forward(self, x: torch.Tensor) -> torch.Tensor:

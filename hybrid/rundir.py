@@ -53,13 +53,16 @@ class LoadedRun(NamedTuple):
     backend: Any  # a `backends.Backend`; close() it when done
 
 
-def load_run(run_dir: Path, backend_name: str | None = None, **backend_options) -> LoadedRun:
-    """Rebuild a trained model from `config.json` and its checkpoint (weights_only).
+def load_run(run_dir: Path, backend_name: str | None = None, *, device: str = "cpu",
+             **backend_options) -> LoadedRun:
+    """Rebuild a trained model from `config.json` and its checkpoint (weights_only), on `device`
+    (a `--device` value: cpu, auto, cuda, cuda:N, mps).
 
     A QPU backend's cost estimate takes the rate calibrated by live runs of this run directory.
     """
     from backends import get_backend
     from backends.budget import stored_rate
+    from hybrid.devices import resolve_device
     from hybrid.model import HybridNet
 
     run_dir = Path(run_dir)
@@ -78,5 +81,6 @@ def load_run(run_dir: Path, backend_name: str | None = None, **backend_options) 
     model_cfg = replace(cfg.model_config(), pretrained=False, weights_path=None)
     model = HybridNet(model_cfg, ckpt["in_channels"], ckpt["n_classes"], layer_kwargs=backend.layer_kwargs())
     model.load_network_state(ckpt["model"])
+    model.to(resolve_device(device))
     model.eval()
     return LoadedRun(cfg, model, ckpt, backend)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ import torch
 
 from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
 from hybrid.config import TrainConfig
+from hybrid.devices import resolve_device
+from hybrid.distributed import Distributed
 from hybrid.data import DatasetBundle, Split, resolve_data_root
 from hybrid.domains import DomainSampler, build_eval_domains, is_unseen, load_bundle, split_to_tensors
 from hybrid.fit import TrainingData, fit
@@ -102,8 +105,9 @@ def evaluate_best(network, cfg: TrainConfig, bundle: DatasetBundle, data: Traini
 
 
 def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: bool = False,
-          command: str | None = None, on_epoch_end=None) -> dict:
-    """Train, select the best epoch on source validation, evaluate on unseen centers; returns the report."""
+          command: str | None = None, on_epoch_end=None) -> dict | None:
+    """Train, select the best epoch on source validation, evaluate on unseen centers; returns the report
+    (None on the ranks other than 0 of a torchrun launch, which only train)."""
     with torch_settings(cfg.threads, cfg.seed):
         return _train(cfg, Path(out_dir), progress, resume, command, on_epoch_end)
 
@@ -113,25 +117,35 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
 
     started = time.perf_counter()
     algorithm_class(cfg.algorithm)  # an unknown name fails before any work
+    device = resolve_device(cfg.device)
     backend = get_backend(cfg.backend)
     if not backend.exact:
         raise ValueError(f"training needs an exact backend; {cfg.backend!r} samples or is noisy "
                          "(train with aer, then evaluate with `python -m hybrid.evaluate --backend ...`)")
     bundle, data = prepare_data(cfg, resolve_data_root(cfg.data_root))  # bad data fails before any file is written
+    ddp = Distributed.from_env(device)  # torchrun: one process per rank, rank 0 writes
+    device = ddp.device(device)
+    progress = progress and ddp.is_main
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(out_dir / "config.json")
+    if ddp.is_main:
+        cfg.save(out_dir / "config.json")
     algorithm_name = resolve_algorithm(cfg, data.sampler.n_domains)
     n_domains = data.sampler.n_domains if ALGORITHMS[algorithm_name].needs_domains else 1
     target_centers = make_target_centers()
-    write_json({"source": [c.to_dict() for c in data.sampler.centers], "target": [c.to_dict() for c in target_centers],
-                "data": bundle.describe()}, out_dir / "centers.json")
+    if ddp.is_main:
+        write_json({"source": [c.to_dict() for c in data.sampler.centers],
+                    "target": [c.to_dict() for c in target_centers], "data": bundle.describe()}, out_dir / "centers.json")
     network = HybridNet(cfg.model_config(), bundle.n_channels, bundle.n_classes, layer_kwargs=backend.layer_kwargs())
+    network.to(device)
     steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)
     algorithm = make_algorithm(algorithm_name, network, cfg, n_domains=n_domains, total_steps=steps)
     meta = {"in_channels": bundle.n_channels, "n_classes": bundle.n_classes, "n_domains": n_domains,
             "positive_class": bundle.positive_class, "class_names": bundle.class_names, "threshold": None,
             "algorithm": algorithm_name}
-    fit(algorithm, data, cfg, out_dir, meta=meta, progress=progress, resume=resume, on_epoch_end=on_epoch_end)
+    fit(algorithm, data, cfg, out_dir, meta=meta, progress=progress, resume=resume, on_epoch_end=on_epoch_end, ddp=ddp)
+    ddp.close()  # evaluation is rank 0's alone
+    if not ddp.is_main:
+        return None
     train_seconds = time.perf_counter() - started
     evaluation = evaluate_best(network, cfg, bundle, data, out_dir / "best.pt", progress)
     raw = evaluation.pop("raw")
@@ -139,7 +153,8 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
                       "algorithm": algorithm_name, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
                       "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
                       "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "best_epoch": evaluation.pop("best_epoch"), "threads": torch.get_num_threads()},
+                      "best_epoch": evaluation.pop("best_epoch"), "threads": torch.get_num_threads(),
+                      "device": str(device), "processes": ddp.world_size},
               "config": cfg.to_dict()} | evaluation | {"data": bundle.describe()}
     report["figures"] = _figures(out_dir, report, raw, data.x_train, data.sampler.centers, target_centers)
     _write_report(out_dir, report)
@@ -182,7 +197,7 @@ def summary_line(report: dict, out_dir: Path) -> str:
 
 
 # where a run runs, not what it is: a resumed run may change these
-RESUME_MAY_DIFFER = ("threads", "data_root")
+RESUME_MAY_DIFFER = ("threads", "data_root", "device")
 
 
 def check_resume(cfg: TrainConfig, out_dir: Path) -> None:
@@ -220,11 +235,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = config_from_args(args)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
+            raise ValueError("under torchrun, give --out: every process must write into the same run directory")
         out = Path(args.out or f"runs/{Path(cfg.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.resume:
             check_resume(cfg, out)  # before anything is written into the run directory
         report = train(cfg, out, progress=not args.quiet, resume=args.resume,
                        command=command_line("python -m hybrid.train", argv))
+        if report is None:  # a torchrun rank other than 0: rank 0 prints the report
+            return 0
         print(format_table(report["domains"], report["summary"]))
         print("\n" + summary_line(report, out))
         return 0

@@ -154,10 +154,9 @@ def test_a_new_method_is_one_class_whose_hyperparameters_need_no_config_field():
     class ScaledERM(ERM):
         HPARAMS = {"scale": 1.0}
 
-        def update(self, x, y, domains, step):
+        def objective(self, x, y, domains, step):
             loss = self.hp("scale") * torch.nn.functional.cross_entropy(self.network(x), y)
-            self.step_optimizer(loss)
-            return {"loss": loss.item(), "cls_loss": loss.item()}
+            return loss, {"loss": loss.item(), "cls_loss": loss.item()}
 
     try:
         default = build("scaled_erm_for_test").update(*batch(), step=0)["loss"]

@@ -39,7 +39,7 @@ def slurm(tmp_path_factory):
 
 def study_command(out: Path, data_root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "hybrid.experiment", "--preset", "quick", "--launcher", "slurm",
-            "--cpus-per-task", "1", "--time", "10", "--data-root", str(data_root), "--out", str(out), "--quiet",
+            "--cpus-per-task", "1", "--time", "10", "--poll-seconds", "1", "--data-root", str(data_root), "--out", str(out), "--quiet",
             *extra]
 
 

@@ -209,7 +209,8 @@ class QuantumLayer(nn.Module):
             )
             # Stored outside the module registry: it holds no parameters of its own.
             object.__setattr__(self, "program", program)
-            return lambda x: program(x, self.weight)
+            object.__setattr__(self, "_device_programs", {})
+            return lambda x: program(x, self.weight) if x.device.type == "cpu" else self._run_on_device(x)
         if self.engine == "estimator":
             if make_runner is None:
                 raise ValueError("the estimator engine needs make_runner (e.g. backends.get_backend(...).make_runner)")
@@ -224,13 +225,26 @@ class QuantumLayer(nn.Module):
         object.__setattr__(self, "connector", connector)
         return lambda x: connector(x)
 
+    def _run_on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """The statevector engine on x's device: compiled once per device with that device as torch's
+        default, so the precomputed tensors and those made during the forward pass live beside x."""
+        from hybrid.quantum.statevector import compile_circuit
+
+        device = x.device
+        with torch.device(device):
+            if device not in self._device_programs:
+                self._device_programs[device] = compile_circuit(
+                    self.spec.circuit, self.spec.input_params, self.spec.weight_params, self.spec.observables,
+                    dtype=PRECISIONS[self.precision])
+            return self._device_programs[device](x, self.weight.to(device))
+
     def _run_estimator(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             # a silent cut in the graph would train nothing; say so instead
             raise RuntimeError("the estimator engine runs forward only, without gradients; call it under "
                                "torch.no_grad(), or use engine 'qnn' to differentiate through a sampling backend")
         out = self.runner(x.detach().cpu().double().numpy(), self.weight.detach().cpu().double().numpy())
-        return torch.as_tensor(out, dtype=torch.float64)
+        return torch.as_tensor(out, dtype=torch.float64, device=x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.n_inputs:

@@ -52,7 +52,7 @@ COMPONENTS: dict[str, dict] = {
     "full": dict(shift=True, algorithm="dann", quantum=True),
 }
 # Config fields that describe where a run ran, not what it is; they may differ on a rerun.
-_ENVIRONMENT_FIELDS = {"threads", "data_root", "seed"}
+_ENVIRONMENT_FIELDS = {"threads", "data_root", "seed", "device"}
 
 
 @dataclass(frozen=True)
@@ -313,6 +313,8 @@ def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mem", type=float, metavar="GB", help="slurm: memory per run in GB")
     group.add_argument("--array-parallelism", type=int, default=SlurmLauncher.array_parallelism,
                        help="slurm: at most this many runs at once")
+    group.add_argument("--poll-seconds", type=float, default=SlurmLauncher.poll_seconds,
+                       help="slurm: how often the waiting command asks squeue for the runs' states")
     group.add_argument("--no-wait", action="store_true",
                        help="slurm: return once submitted; follow with --status OUT")
 
@@ -323,11 +325,12 @@ def make_launcher(args, out: Path) -> Launcher:
     for name in ("time", "cpus_per_task", "array_parallelism"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.gpus_per_task < 0 or (args.mem is not None and args.mem <= 0):
-        raise ValueError("--gpus-per-task must be 0 or more and --mem positive")
+    if args.gpus_per_task < 0 or (args.mem is not None and args.mem <= 0) or args.poll_seconds <= 0:
+        raise ValueError("--gpus-per-task must be 0 or more, --mem and --poll-seconds positive")
     return SlurmLauncher(out, partition=args.partition, time_min=args.time, cpus_per_task=args.cpus_per_task,
                          gpus_per_task=args.gpus_per_task, mem_gb=args.mem,
-                         array_parallelism=args.array_parallelism, wait=not args.no_wait)
+                         array_parallelism=args.array_parallelism, wait=not args.no_wait,
+                         poll_seconds=args.poll_seconds)
 
 
 def print_status(out: Path) -> int:

@@ -126,8 +126,12 @@ class SlurmLauncher(Launcher):
     array_parallelism: int = 64
     max_requeues: int = 3  # how often a run that times out is requeued before it counts as failed
     wait: bool = True
-    poll_seconds: float = 5.0
-    vanish_grace_seconds: float = 15.0  # a job gone from the queue gets this long for its result to appear
+    poll_seconds: float = 5.0  # how often the waiting command asks squeue
+
+    @property
+    def vanish_grace_seconds(self) -> float:
+        """How long a job gone from the queue gets for its report to appear (shared storage lags)."""
+        return max(3 * self.poll_seconds, 3.0)
 
     def threads_per_run(self, n_runs: int, cores: int) -> int:
         return self.cpus_per_task
