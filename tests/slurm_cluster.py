@@ -67,8 +67,12 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 SchedulerType=sched/backfill
+# schedule every 2 s (defaults: 60 s main loop, 30 s backfill): a requeued job starts once its
+# begin time passes, not a minute later
+SchedulerParameters=bf_interval=2,sched_interval=2
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
+# cores only: with memory consumable and no per-job request, each job would hold the whole node
+SelectTypeParameters=CR_Core
 ReturnToService=2
 SlurmctldPort=16817
 SlurmdPort=16818
@@ -153,7 +157,7 @@ class SlurmCluster:
                 os.killpg(p.pid, signal.SIGTERM)
         for p in self.processes:
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
         self.processes.clear()

@@ -92,3 +92,19 @@ def test_epoch_time_benchmark_compares_every_configuration_with_the_plain_loop(t
     ratio = rows["full"]["median_step_s"] / rows["no_quantum"]["median_step_s"]
     assert result["quantum_overhead"] == pytest.approx(ratio - 1)
     assert "| full |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_times_one_and_two_processes(tmp_path, data_root, monkeypatch):
+    from benchmarks import scaling
+
+    monkeypatch.setenv("HYBRID_DATA_ROOT", str(data_root))
+    out = tmp_path / "scaling.json"
+    result = scaling.main(["--steps", "1", "--warmup", "0", "--rounds", "1", "--batch-size", "16",
+                           "--processes", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["configurations"]
+    assert list(rows) == ["1proc_1thread", "1proc_2threads", "2proc_1thread"] == list(result["configurations"])
+    assert rows["1proc_1thread"]["speedup_vs_1proc_1thread"] == 1.0
+    for row in rows.values():
+        assert row["images_per_s"] == pytest.approx(16 / row["median_step_s"]) and row["steps_timed"] == 1
+    assert rows["2proc_1thread"]["processes"] == 2

@@ -74,28 +74,32 @@ def test_slurm_study_matches_the_local_one(slurm, quick_study, data_root, tmp_pa
     assert len(read_lines(out / "slurm_jobs.jsonl")) == 2
 
 
-def _start_and_wait_for_a_checkpoint(cmd: list[str], run_path: Path, out: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    deadline = time.time() + 300
-    while not (run_path / "last.pt").is_file() or len(read_lines(run_path / "metrics.jsonl")) < 1:
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "the Slurm task never saved a checkpoint"
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the study command ended before {what}: {proc.communicate()}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-    return proc, read_lines(out / "slurm_jobs.jsonl")[-1]["job_id"]
 
 
-def _uninterrupted(tmp_path: Path, data_root: Path, epochs: int) -> dict:
-    study = experiment.build_study("quick", variants=["erm"], overrides={"data_root": str(data_root), "epochs": epochs})
-    experiment.run_study(study, tmp_path / "reference", progress=False)
-    return reports(tmp_path / "reference", "erm")
-
-
-def test_scancelled_run_resumes_when_the_command_is_rerun(slurm, data_root, tmp_path):
-    out, epochs = tmp_path / "study", 5
-    cmd = study_command(out, data_root, "--variants", "erm", "--epochs", str(epochs))
+def test_preempted_task_is_requeued_and_a_cancelled_one_resumes_on_rerun(slurm, data_root, tmp_path):
+    """Preemption: USR2 is the signal Slurm sends before preemption or the time limit (submitit's
+    --signal); the task checkpoints and Slurm requeues it. Cancellation: `scancel` during the
+    final evaluation ends the task for good; rerunning the command resumes it from last.pt."""
+    out, epochs = tmp_path / "study", 3
+    cmd = study_command(out, data_root, "--variants", "erm", "--epochs", str(epochs), "--set", "n_bootstrap=0",
+                        "--set", "tta=none")  # one evaluation pass
     run_path = out / "erm" / "seed0"
-    proc, job = _start_and_wait_for_a_checkpoint(cmd, run_path, out)
-    subprocess.run(["scancel", job], check=True)
+    log = run_path / "train.log"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    _wait_for(lambda: (run_path / "last.pt").is_file() and len(read_lines(run_path / "metrics.jsonl")) >= 1,
+              proc, "the first checkpoint")
+    job = read_lines(out / "slurm_jobs.jsonl")[-1]["job_id"]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    _wait_for(lambda: log.is_file() and "resuming from epoch" in log.read_text()
+              and len(read_lines(run_path / "metrics.jsonl")) == epochs, proc, "the requeued task's last epoch")
+    assert read_lines(out / "slurm_jobs.jsonl")[-1]["job_id"] == job  # requeued by Slurm, not resubmitted
+    subprocess.run(["scancel", job], check=True)  # now evaluating: killed before its report
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1 and f"Slurm job {job} ended without a report" in stderr
     (failure,) = read_lines(out / "failures.jsonl")
@@ -105,23 +109,12 @@ def test_scancelled_run_resumes_when_the_command_is_rerun(slurm, data_root, tmp_
 
     resumed = run(cmd)
     assert resumed.returncode == 0 and "1 trained" in resumed.stdout, resumed.stderr
-    assert "resuming from epoch" in (run_path / "train.log").read_text()
+    assert log.read_text().count("resuming from epoch") == 2
     assert [m["epoch"] for m in read_lines(run_path / "metrics.jsonl")] == list(range(1, epochs + 1))  # none twice
     assert len(read_lines(out / "slurm_jobs.jsonl")) == 2 and not (run_path / "running.json").exists()
-    reference = _uninterrupted(tmp_path, data_root, epochs)
-    assert domain_aucs(reports(out, "erm")) == pytest.approx(domain_aucs(reference), abs=1e-9)
-
-
-def test_preempted_task_is_requeued_and_resumes(slurm, data_root, tmp_path):
-    """USR2 is the signal Slurm sends before preemption or the time limit (submitit's --signal)."""
-    out, epochs = tmp_path / "study", 5
-    cmd = study_command(out, data_root, "--variants", "erm", "--epochs", str(epochs))
-    run_path = out / "erm" / "seed0"
-    proc, job = _start_and_wait_for_a_checkpoint(cmd, run_path, out)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    stdout, stderr = proc.communicate(timeout=400)
-    assert proc.returncode == 0 and "1 trained, 0 already finished, 0 failed" in stdout, stderr
-    assert "resuming from epoch" in (run_path / "train.log").read_text()
-    assert len(read_lines(out / "slurm_jobs.jsonl")) == 1  # requeued by Slurm, not resubmitted
-    assert [m["epoch"] for m in read_lines(run_path / "metrics.jsonl")] == list(range(1, epochs + 1))
-    assert not (out / "failures.jsonl").exists()
+    study = experiment.build_study("quick", variants=["erm"],
+                                   overrides={"data_root": str(data_root), "epochs": epochs, "n_bootstrap": 0,
+                                              "tta": "none"})
+    experiment.run_study(study, tmp_path / "reference", progress=False)
+    assert domain_aucs(reports(out, "erm")) == pytest.approx(domain_aucs(reports(tmp_path / "reference", "erm")),
+                                                             abs=1e-9)
