@@ -95,6 +95,8 @@ def test_preempted_task_is_requeued_and_a_cancelled_one_resumes_on_rerun(slurm, 
     _wait_for(lambda: (run_path / "last.pt").is_file() and len(read_lines(run_path / "metrics.jsonl")) >= 1,
               proc, "the first checkpoint")
     job = read_lines(out / "slurm_jobs.jsonl")[-1]["job_id"]
+    status = run([sys.executable, "-m", "hybrid.experiment", "--status", str(out)])
+    assert f"running   Slurm job {job}" in status.stdout and "0 finished, 1 running" in status.stdout
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     _wait_for(lambda: log.is_file() and "resuming from epoch" in log.read_text()
               and len(read_lines(run_path / "metrics.jsonl")) == epochs, proc, "the requeued task's last epoch")
@@ -118,3 +120,19 @@ def test_preempted_task_is_requeued_and_a_cancelled_one_resumes_on_rerun(slurm, 
     experiment.run_study(study, tmp_path / "reference", progress=False)
     assert domain_aucs(reports(out, "erm")) == pytest.approx(domain_aucs(reports(tmp_path / "reference", "erm")),
                                                              abs=1e-9)
+
+
+def test_a_task_that_fails_records_its_job_and_log_itself(slurm, data_root, tmp_path):
+    from dataclasses import replace
+
+    from hybrid.studies.launchers import SlurmLauncher
+
+    study = experiment.build_study("quick", variants=["erm"], overrides={"data_root": str(data_root)})
+    study = replace(study, variants={"broken": {"dataset": "nosuchmnist"}})
+    out = tmp_path / "study"
+    summary = experiment.run_study(study, out, progress=False,
+                                   launcher=SlurmLauncher(out, cpus_per_task=1, time_min=5, poll_seconds=1))
+    assert summary["failed"] == ["broken/seed0"] and not summary["finished"]
+    (failure,) = read_lines(out / "failures.jsonl")  # written by the task, not repeated by the submitter
+    assert "nosuchmnist" in failure["error"] and failure["traceback"]
+    assert failure["slurm_job"] == read_lines(out / "slurm_jobs.jsonl")[0]["job_id"] and Path(failure["log"]).is_file()
