@@ -33,6 +33,17 @@ HELP = {
 }
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (sample limits, batch sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def config_choices() -> dict[str, tuple]:
     """CLI choices of the config fields that name registry entries."""
     from backends import BACKENDS

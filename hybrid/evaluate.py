@@ -169,7 +169,7 @@ def execution_line(result: dict) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     from backends import BACKENDS
-    from hybrid.cli import run_cli
+    from hybrid.cli import positive_int, run_cli
 
     parser = argparse.ArgumentParser(prog="python -m hybrid.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run directory written by hybrid.train")
@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                              "score (comma-separated names or ids; default: every center in it)")
     parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="default: the run's backend")
-    parser.add_argument("--max-samples", type=int, help="evaluate at most this many samples per domain")
-    parser.add_argument("--batch-size", type=int, help="samples per batch, i.e. per job (default: the run's)")
+    parser.add_argument("--max-samples", type=positive_int, help="evaluate at most this many samples per domain")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help="samples per batch, i.e. per job (default: the run's)")
     parser.add_argument("--name", help="name of the evaluation files (default: from the data and backend)")
     parser.add_argument("--resume", action="store_true", help="reuse the batches saved by an interrupted evaluation")
     parser.add_argument("--device", default="auto",

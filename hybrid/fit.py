@@ -9,7 +9,6 @@ as the uninterrupted one would), so a crash loses at most the epoch in progress.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,7 +27,7 @@ from hybrid.distributed import Distributed
 from hybrid.domains import DomainSampler, random_translate
 from hybrid.inference import predict_probs
 from hybrid.metrics import domain_metrics
-from hybrid.rundir import atomic_save
+from hybrid.rundir import atomic_save, json_text
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +189,7 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
         if not ddp.is_main:
             continue
         with open(metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json_text(record) + "\n")
         if improved:
             atomic_save(meta | {"model": algorithm.network.state_dict(), "epoch": epoch + 1, "val_auc": val_auc},
                         best_path)

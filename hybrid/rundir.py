@@ -8,6 +8,7 @@ and decision threshold), last.pt (everything needed to resume), metrics.jsonl, r
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,23 @@ CHECKPOINT = "best.pt"
 RESULTS = "results.jsonl"
 
 
+def finite(obj):
+    """`obj` with every NaN or infinity replaced by None: JSON has no NaN (`json.dumps` would write an
+    invalid bare `NaN`), and an undefined metric (the AUC of one-class data) is null."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """Strict JSON (no NaN) of `data`; undefined numbers become null."""
+    return json.dumps(finite(data), indent=indent, allow_nan=False)
+
+
 def atomic_save(obj, path: Path) -> None:
     """Write to a temporary file and rename, so a crash never leaves a half-written checkpoint."""
     path = Path(path)
@@ -34,14 +52,14 @@ def write_json(data: Any, path: Path) -> None:
     """Write `data` as indented JSON, through a temporary file, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json_text(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
 def append_result(run_dir: Path, record: dict) -> None:
     """Append one JSON line to the run's results.jsonl (training and every evaluation)."""
     with open(Path(run_dir) / RESULTS, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(json_text(record) + "\n")
 
 
 class LoadedRun(NamedTuple):

@@ -37,3 +37,32 @@ def test_resume_with_other_options_is_refused_and_the_run_is_kept(tmp_path, data
     assert "could not be read" in capsys.readouterr().err
     (out / "config.json").write_bytes(before["config.json"])
     assert train.main([*common, "--resume", "--threads", "2"]) == 0  # where it runs may change
+
+
+@pytest.mark.parametrize("flag,value", [("--max-samples", "-5"), ("--max-samples", "0"), ("--batch-size", "0"),
+                                        ("--batch-size", "two")])
+def test_evaluate_refuses_counts_below_one(tmp_path, capsys, flag, value):
+    from hybrid import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--run", str(tmp_path), flag, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and flag in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_json_outputs_hold_null_not_nan(tmp_path):
+    import json
+    import math
+
+    from hybrid.rundir import append_result, write_json
+
+    record = {"auc": math.nan, "ci": [-math.inf, 0.5], "nested": {"x": math.inf}}
+    write_json(record, tmp_path / "r.json")
+    append_result(tmp_path, record)
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"invalid JSON constant {name}"))
+
+    assert strict((tmp_path / "r.json").read_text()) == {"auc": None, "ci": [None, 0.5], "nested": {"x": None}}
+    assert strict((tmp_path / "results.jsonl").read_text().splitlines()[0])["auc"] is None

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from hybrid.cli import run_cli
+from hybrid.rundir import json_text
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
 from hybrid.studies.results import (BASELINE, SETTINGS, STATS, by_seed, compare, domain_groups, load_runs,
@@ -134,7 +135,7 @@ def _build_report(runs_dir: Path, models: bool, data_root: str | None, evaluatio
                        "epochs": r.report.get("config", {}).get("epochs"),
                        "minutes": (r.report["run"].get("seconds") or math.nan) / 60,
                        "threads": r.report["run"].get("threads")} for r in runs]
-    (out_dir / "report.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
+    (out_dir / "report.json").write_text(json_text(result, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown(result, runs))
     return result
 
@@ -147,17 +148,6 @@ def _open_failures(runs_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     latest = {(r["variant"], r["seed"]): r for r in rows}
     return [r for (v, s), r in latest.items() if not (runs_dir / v / f"seed{s}" / "report.json").is_file()]
-
-
-def _clean(obj):
-    """JSON without NaN: undefined numbers become null."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybrid.config import TrainConfig
+from hybrid.rundir import json_text
 
 log = logging.getLogger("hybrid.experiment")
 
@@ -117,7 +118,7 @@ def append_line(path: Path, record: dict) -> None:
     """One JSON line, written with a single O_APPEND write and fsync'd: concurrent jobs never interleave."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
+        os.write(fd, (json_text(record) + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)
