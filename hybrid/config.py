@@ -115,6 +115,9 @@ class ModelConfig:
     seed: int = 0  # seeds the quantum layer's initial weights
 
 
+# Where a run runs, not what it is: a resumed run or a study rerun may change these.
+ENVIRONMENT_FIELDS = ("threads", "data_root", "device")
+
 # Value of a field in configs saved before the field existed (the behaviour those runs had).
 ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random", "channels_last": False}
 

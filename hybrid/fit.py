@@ -185,7 +185,8 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
         improved = _improved(best, val_auc, val_loss)
         if improved:
             best = {"auc": val_auc, "loss": val_loss, "epoch": epoch + 1}
-        rank_states = ddp.gather(random_state() | {"batch_generator": generators.batch.get_state()})
+        rank_states = ddp.gather(random_state() | {"batch_generator": generators.batch.get_state()}) if ddp.active \
+            else None
         if not ddp.is_main:
             continue
         with open(metrics_path, "a") as fh:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
-from hybrid.config import TrainConfig
+from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.devices import resolve_device
 from hybrid.distributed import Distributed
 from hybrid.data import DatasetBundle, Split, resolve_data_root
@@ -196,8 +196,7 @@ def summary_line(report: dict, out_dir: Path) -> str:
             f"spread (std) {s['std']:.4f}; {report['run']['seconds'] / 60:.1f} min; report: {out_dir / 'report.md'}")
 
 
-# where a run runs, not what it is: a resumed run may change these
-RESUME_MAY_DIFFER = ("threads", "data_root", "device")
+RESUME_MAY_DIFFER = ENVIRONMENT_FIELDS
 
 
 def check_resume(cfg: TrainConfig, out_dir: Path) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from hybrid.cli import command_line, run_cli
 from hybrid.algorithms import algorithm_class
-from hybrid.config import TrainConfig, field_type, upgrade_fields
+from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, field_type, upgrade_fields
 from hybrid.rundir import write_json
 from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmLauncher
 from hybrid.studies.runs import RunJob, is_finished, record_failure, run_dir, study_status
@@ -52,7 +52,7 @@ COMPONENTS: dict[str, dict] = {
     "full": dict(shift=True, algorithm="dann", quantum=True),
 }
 # Config fields that describe where a run ran, not what it is; they may differ on a rerun.
-_ENVIRONMENT_FIELDS = {"threads", "data_root", "seed", "device"}
+_ENVIRONMENT_FIELDS = {*ENVIRONMENT_FIELDS, "seed"}  # seeds are compared per run directory
 
 
 @dataclass(frozen=True)
