@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -111,8 +110,11 @@ def _read_rates(folder: Path) -> dict:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Replace `path` in one step, so that an interrupted write never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
+    """Replace `path` in one step, so that an interrupted write never leaves half a file; the file gets
+    the user's umask (a temporary file from `tempfile` would be private to its owner)."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
         fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)

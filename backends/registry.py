@@ -118,6 +118,9 @@ def parse_backend_spec(spec: str) -> tuple[str, dict]:
     `aer:shots=1024`, `aer:1024`, `aer_noisy:fake_brisbane:shots=512`, `ibm_runtime:fake_manila`.
     """
     name, *parts = spec.strip().split(":")
+    if name not in BACKENDS:  # before any work: a benchmark row that fails late helps nobody
+        raise BackendError(f"backend spec {spec!r}: unknown backend {name!r}; valid backends: "
+                           f"{', '.join(sorted(BACKENDS))}")
     options: dict[str, Any] = {}
     for part in parts:
         if "=" in part:

@@ -4,6 +4,7 @@ and turning a user's mistake into one `error:` line and exit status 2 (no traceb
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import shlex
 import sys
@@ -100,17 +101,38 @@ def configure_logging(verbose: bool = True) -> None:
 
 def run_cli(body: Callable[[], int | None], *, verbose: bool = True,
             extra_errors: tuple[type[BaseException], ...] = (),
-            exit_codes: dict[type[BaseException], int] | None = None) -> int:
+            exit_codes: dict[type[BaseException], int] | None = None,
+            on_interrupt: Callable[[], str] | None = None) -> int:
     """Run a tool's body with the project's logging; user errors become one sentence on stderr.
 
     `DataError`, `FileNotFoundError` and `ValueError` (and `extra_errors`) exit with 2, or with
-    the code `exit_codes` gives their type; anything else is a bug and keeps its traceback.
+    the code `exit_codes` gives their type; an OSError (full disk, no permission) says what to do;
+    Ctrl-C stops with exit status 130 and the line `on_interrupt` gives (how to continue); anything
+    else is a bug and keeps its traceback.
     """
     configure_logging(verbose)
     codes = exit_codes or {}
     try:
         result = body()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{'; ' + on_interrupt() if on_interrupt else ''}", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError, *extra_errors, *codes) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return next((code for kind, code in codes.items() if isinstance(exc, kind)), 2)
+    except OSError as exc:  # a full disk, a read-only folder: the environment, not the input
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write or read{where}: {exc.strerror or exc}; "
+              f"{OS_ADVICE.get(exc.errno, 'check the path and its permissions')}", file=sys.stderr)
+        return 2
     return 0 if result is None else result
+
+
+OS_ADVICE = {
+    errno.ENOSPC: "free some space and rerun (with --resume where the tool has it); files written before are intact",
+    errno.EDQUOT: "free some of your quota and rerun (with --resume where the tool has it); files written before "
+                  "are intact",
+    errno.EACCES: "choose a folder you can write to",
+    errno.EPERM: "choose a folder you can write to",
+    errno.EROFS: "the file system is read-only; choose another folder",
+}

@@ -8,6 +8,7 @@ their choices are made in `hybrid.cli`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,12 @@ class TrainConfig:
     backend: str = "aer"  # backends registry name; exact backends train with the torch engine
     eval_batch_size: int = 256
     n_bootstrap: int = 1000
+    eval_max_samples: int | None = None  # final evaluation: at most this many images per domain (quick runs)
+
+    def __post_init__(self) -> None:
+        problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def model_config(self) -> "ModelConfig":
         """The fields the network is built from (the rest is data, training and evaluation)."""
@@ -87,9 +94,19 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """A saved config: a run saved before a field existed was made without that feature,
-        whatever today's default (see ABSENT_MEANS), and renamed fields are mapped."""
+        whatever today's default (see ABSENT_MEANS), and renamed fields are mapped. Unknown
+        fields and values of the wrong type are refused (a tampered or foreign file)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a config is a JSON object of fields, got {type(data).__name__}")
+        values = upgrade_fields(data)
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in upgrade_fields(data).items() if k in known}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown} (written by another version of hybrid-qdg, or "
+                             "edited by hand)")
+        wrong = [f"{k}={v!r} (expected {type_name(k)})" for k, v in values.items() if not value_fits(k, v)]
+        if wrong:
+            raise ValueError(f"config values of the wrong type: {', '.join(wrong)}")
         return cls(**(ABSENT_MEANS | values))
 
 
@@ -120,6 +137,70 @@ ENVIRONMENT_FIELDS = ("threads", "data_root", "device")
 
 # Value of a field in configs saved before the field existed (the behaviour those runs had).
 ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random", "channels_last": False}
+
+
+# Ranges a run can work with; each is checked when a config is made (CLI, API, saved file).
+MAX_QUBITS = 16  # the exact engine holds 2**n complex amplitudes per image: 1 MiB at 16 qubits, per state
+LIMITS: dict[str, tuple[float | None, float | None, str]] = {  # field: (lowest, highest, the rule in words)
+    "epochs": (1, None, "at least 1"),
+    "batch_size": (2, None, "at least 2 (BatchNorm needs two images in a training batch)"),
+    "eval_batch_size": (1, None, "at least 1"),
+    "lr": (1e-12, None, "above 0"),
+    "weight_decay": (0, None, "0 or more"),
+    "width_mult": (0.01, None, "above 0"),
+    "embed_dim": (1, None, "at least 1"),
+    "dropout": (0, 0.99, "at least 0 and below 1"),
+    "clean_fraction": (0, 1, "between 0 and 1"),
+    "n_source_centers": (1, None, "at least 1"),
+    "n_qubits": (1, MAX_QUBITS, f"between 1 and {MAX_QUBITS} (the exact engine simulates 2**n amplitudes per image)"),
+    "q_reps": (1, None, "at least 1"),
+    "input_size": (8, None, "at least 8 pixels (the encoder halves the image five times)"),
+    "max_train_samples": (2, None, "at least 2"),
+    "threads": (1, None, "at least 1"),
+    "n_bootstrap": (0, None, "0 (no intervals) or more"),
+    "eval_max_samples": (1, None, "at least 1"),
+    "input_smoothing": (0, None, "0 (off) or more"),
+    "dann_max_lambda": (0, None, "0 or more"),
+    "dann_weight": (0, None, "0 or more"),
+}
+
+
+def check(cfg: "TrainConfig", name: str) -> str | None:
+    """What is wrong with one field's value, naming its flag, or None."""
+    value, (low, high, why) = getattr(cfg, name), LIMITS[name]
+    if value is None and optional(name):
+        return None
+    flag = "--" + name.replace("_", "-")
+    if not value_fits(name, value) or (isinstance(value, float) and not math.isfinite(value)):
+        return f"{flag} must be {type_name(name)}, got {value!r}"
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"{flag} must be {why}, got {value!r}"
+    return None
+
+
+def type_name(name: str) -> str:
+    kind = field_type(name)
+    text = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}[kind]
+    return text + (" or null" if optional(name) else "")
+
+
+def optional(name: str) -> bool:
+    """Whether the field may be None (`int | None`)."""
+    return "None" in str({f.name: f.type for f in fields(TrainConfig)}[name])
+
+
+def value_fits(name: str, value) -> bool:
+    """Whether `value` has the type of field `name` (JSON numbers: an int is a valid float)."""
+    if name not in {f.name for f in fields(TrainConfig)}:
+        return False
+    if value is None:
+        return optional(name)
+    kind = field_type(name)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def field_type(name: str) -> type:

@@ -117,9 +117,17 @@ def _bundle(name, splits, class_names, positive_class, test_domains=None, center
     shapes = sorted({p.images.shape[1:] for p in parts})
     if len(shapes) > 1:
         raise DataError(f"{name}: splits have different image shapes {shapes}; resize all images to one size.")
-    n_classes = max(n_classes, len(class_names or []), *(int(p.labels.max()) + 1 for p in parts))
-    if n_classes < 2:
-        raise DataError(f"{name}: every label is 0; a classifier needs at least two classes.")
+    seen = np.unique(np.concatenate([p.labels for p in parts]))
+    if class_names and seen.max() >= len(class_names):
+        raise DataError(f"{name}: labels {seen[seen >= len(class_names)].tolist()[:10]} lie outside the "
+                        f"{len(class_names)} named classes {list(class_names)}; fix those labels or the class names.")
+    n_classes = max(n_classes, len(class_names or []), int(seen.max()) + 1)
+    if n_classes < 2 or len(seen) < 2:
+        raise DataError(f"{name}: every label is {int(seen[0])}; a classifier needs at least two classes.")
+    gaps = sorted(set(range(n_classes)) - set(seen.tolist()))
+    if gaps and not class_names:
+        raise DataError(f"{name}: labels take the values {seen.tolist()[:10]}, so classes {gaps[:10]} have no image; "
+                        "store class ids as 0..K-1 without gaps, or name the classes (label_names).")
     names = [str(c) for c in (class_names or [])]
     names += [str(i) for i in range(len(names), n_classes)]
     return DatasetBundle(name=name, **splits, n_classes=n_classes, n_channels=int(shapes[0][-1]),

@@ -81,21 +81,24 @@ def check_labels(labels: np.ndarray, n_classes: int, where: str) -> None:
 
 
 def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: int, root,
-                      centers: str | None = None) -> Domains:
+                      centers: str | None = None, class_names: list[str] | None = None) -> Domains:
     """External evaluation data: each center of a multi-center file or folder is its own domain.
 
     A multi-center .npz is never split the way training splits it ("train on all but the last
     center"): the run did not train on it, so every center in it is scored, or those named in
     `centers` (comma-separated names or ids). For the run's own multi-center file the default is
     its held-out centers; a training center asked for by name is scored as `train:NAME`, which
-    is not an unseen domain.
+    is not an unseen domain. A folder's class folders are matched to the run's `class_names`.
     """
     path = resolve_dataset_path(spec, root)
+    if not path.exists() and (path.suffix or len(path.parts) > 1):
+        raise DataError(f"--data {spec}: no such file or folder; give an .npz file, a folder laid out as "
+                        "<center>/<class>/*.png, or a MedMNIST name")
     is_npz = path.suffix.lower() == ".npz" and path.is_file()
     fields = multicenter_fields(path, cfg.label_field, cfg.center_field) if is_npz else None
     trained: set[str] = set()
     if path.is_dir():
-        splits = load_center_folder(path)
+        splits = load_center_folder(path, class_names)
         prefix = ""
     elif fields:
         label_field, center_field = fields

@@ -35,7 +35,7 @@ from hybrid.domains import Domains, build_eval_domains, domains_from_data, is_un
 from hybrid.inference import check_tta_on_backend, evaluate_domains
 from hybrid.metrics import summarize
 from hybrid.reporting import format_table
-from hybrid.rundir import append_result, load_run, write_json
+from hybrid.rundir import append_result, file_part, load_run, write_json, write_text
 from hybrid.shifts import CENTER_SETS
 from hybrid.tta import TTA_METHODS
 
@@ -52,7 +52,8 @@ class Interrupted(RuntimeError):
 def select_domains(args, cfg: TrainConfig, ckpt: dict, root) -> tuple[Domains, str]:
     """The domains to score and the evaluation's default name."""
     if args.data:
-        domains = domains_from_data(args.data, cfg, ckpt["in_channels"], ckpt["n_classes"], root, args.centers)
+        domains = domains_from_data(args.data, cfg, ckpt["in_channels"], ckpt["n_classes"], root, args.centers,
+                                    ckpt.get("class_names"))
         return domains, Path(args.data).stem
     center_set = args.centers or "target"
     if center_set not in CENTER_SETS:
@@ -96,9 +97,12 @@ def evaluation_inputs(args, cfg: TrainConfig, ckpt: dict, backend) -> tuple[Doma
     domains, name = select_domains(args, cfg, ckpt, resolve_data_root(args.data_root or cfg.data_root))
     if backend.label != cfg.backend or not backend.exact:
         name = f"{name}_{backend.label}"  # results on another backend do not overwrite the run's own
+    if tta != cfg.tta:
+        name = f"{name}_tta-{tta}"  # nor do those with another TTA method
     if args.max_samples:
         domains = {k: (x[: args.max_samples], y[: args.max_samples]) for k, (x, y) in domains.items()}
-    return domains, args.name or name, tta, batch_size
+        name = f"{name}_max{args.max_samples}"  # nor a quick look at a few samples
+    return domains, file_part(args.name, "--name") if args.name else file_part(name), tta, batch_size
 
 
 def record_qpu_usage(execution: dict, run_dir: Path, backend) -> None:
@@ -132,18 +136,18 @@ def evaluate_run(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backe
     result = {
         "kind": "evaluation", "name": name, "run": str(run_dir), "data": args.data or args.dataset or cfg.dataset,
         "backend": backend.name, "backend_description": backend.description, "backend_options": backend.options,
-        "tta": tta, "threshold": ckpt["threshold"], "positive_class": ckpt["positive_class"],
+        "tta": tta, "max_samples": args.max_samples, "threshold": ckpt["threshold"], "positive_class": ckpt["positive_class"],
         "domains": per_domain, "unseen": unseen, "summary": summarize(per_domain, unseen),
         "quantum_execution": execution_summary(partial, domains, batch_size),
         "seconds": time.perf_counter() - started, "config": cfg.to_dict(),
     }
     record_qpu_usage(result["quantum_execution"], run_dir, backend)
     write_json(result, run_dir / f"eval_{name}.json")
-    (run_dir / f"eval_{name}.md").write_text(
+    write_text(
         f"# Evaluation of {run_dir.name} on {result['data']}\n\nbackend: {backend.description}; "
         f"TTA: {tta}; threshold (source validation): {ckpt['threshold']:.4f}\n\n"
-        f"{format_table(per_domain, result['summary'])}\n" + (f"\n{execution_line(result)}\n" if partial else "")
-    )
+        f"{format_table(per_domain, result['summary'])}\n" + (f"\n{execution_line(result)}\n" if partial else ""),
+        run_dir / f"eval_{name}.md")
     append_result(run_dir, result)
     if partial is not None:
         partial.remove()

@@ -27,12 +27,13 @@ from hybrid.distributed import Distributed
 from hybrid.domains import DomainSampler, random_translate
 from hybrid.inference import predict_probs
 from hybrid.metrics import domain_metrics
-from hybrid.rundir import atomic_save, json_text
+from hybrid.rundir import append_line, atomic_save, json_text, load_checkpoint, read_lines, write_text
 
 log = logging.getLogger(__name__)
 
 MAX_TRANSLATION = 2  # pixels of random translation when cfg.augment
-PRECISE_BN_BATCHES = 8  # batches of shifted training images that re-estimate BN statistics per epoch
+PRECISE_BN_BATCHES = 8
+LAST_KEYS = ("epoch", "best", "generator")  # batches of shifted training images that re-estimate BN statistics per epoch
 
 
 @dataclass
@@ -170,8 +171,9 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
     last_path, best_path, metrics_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
     if resume and last_path.is_file():
         start_epoch, best = _resume(algorithm, last_path, generators, ddp)
-    if start_epoch == 0 and ddp.is_main:
-        metrics_path.write_text("")
+    if ddp.is_main:  # a kill between an epoch's metrics line and its last.pt leaves a line the rerun rewrites
+        kept = [r for r in read_lines(metrics_path) if r.get("epoch", 0) <= start_epoch] if start_epoch else []
+        write_text("".join(json_text(r) + "\n" for r in kept), metrics_path)
     runner = ddp.wrap(algorithm, module_device(algorithm))
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -189,8 +191,7 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
             else None
         if not ddp.is_main:
             continue
-        with open(metrics_path, "a") as fh:
-            fh.write(json_text(record) + "\n")
+        append_line(metrics_path, record)
         if improved:
             atomic_save(meta | {"model": algorithm.network.state_dict(), "epoch": epoch + 1, "val_auc": val_auc},
                         best_path)
@@ -206,7 +207,7 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
 
 def _resume(algorithm: Algorithm, last_path: Path, generators: Generators, ddp: Distributed) -> tuple[int, dict]:
     """Load last.pt: modules, optimizer, schedule and every generator; returns (next epoch, best)."""
-    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(last_path, "--resume: checkpoint", LAST_KEYS)
     saved_world = state.get("world_size", 1)
     if saved_world != ddp.world_size:
         raise ValueError(f"--resume: {last_path} was written by {saved_world} training process(es); resume with "

@@ -8,6 +8,7 @@ The base layer under `hybrid.data`, which re-exports the public names here: `Dat
 
 from __future__ import annotations
 
+import logging
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -17,11 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
+
 ENV_DATA_ROOT = "HYBRID_DATA_ROOT"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes with one intensity channel
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 _INT_IDS = "store class ids as integers 0..K-1"
+AMBIGUOUS_SHARE = 0.01  # float images with fewer values above 1 than this share are neither 0-1 nor 0-255
 
 
 class DataError(ValueError):
@@ -57,10 +61,15 @@ def as_images(arr, where: str) -> np.ndarray:
         if not np.isfinite(arr).all():
             raise DataError(f"{where}: images contain NaN or inf values; clean or drop those images first.")
         lo, hi = float(arr.min()), float(arr.max())
-        if lo >= 0 and hi <= 255:
-            return np.rint(arr * 255 if hi <= 1 else arr).astype(np.uint8)
-        raise DataError(f"{where}: float images range over [{lo:g}, {hi:g}]; "
-                        "rescale them to [0, 1] or [0, 255].")
+        if not (lo >= 0 and hi <= 255):
+            raise DataError(f"{where}: float images range over [{lo:g}, {hi:g}]; "
+                            "rescale them to [0, 1] or [0, 255].")
+        above = int(np.count_nonzero(arr > 1))
+        if 0 < above < AMBIGUOUS_SHARE * arr.size:  # [0, 1] images with a few overshoots, or nearly black 0-255?
+            raise DataError(f"{where}: float images lie in [0, 1] except {above} of {arr.size} values (up to "
+                            f"{hi:g}), so their scale is ambiguous; clip them with np.clip(images, 0, 1) if they "
+                            "are 0-1 images, or save 0-255 images as uint8.")
+        return np.rint(arr * 255 if hi <= 1 else arr).astype(np.uint8)
     # Integers in 0..255 convert losslessly (e.g. images saved as int64 by accident).
     if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 255:
         return arr.astype(np.uint8)
@@ -101,6 +110,14 @@ def open_npz(path: Path) -> np.lib.npyio.NpzFile:
                         f"{ENV_DATA_ROOT} at the folder holding it.")
     try:
         npz = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise DataError(f"Cannot read {path} as a NumPy .npz archive ({e}); the file is corrupt or not an "
+                            ".npz, re-download it or re-save it with np.savez.") from None
+        # NumPy read it as a pickle (or a text file); its message suggests unsafe loading: never pass that on
+        raise DataError(f"{path} is not an .npz archive (it is neither a zip of arrays nor a NumPy array; perhaps "
+                        "a pickle or a text file); re-save the data with np.savez(path, images=..., labels=...).") \
+            from None
     except _READ_ERRORS as e:
         raise DataError(f"Cannot read {path} as a NumPy .npz archive ({e}); the file is corrupt or not an "
                         ".npz, re-download it or re-save it with np.savez.") from None
@@ -134,45 +151,99 @@ def load_eval_npz(path) -> Split:
                     "or images/labels.")
 
 
-def load_center_folder(root) -> dict[str, Split]:
+def load_center_folder(root, class_names: list[str] | None = None) -> dict[str, Split]:
     """Read root/<center>/<class>/*.png|jpg into one Split per center.
 
-    Class ids follow the class folder names sorted over all centers, so a center missing a class
-    keeps the same ids. If any image has colour every center is loaded as RGB, else grayscale.
+    With `class_names` (the run's), each class folder is matched to one of them, ignoring case,
+    or by its id ("0", "1", ...); a folder it cannot match is refused with the expected names, so
+    a folder never silently gets another class's id. Without them, ids follow the folder names
+    sorted over all centers. If any image has colour every center is loaded as RGB, else grayscale.
     """
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Image folder {root} not found; expected a folder laid out as "
                         "root/<center>/<class>/*.png.")
     centers = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = sorted({c.name for p in centers for c in p.iterdir()
-                      if c.is_dir() and not c.name.startswith(".")})
-    if not classes:
+    folders = sorted({c.name for p in centers for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")})
+    if not folders:
         raise DataError(f"No <center>/<class>/ subfolders under {root}; lay images out as "
                         "root/<center>/<class>/*.png.")
+    class_ids = _class_ids(folders, class_names, root)
     loaded = {}
     for center in centers:
-        files = [(f, k) for k, c in enumerate(classes) if (center / c).is_dir()
-                 for f in sorted((center / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [(f, class_ids[c.name]) for c in sorted(center.iterdir()) if c.name in class_ids
+                 for f in _class_files(c)]
         if not files:
             raise DataError(f"Center folder {center} holds no .png/.jpg images in class subfolders; "
                             f"add images under {center}/<class>/ or remove it.")
-        arrays = []
-        for f, _ in files:
-            try:
-                with Image.open(f) as im:
-                    arrays.append(np.asarray(im.convert("L" if im.mode in _GRAY_MODES else "RGB")))
-            except (OSError, ValueError) as e:
-                raise DataError(f"Cannot read image {f} ({e}); remove or replace the file.") from None
+        arrays = [_read_image(f) for f, _ in files]
         sizes = sorted({a.shape[:2] for a in arrays})
         if len(sizes) > 1:
             raise DataError(f"Images in {center} have different sizes {sizes[:4]}; resize them to one size "
                             "first (e.g. PIL Image.resize).")
         loaded[center.name] = (arrays, [k for _, k in files])
-    # Grayscale saved as RGB (equal channels) does not make the folder colour.
+    return _stack_centers(loaded)
+
+
+def _class_ids(folders: list[str], class_names: list[str] | None, root: Path) -> dict[str, int]:
+    """Class folder name -> class id: the run's class names (any case) or ids, else sorted order."""
+    if class_names is None:
+        return {name: k for k, name in enumerate(folders)}
+    lookup = {name.lower(): k for k, name in enumerate(class_names)} | {str(k): k for k in range(len(class_names))}
+    unknown = [name for name in folders if name.lower() not in lookup]
+    if unknown:
+        raise DataError(f"Class folders {unknown} under {root} match none of the run's classes; name each class "
+                        f"folder after one of {list(class_names)} (any case) or its id 0..{len(class_names) - 1}.")
+    return {name: lookup[name.lower()] for name in folders}
+
+
+def _class_files(folder: Path) -> list[Path]:
+    """The image files of one class folder; anything else there is refused rather than skipped."""
+    files, other = [], []
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith("."):
+            continue
+        (files if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() else other).append(f)
+    if other:
+        kind = "is not a regular file" if other[0].suffix.lower() in IMAGE_SUFFIXES else "is not a .png/.jpg image"
+        raise DataError(f"{other[0]} {kind}; class folders may hold only images: move it out, or remove it.")
+    if not files:
+        raise DataError(f"Class folder {folder} is empty; add its images or remove the folder.")
+    return files
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, 3); 16-bit and float grayscale are scaled to 0-255, not clipped."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in _GRAY_MODES:
+                return _gray_to_uint8(np.asarray(im), path)
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"Cannot read image {path} ({e}); remove or replace the file.") from None
+
+
+def _gray_to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):  # 16-bit PNG (I;16) or 32-bit ("I"): full range of 16 bits
+        if arr.min() < 0 or arr.max() > 65535:
+            raise DataError(f"{path}: integer pixel values range over [{arr.min()}, {arr.max()}], beyond 16 bits; "
+                            "save it as an 8- or 16-bit image.")
+        return np.rint(arr.astype(np.float64) * (255 / 65535)).astype(np.uint8)
+    return as_images(arr[None], str(path))[0, ..., 0]  # float ("F"): 0-1 or 0-255, as for arrays
+
+
+def _stack_centers(loaded: dict[str, tuple[list[np.ndarray], list[int]]]) -> dict[str, Split]:
+    """One Split per center; grayscale saved as RGB (equal channels) does not make the folder colour."""
     rgb = any(a.ndim == 3 and not (a == a[..., :1]).all() for arrays, _ in loaded.values() for a in arrays)
+    gray = sum(a.ndim == 2 for arrays, _ in loaded.values() for a in arrays)
+    if rgb and gray:
+        log.warning("%d grayscale images among colour ones: their intensity is repeated on three channels", gray)
     out = {}
     for i, (name, (arrays, labels)) in enumerate(loaded.items()):
         if rgb:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -9,6 +11,8 @@ from hybrid.devices import module_device
 from hybrid.metrics import domain_metrics, threshold_from_probs
 from hybrid.registry import lookup
 from hybrid.tta import TTA_METHODS, make_tta
+
+log = logging.getLogger(__name__)
 
 
 def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", batch_size: int = 256,
@@ -63,6 +67,8 @@ def evaluate_domains(model, domains: dict[str, tuple[torch.Tensor, torch.Tensor]
         counters: dict = {}
         probs = predict_probs(model, x, tta, batch_size, progress, desc=name, partial=partial, counters=counters)
         labels = y.numpy()
+        if len(np.unique(labels)) < 2:
+            log.warning("%s holds images of one class only: its AUC is undefined (null in the report)", name)
         per_domain[name] = domain_metrics(labels, probs, threshold=threshold, positive_class=positive_class,
                                           n_bootstrap=n_bootstrap, seed=seed)
         if tta != "none":

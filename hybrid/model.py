@@ -29,10 +29,9 @@ LEGACY_TRAINING_KEYS = ("discriminator.",)
 
 def _load_pretrained(weights_path: str | None) -> dict:
     if weights_path:
-        path = Path(weights_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from hybrid.rundir import load_checkpoint
+
+        state = load_checkpoint(Path(weights_path), "--weights-path: pretrained weights file")
         return state.get("state_dict", state) if isinstance(state, dict) else state
     from torchvision.models import MobileNet_V2_Weights
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hybrid.metrics import roc_points, summarize_domains
+from hybrid.rundir import write_text
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -352,5 +353,5 @@ def write_markdown_report(report: Mapping, path) -> Path:
     if run.get("command"):
         out += ["Command:", "", "```bash", run["command"], "```", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out))
+    write_text("\n".join(out), path)
     return path

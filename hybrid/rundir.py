@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,26 +42,167 @@ def json_text(data: Any, indent: int | None = None) -> str:
     return json.dumps(finite(data), indent=indent, allow_nan=False)
 
 
+def file_part(name: str, refuse_as: str | None = None) -> str:
+    """`name` as one safe file-name part: a name from data (a center, a class) or from the user can never
+    reach outside its folder. With `refuse_as` (a flag), an unsafe name is refused instead of cleaned."""
+    safe = re.sub(r"[^A-Za-z0-9._:+=-]", "_", str(name)).lstrip(".") or "_"
+    if refuse_as and safe != name:
+        raise ValueError(f"{refuse_as} {name!r} must be a plain file name part (letters, digits and . _ : + = -, "
+                         "not starting with a dot)")
+    return safe
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: the directory entry is on disk once its folder is fsync'd."""
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
 def atomic_save(obj, path: Path) -> None:
-    """Write to a temporary file and rename, so a crash never leaves a half-written checkpoint."""
+    """torch.save to a temporary file, fsync, rename: a crash never leaves a half-written checkpoint."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        _replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write a text file through a temporary file, fsync'd and renamed: readers never see half a file,
+    and a full disk leaves the previous version intact."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        tmp.write_text(text)
+        _replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(data: Any, path: Path) -> None:
-    """Write `data` as indented JSON, through a temporary file, so readers never see half a file."""
+    """Write `data` as indented strict JSON, atomically (see `write_text`)."""
+    write_text(json_text(data, indent=2) + "\n", path)
+
+
+def append_line(path: Path, record: dict) -> None:
+    """One JSON line, written with a single O_APPEND write and fsync'd: concurrent writers never
+    interleave, and a crash leaves whole lines only (a torn last line is dropped by `read_lines`)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, (json_text(record) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The JSON lines of `path` ([] when absent); a torn line from a crash is skipped."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json_text(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def append_result(run_dir: Path, record: dict) -> None:
     """Append one JSON line to the run's results.jsonl (training and every evaluation)."""
-    with open(Path(run_dir) / RESULTS, "a") as fh:
-        fh.write(json_text(record) + "\n")
+    append_line(Path(run_dir) / RESULTS, record)
+
+
+class CheckpointError(DataError):
+    """A checkpoint that cannot be used: unreadable, refused (pickled code) or missing entries."""
+
+
+def load_checkpoint(path: Path, what: str, required: tuple[str, ...] = ()) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers only, so a planted pickle
+    payload is refused before any of it runs. Errors are one sentence (torch's own message
+    suggests turning the protection off; that advice is never passed on)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{what} {path} was refused: it holds pickled Python objects other than tensors, "
+                              "which could run code when loaded; use a file saved with torch.save(state_dict) "
+                              "of plain tensors") from None
+    except Exception as exc:  # truncated, not a torch file, wrong format
+        raise CheckpointError(f"{what} {path} could not be read ({type(exc).__name__}); it is truncated or not a "
+                              "torch checkpoint: restore it, or retrain") from None
+    if required:
+        missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+        if missing:
+            raise CheckpointError(f"{what} {path} lacks {missing}; it was not written by this version of "
+                                  "hybrid-qdg or was edited: restore it, or retrain")
+    return obj
+
+
+# What hybrid.train and hybrid.evaluate write into a run directory (what --overwrite clears).
+RUN_OUTPUTS = ("config.json", "centers.json", "metrics.jsonl", "last.pt", "best.pt", "report.json", "report.md",
+               RESULTS, "roc_curves.png", "domain_auc.png", "training_curves.png", "centers.png", "qpu_rates.json")
+RUN_OUTPUT_PATTERNS = ("eval_*.json", "eval_*.md", "partial_*.jsonl", "*.tmp")
+
+
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out that cannot hold a new run, before anything is read or written: a file, a
+    folder that cannot be written, or one that holds a run (unless resuming or overwriting it)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give a folder for the run directory")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {existing} cannot be written to; choose a folder you can write to")
+    if resume or overwrite:
+        return
+    if (out / "report.json").exists():
+        held = "a finished run (report.json)"
+    elif (out / "last.pt").exists() or (out / "best.pt").exists():
+        held = "an unfinished run (last.pt)"
+    else:
+        return
+    raise ValueError(f"--out {out} already holds {held}; continue it with --resume, replace it with --overwrite, "
+                     "or train into another --out")
+
+
+def clear_run(out: Path) -> list[str]:
+    """Delete what an earlier run wrote into `out` (for --overwrite); returns the names removed."""
+    out = Path(out)
+    paths = [out / name for name in RUN_OUTPUTS] + [p for pattern in RUN_OUTPUT_PATTERNS for p in out.glob(pattern)]
+    removed = []
+    for path in paths:
+        if path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+BEST_KEYS = ("model", "in_channels", "n_classes", "positive_class", "threshold", "epoch")
+
+
+def load_config(path: Path) -> TrainConfig:
+    """A run's config.json, or one sentence on what is wrong with it."""
+    try:
+        return TrainConfig.load(path)
+    except (ValueError, TypeError) as exc:  # invalid JSON, unknown fields, wrong types, out of range
+        raise DataError(f"{path} cannot be used: {exc}; restore it from the run's report.json 'config', "
+                        "or retrain") from None
 
 
 class LoadedRun(NamedTuple):
@@ -88,11 +231,8 @@ def load_run(run_dir: Path, backend_name: str | None = None, *, device: str = "c
     for path in (cfg_path, ckpt_path):
         if not path.is_file():
             raise DataError(f"{path} is missing; is {run_dir} a run directory written by hybrid.train?")
-    cfg = TrainConfig.load(cfg_path)
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"checkpoint {ckpt_path} could not be read ({exc}); retrain or restore it") from exc
+    cfg = load_config(cfg_path)
+    ckpt = load_checkpoint(ckpt_path, "checkpoint", BEST_KEYS)
     backend = get_backend(backend_name or cfg.backend, **backend_options)
     backend.qpu_rate = stored_rate(run_dir, backend.qpu_rate)  # before the model makes its runner
     # the checkpoint carries its own architecture facts; weights need not be downloaded again

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -31,14 +32,14 @@ from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.devices import resolve_device
 from hybrid.distributed import Distributed
-from hybrid.data import DatasetBundle, Split, resolve_data_root
+from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
 from hybrid.domains import DomainSampler, build_eval_domains, is_unseen, load_bundle, split_to_tensors
 from hybrid.fit import TrainingData, fit
 from hybrid.inference import evaluate_domains, predict_probs, source_threshold
 from hybrid.metrics import domain_metrics, summarize, threshold_from_probs
 from hybrid.model import HybridNet
 from hybrid.reporting import format_table
-from hybrid.rundir import append_result, atomic_save, write_json
+from hybrid.rundir import append_result, atomic_save, check_out_dir, clear_run, load_checkpoint, write_json
 from hybrid.runtime import torch_settings
 from hybrid.shifts import make_target_centers
 
@@ -56,6 +57,7 @@ def prepare_data(cfg: TrainConfig, root) -> tuple[DatasetBundle, TrainingData]:
     """The dataset, its training tensors, and source validation under the source centers."""
     bundle = load_bundle(cfg, root)
     _subsample(bundle, cfg.max_train_samples, cfg.seed)
+    check_splits(bundle)
     x_train, y_train = split_to_tensors(bundle.train, cfg.input_size, bundle.n_channels)
     x_val, y_val = split_to_tensors(bundle.val, cfg.input_size, bundle.n_channels)
     sampler = DomainSampler(cfg, bundle.train.centers)
@@ -64,6 +66,22 @@ def prepare_data(cfg: TrainConfig, root) -> tuple[DatasetBundle, TrainingData]:
     if cfg.shift:  # real-center ids index the training set; unshifted validation needs no ids
         x_val = sampler.shift(x_val, sampler.draw(torch.arange(len(y_val)), gen_val), gen_val)
     return bundle, TrainingData(x_train, y_train, x_val, y_val, bundle.positive_class, sampler)
+
+
+def check_splits(bundle: DatasetBundle) -> None:
+    """Refuse splits a run cannot learn or select from, before any work; warn about a one-class training split."""
+    if len(bundle.train) < 2:
+        raise DataError(f"{bundle.name}: the training split has {len(bundle.train)} image(s); training needs at "
+                        "least 2 (BatchNorm); add data or lower the validation/test fractions")
+    val_classes = np.unique(bundle.val.labels)
+    if len(val_classes) < 2:
+        raise DataError(f"{bundle.name}: the validation split ({len(bundle.val)} images) holds only class "
+                        f"{bundle.class_names[int(val_classes[0])]!r}; model selection and the decision threshold "
+                        "need at least two classes there: add data")
+    train_classes = np.unique(bundle.train.labels)
+    if len(train_classes) < 2:
+        log.warning("%s: the training split holds only class %r; the model cannot learn to tell classes apart",
+                    bundle.name, bundle.class_names[int(train_classes[0])])
 
 
 def resolve_algorithm(cfg: TrainConfig, n_domains: int) -> str:
@@ -79,13 +97,19 @@ def evaluate_best(network, cfg: TrainConfig, bundle: DatasetBundle, data: Traini
                   progress: bool) -> dict:
     """The selected epoch on every unseen domain, with the run's TTA and without; the threshold
     comes from source validation and is stored in best.pt."""
-    ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(best_path, "checkpoint", ("model", "epoch"))
     network.load_network_state(ckpt["model"])  # a best.pt of an older resumed run holds discriminator keys
     network.eval()
     val_probs = predict_probs(network, data.x_val, cfg.tta, cfg.eval_batch_size)
     threshold = threshold_from_probs(data.y_val.numpy(), val_probs, bundle.positive_class)
     atomic_save(ckpt | {"threshold": threshold}, best_path)
     domains = build_eval_domains(cfg, bundle, bundle.n_channels)
+    if cfg.eval_max_samples:
+        domains = {k: (x[: cfg.eval_max_samples], y[: cfg.eval_max_samples]) for k, (x, y) in domains.items()}
+    n_images = sum(len(y) for _, y in domains.values())
+    log.info("final evaluation: %d domains, %d images, with TTA %s%s and %d bootstrap resamples (fewer with "
+             "--eval-max-samples / --n-bootstrap)", len(domains), n_images, cfg.tta,
+             " and without" if cfg.tta != "none" else "", cfg.n_bootstrap)
     kwargs = dict(threshold=threshold, positive_class=bundle.positive_class, batch_size=cfg.eval_batch_size,
                   n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, progress=progress)
     per_domain, raw = evaluate_domains(network, domains, tta=cfg.tta, **kwargs)
@@ -105,17 +129,22 @@ def evaluate_best(network, cfg: TrainConfig, bundle: DatasetBundle, data: Traini
 
 
 def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: bool = False,
-          command: str | None = None, on_epoch_end=None) -> dict | None:
+          command: str | None = None, on_epoch_end=None, overwrite: bool = False) -> dict | None:
     """Train, select the best epoch on source validation, evaluate on unseen centers; returns the report
-    (None on the ranks other than 0 of a torchrun launch, which only train)."""
+    (None on the ranks other than 0 of a torchrun launch, which only train).
+
+    A run directory that holds a run is refused unless `resume` (continue it) or `overwrite`
+    (its earlier outputs are deleted once the new run's data has loaded)."""
     with torch_settings(cfg.threads, cfg.seed):
-        return _train(cfg, Path(out_dir), progress, resume, command, on_epoch_end)
+        return _train(cfg, Path(out_dir), progress, resume, command, on_epoch_end, overwrite)
 
 
-def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, command, on_epoch_end) -> dict:
+def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, command, on_epoch_end,
+           overwrite: bool = False) -> dict:
     from backends import get_backend
 
     started = time.perf_counter()
+    check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     algorithm_class(cfg.algorithm)  # an unknown name fails before any work
     device = resolve_device(cfg.device)
     backend = get_backend(cfg.backend)
@@ -127,8 +156,12 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     device = ddp.device(device)
     progress = progress and ddp.is_main
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite and not resume and ddp.is_main:
+        removed = clear_run(out_dir)
+        if removed:
+            log.warning("--overwrite: removed the earlier run's %s from %s", ", ".join(removed), out_dir)
     if ddp.is_main:
-        cfg.save(out_dir / "config.json")
+        write_json(cfg.to_dict(), out_dir / "config.json")
     algorithm_name = resolve_algorithm(cfg, data.sampler.n_domains)
     n_domains = data.sampler.n_domains if ALGORITHMS[algorithm_name].needs_domains else 1
     target_centers = make_target_centers()
@@ -229,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     parser.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (its outputs are deleted once the new data has loaded)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -239,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or f"runs/{Path(cfg.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.resume:
             check_resume(cfg, out)  # before anything is written into the run directory
-        report = train(cfg, out, progress=not args.quiet, resume=args.resume,
+        report = train(cfg, out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
                        command=command_line("python -m hybrid.train", argv))
         if report is None:  # a torchrun rank other than 0: rank 0 prints the report
             return 0
@@ -247,10 +282,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + summary_line(report, out))
         return 0
 
-    return run_cli(body, extra_errors=(RuntimeError,))
+    def how_to_continue() -> str:
+        if not args.out or not (Path(args.out) / "last.pt").is_file():
+            return "no epoch had finished, so nothing is saved; run the command again"
+        resume = command_line("python -m hybrid.train", [a for a in (argv or sys.argv[1:]) if a != "--overwrite"])
+        return (f"the finished epochs are saved in {Path(args.out) / 'last.pt'}; continue with: {resume}"
+                + ("" if args.resume else " --resume"))
+
+    return run_cli(body, extra_errors=(RuntimeError,), on_interrupt=how_to_continue)
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -19,7 +19,6 @@ QPU seconds. Writes `bench_backends.json`, `bench_backends.md` and `bench_backen
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -32,7 +31,7 @@ import torch
 from hybrid.cli import command_line, run_cli
 from hybrid.inference import gradient_free_tta, refuse_gradient_tta
 from hybrid.qpu_budget import check_budget, plan_forward, quantum_layer_through
-from hybrid.rundir import append_result
+from hybrid.rundir import append_result, write_json, write_text
 
 log = logging.getLogger("hybrid.bench_backends")
 REFERENCE = "exact (torch engine)"
@@ -349,9 +348,9 @@ def _run(args, command: str) -> int:
     result["command"] = command
     out = Path(args.out or args.run)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_backends.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, out / "bench_backends.json")
     table = format_markdown(result)
-    (out / "bench_backends.md").write_text(f"# Quantum-layer backends on {Path(args.run).name}\n\n{table}")
+    write_text(f"# Quantum-layer backends on {Path(args.run).name}\n\n{table}", out / "bench_backends.md")
     try:
         plot(result, out / "bench_backends.png")
     except Exception as exc:  # a figure must never cost the benchmark its results

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from hybrid.cli import run_cli
+from hybrid.rundir import write_json, write_text
 from hybrid.data import DataError
 
 log = logging.getLogger("hybrid.design")
@@ -59,6 +60,10 @@ def validation_eval(run_dir: Path, data_root: str | None = None, tta: str | None
         raise DataError(f"{run_dir} is not a run directory (no config.json)")
     name = Path(TrainConfig.load(run_dir / "config.json").dataset).stem + "_validation" + (f"_{tta}" if tta else "")
     path = run_dir / f"eval_{name}.json"
+    if path.is_file() and json.loads(path.read_text()).get("max_samples"):
+        log.warning("%s scored only %s samples per center; evaluating the whole validation set again", path,
+                    json.loads(path.read_text())["max_samples"])
+        path.unlink()
     if not path.is_file():
         log.info("evaluating %s on the validation centers%s", run_dir, f" with TTA {tta}" if tta else "")
         argv = ["--run", str(run_dir), "--centers", "validation"] + (["--data-root", data_root] if data_root else [])
@@ -97,6 +102,11 @@ def compare(candidates: dict[str, list[dict]], min_gain: float = 0.01, max_clean
             if e["unseen"] != centers:
                 raise ValueError(f"{e['run']} ({name}) was evaluated on {e['unseen']}, not on {centers}; "
                                  "every run must see the same validation centers")
+    for center in centers:
+        counts = {e["run"]: e["domains"][center].get("n") for evals in candidates.values() for e in evals}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"center {center} was scored on different numbers of images {counts}; delete the "
+                             "eval_*_validation*.json of the runs with fewer, so every run is scored on the same set")
     summaries = {name: summarize_candidate(evals) for name, evals in candidates.items()}
     base = summaries[names[0]]
     for name in names[1:]:
@@ -176,9 +186,9 @@ def _run(args) -> int:
     result = compare(candidates, args.min_gain, args.max_clean_drop)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "design.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, out / "design.json")
     markdown = to_markdown(result)
-    (out / "design.md").write_text(markdown)
+    write_text(markdown, out / "design.md")
     plot(result, out / "design.png")
     print(markdown)
     return 0

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from hybrid.cli import run_cli
-from hybrid.rundir import json_text
+from hybrid.rundir import file_part, write_json, write_text
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
 from hybrid.studies.results import (BASELINE, SETTINGS, STATS, by_seed, compare, domain_groups, load_runs,
@@ -58,6 +58,8 @@ def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None =
     from hybrid.runtime import torch_settings
 
     runs_dir = Path(runs_dir)
+    if evaluation:
+        file_part(evaluation, "--evaluation")  # it names a folder: never one outside the study
     out_dir = Path(out_dir) if out_dir else runs_dir / f"report_{evaluation}" if evaluation else runs_dir
     with torch_settings(threads):
         return _build_report(runs_dir, models, data_root, evaluation, out_dir)
@@ -135,8 +137,8 @@ def _build_report(runs_dir: Path, models: bool, data_root: str | None, evaluatio
                        "epochs": r.report.get("config", {}).get("epochs"),
                        "minutes": (r.report["run"].get("seconds") or math.nan) / 60,
                        "threads": r.report["run"].get("threads")} for r in runs]
-    (out_dir / "report.json").write_text(json_text(result, indent=2) + "\n")
-    (out_dir / "report.md").write_text(markdown(result, runs))
+    write_json(result, out_dir / "report.json")
+    write_text(markdown(result, runs), out_dir / "report.md")
     return result
 
 

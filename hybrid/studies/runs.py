@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybrid.config import TrainConfig
-from hybrid.rundir import json_text
+from hybrid.rundir import append_line, read_lines
 
 log = logging.getLogger("hybrid.experiment")
 
@@ -114,32 +114,12 @@ def run_one(cfg: TrainConfig, path: Path, threads: int, command: str | None = No
         handler.close()
 
 
-def append_line(path: Path, record: dict) -> None:
-    """One JSON line, written with a single O_APPEND write and fsync'd: concurrent jobs never interleave."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        os.write(fd, (json_text(record) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def record_failure(out: Path, job: RunJob, result: dict, **extra) -> None:
     line = {"variant": job.variant, "seed": job.seed, "run_dir": str(job.path),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")} | extra | {
         k: result.get(k) for k in ("error", "traceback", "seconds")}
     append_line(Path(out) / FAILURES, line)
     log.error("%s failed: %s (details in %s)", job.name, result.get("error"), Path(out) / FAILURES)
-
-
-def read_lines(path: Path) -> list[dict]:
-    """The parseable lines of a JSON-lines file (a line cut by a crash is skipped)."""
-    records = []
-    with contextlib.suppress(FileNotFoundError):
-        for line in Path(path).read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                records.append(json.loads(line))
-    return records
 
 
 def slurm_queue(job_ids) -> dict[str, str]:

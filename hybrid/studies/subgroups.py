@@ -16,7 +16,6 @@ centers would need the run's exact test split, which the subgroup array does not
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -133,7 +132,7 @@ def run_subgroups(run_dir: Path, group_field: str, centers=None, tta: str | None
 def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, root) -> dict[str, dict]:
     from hybrid.domains import load_bundle, split_to_tensors
     from hybrid.inference import predict_probs, source_threshold
-    from hybrid.rundir import load_run
+    from hybrid.rundir import file_part, load_run, write_json, write_text
 
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()
@@ -179,9 +178,9 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
         scores = probs[:, bundle.positive_class]
         result = analyse_center(scores, y.numpy(), groups.astype(str), threshold, bundle.positive_class)
         result |= {"run": str(run_dir), "center": center, "group_field": group_field, "tta": tta}
-        stem = run_dir / f"subgroups_{center}"
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(_markdown(run_dir, center, result, group_field, tta))
+        stem = run_dir / f"subgroups_{file_part(center)}"
+        write_json(result, stem.with_suffix(".json"))
+        write_text(_markdown(run_dir, center, result, group_field, tta), stem.with_suffix(".md"))
         plot_pairs(result, f"{center}: AUC per subgroup pair ({'/'.join(run_dir.parts[-2:])}, TTA {tta})", stem.with_suffix(".png"))
         results[center] = result
     return results

@@ -16,7 +16,6 @@ the loss is the domain's class mix (label shift), otherwise its images. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from hybrid.cli import run_cli
 from hybrid.data import DataError, resolve_data_root
+from hybrid.rundir import write_json, write_text
 from hybrid.runtime import torch_settings
 
 log = logging.getLogger("hybrid.tta_check")
@@ -143,9 +143,9 @@ def _run(args) -> int:
         result = run_check(Path(args.run), domains, batch_sizes, resolve_data_root(args.data_root), args.seed)
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tta_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, out / "tta_check.json")
     markdown = to_markdown(result)
-    (out / "tta_check.md").write_text(markdown)
+    write_text(markdown, out / "tta_check.md")
     print(markdown)
     return 0
 
