@@ -20,6 +20,7 @@ from hybrid.config import TrainConfig
 from hybrid.data import (DataError, DatasetBundle, Split, images_to_tensor, load_center_folder, load_dataset,
                          load_eval_npz, load_multicenter_domains, multicenter_fields, resolve_data_root,
                          resolve_dataset_path)
+from hybrid.images import LazyImages
 from hybrid.shifts import CENTER_SETS, VirtualCenter, apply_center, apply_centers, make_source_centers
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,9 @@ def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: 
         if name in trained:
             log.warning("center %s of %s was trained on; it is scored as train:%s, not as an unseen center",
                         name, path.name, name)
-        domains[("train:" if name in trained else prefix) + name] = split_to_tensors(split, cfg.input_size,
-                                                                                     in_channels)
+        # streamed: converted to model tensors one batch at a time (a large file stays uint8 in memory)
+        domains[("train:" if name in trained else prefix) + name] = (
+            LazyImages(split.images, cfg.input_size, in_channels), torch.as_tensor(split.labels))
     return domains
 
 

@@ -21,13 +21,14 @@ import torch.nn.functional as F
 
 from hybrid.algorithms import Algorithm
 from hybrid.batchnorm import bn_layers, estimate_batchnorm_statistics
+from hybrid.checkpoints import load_checkpoint
 from hybrid.config import TrainConfig
 from hybrid.devices import module_device
 from hybrid.distributed import Distributed
 from hybrid.domains import DomainSampler, random_translate
 from hybrid.inference import predict_probs
 from hybrid.metrics import domain_metrics
-from hybrid.rundir import append_line, atomic_save, json_text, load_checkpoint, read_lines, write_text
+from hybrid.rundir import append_line, atomic_save, json_text, read_lines, write_text
 
 log = logging.getLogger(__name__)
 

@@ -276,3 +276,28 @@ def images_to_tensor(images: np.ndarray, size: int | None = None, channels: int 
     if channels == 3 and x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
     return x.contiguous()
+
+
+class LazyImages:
+    """uint8 NHWC images that become model tensors one slice at a time, so evaluating a large file
+    holds its uint8 pixels plus one batch of float tensors, not the whole file as floats.
+
+    Takes the place of an image tensor where it is only measured (`len`) and sliced
+    (`x[start:stop]` gives a float32 NCHW tensor, resized and with the model's channels).
+    """
+
+    def __init__(self, images: np.ndarray, size: int | None = None, channels: int | None = None):
+        self.images, self.size, self.channels = images, size, channels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        if not isinstance(index, slice):
+            raise TypeError("LazyImages are read in slices, x[start:stop]")
+        return images_to_tensor(self.images[index], self.size, self.channels)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        n, h, w, c = self.images.shape
+        return n, self.channels or c, self.size or h, self.size or w

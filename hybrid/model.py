@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hybrid.checkpoints import load_checkpoint
 from hybrid.config import ModelConfig
 from hybrid.devices import autocast_dtype
 from hybrid.quantum import QuantumConfig, QuantumLayer
@@ -29,8 +30,6 @@ LEGACY_TRAINING_KEYS = ("discriminator.",)
 
 def _load_pretrained(weights_path: str | None) -> dict:
     if weights_path:
-        from hybrid.rundir import load_checkpoint
-
         state = load_checkpoint(Path(weights_path), "--weights-path: pretrained weights file")
         return state.get("state_dict", state) if isinstance(state, dict) else state
     from torchvision.models import MobileNet_V2_Weights

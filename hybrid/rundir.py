@@ -7,10 +7,10 @@ and decision threshold), last.pt (everything needed to resume), metrics.jsonl, r
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 
 from hybrid.config import TrainConfig
+from hybrid.checkpoints import load_checkpoint
 from hybrid.data import DataError
 
 CHECKPOINT = "best.pt"
@@ -61,34 +62,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _replace_durably(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path)
+def write_bytes(data: bytes, path: Path) -> None:
+    """Write a file through a temporary file, fsync'd and renamed: readers never see half a file, and a
+    full disk (an OSError with ENOSPC, from the write or the fsync) leaves the previous version intact."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file, fsync, rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        _replace_durably(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save, written atomically (see `write_bytes`). Serialized in memory first: torch's own
+    file writer turns a full disk into an opaque RuntimeError, a plain write gives ENOSPC."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(buffer.getvalue(), path)
 
 
 def write_text(text: str, path: Path) -> None:
-    """Write a text file through a temporary file, fsync'd and renamed: readers never see half a file,
-    and a full disk leaves the previous version intact."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(text)
-        _replace_durably(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A text file, written atomically (see `write_bytes`)."""
+    write_bytes(text.encode(), path)
 
 
 def write_json(data: Any, path: Path) -> None:
@@ -124,34 +124,6 @@ def read_lines(path: Path) -> list[dict]:
 def append_result(run_dir: Path, record: dict) -> None:
     """Append one JSON line to the run's results.jsonl (training and every evaluation)."""
     append_line(Path(run_dir) / RESULTS, record)
-
-
-class CheckpointError(DataError):
-    """A checkpoint that cannot be used: unreadable, refused (pickled code) or missing entries."""
-
-
-def load_checkpoint(path: Path, what: str, required: tuple[str, ...] = ()) -> Any:
-    """torch.load with weights_only=True: tensors and plain containers only, so a planted pickle
-    payload is refused before any of it runs. Errors are one sentence (torch's own message
-    suggests turning the protection off; that advice is never passed on)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{what} {path} was refused: it holds pickled Python objects other than tensors, "
-                              "which could run code when loaded; use a file saved with torch.save(state_dict) "
-                              "of plain tensors") from None
-    except Exception as exc:  # truncated, not a torch file, wrong format
-        raise CheckpointError(f"{what} {path} could not be read ({type(exc).__name__}); it is truncated or not a "
-                              "torch checkpoint: restore it, or retrain") from None
-    if required:
-        missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
-        if missing:
-            raise CheckpointError(f"{what} {path} lacks {missing}; it was not written by this version of "
-                                  "hybrid-qdg or was edited: restore it, or retrain")
-    return obj
 
 
 # What hybrid.train and hybrid.evaluate write into a run directory (what --overwrite clears).

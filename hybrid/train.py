@@ -29,17 +29,18 @@ import numpy as np
 import torch
 
 from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
+from hybrid.checkpoints import load_checkpoint
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
+from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
 from hybrid.devices import resolve_device
 from hybrid.distributed import Distributed
-from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
 from hybrid.domains import DomainSampler, build_eval_domains, is_unseen, load_bundle, split_to_tensors
 from hybrid.fit import TrainingData, fit
 from hybrid.inference import evaluate_domains, predict_probs, source_threshold
 from hybrid.metrics import domain_metrics, summarize, threshold_from_probs
 from hybrid.model import HybridNet
 from hybrid.reporting import format_table
-from hybrid.rundir import append_result, atomic_save, check_out_dir, clear_run, load_checkpoint, write_json
+from hybrid.rundir import append_result, atomic_save, check_out_dir, clear_run, write_json
 from hybrid.runtime import torch_settings
 from hybrid.shifts import make_target_centers
 

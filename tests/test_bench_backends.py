@@ -29,7 +29,7 @@ def _evaluate(run_dir, data_root, *extra):
 
 def test_evaluate_on_a_sampling_backend_counts_jobs(run_dir, data_root):
     assert _evaluate(run_dir, data_root, "--backend", "aer", "--shots", "256", "--seed", "0", "--tta", "bn") == 0
-    result = json.loads((run_dir / "eval_pneumoniamnist_aer-shots256.json").read_text())
+    result = json.loads((run_dir / "eval_pneumoniamnist_aer-shots256_tta-bn_max16.json").read_text())
     execution = result["quantum_execution"]
     assert execution["jobs"] == N_DOMAINS * 2  # one job per batch of 8, two batches per domain
     assert execution["circuits"] == execution["samples"] == N_DOMAINS * 16
@@ -176,10 +176,13 @@ def test_benchmark_errors_are_one_sentence(run_dir, data_root, capsys, tmp_path)
     assert "unknown domain(s) tgt_nowhere" in capsys.readouterr().err
     assert bench_backends.main(args + ["--backends", "statevector:oops"]) == 2
     assert "positional" in capsys.readouterr().err
+    # a misspelt backend is refused before any work
+    assert bench_backends.main(args + ["--domains", "tgt_blur", "--backends", "statevector,quantum_cloud_9000"]) == 2
+    assert "valid backends" in capsys.readouterr().err and not (tmp_path / "bench_backends.json").exists()
     # a backend that cannot be built gets an error row; the others still run
-    assert bench_backends.main(args + ["--domains", "tgt_blur", "--backends", "statevector,quantum_cloud_9000"]) == 1
+    assert bench_backends.main(args + ["--domains", "tgt_blur", "--backends", "statevector,aer_noisy:fake_nowhere"]) == 1
     rows = json.loads((tmp_path / "bench_backends.json").read_text())["rows"]
-    assert "auc" in rows[1] and "valid backends" in rows[2]["error"]
+    assert "auc" in rows[1] and "fake_nowhere" in rows[2]["error"]
 
 
 def test_benchmark_refuses_a_tta_that_needs_gradients(run_dir, data_root):

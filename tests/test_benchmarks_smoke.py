@@ -108,3 +108,16 @@ def test_scaling_benchmark_times_one_and_two_processes(tmp_path, data_root, monk
     for row in rows.values():
         assert row["images_per_s"] == pytest.approx(16 / row["median_step_s"]) and row["steps_timed"] == 1
     assert rows["2proc_1thread"]["processes"] == 2
+
+
+def test_eval_memory_benchmark_measures_both_sizes(tiny_run, data_root, tmp_path):
+    from benchmarks import eval_memory
+
+    out = tmp_path / "m.json"
+    result = eval_memory.main(["--run", str(tiny_run), "--images", "1200", "--reference-images", "300",
+                               "--data-root", str(data_root), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(result["rows"]) == {"reference", "large"} and result["images_ratio"] == 4
+    for row in result["rows"].values():
+        assert row["peak_rss_mb"] > 50 and row["images_per_s"] > 0 and row["file_mb"] > 0
+    assert result["peak_ratio"] > 0 and isinstance(result["goal_met"], bool)

@@ -300,3 +300,52 @@ def test_resolve_data_root(monkeypatch, tmp_path):
     assert D.resolve_data_root("/elsewhere") == D.Path("/elsewhere")
     monkeypatch.delenv("HYBRID_DATA_ROOT")
     assert D.resolve_data_root(None) is None
+
+
+def test_folder_classes_follow_the_runs_class_names_in_any_case(tmp_path):
+    """`normal/Pneumonia` sorts case-sensitively as [Pneumonia, normal]: ids must come from the run's names."""
+    rng = np.random.default_rng(0)
+    for cls in ["normal", "Pneumonia"]:
+        _write_png(tmp_path / "site" / cls / "0.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    _write_png(tmp_path / "site2" / "1" / "0.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    out = D.load_center_folder(tmp_path, ["normal", "pneumonia"])
+    pneumonia = np.asarray(Image.open(tmp_path / "site" / "Pneumonia" / "0.png"))
+    [row] = [i for i, image in enumerate(out["site"].images[..., 0]) if np.array_equal(image, pneumonia)]
+    assert out["site"].labels[row] == 1 and sorted(out["site"].labels) == [0, 1]
+    assert out["site2"].labels.tolist() == [1]
+    with pytest.raises(DataError, match=r"match none of the run's classes.*'benign', 'malignant'"):
+        D.load_center_folder(tmp_path, ["benign", "malignant"])
+
+
+def test_16_bit_png_is_scaled_not_clipped_to_white(tmp_path):
+    values = np.array([[0, 257 * 10], [257 * 128, 65535]], dtype=np.uint16)
+    path = tmp_path / "site" / "normal" / "x.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")  # PIL keeps 16 bits
+    image = D.load_center_folder(tmp_path)["site"].images[0, ..., 0]
+    assert image.tolist() == [[0, 10], [128, 255]]
+
+
+def test_float_images_are_read_on_the_scale_they_use(tmp_path):
+    from hybrid.images import as_images
+
+    unit = np.linspace(0, 1, 64).reshape(1, 8, 8)
+    assert as_images(unit, "t")[0, -1, -1, 0] == 255 and as_images(unit * 255, "t")[0, -1, -1, 0] == 255
+    assert as_images(unit * 0.5, "t").max() == 128  # a dark 0-1 image stays 0-1
+    overshoot = np.linspace(0, 1, 1024).reshape(1, 32, 32)
+    overshoot[0, 0, 0] = 1.01  # one value in 1024 above 1: neither a 0-1 nor a 0-255 image
+    with pytest.raises(DataError, match="ambiguous"):
+        as_images(overshoot, "t")
+
+
+def test_lazy_images_slice_like_the_converted_tensor():
+    from hybrid.images import LazyImages
+
+    images = np.random.default_rng(0).integers(0, 256, (10, 20, 20, 1), dtype=np.uint8)
+    lazy = LazyImages(images, size=16, channels=3)
+    whole = D.images_to_tensor(images, size=16, channels=3)
+    assert len(lazy) == 10 and lazy.shape == tuple(whole.shape)
+    assert torch.equal(torch.cat([lazy[0:4], lazy[4:10]]), whole) and torch.equal(lazy[8:20], whole[8:])
+    with pytest.raises(TypeError, match="slices"):
+        lazy[3]

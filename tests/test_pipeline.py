@@ -60,7 +60,7 @@ def test_evaluate_cli_on_own_dataset(run_dir, data_root):
 def test_evaluate_on_design_validation_centers(run_dir, data_root, capsys):
     assert evaluate.main(["--run", str(run_dir), "--centers", "validation", "--tta", "none",
                           "--max-samples", "100", "--data-root", str(data_root)]) == 0
-    result = json.loads((run_dir / "eval_pneumoniamnist_validation.json").read_text())
+    result = json.loads((run_dir / "eval_pneumoniamnist_validation_tta-none_max100.json").read_text())
     assert set(result["unseen"]) == {"val_impulse", "val_rician", "val_grain", "val_vignette",
                                      "val_lowcontrast_grain"}
     assert not any(d.startswith("tgt_") for d in result["domains"])
@@ -77,7 +77,7 @@ def test_evaluate_cli_on_npz_and_center_folder(run_dir, data_root, tmp_path):
     npz = tmp_path / "hospital.npz"
     np.savez(npz, images=src["test_images"][:80], labels=src["test_labels"][:80])
     assert evaluate.main(["--run", str(run_dir), "--data", str(npz), "--tta", "bn"]) == 0
-    result = json.loads((run_dir / "eval_hospital.json").read_text())
+    result = json.loads((run_dir / "eval_hospital_tta-bn.json").read_text())
     assert list(result["domains"]) == ["hospital"] and result["domains"]["hospital"]["n"] == 80
 
     for center in ("siteA", "siteB"):

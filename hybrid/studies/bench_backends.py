@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hybrid.cli import command_line, run_cli
+from hybrid.cli import command_line, positive_int, run_cli
 from hybrid.inference import gradient_free_tta, refuse_gradient_tta
 from hybrid.qpu_budget import check_budget, plan_forward, quantum_layer_through
 from hybrid.rundir import append_result, write_json, write_text
@@ -314,11 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="run directory written by hybrid.train")
     parser.add_argument("--backends", default=DEFAULT_BACKENDS,
                         help=f"comma-separated backend specs name[:arg][:key=value] (default: {DEFAULT_BACKENDS})")
-    parser.add_argument("--samples", type=int, default=256, help="images per unseen center (default: 256)")
+    parser.add_argument("--samples", type=positive_int, default=256, help="images per unseen center (default: 256)")
     parser.add_argument("--domains", help="comma-separated unseen centers (default: all)")
     # methods that back-propagate (tent) need gradients, which the sampling backends do not give
     parser.add_argument("--tta", choices=gradient_free_tta(), help="default: the run's setting")
-    parser.add_argument("--batch-size", type=int, help="samples per batch, i.e. per job (default: the run's)")
+    parser.add_argument("--batch-size", type=positive_int, help="samples per batch, i.e. per job (default: the run's)")
     parser.add_argument("--seed", type=int, help="sample selection, simulator and transpiler seed (default: the run's)")
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--out", help="output folder (default: the run directory)")

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from hybrid.cli import command_line, run_cli
+from hybrid.cli import command_line, positive_int, run_cli
 from hybrid.algorithms import algorithm_class
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, field_type, upgrade_fields
 from hybrid.rundir import write_json
@@ -281,12 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hybrid.experiment", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="ablation")
     parser.add_argument("--out", help="study directory (default: runs/<preset>)")
-    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the preset's)")
+    parser.add_argument("--seeds", type=positive_int, help="seeds 0..N-1 (default: the preset's)")
     parser.add_argument("--variants", help="comma-separated subset of the preset's variants")
-    parser.add_argument("--workers", type=int, default=1, help="runs trained in parallel processes")
-    parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // workers)")
-    parser.add_argument("--epochs", type=int, help="override the preset's epochs")
-    parser.add_argument("--max-train-samples", type=int, help="train on a random subset of this size")
+    parser.add_argument("--workers", type=positive_int, default=1, help="runs trained in parallel processes")
+    parser.add_argument("--threads", type=positive_int, help="torch threads per run (default: cores // workers)")
+    parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs")
+    parser.add_argument("--max-train-samples", type=positive_int, help="train on a random subset of this size")
     parser.add_argument("--data-root", help="folder holding the data (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other TrainConfig field for every variant, e.g. --set n_bootstrap=200")
@@ -305,13 +305,13 @@ def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local",
                        help="local: process pool on this machine (--workers); slurm: one Slurm job array (submitit)")
     group.add_argument("--partition", help="slurm: partition to submit to (default: the cluster's)")
-    group.add_argument("--time", type=int, default=SlurmLauncher.time_min, metavar="MIN",
+    group.add_argument("--time", type=positive_int, default=SlurmLauncher.time_min, metavar="MIN",
                        help="slurm: time limit per run in minutes; a run that hits it is requeued and resumes")
-    group.add_argument("--cpus-per-task", type=int, default=SlurmLauncher.cpus_per_task,
+    group.add_argument("--cpus-per-task", type=positive_int, default=SlurmLauncher.cpus_per_task,
                        help="slurm: CPUs per run (also its torch threads unless --threads)")
     group.add_argument("--gpus-per-task", type=int, default=0, help="slurm: GPUs per run (runs use --device auto)")
     group.add_argument("--mem", type=float, metavar="GB", help="slurm: memory per run in GB")
-    group.add_argument("--array-parallelism", type=int, default=SlurmLauncher.array_parallelism,
+    group.add_argument("--array-parallelism", type=positive_int, default=SlurmLauncher.array_parallelism,
                        help="slurm: at most this many runs at once")
     group.add_argument("--poll-seconds", type=float, default=SlurmLauncher.poll_seconds,
                        help="slurm: how often the waiting command asks squeue for the runs' states")

@@ -25,7 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from hybrid.cli import run_cli
+from hybrid.cli import positive_int, run_cli
 from hybrid.rundir import file_part, write_json, write_text
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs_dir", help="study directory written by hybrid.experiment")
     parser.add_argument("--no-models", action="store_true", help="skip the figures that reload checkpoints")
     parser.add_argument("--data-root", help="folder holding the data (default: the runs' or $HYBRID_DATA_ROOT)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the reloaded models")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads for the reloaded models")
     parser.add_argument("--evaluation", help="NAME of eval_NAME.json files in every run (hybrid.evaluate --name) "
                                              "whose results replace the with-TTA ones, e.g. another TTA method")
     parser.add_argument("--out", help="folder for the report (default: RUNS_DIR, or RUNS_DIR/report_NAME)")
