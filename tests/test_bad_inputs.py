@@ -189,6 +189,18 @@ def test_resume_refuses_a_tampered_config(tiny_run, tmp_path, capsys):
         assert snapshot(run) == before
 
 
+def test_resume_from_a_planted_last_checkpoint_is_refused_before_it_runs(tiny_run, bad, tmp_path, capsys, data_root):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.copy(bad / "planted.pt", run / "last.pt")
+    argv = ["--epochs", "1", "--max-train-samples", "300", "--width-mult", "0.35", "--stem-stride", "2",  # tiny_run's
+            "--n-bootstrap", "0", "--batch-size", "64", "--quiet", "--data-root", str(data_root),
+            "--out", str(run), "--resume"]
+    code, err = run_tool("train", argv, capsys)
+    assert_refused(code, err, "last.pt", "refused")
+    assert not (bad / "PWNED").exists()
+
+
 def test_weights_path_with_a_pickle_payload_is_refused_before_it_runs(bad, tmp_path, capsys, data_root):
     out = tmp_path / "run"
     argv = [*TINY, "--width-mult", "1.0", "--pretrained", "--weights-path", str(bad / "planted.pt"),

@@ -118,3 +118,31 @@ def test_a_tta_candidate_is_judged_on_its_own_evaluation_of_the_same_runs(tmp_pa
 def test_parse_candidate_reads_an_optional_tta():
     assert design.parse_candidate("a=r0,r1") == ("a", None, [Path("r0"), Path("r1")])
     assert design.parse_candidate("b:adabn=r0") == ("b", "adabn", [Path("r0")])
+
+
+def test_evaluations_on_different_sample_counts_are_never_mixed(tmp_path):
+    short = fake_eval("short", 0, 0.9, 0.8, 0.8)
+    for center in CENTERS:
+        short["domains"][center]["n"] = 32  # a quick `--max-samples 32` look
+    full = fake_eval("full", 1, 0.9, 0.8, 0.8)
+    for center in CENTERS:
+        full["domains"][center]["n"] = 624
+    with pytest.raises(ValueError, match="different numbers of images"):
+        design.compare({"base": [full], "new": [short]})
+
+
+def test_a_saved_evaluation_on_a_sample_is_redone_in_full(tmp_path, monkeypatch):
+    run = write_run(tmp_path, "r", 0, 0.9, 0.8, 0.8)
+    path = run / "eval_pneumoniamnist_validation.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"max_samples": 32}))
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        path.write_text(json.dumps(fake_eval(str(run), 0, 0.9, 0.7, 0.7) | {"max_samples": None}))
+        return 0
+
+    from hybrid import evaluate
+    monkeypatch.setattr(evaluate, "main", fake_main)
+    result = design.validation_eval(run)
+    assert len(calls) == 1 and "--max-samples" not in calls[0] and result["max_samples"] is None

@@ -126,3 +126,38 @@ def test_workers_exit_when_the_study_process_is_killed(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         raise AssertionError("the worker outlived the killed study process")
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_losing_or_duplicating_runs(tmp_path, data_root):
+    """SIGKILL the study once its first run has finished; the rerun trains only the other one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hybrid.rundir import read_lines
+
+    out = tmp_path / "study"
+    argv = ["--preset", "quick", "--variants", "erm,full", "--seeds", "1", "--epochs", "1", "--max-train-samples",
+            "96", "--set", "width_mult=0.1", "--set", "n_bootstrap=0", "--set", "eval_max_samples=32",
+            "--data-root", str(data_root), "--out", str(out), "--quiet", "--threads", "1"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    study = subprocess.Popen([sys.executable, "-m", "hybrid.experiment", *argv], cwd=repo,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "erm" / "seed0" / "report.json"
+    deadline = time.time() + 300
+    while not first.is_file() and time.time() < deadline and study.poll() is None:
+        time.sleep(0.2)
+    os.kill(study.pid, signal.SIGKILL)
+    study.wait()
+    time.sleep(2)  # the orphaned worker notices its parent is gone within 0.2 s and exits
+    assert first.is_file(), "the first run did not finish in time"
+    kept = first.read_bytes(), first.stat().st_mtime_ns
+    assert experiment.main(argv) == 0
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == kept  # finished before the kill: not retrained
+    assert (out / "full" / "seed0" / "report.json").is_file()
+    for variant in ("erm", "full"):
+        trained = [r for r in read_lines(out / variant / "seed0" / "results.jsonl") if r["kind"] == "train"]
+        assert len(trained) == 1, variant  # each run trained and reported once
