@@ -120,7 +120,7 @@ def evaluate_best(network, cfg: TrainConfig, bundle: DatasetBundle, data: Traini
         no_tta_threshold = source_threshold(network, data.x_val, data.y_val, tta="none",
                                             positive_class=bundle.positive_class, batch_size=cfg.eval_batch_size)
         no_tta, _ = evaluate_domains(network, domains, tta="none",
-                                     **(kwargs | {"threshold": no_tta_threshold, "progress": False}))
+                                     **(kwargs | {"threshold": no_tta_threshold}))
     source_val = domain_metrics(data.y_val.numpy(), val_probs, threshold=threshold,
                                 positive_class=bundle.positive_class, n_bootstrap=0)
     return {"threshold": threshold, "positive_class": bundle.positive_class, "tta": cfg.tta,
