@@ -24,6 +24,9 @@ HELP = {
     "algorithm_hparams": "NAME=VALUE,... for the algorithm's own hyperparameters (an unknown NAME is answered with the list)",
     "tta": "test-time adaptation at evaluation",
     "backend": "where the quantum layer runs; exact backends train with the torch engine",
+    "colour_constancy": "Shades of Gray colour constancy on RGB images: the p-norm of the illuminant estimate "
+                        "(6 is the usual choice, 1 grey world), applied in the network at training and evaluation; "
+                        "0 = off",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",
     "device": "auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N or mps",

@@ -32,6 +32,7 @@ class TrainConfig:
     pretrained: bool = False  # ImageNet weights (torchvision download or weights_path)
     weights_path: str | None = None  # local torchvision mobilenet_v2 state_dict for --pretrained
     input_smoothing: float = 1.0  # sigma (px) of a fixed Gaussian low-pass in front of the encoder; 0 = off
+    colour_constancy: float = 0.0  # Shades of Gray p-norm on RGB inputs (6 is usual); 0 = off
     embed_dim: int = 128  # bottleneck features shared by classifier, projection and discriminator
     dropout: float = 0.2
     channels_last: bool = True  # encoder in NHWC memory format: oneDNN's faster CPU kernels (same maths)
@@ -119,6 +120,7 @@ class ModelConfig:
     pretrained: bool = False
     weights_path: str | None = None
     input_smoothing: float = 1.0
+    colour_constancy: float = 0.0
     embed_dim: int = 128
     dropout: float = 0.2
     channels_last: bool = True
@@ -160,6 +162,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {  # field: (lowest,
     "n_bootstrap": (0, None, "0 (no intervals) or more"),
     "eval_max_samples": (1, None, "at least 1"),
     "input_smoothing": (0, None, "0 (off) or more"),
+    "colour_constancy": (0, 1000, "0 (off) or a p-norm up to 1000 (1 grey world, 6 Shades of Gray)"),
     "dann_max_lambda": (0, None, "0 or more"),
     "dann_weight": (0, None, "0 or more"),
 }

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from hybrid.checkpoints import load_checkpoint
+from hybrid.colour import shades_of_gray
 from hybrid.config import ModelConfig
 from hybrid.devices import autocast_dtype
 from hybrid.quantum import QuantumConfig, QuantumLayer
@@ -104,6 +105,8 @@ class HybridNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding f (what a domain discriminator or feature-statistics method sees)."""
+        if self.config.colour_constancy > 0:  # before the low-pass: the illuminant is a whole-image estimate
+            x = shades_of_gray(x, self.config.colour_constancy)
         if self.config.input_smoothing > 0:
             # a fixed low-pass: pneumonia opacities are low-frequency, pixel noise is not
             x = gaussian_blur(x, self.config.input_smoothing)
