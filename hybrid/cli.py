@@ -19,6 +19,8 @@ HELP = {
     "train_centers": "multi-center npz: centers to train on (names or ids, comma-separated)",
     "test_centers": "multi-center npz: held-out centers (names or ids, comma-separated)",
     "label_field": "multi-center npz: label array, e.g. malignant",
+    "classes": "train and evaluate on these classes only (names, any case, or ids; comma-separated), relabelled "
+               "0..k-1 in the order given; with two, the first is the positive class (e.g. mel,nv)",
     "pretrained": "start from ImageNet weights (torchvision, or --weights-path)",
     "algorithm": "domain-generalization training algorithm",
     "algorithm_hparams": "NAME=VALUE,... for the algorithm's own hyperparameters (an unknown NAME is answered with the list)",

@@ -26,6 +26,7 @@ class TrainConfig:
     center_field: str = "center_ids"  # multi-center npz: which center id array
     train_centers: str | None = None  # multi-center npz: comma-separated names/ids that train
     test_centers: str | None = None  # multi-center npz: held-out names/ids
+    classes: str | None = None  # keep these classes (names or ids, comma-separated), remapped to 0..k-1 in this order
     # model
     width_mult: float = 1.0  # MobileNetV2 width multiplier
     stem_stride: int = 1  # stride of the first conv; 1 keeps detail on 28-32 px images

@@ -22,10 +22,10 @@ from hybrid.images import (ENV_DATA_ROOT, IMAGE_SUFFIXES, DataError, Split, as_l
 
 __all__ = [
     "CENTER_NAME_FIELDS", "ENV_DATA_ROOT", "IMAGE_SUFFIXES", "MEDMNIST_KEYS", "MEDMNIST_SIZES", "SPLITS",
-    "DataError", "DatasetBundle", "Split", "class_counts", "images_to_tensor", "load_center_folder",
+    "DataError", "DatasetBundle", "Split", "class_counts", "images_to_tensor", "keep_classes", "load_center_folder",
     "load_dataset", "load_eval_npz", "load_medmnist", "load_multicenter_domains", "load_multicenter_npz",
     "multicenter_fields", "load_npz", "medmnist_names",
-    "resolve_centers", "resolve_data_root", "resolve_dataset_path",
+    "resolve_centers", "resolve_classes", "resolve_data_root", "resolve_dataset_path", "select_classes",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class DatasetBundle:
     positive_class: int  # disease label for sensitivity/specificity (breastmnist: 0 = malignant)
     test_domains: dict[str, Split] = field(default_factory=dict)  # real held-out centers
     center_names: list[str] = field(default_factory=list)  # indexed by center id
+    class_ids: list[int] | None = None  # after select_classes: the original label of each class kept
 
     def describe(self) -> dict:
         """JSON-able summary: sizes and class counts per split and held-out domain."""
@@ -71,6 +72,46 @@ class DatasetBundle:
             "splits": {s: one(getattr(self, s)) for s in SPLITS},
             "test_domains": {k: one(v) for k, v in self.test_domains.items()},
         }
+
+
+# ---------------------------------------------------------------- class subsets
+
+
+def resolve_classes(spec: str, names: list[str]) -> list[int]:
+    """`--classes` (names in any case, or ids, comma-separated) -> original class ids, in order."""
+    valid = ", ".join(f"{i}={n}" for i, n in enumerate(names))
+    lookup = {n.lower(): i for i, n in enumerate(names)} | {str(i): i for i in range(len(names))}
+    ids = []
+    for entry in (e.strip() for e in str(spec).split(",") if e.strip()):
+        if entry.lower() not in lookup:
+            raise DataError(f"Unknown class '{entry}' in --classes; the dataset's classes are: {valid}.")
+        if lookup[entry.lower()] in ids:
+            raise DataError(f"--classes names class '{entry}' twice; give each class once.")
+        ids.append(lookup[entry.lower()])
+    if len(ids) < 2:
+        raise DataError(f"--classes {spec!r} keeps {len(ids)} class; a classifier needs at least two (valid: {valid}).")
+    return ids
+
+
+def keep_classes(split: Split, ids: list[int]) -> Split:
+    """The images of `split` whose label is in `ids`, relabelled 0..k-1 in the order of `ids`."""
+    lookup = np.full(max(int(split.labels.max(initial=0)), *ids) + 1, -1, dtype=np.int64)
+    lookup[ids] = np.arange(len(ids))
+    mask = np.isin(split.labels, ids)
+    centers = None if split.centers is None else split.centers[mask]
+    return Split(split.images[mask], lookup[split.labels[mask]], centers)
+
+
+def select_classes(bundle: "DatasetBundle", spec: str) -> "DatasetBundle":
+    """The bundle restricted to the classes `spec` names (see `resolve_classes`); with two classes the
+    first is the positive one, so `mel,nv` scores melanoma."""
+    ids = resolve_classes(spec, bundle.class_names)
+    return DatasetBundle(
+        name=bundle.name, train=keep_classes(bundle.train, ids), val=keep_classes(bundle.val, ids),
+        test=keep_classes(bundle.test, ids), n_classes=len(ids), n_channels=bundle.n_channels,
+        class_names=[bundle.class_names[i] for i in ids], positive_class=0,
+        test_domains={k: keep_classes(v, ids) for k, v in bundle.test_domains.items()},
+        center_names=bundle.center_names, class_ids=ids)
 
 
 # ---------------------------------------------------------------- split helpers

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from hybrid.config import TrainConfig
-from hybrid.data import (DataError, DatasetBundle, Split, images_to_tensor, load_center_folder, load_dataset,
+from hybrid.data import (DataError, DatasetBundle, Split, images_to_tensor, keep_classes, load_center_folder,
+                         load_dataset, select_classes,
                          load_eval_npz, load_multicenter_domains, multicenter_fields, resolve_data_root,
                          resolve_dataset_path)
 from hybrid.images import LazyImages
@@ -39,7 +40,8 @@ def load_bundle(cfg: TrainConfig, root) -> DatasetBundle:
     if cfg.dataset.endswith(".npz"):
         multicenter = dict(label_field=cfg.label_field, center_field=cfg.center_field,
                            train_centers=cfg.train_centers, test_centers=cfg.test_centers)
-    return load_dataset(cfg.dataset, root=root, size=cfg.size, seed=cfg.seed, **multicenter)
+    bundle = load_dataset(cfg.dataset, root=root, size=cfg.size, seed=cfg.seed, **multicenter)
+    return select_classes(bundle, cfg.classes) if cfg.classes else bundle
 
 
 def make_target_domains(x: torch.Tensor, y: torch.Tensor, centers: Iterable[VirtualCenter], seed: int) -> Domains:
@@ -82,7 +84,8 @@ def check_labels(labels: np.ndarray, n_classes: int, where: str) -> None:
 
 
 def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: int, root,
-                      centers: str | None = None, class_names: list[str] | None = None) -> Domains:
+                      centers: str | None = None, class_names: list[str] | None = None,
+                      class_ids: list[int] | None = None) -> Domains:
     """External evaluation data: each center of a multi-center file or folder is its own domain.
 
     A multi-center .npz is never split the way training splits it ("train on all but the last
@@ -90,6 +93,8 @@ def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: 
     `centers` (comma-separated names or ids). For the run's own multi-center file the default is
     its held-out centers; a training center asked for by name is scored as `train:NAME`, which
     is not an unseen domain. A folder's class folders are matched to the run's `class_names`.
+    A run trained on a class subset (`class_ids`, its original labels) scores the same subset of an
+    .npz, whose labels are read in the training file's label space.
     """
     path = resolve_dataset_path(spec, root)
     if not path.exists() and (path.suffix or len(path.parts) > 1):
@@ -119,6 +124,11 @@ def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: 
         raise DataError(f"--centers {centers} names centers of a multi-center .npz, and {spec} is not one")
     domains = {}
     for name, split in splits.items():
+        if class_ids and not path.is_dir():  # a folder's classes are already the run's
+            split = keep_classes(split, class_ids)
+            if not len(split):
+                raise DataError(f"{spec} center {name!r} has no image of the run's classes (original labels "
+                                f"{class_ids}); check --data and the run's --classes")
         check_labels(split.labels, n_classes, f"{spec} center {name!r}")
         if name in trained:
             log.warning("center %s of %s was trained on; it is scored as train:%s, not as an unseen center",

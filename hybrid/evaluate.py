@@ -53,7 +53,7 @@ def select_domains(args, cfg: TrainConfig, ckpt: dict, root) -> tuple[Domains, s
     """The domains to score and the evaluation's default name."""
     if args.data:
         domains = domains_from_data(args.data, cfg, ckpt["in_channels"], ckpt["n_classes"], root, args.centers,
-                                    ckpt.get("class_names"))
+                                    ckpt.get("class_names"), ckpt.get("class_ids"))
         return domains, Path(args.data).stem
     center_set = args.centers or "target"
     if center_set not in CENTER_SETS:

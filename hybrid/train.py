@@ -175,6 +175,7 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     algorithm = make_algorithm(algorithm_name, network, cfg, n_domains=n_domains, total_steps=steps)
     meta = {"in_channels": bundle.n_channels, "n_classes": bundle.n_classes, "n_domains": n_domains,
             "positive_class": bundle.positive_class, "class_names": bundle.class_names, "threshold": None,
+            "class_ids": bundle.class_ids,
             "algorithm": algorithm_name}
     fit(algorithm, data, cfg, out_dir, meta=meta, progress=progress, resume=resume, on_epoch_end=on_epoch_end, ddp=ddp)
     ddp.close()  # evaluation is rank 0's alone

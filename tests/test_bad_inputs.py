@@ -380,3 +380,11 @@ def test_python_api_raises_one_sentence_errors(bad, tiny_run, tmp_path):
         train.train(TrainConfig(epochs=1), tiny_run)
     with pytest.raises(DataError, match="config.json is missing"):
         load_run(tmp_path)
+
+
+def test_train_refuses_unknown_classes(tmp_path, capsys, data_root):
+    out = tmp_path / "run"
+    code, err = run_tool("train", [*TINY, "--data-root", str(data_root), "--classes", "normal,covid", "--out", str(out)],
+                         capsys)
+    assert_refused(code, err, "covid", "--classes", "0=normal, 1=pneumonia")
+    assert not out.exists()

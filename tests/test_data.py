@@ -349,3 +349,28 @@ def test_lazy_images_slice_like_the_converted_tensor():
     assert torch.equal(torch.cat([lazy[0:4], lazy[4:10]]), whole) and torch.equal(lazy[8:20], whole[8:])
     with pytest.raises(TypeError, match="slices"):
         lazy[3]
+
+
+def test_classes_keep_a_subset_relabelled_in_the_order_given(tmp_path):
+    from hybrid.data import select_classes
+
+    rng = np.random.default_rng(0)
+    n = 120
+    labels = np.arange(n) % 4
+    np.savez(tmp_path / "dx.npz", images=rng.integers(0, 255, (n, 8, 8), dtype=np.uint8), labels=labels,
+             label_names=np.array(["mel", "bcc", "nv", "bkl"]))
+    bundle = D.load_dataset(str(tmp_path / "dx.npz"))
+    chosen = select_classes(bundle, "MEL, nv")
+    assert chosen.class_names == ["mel", "nv"] and chosen.n_classes == 2 and chosen.positive_class == 0
+    assert chosen.class_ids == [0, 2]
+    for name in ("train", "val", "test"):
+        before, after = getattr(bundle, name), getattr(chosen, name)
+        kept = np.isin(before.labels, [0, 2])
+        assert len(after) == kept.sum() and set(after.labels.tolist()) == {0, 1}
+        assert np.array_equal(after.labels, np.where(before.labels[kept] == 0, 0, 1))  # mel -> 0, nv -> 1
+        assert np.array_equal(after.images, before.images[kept])
+    assert select_classes(bundle, "2,0").class_names == ["nv", "mel"]  # ids work, order is the user's
+    for spec, match in (("mel,scc", r"Unknown class 'scc'.*0=mel, 1=bcc, 2=nv, 3=bkl"), ("mel", "at least two"),
+                        ("mel,MEL", "twice")):
+        with pytest.raises(DataError, match=match):
+            select_classes(bundle, spec)

@@ -158,6 +158,7 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
             raise DataError(f"{path.name} has no array {group_field!r}; it has {sorted(npz.files)}")
         groups_all = np.asarray(npz[group_field])
         center_ids = np.asarray(npz[cfg.center_field])
+        labels_all = np.asarray(npz[cfg.label_field])
         names_key = group_field.removesuffix("s") + "_names"
         names = [str(x) for x in npz[names_key]] if names_key in npz.files else None
     channels = ckpt["in_channels"]
@@ -168,7 +169,10 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
     for center in chosen:
         split = bundle.test_domains[center]
         # held-out centers keep file order (see load_multicenter_npz), so the subgroup array lines up
-        groups = groups_all[center_ids == bundle.center_names.index(center)]
+        members = center_ids == bundle.center_names.index(center)
+        if bundle.class_ids:  # a run on a class subset (--classes) scored only those images
+            members &= np.isin(labels_all, bundle.class_ids)
+        groups = groups_all[members]
         if len(groups) != len(split.labels):
             raise DataError(f"{group_field!r} does not line up with the images of {center}")
         if names is not None:
