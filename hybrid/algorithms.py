@@ -200,3 +200,106 @@ class DANN(Algorithm):
         loss = cls_loss + self.hparams.dann_weight * dom_loss
         return loss, {"loss": loss.item(), "cls_loss": cls_loss.item(), "domain_loss": dom_loss.item(),
                 "domain_acc": float((domain_logits.argmax(1) == domains).float().mean()), "lambda": lam}
+
+
+def coral_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distance of the means plus that of the covariances of two feature sets (Deep CORAL,
+    Sun & Saenko 2016, with the mean term DomainBed adds)."""
+    mean_a, mean_b = a.mean(0, keepdim=True), b.mean(0, keepdim=True)
+    cov_a = (a - mean_a).T @ (a - mean_a) / (len(a) - 1)
+    cov_b = (b - mean_b).T @ (b - mean_b) / (len(b) - 1)
+    return (mean_a - mean_b).pow(2).mean() + (cov_a - cov_b).pow(2).mean()
+
+
+@register_algorithm("coral")
+class CORAL(Algorithm):
+    """Deep CORAL: cross-entropy plus the distance between the embedding's first and second moments
+    of every pair of training domains in the batch (domains with fewer than two images there skip)."""
+
+    needs_domains = True
+    HPARAMS = {"coral_weight": 1.0}
+
+    def objective(self, x, y, domains, step):
+        f = self.network.features(x)
+        cls_loss = F.cross_entropy(self.network.head(f), y)
+        groups = [f[domains == d] for d in torch.unique(domains)]
+        groups = [g for g in groups if len(g) > 1]
+        pairs = [coral_distance(a, b) for i, a in enumerate(groups) for b in groups[i + 1:]]
+        penalty = torch.stack(pairs).mean() if pairs else f.sum() * 0
+        loss = cls_loss + self.hp("coral_weight") * penalty
+        return loss, {"loss": loss.item(), "cls_loss": cls_loss.item(), "coral_penalty": penalty.item()}
+
+
+def mix_style(x: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
+    """MixStyle (Zhou et al., ICLR 2021) on (N, C, H, W) feature maps: each image's channel means and
+    standard deviations are mixed with those of another image of the batch, weight ~ Beta(alpha, alpha)."""
+    n = x.shape[0]
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    sig = (x.var(dim=(2, 3), keepdim=True) + eps).sqrt()
+    normed = (x - mu.detach()) / sig.detach()  # the statistics are mixed, not back-propagated through
+    lam = torch.distributions.Beta(alpha, alpha).sample((n, 1, 1, 1)).to(x.device, x.dtype)
+    perm = torch.randperm(n, device=x.device)
+    mixed_mu = lam * mu + (1 - lam) * mu[perm]
+    mixed_sig = lam * sig + (1 - lam) * sig[perm]
+    return normed * mixed_sig.detach() + mixed_mu.detach()
+
+
+@register_algorithm("mixstyle")
+class MixStyle(Algorithm):
+    """ERM with MixStyle after three early encoder blocks (the ends of the first MobileNetV2 stages,
+    as the paper places it after the first ResNet stages), applied to a batch with probability
+    `mix_prob`, only while this algorithm computes its training objective (never at evaluation)."""
+
+    HPARAMS = {"mix_prob": 0.5, "mix_alpha": 0.1}
+    BLOCKS = (1, 3, 6)  # indices in the MobileNetV2 feature blocks
+
+    def build(self) -> None:
+        self._mixing = False
+        blocks = self.network.encoder[0]
+        for index in self.BLOCKS:
+            blocks[index].register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        if self._mixing and output.shape[0] > 1:
+            return mix_style(output, self.hp("mix_alpha"))
+        return output
+
+    def objective(self, x, y, domains, step):
+        self._mixing = bool(torch.rand(()) < self.hp("mix_prob"))  # the global generator: resumed exactly
+        try:
+            loss = F.cross_entropy(self.network(x), y)
+        finally:
+            self._mixing = False
+        value = loss.item()
+        return loss, {"loss": value, "cls_loss": value}
+
+
+def random_convolution(x: torch.Tensor, max_kernel: int) -> torch.Tensor:
+    """RandConv (Xu et al., ICLR 2021): the images through one random convolution (odd kernel size up to
+    `max_kernel`, weights ~ N(0, 1/(k^2 C))), mixed with the originals by a uniform weight, and then
+    given back each image's per-channel mean and standard deviation so the result stays in [0, 1]."""
+    channels = x.shape[1]
+    k = int(torch.randint(0, max_kernel // 2 + 1, ()).item()) * 2 + 1
+    weight = torch.randn(channels, channels, k, k, device=x.device, dtype=x.dtype) / math.sqrt(k * k * channels)
+    out = F.conv2d(x, weight, padding=k // 2)
+    alpha = torch.rand((), device=x.device, dtype=x.dtype)
+    out = alpha * x + (1 - alpha) * out
+    mean, std = x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True)
+    out = (out - out.mean(dim=(2, 3), keepdim=True)) / (out.std(dim=(2, 3), keepdim=True) + 1e-6) * std + mean
+    return out.clamp(0, 1)
+
+
+@register_algorithm("randconv")
+class RandConv(Algorithm):
+    """ERM on images passed, with probability `randconv_prob` per batch, through a random convolution
+    (single-source domain generalization: random local textures, shapes kept). No consistency loss."""
+
+    HPARAMS = {"randconv_prob": 0.5, "max_kernel": 7}
+
+    def objective(self, x, y, domains, step):
+        if bool(torch.rand(()) < self.hp("randconv_prob")):
+            with torch.no_grad():
+                x = random_convolution(x, int(self.hp("max_kernel")))
+        loss = F.cross_entropy(self.network(x), y)
+        value = loss.item()
+        return loss, {"loss": value, "cls_loss": value}

@@ -170,3 +170,64 @@ def test_a_new_method_is_one_class_whose_hyperparameters_need_no_config_field():
             build("erm", replace(CFG, algorithm_hparams="scale=2"))
     finally:
         del ALGORITHMS["scaled_erm_for_test"]
+
+
+def test_coral_distance_is_zero_for_equal_statistics_and_grows_with_a_shift():
+    from hybrid.algorithms import coral_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 5, generator=g)
+    assert coral_distance(a, a.flip(0)) < 1e-10  # the same set in another order
+    assert coral_distance(a, a + 1.0) > 0.9 and coral_distance(a, 3 * a) > coral_distance(a, 1.5 * a) > 0
+
+
+def test_mixstyle_mixes_statistics_only_in_its_training_objective():
+    from hybrid.algorithms import mix_style
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, 5, 5, generator=g) * torch.arange(1, 7).view(6, 1, 1, 1)
+    torch.manual_seed(0)
+    mixed = mix_style(x, 0.1)
+    assert mixed.shape == x.shape and not torch.allclose(mixed, x)
+    # the content (normalized map) of every image is kept; only its statistics move
+    normed = lambda t: (t - t.mean(dim=(2, 3), keepdim=True)) / t.std(dim=(2, 3), keepdim=True)  # noqa: E731
+    torch.testing.assert_close(normed(mixed), normed(x), atol=1e-3, rtol=0)
+    algorithm = build("mixstyle", replace(CFG, algorithm_hparams="mix_prob=1", dropout=0.0))
+    xb, y, domains = batch()
+    algorithm.train()
+    plain = algorithm.network(xb)
+    algorithm._mixing = True
+    torch.manual_seed(0)
+    assert not torch.allclose(algorithm.network(xb), plain)  # the hooks act while mixing is on
+    algorithm._mixing = False
+    algorithm.objective(xb, y, domains, 0)
+    assert algorithm._mixing is False  # and are off again after the objective
+    algorithm.eval()
+    torch.testing.assert_close(algorithm.predict(xb), algorithm.network(xb))
+
+
+def test_randconv_keeps_shape_range_and_each_images_statistics():
+    from hybrid.algorithms import random_convolution
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16, generator=g) * 0.5 + 0.25
+    torch.manual_seed(0)
+    out = random_convolution(x, 7)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, x)
+    torch.testing.assert_close(out.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["coral", "mixstyle", "randconv"])
+def test_new_algorithms_compose_with_shifts_and_the_quantum_layer(name, tmp_path, data_root):
+    import json
+
+    from hybrid import train
+
+    out = tmp_path / name
+    assert train.main(["--algorithm", name, "--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.1",
+                       "--stem-stride", "2", "--input-size", "16", "--embed-dim", "16", "--batch-size", "32",
+                       "--n-bootstrap", "0", "--eval-max-samples", "32", "--threads", "1", "--quiet",
+                       "--data-root", str(data_root), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["algorithm"] == name and report["config"]["quantum"] and report["config"]["shift"]
+    assert all(0 <= d["auc"] <= 1 for d in report["domains"].values())
