@@ -29,6 +29,8 @@ HELP = {
     "colour_constancy": "Shades of Gray colour constancy on RGB images: the p-norm of the illuminant estimate "
                         "(6 is the usual choice, 1 grey world), applied in the network at training and evaluation; "
                         "0 = off",
+    "rgb_shifts": "colour images: the virtual centers also differ in white balance, saturation and hue, and "
+                  "evaluation adds colour target centers (grayscale data is unaffected)",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",
     "device": "auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N or mps",

@@ -42,6 +42,7 @@ class TrainConfig:
     algorithm_hparams: str = ""  # "name=value,..." overrides of the algorithm's own HPARAMS defaults
     quantum: bool = True  # quantum feature-enhancement layer in the head
     shift: bool = True  # imaging-shift simulation: train on virtual source centers
+    rgb_shifts: bool = True  # colour images: colour families in the source centers, colour target centers
     n_qubits: int = 4
     feature_map: str = "zz"
     q_reps: int = 2
@@ -139,7 +140,8 @@ class ModelConfig:
 ENVIRONMENT_FIELDS = ("threads", "data_root", "device")
 
 # Value of a field in configs saved before the field existed (the behaviour those runs had).
-ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random", "channels_last": False}
+ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random", "channels_last": False,
+                                 "rgb_shifts": False}
 
 
 # Ranges a run can work with; each is checked when a config is made (CLI, API, saved file).

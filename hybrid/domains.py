@@ -62,7 +62,8 @@ def build_eval_domains(cfg: TrainConfig, bundle: DatasetBundle, channels: int, c
     if center_set not in CENTER_SETS:
         raise ValueError(f"unknown center set {center_set!r}; valid sets are: {', '.join(CENTER_SETS)}")
     x, y = split_to_tensors(bundle.test, cfg.input_size, channels)
-    domains = make_target_domains(x, y, CENTER_SETS[center_set](), cfg.seed) if len(y) else {}
+    centers = CENTER_SETS[center_set](rgb=uses_colour_shifts(cfg, channels))
+    domains = make_target_domains(x, y, centers, cfg.seed) if len(y) else {}
     for name, split in bundle.test_domains.items():
         domains[f"real:{name}"] = split_to_tensors(split, cfg.input_size, channels)
     return domains
@@ -163,12 +164,18 @@ def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+def uses_colour_shifts(cfg: TrainConfig, channels: int) -> bool:
+    """Whether a run simulates and is scored on colour differences: RGB images with `rgb_shifts`."""
+    return cfg.rgb_shifts and channels == 3
+
+
 class DomainSampler:
     """Assigns each training sample a center: a virtual source center, or its real center."""
 
-    def __init__(self, cfg: TrainConfig, real_centers: np.ndarray | None):
+    def __init__(self, cfg: TrainConfig, real_centers: np.ndarray | None, channels: int = 1):
         self.cfg = cfg
-        self.centers = make_source_centers(cfg.n_source_centers, cfg.seed, cfg.source_sampling) if cfg.shift else []
+        self.centers = (make_source_centers(cfg.n_source_centers, cfg.seed, cfg.source_sampling,
+                                            rgb=uses_colour_shifts(cfg, channels)) if cfg.shift else [])
         if cfg.shift and cfg.clean_fraction > 0:
             self.centers.append(CLEAN)
         self.real = None

@@ -10,6 +10,12 @@ batched, seeded functions on float images (B, C, H, W) in [0, 1]:
 * **heldout** families (evaluation only, never seen in training): ``gamma``, ``blur``,
   ``speckle``, ``poisson``, ``resolution``.
 
+Colour images (dermoscopy) differ between devices in colour too, so RGB runs add the colour
+families (``modality="rgb"``): ``white_balance``, ``saturation``, ``hue`` train (their source
+ranges in ``RGB_SOURCE_RANGES``), ``illumination_gradient`` and ``jpeg`` are held out, and the
+target and design-validation sets get colour centers (``make_target_centers(rgb=True)``).
+Grayscale runs see exactly the centers they always did.
+
 Target centers use strengths from ``TARGET_RANGES``, disjoint from ``SOURCE_RANGES``, so
 evaluating on them measures generalization to unseen scanners, not interpolation.
 
@@ -36,25 +42,31 @@ ShiftFn = Callable[[Tensor, float, "torch.Generator | None"], Tensor]
 FAMILIES = ("train", "heldout", "validation")
 
 
+MODALITIES = ("any", "rgb")  # any: every image type; rgb: used for colour images only
+
+
 @dataclass(frozen=True)
 class ShiftSpec:
     name: str
     fn: ShiftFn
     family: str  # one of FAMILIES
+    modality: str = "any"  # one of MODALITIES
 
 
 SHIFTS: dict[str, ShiftSpec] = {}
 
 
-def register_shift(name: str, *, family: str) -> Callable[[ShiftFn], ShiftFn]:
+def register_shift(name: str, *, family: str, modality: str = "any") -> Callable[[ShiftFn], ShiftFn]:
     """Decorator adding a shift function to ``SHIFTS`` under ``name``."""
     if family not in FAMILIES:
         raise ValueError(f"shift family must be one of {FAMILIES}, got {family!r}")
+    if modality not in MODALITIES:
+        raise ValueError(f"shift modality must be one of {MODALITIES}, got {modality!r}")
 
     def deco(fn: ShiftFn) -> ShiftFn:
         if name in SHIFTS:
             raise ValueError(f"shift {name!r} is already registered")
-        SHIFTS[name] = ShiftSpec(name=name, fn=fn, family=family)
+        SHIFTS[name] = ShiftSpec(name=name, fn=fn, family=family, modality=modality)
         return fn
 
     return deco
@@ -241,9 +253,97 @@ def vignette(images: Tensor, strength: float, generator: torch.Generator | None 
     return (images * (1 - strength * r2)).clamp(0.0, 1.0)
 
 
-TRAIN_SHIFTS: tuple[str, ...] = tuple(n for n, s in SHIFTS.items() if s.family == "train")
-HELDOUT_SHIFTS: tuple[str, ...] = tuple(n for n, s in SHIFTS.items() if s.family == "heldout")
-VALIDATION_SHIFTS: tuple[str, ...] = tuple(n for n, s in SHIFTS.items() if s.family == "validation")
+def _check_rgb(images: Tensor) -> None:
+    _check(images)
+    if images.shape[1] != 3:
+        raise ValueError(f"colour shifts need RGB images (B, 3, H, W), got {tuple(images.shape)}")
+
+
+def _luma(images: Tensor) -> Tensor:
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+@register_shift("white_balance", family="train", modality="rgb")
+def white_balance(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Channel gains exp(s), 1, exp(-s) on R, G, B: a warmer (s > 0) or cooler (s < 0) white point."""
+    _check_rgb(images)
+    gains = torch.tensor([math.exp(strength), 1.0, math.exp(-strength)], dtype=images.dtype, device=images.device)
+    return (images * gains.view(1, 3, 1, 1)).clamp(0.0, 1.0)
+
+
+@register_shift("saturation", family="train", modality="rgb")
+def saturation(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Colourfulness scaled by 1 + s around each pixel's luma (s = -1 gives grey)."""
+    _check_rgb(images)
+    _require(strength >= -1, "saturation change must be >= -1", strength)
+    luma = _luma(images)
+    return (luma + (1 + strength) * (images - luma)).clamp(0.0, 1.0)
+
+
+# YIQ: luma plus two chroma axes; a hue shift is a rotation in the chroma plane
+_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+@register_shift("hue", family="train", modality="rgb")
+def hue(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Hue rotated by ``strength`` turns about the grey axis (a rotation of YIQ's chroma plane)."""
+    _check_rgb(images)
+    to_yiq = torch.tensor(_YIQ, dtype=torch.float64)
+    c, s = math.cos(2 * math.pi * strength), math.sin(2 * math.pi * strength)
+    rotate = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=torch.float64)
+    matrix = (torch.linalg.inv(to_yiq) @ rotate @ to_yiq).to(images.dtype).to(images.device)
+    return torch.einsum("ij,bjhw->bihw", matrix, images).clamp(0.0, 1.0)
+
+
+@register_shift("illumination_gradient", family="heldout", modality="rgb")
+def illumination_gradient(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Uneven lighting: exposure falling linearly across the image from 1 + s/2 (left) to 1 - s/2 (right)."""
+    _check(images)
+    _require(0 <= strength <= 2, "illumination gradient must be in [0, 2]", strength)
+    w = images.shape[-1]
+    ramp = 1 + strength * torch.linspace(0.5, -0.5, w, dtype=images.dtype, device=images.device)
+    return (images * ramp.view(1, 1, 1, w)).clamp(0.0, 1.0)
+
+
+@register_shift("jpeg", family="heldout", modality="rgb")
+def jpeg(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """JPEG re-compression (a device or archive that stores lossy files) at quality round(100 - 90 s),
+    s in [0, 1]; s = 0 leaves the images untouched."""
+    _check(images)
+    _require(0 <= strength <= 1, "jpeg strength must be in [0, 1]", strength)
+    if strength == 0:
+        return images.clone()
+    quality = int(round(100 - 90 * strength))
+    pixels = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    decoded = np.stack([_jpeg_round_trip(p, quality) for p in pixels])
+    out = torch.from_numpy(decoded).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255
+    return out.clamp(0.0, 1.0)
+
+
+def _jpeg_round_trip(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """One (H, W, C) uint8 image through PIL's JPEG encoder and decoder."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as im:
+        out = np.asarray(im)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def _names(family: str, modality: str) -> tuple[str, ...]:
+    return tuple(n for n, s in SHIFTS.items() if s.family == family and s.modality == modality)
+
+
+TRAIN_SHIFTS: tuple[str, ...] = _names("train", "any")
+HELDOUT_SHIFTS: tuple[str, ...] = _names("heldout", "any")
+VALIDATION_SHIFTS: tuple[str, ...] = _names("validation", "any")
+RGB_TRAIN_SHIFTS: tuple[str, ...] = _names("train", "rgb")
+RGB_HELDOUT_SHIFTS: tuple[str, ...] = _names("heldout", "rgb")
 
 
 @dataclass(frozen=True)
@@ -310,6 +410,13 @@ SOURCE_RANGES: dict[str, tuple[float, float]] = {
     "gaussian_noise": (0.0, 0.03),  # sigma; applied last so it is the sigma seen in the output
 }
 
+# Colour variation between the source centers of an RGB run (added to SOURCE_RANGES).
+RGB_SOURCE_RANGES: dict[str, tuple[float, float]] = {
+    "white_balance": (-0.1, 0.1),  # log red/blue gain
+    "saturation": (-0.2, 0.2),  # relative change of colourfulness
+    "hue": (-0.02, 0.02),  # turns
+}
+
 # Unseen target variation: allowed intervals per shift, disjoint from SOURCE_RANGES. Held-out
 # families have no source range at all, so they are unseen by construction.
 TARGET_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
@@ -322,6 +429,11 @@ TARGET_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
     "speckle": ((0.15, 0.15),),
     "poisson": ((200.0, 200.0),),
     "resolution": ((1.5, 2.0),),
+    "white_balance": ((-0.3, -0.25), (0.25, 0.3)),
+    "saturation": ((-0.6, -0.5), (0.5, 0.6)),
+    "hue": ((-0.06, -0.05), (0.05, 0.06)),
+    "illumination_gradient": ((0.5, 0.5),),
+    "jpeg": ((0.8, 0.8),),
 }
 
 _TARGET_CENTERS: tuple[VirtualCenter, ...] = (
@@ -337,6 +449,17 @@ _TARGET_CENTERS: tuple[VirtualCenter, ...] = (
 )
 
 
+# Colour target centers, added for RGB runs (strengths inside TARGET_RANGES).
+_RGB_TARGET_CENTERS: tuple[VirtualCenter, ...] = (
+    VirtualCenter("tgt_warm", (("white_balance", 0.28),)),
+    VirtualCenter("tgt_cool", (("white_balance", -0.28),)),
+    VirtualCenter("tgt_desaturated", (("saturation", -0.55),)),
+    VirtualCenter("tgt_vivid", (("saturation", 0.55),)),
+    VirtualCenter("tgt_hue", (("hue", 0.055),)),
+    VirtualCenter("tgt_uneven_light", (("illumination_gradient", 0.5),)),
+    VirtualCenter("tgt_jpeg", (("jpeg", 0.8),)),
+)
+
 # Design-validation centers: only validation-family shifts, or train families at strengths
 # outside both SOURCE_RANGES and TARGET_RANGES. Fixed before any method variant was compared.
 _VALIDATION_CENTERS: tuple[VirtualCenter, ...] = (
@@ -347,13 +470,21 @@ _VALIDATION_CENTERS: tuple[VirtualCenter, ...] = (
     VirtualCenter("val_lowcontrast_grain", (("contrast", 0.75), ("grain", 0.03))),
 )
 
+# Colour design-validation centers for RGB runs: colour train families at strengths between their
+# source and target ranges, so RGB method variants are chosen without the reported colour centers.
+_RGB_VALIDATION_CENTERS: tuple[VirtualCenter, ...] = (
+    VirtualCenter("val_warmish", (("white_balance", 0.18),)),
+    VirtualCenter("val_muted", (("saturation", -0.35),)),
+    VirtualCenter("val_hue", (("hue", -0.035),)),
+)
+
 
 def ranges_disjoint(
     source: dict[str, tuple[float, float]] | None = None,
     target: dict[str, tuple[tuple[float, float], ...]] | None = None,
 ) -> bool:
     """True if no target interval overlaps the source interval of the same shift."""
-    source = SOURCE_RANGES if source is None else source
+    source = SOURCE_RANGES | RGB_SOURCE_RANGES if source is None else source
     target = TARGET_RANGES if target is None else target
     for name, intervals in target.items():
         if name not in source:
@@ -367,8 +498,9 @@ def ranges_disjoint(
 SOURCE_SAMPLINGS = ("random", "stratified")
 
 
-def make_source_centers(k: int = 4, seed: int = 0, sampling: str = "random") -> list[VirtualCenter]:
-    """K training centers ``src0..src{k-1}``, each drawing every train family from SOURCE_RANGES.
+def make_source_centers(k: int = 4, seed: int = 0, sampling: str = "random", rgb: bool = False) -> list[VirtualCenter]:
+    """K training centers ``src0..src{k-1}``, each drawing every train family from SOURCE_RANGES
+    (and, with ``rgb``, every colour family from RGB_SOURCE_RANGES, applied before them).
 
     ``random`` draws every strength uniformly from its range. ``stratified`` (Latin hypercube)
     splits each range into K equal strata and gives every center a different stratum per shift,
@@ -380,7 +512,8 @@ def make_source_centers(k: int = 4, seed: int = 0, sampling: str = "random") -> 
     if sampling not in SOURCE_SAMPLINGS:
         raise ValueError(f"source sampling must be one of {SOURCE_SAMPLINGS}, got {sampling!r}")
     rng = np.random.default_rng(seed)
-    names = list(SOURCE_RANGES)
+    ranges = RGB_SOURCE_RANGES | SOURCE_RANGES if rgb else SOURCE_RANGES  # colour first: noise stays last
+    names = list(ranges)
     if sampling == "random":  # draw order (center by center) kept so earlier runs reproduce
         u = np.array([[rng.uniform(0.0, 1.0) for _ in names] for _ in range(k)])
     else:
@@ -390,21 +523,21 @@ def make_source_centers(k: int = 4, seed: int = 0, sampling: str = "random") -> 
         # Rounded so saved configs stay readable; clipped so rounding stays inside the ranges.
         shifts = []
         for j, name in enumerate(names):
-            lo, hi = SOURCE_RANGES[name]
+            lo, hi = ranges[name]
             shifts.append((name, float(np.clip(round(float(lo + u[i, j] * (hi - lo)), 4), lo, hi))))
         shifts = tuple(shifts)
         centers.append(VirtualCenter(f"src{i}", shifts))
     return centers
 
 
-def make_target_centers() -> list[VirtualCenter]:
-    """The fixed unseen evaluation centers (strengths inside TARGET_RANGES)."""
-    return list(_TARGET_CENTERS)
+def make_target_centers(rgb: bool = False) -> list[VirtualCenter]:
+    """The fixed unseen evaluation centers (strengths inside TARGET_RANGES); colour ones too with ``rgb``."""
+    return list(_TARGET_CENTERS) + (list(_RGB_TARGET_CENTERS) if rgb else [])
 
 
-def make_validation_centers() -> list[VirtualCenter]:
+def make_validation_centers(rgb: bool = False) -> list[VirtualCenter]:
     """Design-validation centers: for comparing method variants, never reported as results."""
-    return list(_VALIDATION_CENTERS)
+    return list(_VALIDATION_CENTERS) + (list(_RGB_VALIDATION_CENTERS) if rgb else [])
 
 
 # Named sets of unseen centers for evaluation: the reported ones and the design-validation ones.

@@ -34,7 +34,8 @@ from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
 from hybrid.devices import resolve_device
 from hybrid.distributed import Distributed
-from hybrid.domains import DomainSampler, build_eval_domains, is_unseen, load_bundle, split_to_tensors
+from hybrid.domains import (DomainSampler, build_eval_domains, is_unseen, load_bundle, split_to_tensors,
+                            uses_colour_shifts)
 from hybrid.fit import TrainingData, fit
 from hybrid.inference import evaluate_domains, predict_probs, source_threshold
 from hybrid.metrics import domain_metrics, summarize, threshold_from_probs
@@ -61,7 +62,7 @@ def prepare_data(cfg: TrainConfig, root) -> tuple[DatasetBundle, TrainingData]:
     check_splits(bundle)
     x_train, y_train = split_to_tensors(bundle.train, cfg.input_size, bundle.n_channels)
     x_val, y_val = split_to_tensors(bundle.val, cfg.input_size, bundle.n_channels)
-    sampler = DomainSampler(cfg, bundle.train.centers)
+    sampler = DomainSampler(cfg, bundle.train.centers, bundle.n_channels)
     # model selection data: source validation images under the source centers, noise fixed once
     gen_val = torch.Generator().manual_seed(cfg.seed + 1)
     if cfg.shift:  # real-center ids index the training set; unshifted validation needs no ids
@@ -165,7 +166,7 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
         write_json(cfg.to_dict(), out_dir / "config.json")
     algorithm_name = resolve_algorithm(cfg, data.sampler.n_domains)
     n_domains = data.sampler.n_domains if ALGORITHMS[algorithm_name].needs_domains else 1
-    target_centers = make_target_centers()
+    target_centers = make_target_centers(rgb=uses_colour_shifts(cfg, bundle.n_channels))
     if ddp.is_main:
         write_json({"source": [c.to_dict() for c in data.sampler.centers],
                     "target": [c.to_dict() for c in target_centers], "data": bundle.describe()}, out_dir / "centers.json")

@@ -41,7 +41,13 @@ TYPICAL = {
     "rician": 0.05,
     "grain": 0.04,
     "vignette": 0.5,
+    "white_balance": 0.2,
+    "saturation": 0.4,
+    "hue": 0.05,
+    "illumination_gradient": 0.5,
+    "jpeg": 0.8,
 }
+NEEDS_RGB = ("white_balance", "saturation", "hue")
 NOISY = ("gaussian_noise", "speckle", "poisson", "impulse", "rician", "grain")
 
 
@@ -79,6 +85,10 @@ def test_registry_families():
 def test_every_shift_is_pure_and_in_range(name, channels, dtype, hw):
     x = _images(c=channels, h=hw[0], w=hw[1], dtype=dtype)
     before = x.clone()
+    if name in NEEDS_RGB and channels == 1:
+        with pytest.raises(ValueError, match="RGB"):
+            get_shift(name).fn(x, TYPICAL[name], _gen(0))
+        return
     y = get_shift(name).fn(x, TYPICAL[name], _gen(0))
     assert torch.equal(x, before), "shift modified its input in place"
     assert y.shape == x.shape and y.dtype == x.dtype
@@ -327,3 +337,91 @@ def test_save_center_grid_writes_png(tmp_path, channels):
     path = save_center_grid(image, make_source_centers(2) + make_target_centers(), tmp_path / "sub" / "grid.png")
     assert path.is_file()
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- colour families (#13)
+
+from hybrid.shifts import RGB_HELDOUT_SHIFTS, RGB_SOURCE_RANGES, RGB_TRAIN_SHIFTS  # noqa: E402
+
+COLOUR = {name: TYPICAL[name] for name in ("white_balance", "saturation", "hue", "illumination_gradient", "jpeg")}
+
+
+def _rgb(n: int = 4, size: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 3, size, size, generator=g) * 0.8 + 0.1
+
+
+def test_colour_families_are_registered_for_rgb_only():
+    assert RGB_TRAIN_SHIFTS == ("white_balance", "saturation", "hue")
+    assert set(RGB_HELDOUT_SHIFTS) == {"illumination_gradient", "jpeg"}
+    assert tuple(RGB_SOURCE_RANGES) == RGB_TRAIN_SHIFTS and ranges_disjoint()
+    assert set(COLOUR) == set(RGB_TRAIN_SHIFTS + RGB_HELDOUT_SHIFTS)
+
+
+@pytest.mark.parametrize("name", sorted(COLOUR))
+def test_colour_shift_is_pure_batched_in_range_and_identity_at_zero(name):
+    fn = SHIFTS[name].fn
+    x = _rgb()
+    kept = x.clone()
+    out = fn(x, COLOUR[name], torch.Generator().manual_seed(0))
+    assert torch.equal(x, kept)  # pure
+    assert out.shape == x.shape and out.dtype == x.dtype and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, x, atol=1e-3)
+    one_by_one = torch.cat([fn(x[i:i + 1], COLOUR[name], torch.Generator().manual_seed(0)) for i in range(len(x))])
+    torch.testing.assert_close(out, one_by_one)  # each image on its own
+    torch.testing.assert_close(fn(x, 0.0, None), x)
+    torch.testing.assert_close(fn(x.double(), COLOUR[name], None).float(), out, atol=2e-2, rtol=0)
+
+
+def test_colour_shifts_do_what_their_names_say():
+    x = _rgb()
+    warm = SHIFTS["white_balance"].fn(x * 0.8, 0.2, None)
+    assert (warm[:, 0] / warm[:, 2]).mean() > ((x * 0.8)[:, 0] / (x * 0.8)[:, 2]).mean()
+    grey = SHIFTS["saturation"].fn(x, -1.0, None)
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-6) and torch.allclose(grey[:, 1], grey[:, 2], atol=1e-6)
+    mid = torch.full((1, 3, 4, 4), 0.5) + torch.tensor([0.1, 0.0, -0.1]).view(1, 3, 1, 1)
+    turned = SHIFTS["hue"].fn(mid, 0.05, None)
+    luma = lambda t: (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)  # noqa: E731
+    torch.testing.assert_close(luma(turned), luma(mid), atol=1e-5, rtol=0)  # hue turns, brightness stays
+    lit = SHIFTS["illumination_gradient"].fn(torch.full((1, 3, 4, 8), 0.5), 0.5, None)
+    assert lit[..., 0].mean() > lit[..., -1].mean()
+    with pytest.raises(ValueError, match="RGB"):
+        SHIFTS["white_balance"].fn(torch.rand(2, 1, 4, 4), 0.1, None)
+
+
+def test_rgb_runs_get_colour_source_target_and_validation_centers():
+    gray, colour = make_source_centers(4, seed=0, sampling="stratified"), make_source_centers(
+        4, seed=0, sampling="stratified", rgb=True)
+    assert all({n for n, _ in c.shifts} == set(SOURCE_RANGES) for c in gray)
+    for center in colour:
+        names = [n for n, _ in center.shifts]
+        assert names[:3] == list(RGB_TRAIN_SHIFTS) and names[-1] == "gaussian_noise"  # noise stays last
+        for name, strength in center.shifts:
+            lo, hi = (RGB_SOURCE_RANGES | SOURCE_RANGES)[name]
+            assert lo <= strength <= hi
+    assert make_target_centers() == make_target_centers(rgb=False)  # grayscale runs are unchanged
+    extra = make_target_centers(rgb=True)[len(make_target_centers()):]
+    assert {n for c in extra for n, _ in c.shifts} == set(RGB_TRAIN_SHIFTS + RGB_HELDOUT_SHIFTS)
+    for center in extra:
+        for name, strength in center.shifts:
+            assert any(lo <= strength <= hi for lo, hi in TARGET_RANGES[name]), center
+    extra_val = make_validation_centers(rgb=True)[len(make_validation_centers()):]
+    for center in extra_val:  # colour train families between their source and target ranges
+        for name, strength in center.shifts:
+            lo, hi = RGB_SOURCE_RANGES[name]
+            assert not lo <= strength <= hi and not any(a <= strength <= b for a, b in TARGET_RANGES[name])
+
+
+def test_an_rgb_run_trains_on_colour_centers_and_is_scored_on_colour_targets(multicenter_run):
+    import json as _json
+
+    from hybrid.config import TrainConfig
+
+    report = _json.loads((multicenter_run / "report.json").read_text())
+    assert report["data"]["n_channels"] == 3
+    colour_targets = {c.name for c in make_target_centers(rgb=True)} - {c.name for c in make_target_centers()}
+    assert colour_targets <= set(report["domains"]) and set(report["unseen"]) >= colour_targets
+    centers = _json.loads((multicenter_run / "centers.json").read_text())
+    assert all("white_balance" in {n for n, _ in c["shifts"]} for c in centers["source"] if c["name"] != "clean")
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "rgb_shifts"}
+    assert TrainConfig.from_dict(old).rgb_shifts is False  # runs saved before colour centers keep theirs
