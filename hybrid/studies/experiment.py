@@ -39,6 +39,7 @@ from hybrid.algorithms import algorithm_class
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, field_type, upgrade_fields
 from hybrid.rundir import write_json
 from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmLauncher
+from hybrid.studies.loso import FOLDS, loso_study, select, write_selection
 from hybrid.studies.runs import RunJob, is_finished, record_failure, run_dir, study_status
 
 log = logging.getLogger("hybrid.experiment")
@@ -290,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="folder holding the data (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other TrainConfig field for every variant, e.g. --set n_bootstrap=200")
+    parser.add_argument("--validation", choices=("training_domain", "loso"), default="training_domain",
+                        help="model selection: training_domain (each run selects its epoch on source validation "
+                             "data; default) or loso (first leave-one-source-out runs inside the training clinic "
+                             "choose the variant, written to OUT/selection.md; multi-center presets)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
     parser.add_argument("--status", metavar="OUT", help="show each run of the study in OUT: finished, running, "
                         "failed or pending; train nothing")
@@ -361,12 +366,21 @@ def _run(args, command: str) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     study = build_study(args.preset, seeds=args.seeds, variants=variants, overrides=overrides)
     out = Path(args.out or f"runs/{args.preset}")
+    stages = [(loso_study(study), out / FOLDS)] if args.validation == "loso" else []
     if args.dry_run:
-        check_existing(study, out)
-        for v, s in study.runs():
-            print(f"{'finished' if is_finished(run_dir(out, v, s)) else 'to do':9s} {run_dir(out, v, s)}")
+        for stage, where in [*stages, (study, out)]:
+            check_existing(stage, where)
+            for v, s in stage.runs():
+                print(f"{'finished' if is_finished(run_dir(where, v, s)) else 'to do':9s} {run_dir(where, v, s)}")
         return 0
     launcher = make_launcher(args, out)
+    for folds, where in stages:
+        run_study(folds, where, workers=args.workers, threads=args.threads, progress=not args.quiet,
+                  command=command, launcher=make_launcher(args, where))
+        selection = select(study, where)
+        write_selection(selection, out)
+        print(f"leave-one-source-out selection: {selection['selected'] or 'none (fold runs missing)'} "
+              f"(scores in {out / 'selection.md'})")
     summary = run_study(study, out, workers=args.workers, threads=args.threads, progress=not args.quiet,
                         command=command, launcher=launcher)
     if args.launcher == "slurm" and args.no_wait:

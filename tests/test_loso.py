@@ -1,0 +1,83 @@
+"""Leave-one-source-out selection (#13): a held-out source never trains, the held-out clinic is never
+loaded, and the rule picks the best mean fold AUC (ties to the earlier-listed variant)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hybrid.studies import experiment
+from hybrid.studies.loso import loso_study, select, sources_of
+from hybrid.studies.runs import run_dir
+
+
+@pytest.fixture(scope="module")
+def clinic_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loso")
+    rng = np.random.default_rng(0)
+    n = 320
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, (n, 16, 16), dtype=np.uint8)
+    images[labels == 1, 4:12, 4:12] += 120
+    centers = (np.arange(n) // 2) % 4  # three sources of one clinic, and another clinic (id 3)
+    np.savez(root / "clinics.npz", images=images, labels=labels, center_ids=centers,
+             center_names=np.array(["s1", "s2", "s3", "other_clinic"]))
+    return root / "clinics.npz"
+
+
+def _study(path):
+    base = dict(dataset=str(path), train_centers="s1,s2,s3", test_centers="other_clinic", input_size=16,
+                width_mult=0.1, stem_stride=2, embed_dim=16, epochs=1, batch_size=32, n_bootstrap=0,
+                eval_max_samples=16, quantum=False)
+    return experiment.Study("toy", base, {"erm": dict(algorithm="erm", shift=False), "dann": {}}, (0,))
+
+
+def test_folds_hold_each_source_out_and_never_load_the_other_clinic(clinic_file, tmp_path):
+    study = _study(clinic_file)
+    folds = loso_study(study)
+    assert sorted(folds.variants) == sorted(f"{v}@{s}" for v in ("erm", "dann") for s in ("s1", "s2", "s3"))
+    out = tmp_path / "folds"
+    summary = experiment.run_study(folds, out, workers=1, threads=1, progress=False)
+    assert not summary["failed"] and len(summary["finished"]) == 6
+    for variant in folds.variants:
+        held = variant.split("@")[1]
+        data = json.loads((run_dir(out, variant, 0) / "report.json").read_text())["data"]
+        trained = {c for split in ("train", "val", "test") for c in data["splits"][split].get("centers", {})}
+        assert held not in trained and "other_clinic" not in trained and trained == {"s1", "s2", "s3"} - {held}
+        assert list(data["test_domains"]) == [held]
+    selection = select(study, out)
+    means = {v: selection["scores"][v]["mean"] for v in ("erm", "dann")}
+    best = max(means.values())
+    expected = next(v for v in ("erm", "dann") if means[v] >= best - 0.005)
+    assert selection["selected"] == expected and selection["sources"] == ["s1", "s2", "s3"]
+
+
+def test_the_rule_breaks_ties_towards_the_earlier_variant(tmp_path):
+    study = experiment.Study("toy", dict(dataset="x.npz", train_centers="a,b"), {"simple": {}, "fancy": {}}, (0,))
+    for variant, aucs in (("simple", (0.70, 0.72)), ("fancy", (0.71, 0.74))):
+        for source, auc in zip(("a", "b"), aucs):
+            path = run_dir(tmp_path, f"{variant}@{source}", 0)
+            path.mkdir(parents=True)
+            (path / "report.json").write_text(json.dumps({"domains": {f"real:{source}": {"auc": auc}}}))
+    assert select(study, tmp_path)["selected"] == "fancy"  # 0.725 vs 0.71: beyond the tie margin
+    (run_dir(tmp_path, "fancy@b", 0) / "report.json").write_text(json.dumps({"domains": {"real:b": {"auc": 0.72}}}))
+    assert select(study, tmp_path)["selected"] == "simple"  # 0.715 vs 0.71: a tie goes to the earlier one
+
+
+def test_loso_needs_a_multi_center_preset_with_sources():
+    with pytest.raises(ValueError, match="multi-center preset"):
+        sources_of(experiment.build_study("quick"))
+    assert sources_of(experiment.build_study("ham10000")) == ["vidir_molemax", "vidir_modern", "vienna_dias"]
+
+
+def test_cli_lists_the_fold_runs_before_the_study_and_refuses_single_source_presets(tmp_path, capsys):
+    assert experiment.main(["--preset", "ham10000", "--validation", "loso", "--dry-run", "--seeds", "1",
+                            "--variants", "erm,full", "--out", str(tmp_path / "ham")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    folds = [line for line in lines if "/loso/" in line]
+    assert len(folds) == 6 and any("erm@vidir_modern" in line for line in folds)
+    assert lines.index(folds[-1]) < len(lines) - 2  # then the study itself (erm, full)
+    assert experiment.main(["--preset", "quick", "--validation", "loso", "--dry-run", "--out", str(tmp_path / "q")]) == 2
+    assert "multi-center preset" in capsys.readouterr().err
