@@ -195,6 +195,9 @@ def domain_metrics(
         accuracy=_safe_ratio(np.sum(pred == y), y.size),
         balanced_accuracy=macro_recall,  # mean recall over the classes present
         n=int(y.size),
+        # one-vs-rest AUC of each class (None where the class or its complement is absent)
+        auc_per_class=[float(_weighted_auc(probs[:, k], y == k, np.ones((1, y.size)))[0])
+                       if 0 < np.sum(y == k) < y.size else None for k in range(n_classes)],
     )
     return out
 

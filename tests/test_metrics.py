@@ -197,3 +197,17 @@ def test_roc_points():
     ref_fpr, ref_tpr, _ = roc_curve(y3 == 2, probs3[:, 2])
     np.testing.assert_allclose(fpr, ref_fpr)
     np.testing.assert_allclose(tpr, ref_tpr)
+
+
+def test_multiclass_metrics_give_each_class_its_one_vs_rest_auc():
+    import numpy as np
+
+    from hybrid.metrics import domain_metrics
+
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8],
+                      [0.3, 0.3, 0.4]])
+    m = domain_metrics(y, probs, n_bootstrap=0)
+    assert len(m["auc_per_class"]) == 3 and m["auc_per_class"][2] == 1.0
+    assert m["auc"] == __import__("pytest").approx(sum(m["auc_per_class"]) / 3)  # macro AUC is their mean
+    assert domain_metrics(np.array([0, 0, 1]), probs[:3], n_bootstrap=0)["auc_per_class"][2] is None

@@ -219,3 +219,23 @@ def test_an_evaluation_missing_from_a_run_or_without_tta_is_refused(synthetic, c
     write_evaluation(synthetic, "plain", "none", 0.0)
     assert study_report.main([str(synthetic), "--no-models", "--evaluation", "plain"]) == 2
     assert "without TTA" in capsys.readouterr().err
+
+
+def test_multiclass_studies_get_a_per_class_auc_table():
+    from pathlib import Path
+
+    from hybrid.studies.report_markdown import per_class_lines
+    from hybrid.studies.results import Run
+
+    def run(variant, seed, clean, real):
+        domains = {"clean": {"auc": 0.8, "auc_per_class": clean}, "real:q": {"auc": 0.6, "auc_per_class": real},
+                   "tgt_blur": {"auc": 0.7}}
+        return Run(variant, seed, Path("."), {"domains": domains, "data": {"class_names": ["mel", "nv", "bcc"]}})
+
+    lines = per_class_lines([run("erm", 0, [0.9, 0.8, 0.7], [0.5, 0.6, None]),
+                             run("erm", 1, [0.7, 0.8, 0.9], [0.7, 0.6, None])])
+    text = "\n".join(lines)
+    assert "### clean" in text and "### real:q" in text and "tgt_blur" not in text
+    assert "| erm | 0.800 | 0.800 | 0.800 |" in text and "| erm | 0.600 | 0.600 | – |" in text
+    assert per_class_lines([Run("erm", 0, Path("."), {"domains": {"clean": {"auc": 0.8}},
+                                                      "data": {"class_names": ["a", "b"]}})]) == []

@@ -52,6 +52,24 @@ COMPONENTS: dict[str, dict] = {
     "quantum": dict(shift=True, algorithm="erm", quantum=True),
     "full": dict(shift=True, algorithm="dann", quantum=True),
 }
+# Domain-generalization methods on real dermoscopy (#13): each against erm, all without the quantum
+# layer so the comparison is about the DG method; colour shifts are on for RGB data by default.
+DG_METHODS: dict[str, dict] = {
+    "erm": dict(shift=False, algorithm="erm", quantum=False),
+    "shift": dict(shift=True, algorithm="erm", quantum=False),
+    "dann": dict(shift=True, algorithm="dann", quantum=False),
+    "randconv": dict(shift=False, algorithm="randconv", quantum=False),
+    "mixstyle": dict(shift=False, algorithm="mixstyle", quantum=False),
+    "coral": dict(shift=False, algorithm="coral", quantum=False),  # against the three real Vienna sources
+    "colour_constancy": dict(shift=False, algorithm="erm", quantum=False, colour_constancy=6.0),
+    "shift_cc": dict(shift=True, algorithm="erm", quantum=False, colour_constancy=6.0),
+}
+_HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
+            train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
+            size=64, input_size=64, stem_stride=2)
+_HAM_DG_NOTE = ("Choose among the variants with `--validation loso` (leave one Vienna source out), never on "
+                "real:rosendahl; the rule is in hybrid/studies/loso.py.")
+
 # Config fields that describe where a run ran, not what it is; they may differ on a rerun.
 _ENVIRONMENT_FIELDS = {*ENVIRONMENT_FIELDS, "seed"}  # seeds are compared per run directory
 
@@ -103,6 +121,18 @@ PRESETS: dict[str, Preset] = {
                "applied to the test split of the Vienna sources. Images are 64 px with a stride-2 stem.",
                "dann_real trains DANN against the three real Vienna sources instead of virtual centers.",
                "With one real unseen center, a paired test on rosendahl alone needs at least 6 seeds.")),
+    "ham10000_dg": Preset(
+        "HAM10000 malignant vs benign, Vienna to Queensland: erm against the shift simulation (with colour "
+        "families), dann, randconv, mixstyle, coral and Shades of Gray colour constancy",
+        base=_HAM | dict(label_field="malignant"), variants=dict(DG_METHODS), notes=(_HAM_DG_NOTE,)),
+    "ham10000_dg_melnv": Preset(
+        "HAM10000 melanoma vs nevus (a label whose meaning does not change between clinics), the "
+        "ham10000_dg variants",
+        base=_HAM | dict(label_field="labels", classes="mel,nv"), variants=dict(DG_METHODS),
+        notes=(_HAM_DG_NOTE, "Melanoma is the positive class.")),
+    "ham10000_dg_7class": Preset(
+        "HAM10000 seven-class diagnosis (macro one-vs-rest AUC), the ham10000_dg variants",
+        base=_HAM | dict(label_field="labels"), variants=dict(DG_METHODS), notes=(_HAM_DG_NOTE,)),
 }
 
 

@@ -115,6 +115,7 @@ def markdown(result: dict, runs: list[Run]) -> str:
     out += [f"A difference with p ≥ {ALPHA} is not significant; 'too few pairs' means the test cannot reach "
             f"p < {ALPHA} with that many non-zero differences (a Wilcoxon test needs at least {MIN_PAIRS}).", ""]
     out += _finding_lines(result)
+    out += per_class_lines(runs)
     if result["figures"]:
         out += ["## Figures", ""] + [f"![{k}]({rel})\n" for k, rel in result["figures"].items()]
     out += ["## Data", "", *_data_lines(first), ""]
@@ -165,6 +166,28 @@ def _group_lines(title: str, g: dict, primary: str, tta: str, runs: list[Run]) -
             if g["quantum_effect"][setting]:
                 out += [f"{label[0].upper() + label[1:]}:", "",
                         *_comparison_lines(g["quantum_effect"][setting], "comparison"), ""]
+    return out
+
+
+def per_class_lines(runs: list[Run]) -> list[str]:
+    """Multi-class runs: one-vs-rest AUC of every class on the in-domain test split and each real
+    held-out center, mean over seeds per variant (which diagnoses carry, and which fail)."""
+    first = runs[0].report
+    names = first.get("data", {}).get("class_names") or []
+    domains = [d for d in first["domains"] if d == "clean" or d.startswith("real:")]
+    if len(names) < 3 or not any("auc_per_class" in first["domains"][d] for d in domains):
+        return []
+    out = ["## Per-class AUC (one vs rest)", "", "Mean over seeds, with the run's TTA.", ""]
+    for domain in domains:
+        out += [f"### {domain}", "", "| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for variant in dict.fromkeys(r.variant for r in runs):
+            rows = [r.report["domains"][domain].get("auc_per_class") or [] for r in runs if r.variant == variant]
+            cells = []
+            for k in range(len(names)):
+                values = [row[k] for row in rows if k < len(row) and row[k] is not None]
+                cells.append(fmt(sum(values) / len(values)) if values else "–")
+            out.append(f"| {variant} | " + " | ".join(cells) + " |")
+        out.append("")
     return out
 
 
