@@ -7,6 +7,7 @@ their choices are made in `hybrid.cli`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -190,14 +191,20 @@ def type_name(name: str) -> str:
     return text + (" or null" if optional(name) else "")
 
 
+@functools.cache
+def _annotations() -> dict[str, str]:
+    """Each TrainConfig field's annotation as text (`int | None`), computed once."""
+    return {f.name: str(f.type) for f in fields(TrainConfig)}
+
+
 def optional(name: str) -> bool:
     """Whether the field may be None (`int | None`)."""
-    return "None" in str({f.name: f.type for f in fields(TrainConfig)}[name])
+    return "None" in _annotations()[name]
 
 
 def value_fits(name: str, value) -> bool:
     """Whether `value` has the type of field `name` (JSON numbers: an int is a valid float)."""
-    if name not in {f.name for f in fields(TrainConfig)}:
+    if name not in _annotations():
         return False
     if value is None:
         return optional(name)
@@ -211,8 +218,7 @@ def value_fits(name: str, value) -> bool:
 
 def field_type(name: str) -> type:
     """The scalar type of a TrainConfig field (`int | None` gives int), for parsing text values."""
-    annotation = {f.name: f.type for f in fields(TrainConfig)}[name]
-    base = str(annotation).replace(" ", "").split("|")[0]
+    base = _annotations()[name].replace(" ", "").split("|")[0]
     return {"int": int, "float": float, "bool": bool, "str": str}[base]
 
 

@@ -54,17 +54,13 @@ COMPONENTS: dict[str, dict] = {
 }
 # Domain-generalization methods on real dermoscopy (#13): each against erm, without the quantum layer
 # so the comparison is about the DG method (and `full`, the whole method); colour shifts are on for RGB.
-DG_METHODS: dict[str, dict] = {
-    "erm": dict(shift=False, algorithm="erm", quantum=False),
-    "shift": dict(shift=True, algorithm="erm", quantum=False),
-    "dann": dict(shift=True, algorithm="dann", quantum=False),
+DG_METHODS: dict[str, dict] = {name: dict(COMPONENTS[name]) for name in ("erm", "shift", "dann")} | {
     "randconv": dict(shift=False, algorithm="randconv", quantum=False),
     "mixstyle": dict(shift=False, algorithm="mixstyle", quantum=False),
     "coral": dict(shift=False, algorithm="coral", quantum=False),  # against the three real Vienna sources
     "colour_constancy": dict(shift=False, algorithm="erm", quantum=False, colour_constancy=6.0),
     "shift_cc": dict(shift=True, algorithm="erm", quantum=False, colour_constancy=6.0),
-    "full": dict(COMPONENTS["full"]),  # the project's method (shift, dann, quantum layer), for reference
-}
+} | {"full": dict(COMPONENTS["full"])}  # the project's method (shift, dann, quantum layer), for reference
 _HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
             train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
             size=64, input_size=64, stem_stride=2)
