@@ -31,6 +31,17 @@ HELP = {
                         "0 = off",
     "rgb_shifts": "colour images: the virtual centers also differ in white balance, saturation and hue, and "
                   "evaluation adds colour target centers (grayscale data is unaffected)",
+    "quantum_head": "how the quantum layer joins the network: concat (classifier sees embedding and layer), "
+                    "dressed (classifier sees the layer only), residual (embedding + Linear(layer))",
+    "quantum_layer": "pqc (the circuit), separable (its entangling gates removed), classical_twin (a classical "
+                     "layer with the same parameter count), none (no layer: Linear -> Linear)",
+    "q_reupload": "data re-uploading: the feature map and a new ansatz block, repeated this many times",
+    "q_observables": "what the circuit measures: z (Z on each qubit), zz (ZZ on neighbours) or z+zz",
+    "q_train_shots": "noise-aware training: estimate each expectation value from this many shots (0: exact)",
+    "q_shot_noise": "binomial (a mean of N ±1 outcomes) or gaussian (its normal approximation)",
+    "q_readout_error": "noise-aware training: each measured bit flips with this probability",
+    "q_depolarizing": "noise-aware training: global depolarizing strength λ, <O> -> (1 - λ) <O>",
+    "q_noise_at_eval": "keep the training noise in the exact engine at evaluation (imitates a device)",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",
     "device": "auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N or mps",
@@ -56,13 +67,16 @@ def config_choices() -> dict[str, tuple]:
     """CLI choices of the config fields that name registry entries."""
     from backends import BACKENDS
     from hybrid.algorithms import ALGORITHMS
-    from hybrid.quantum import ENTANGLEMENTS, FEATURE_MAPS, PRECISIONS
+    from hybrid.heads import QUANTUM_HEADS, QUANTUM_LAYERS
+    from hybrid.quantum import ENTANGLEMENTS, FEATURE_MAPS, OBSERVABLE_SETS, PRECISIONS, SHOT_NOISE
     from hybrid.shifts import SOURCE_SAMPLINGS
     from hybrid.tta import TTA_METHODS
 
     return {"algorithm": tuple(ALGORITHMS), "feature_map": FEATURE_MAPS, "entanglement": ENTANGLEMENTS,
             "q_precision": tuple(PRECISIONS), "tta": tuple(TTA_METHODS), "stem_stride": (1, 2),
-            "source_sampling": SOURCE_SAMPLINGS, "backend": tuple(sorted(BACKENDS))}
+            "source_sampling": SOURCE_SAMPLINGS, "backend": tuple(sorted(BACKENDS)),
+            "quantum_head": QUANTUM_HEADS, "quantum_layer": QUANTUM_LAYERS, "q_observables": OBSERVABLE_SETS,
+            "q_shot_noise": SHOT_NOISE}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

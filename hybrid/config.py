@@ -49,6 +49,15 @@ class TrainConfig:
     q_reps: int = 2
     entanglement: str = "linear"
     q_precision: str = "float64"
+    quantum_head: str = "concat"  # how the layer joins the network: concat, dressed or residual (hybrid.heads)
+    quantum_layer: str = "pqc"  # pqc, or a control: separable, classical_twin, none
+    q_reupload: int = 1  # data re-uploading: (feature map, ansatz) blocks, each with its own weights
+    q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
+    q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
+    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes) or gaussian (same variance)
+    q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
+    q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
+    q_noise_at_eval: bool = False  # keep the training noise at evaluation (off: evaluation is exact)
     n_source_centers: int = 4  # virtual training centers drawn from the source range
     source_sampling: str = "stratified"  # how centers draw strengths: random, or stratified (Latin hypercube)
     clean_fraction: float = 0.2  # share of training samples left unshifted (domain label = K)
@@ -134,6 +143,15 @@ class ModelConfig:
     q_reps: int = 2
     entanglement: str = "linear"
     q_precision: str = "float64"
+    quantum_head: str = "concat"  # how the layer joins the network: concat, dressed or residual (hybrid.heads)
+    quantum_layer: str = "pqc"  # pqc, or a control: separable, classical_twin, none
+    q_reupload: int = 1  # data re-uploading: (feature map, ansatz) blocks, each with its own weights
+    q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
+    q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
+    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes) or gaussian (same variance)
+    q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
+    q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
+    q_noise_at_eval: bool = False  # keep the training noise at evaluation (off: evaluation is exact)
     seed: int = 0  # seeds the quantum layer's initial weights
 
 
@@ -160,6 +178,10 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {  # field: (lowest,
     "n_source_centers": (1, None, "at least 1"),
     "n_qubits": (1, MAX_QUBITS, f"between 1 and {MAX_QUBITS} (the exact engine simulates 2**n amplitudes per image)"),
     "q_reps": (1, None, "at least 1"),
+    "q_reupload": (1, None, "at least 1"),
+    "q_train_shots": (0, None, "0 (exact) or more"),
+    "q_readout_error": (0, 0.5, "between 0 and 0.5"),
+    "q_depolarizing": (0, 1, "between 0 and 1"),
     "input_size": (8, None, "at least 8 pixels (the encoder halves the image five times)"),
     "max_train_samples": (2, None, "at least 2"),
     "threads": (1, None, "at least 1"),

@@ -1,8 +1,8 @@
 """The hybrid network: MobileNetV2 encoder, quantum enhancement, classifier.
 
     image -> MobileNetV2 -> pooled features -> embedding f (embed_dim)
-    f -> Linear -> angles in [0, pi] -> QuantumLayer -> q (n_qubits expectation values)
-    [f, q] -> classifier -> class logits
+    f -> Linear -> angles in [0, pi] -> QuantumLayer -> q (one expectation value per observable)
+    [f, q] -> classifier -> class logits          (the concat head; dressed and residual: hybrid.heads)
 
 What training adds around it (a domain discriminator for DANN, ...) belongs to the training
 algorithm (`hybrid.algorithms`), not to the network that is saved and evaluated.
@@ -21,7 +21,8 @@ from hybrid.checkpoints import load_checkpoint
 from hybrid.colour import shades_of_gray
 from hybrid.config import ModelConfig
 from hybrid.devices import autocast_dtype
-from hybrid.quantum import QuantumConfig, QuantumLayer
+from hybrid.heads import QUANTUM_HEADS, QUANTUM_LAYERS, ClassicalTwin, count_parameters, head_input_width
+from hybrid.quantum import ExpectationNoise, NoiseModel, QuantumConfig, QuantumLayer, build_circuit, pauli_observables
 from hybrid.shifts import gaussian_blur
 
 # Checkpoints written before the training algorithms owned their extra modules kept the DANN
@@ -68,8 +69,15 @@ def build_encoder(in_channels: int, width_mult: float = 1.0, stem_stride: int = 
 
 
 def quantum_config(config: ModelConfig) -> QuantumConfig:
+    observables = () if config.q_observables == "z" else pauli_observables(config.n_qubits, config.q_observables)
     return QuantumConfig(n_qubits=config.n_qubits, feature_map=config.feature_map, reps=config.q_reps,
-                         entanglement=config.entanglement)
+                         entanglement=config.entanglement, observables=observables, reupload=config.q_reupload,
+                         separable=config.quantum_layer == "separable")
+
+
+def noise_model(config: ModelConfig) -> NoiseModel:
+    return NoiseModel(shots=config.q_train_shots, kind=config.q_shot_noise, readout_error=config.q_readout_error,
+                      depolarizing=config.q_depolarizing)
 
 
 class HybridNet(nn.Module):
@@ -92,16 +100,34 @@ class HybridNet(nn.Module):
             nn.Linear(width, config.embed_dim), nn.BatchNorm1d(config.embed_dim), nn.ReLU(inplace=True)
         )
         self.dropout = nn.Dropout(config.dropout)
-        self.quantum: QuantumLayer | None = None
-        extra = 0
+        self.quantum: QuantumLayer | None = None  # the circuit (pqc, separable): what backends run
+        self.classical: ClassicalTwin | None = None  # its classical stand-in (classical_twin)
+        self.head_kind = config.quantum_head if config.quantum else None
         if config.quantum:
-            self.project = nn.Linear(config.embed_dim, config.n_qubits)
-            self.quantum = QuantumLayer(
-                quantum_config(config), precision=config.q_precision, seed=config.seed,
-                **(layer_kwargs or {"engine": "statevector"}),
-            )
-            extra = self.quantum.n_outputs
-        self.classifier = nn.Linear(config.embed_dim + extra, n_classes)
+            width = self._build_layer(config, layer_kwargs)
+            if self.head_kind == "residual":
+                self.lift = nn.Linear(width, config.embed_dim)
+            self.classifier = nn.Linear(head_input_width(self.head_kind, config.embed_dim, width), n_classes)
+        else:
+            self.classifier = nn.Linear(config.embed_dim, n_classes)
+
+    def _build_layer(self, config: ModelConfig, layer_kwargs: dict[str, Any] | None) -> int:
+        """The projection to angles and the layer in the quantum slot; returns the layer's output width."""
+        if config.quantum_head not in QUANTUM_HEADS or config.quantum_layer not in QUANTUM_LAYERS:
+            raise ValueError(f"quantum head {config.quantum_head!r} / layer {config.quantum_layer!r}: choose a head "
+                             f"from {', '.join(QUANTUM_HEADS)} and a layer from {', '.join(QUANTUM_LAYERS)}")
+        self.project = nn.Linear(config.embed_dim, config.n_qubits)
+        if config.quantum_layer == "none":
+            return config.n_qubits
+        qconfig = quantum_config(config)
+        if config.quantum_layer == "classical_twin":
+            n_weights = len(build_circuit(qconfig).weight_params)
+            self.classical = ClassicalTwin(config.n_qubits, len(qconfig.observable_labels), n_weights, config.seed)
+            return self.classical.n_outputs
+        self.quantum = QuantumLayer(qconfig, precision=config.q_precision, seed=config.seed,
+                                    **(layer_kwargs or {"engine": "statevector"}))
+        self.noise = ExpectationNoise(noise_model(config), qconfig.observable_labels, at_eval=config.q_noise_at_eval)
+        return self.quantum.n_outputs
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding f (what a domain discriminator or feature-statistics method sees)."""
@@ -129,12 +155,30 @@ class HybridNet(nn.Module):
         """Encoder features squashed to rotation angles in [0, pi] for the feature map."""
         return (torch.tanh(self.project(f)) + 1.0) * (math.pi / 2)
 
-    def head(self, f: torch.Tensor) -> torch.Tensor:
-        h = self.dropout(f)
+    def layer_outputs(self, f: torch.Tensor) -> torch.Tensor:
+        """What the quantum slot gives the head: expectation values (with training noise), the classical
+        twin's outputs, or (layer none) the projection itself."""
         if self.quantum is not None:
-            q = self.quantum(self.quantum_angles(f))
-            h = torch.cat([h, q], dim=1)
-        return self.classifier(h)
+            return self.noise(self.quantum(self.quantum_angles(f)))
+        if self.classical is not None:
+            return self.classical(self.quantum_angles(f))
+        return self.project(f)
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        if self.head_kind is None:
+            return self.classifier(self.dropout(f))
+        q = self.layer_outputs(f)
+        if self.head_kind == "dressed":
+            return self.classifier(q.to(f.dtype))
+        if self.head_kind == "residual":
+            return self.classifier(self.dropout(f) + self.lift(q.to(f.dtype)))
+        return self.classifier(torch.cat([self.dropout(f), q], dim=1))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters: the whole network, and the quantum slot (circuit weights or its stand-in)."""
+        slot = self.quantum if self.quantum is not None else self.classical
+        return {"total": count_parameters(self), "layer": count_parameters(slot),
+                "head": sum(count_parameters(getattr(self, name, None)) for name in ("project", "lift", "classifier"))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

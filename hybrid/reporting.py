@@ -330,6 +330,10 @@ def write_markdown_report(report: Mapping, path) -> Path:
     if report.get("tta"):
         note += f"; test-time adaptation: {report['tta']}"
     out += [note + ".", ""]
+    if report.get("parameters"):
+        counts = report["parameters"]
+        out += [f"Trainable parameters: {counts['total']:,}, of which {counts['layer']} in the quantum layer's slot "
+                f"and {counts['head']:,} in the head.", ""]
     if report.get("source_val"):
         sv = report["source_val"]
         out += [f"Source validation: AUC {_auc_cell(sv)}, balanced accuracy "

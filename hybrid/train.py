@@ -191,7 +191,7 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
                       "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "best_epoch": evaluation.pop("best_epoch"), "threads": torch.get_num_threads(),
                       "device": str(device), "processes": ddp.world_size},
-              "config": cfg.to_dict()} | evaluation | {"data": bundle.describe()}
+              "config": cfg.to_dict(), "parameters": network.parameter_counts()} | evaluation | {"data": bundle.describe()}
     report["figures"] = _figures(out_dir, report, raw, data.x_train, data.sampler.centers, target_centers)
     _write_report(out_dir, report)
     return report

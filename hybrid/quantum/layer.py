@@ -34,6 +34,8 @@ class QuantumConfig:
     reps: int = 2  # ansatz repetitions (RY layers + entangling CX layers)
     entanglement: str = "linear"  # "linear", "circular" or "full", for feature map and ansatz
     observables: tuple[str, ...] = ()  # Pauli strings (Qiskit order, qubit 0 rightmost); () = Z on each qubit
+    reupload: int = 1  # data re-uploading: (feature map, ansatz) blocks repeated, each with its own weights
+    separable: bool = False  # every entangling (multi-qubit) gate removed: the no-entanglement control
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_qubits, int) or self.n_qubits < 1:
@@ -47,7 +49,7 @@ class QuantumConfig:
                 f"unknown entanglement {self.entanglement!r}; "
                 f"choose one of {', '.join(ENTANGLEMENTS)}"
             )
-        for name in ("reps", "feature_map_reps"):
+        for name in ("reps", "feature_map_reps", "reupload"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -89,24 +91,68 @@ def _angle_feature_map(n_qubits: int, reps: int):
     return qc
 
 
-def build_circuit(config: QuantumConfig) -> CircuitSpec:
-    """The layer's circuit: feature map on `x`, then a RealAmplitudes ansatz on `θ`."""
-    from qiskit.circuit.library import real_amplitudes, zz_feature_map
-    from qiskit.quantum_info import SparsePauliOp
+OBSERVABLE_SETS = ("z", "zz", "z+zz")
+
+
+def pauli_observables(n_qubits: int, kind: str = "z") -> tuple[str, ...]:
+    """Pauli labels (Qiskit order): "z" Z on each qubit, "zz" Z⊗Z on neighbours (i, i+1), "z+zz" both,
+    so the layer can have more outputs than qubits."""
+    if kind not in OBSERVABLE_SETS:
+        raise ValueError(f"unknown observable set {kind!r}; choose one of {', '.join(OBSERVABLE_SETS)}")
+    z = ["I" * (n_qubits - 1 - q) + "Z" + "I" * q for q in range(n_qubits)]
+    zz = ["I" * (n_qubits - 2 - q) + "ZZ" + "I" * q for q in range(n_qubits - 1)]
+    labels = {"z": z, "zz": zz, "z+zz": z + zz}[kind]
+    if not labels:
+        raise ValueError(f"observables {kind!r} need at least 2 qubits")
+    return tuple(labels)
+
+
+def _feature_map(config: QuantumConfig):
+    from qiskit.circuit.library import zz_feature_map
 
     n = config.n_qubits
     if config.feature_map == "zz":
         if n < 2 and config.entanglement != "linear":
             raise ValueError("the zz feature map needs at least 2 qubits for this entanglement")
-        feature_map = zz_feature_map(
-            n, reps=config.feature_map_reps, entanglement=config.entanglement
-        )
-    else:
-        feature_map = _angle_feature_map(n, config.feature_map_reps)
-    ansatz = real_amplitudes(n, reps=config.reps, entanglement=config.entanglement)
-    circuit = feature_map.compose(ansatz)
+        return zz_feature_map(n, reps=config.feature_map_reps, entanglement=config.entanglement)
+    return _angle_feature_map(n, config.feature_map_reps)
+
+
+def without_entanglers(circuit):
+    """The same circuit with every multi-qubit gate removed (decomposed first, so a composite block
+    loses only its entangling gates): what is left is a product of single-qubit circuits."""
+    flat = circuit
+    while any(inst.operation.num_qubits > 1 and inst.operation.name not in TWO_QUBIT_GATES for inst in flat.data):
+        flat = flat.decompose()
+    out = flat.copy_empty_like()
+    for inst in flat.data:
+        if inst.operation.num_qubits == 1:
+            out.append(inst.operation, inst.qubits)
+    return out
+
+
+TWO_QUBIT_GATES = ("cx", "cz", "cy", "swap", "rzz", "rxx", "ryy", "cp", "crz", "crx", "cry", "ecr", "iswap")
+
+
+def build_circuit(config: QuantumConfig) -> CircuitSpec:
+    """The layer's circuit: feature map on `x`, then a RealAmplitudes ansatz on `θ`; with re-uploading,
+    that pair `reupload` times (the same inputs, new weights per block: θ, θ1, θ2, ...)."""
+    from qiskit.circuit.library import real_amplitudes
+    from qiskit.quantum_info import SparsePauliOp
+
+    n = config.n_qubits
+    feature_map = _feature_map(config)
+    circuit, weight_params = feature_map.copy(), []
+    for block in range(config.reupload):
+        if block:
+            circuit.compose(feature_map, inplace=True)
+        prefix = "θ" if block == 0 else f"θ{block}"  # block 0 keeps the names older checkpoints used
+        ansatz = real_amplitudes(n, reps=config.reps, entanglement=config.entanglement, parameter_prefix=prefix)
+        circuit.compose(ansatz, inplace=True)
+        weight_params += sorted(ansatz.parameters, key=lambda p: p.index)
+    if config.separable:
+        circuit = without_entanglers(circuit)
     input_params = sorted(feature_map.parameters, key=lambda p: p.index)
-    weight_params = sorted(ansatz.parameters, key=lambda p: p.index)
     observables = [SparsePauliOp(label) for label in config.observable_labels]
     return CircuitSpec(circuit, input_params, weight_params, observables)
 
@@ -259,7 +305,8 @@ class QuantumLayer(nn.Module):
         c = self.config
         return (
             f"n_qubits={c.n_qubits}, feature_map={c.feature_map}, reps={c.reps}, "
-            f"entanglement={c.entanglement}, engine={self.engine}, precision={self.precision}"
+            f"entanglement={c.entanglement}, reupload={c.reupload}, separable={c.separable}, "
+            f"engine={self.engine}, precision={self.precision}"
         )
 
 

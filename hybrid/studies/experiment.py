@@ -31,7 +31,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from hybrid.cli import command_line, positive_int, run_cli
@@ -40,97 +40,13 @@ from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, field_type, upgrade_f
 from hybrid.rundir import write_json
 from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmLauncher
 from hybrid.studies.loso import FOLDS, loso_study, select, write_selection
+from hybrid.studies.presets import PRESETS
 from hybrid.studies.runs import RunJob, is_finished, record_failure, run_dir, study_status
 
 log = logging.getLogger("hybrid.experiment")
 
-# The ablation ladder: each row switches on one more component of the method.
-COMPONENTS: dict[str, dict] = {
-    "erm": dict(shift=False, algorithm="erm", quantum=False),
-    "shift": dict(shift=True, algorithm="erm", quantum=False),
-    "dann": dict(shift=True, algorithm="dann", quantum=False),
-    "quantum": dict(shift=True, algorithm="erm", quantum=True),
-    "full": dict(shift=True, algorithm="dann", quantum=True),
-}
-# Domain-generalization methods on real dermoscopy (#13): each against erm, without the quantum layer
-# so the comparison is about the DG method (and `full`, the whole method); colour shifts are on for RGB.
-DG_METHODS: dict[str, dict] = {name: dict(COMPONENTS[name]) for name in ("erm", "shift", "dann")} | {
-    "randconv": dict(shift=False, algorithm="randconv", quantum=False),
-    "mixstyle": dict(shift=False, algorithm="mixstyle", quantum=False),
-    "coral": dict(shift=False, algorithm="coral", quantum=False),  # against the three real Vienna sources
-    "colour_constancy": dict(shift=False, algorithm="erm", quantum=False, colour_constancy=6.0),
-    "shift_cc": dict(shift=True, algorithm="erm", quantum=False, colour_constancy=6.0),
-} | {"full": dict(COMPONENTS["full"])}  # the project's method (shift, dann, quantum layer), for reference
-_HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
-            train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
-            size=64, input_size=64, stem_stride=2)
-_HAM_DG_NOTE = ("Choose among the variants with `--validation loso` (leave one Vienna source out), never on "
-                "real:rosendahl; the rule is in hybrid/studies/loso.py.")
-
 # Config fields that describe where a run ran, not what it is; they may differ on a rerun.
 _ENVIRONMENT_FIELDS = {*ENVIRONMENT_FIELDS, "seed"}  # seeds are compared per run directory
-
-
-@dataclass(frozen=True)
-class Preset:
-    description: str
-    base: dict  # TrainConfig overrides shared by every variant: the budget and the data
-    variants: dict[str, dict] = field(default_factory=lambda: dict(COMPONENTS))
-    seeds: int = 3
-    notes: tuple[str, ...] = ()  # printed by hybrid.report
-
-
-_VIRTUAL_NOTE = ("The unseen centers are the virtual target centers of hybrid.shifts (strengths outside the "
-                 "training ranges, plus shift families never used in training), applied to the official "
-                 "test split; the dataset comes from one hospital, so there is no real second center.")
-
-PRESETS: dict[str, Preset] = {
-    "ablation": Preset(
-        "PneumoniaMNIST with the TrainConfig defaults (the main run's settings) unless overridden; "
-        "TTA is evaluated on and off in every run",
-        base={}, notes=(_VIRTUAL_NOTE,)),
-    "quick": Preset(
-        "the whole path in about a minute (CI): 1 epoch on 300 images, a narrow network, 1 thread",
-        # one torch thread: on a shared CI core, two threads were measured several times slower
-        base=dict(epochs=1, max_train_samples=300, width_mult=0.35, stem_stride=2, batch_size=64,
-                  n_bootstrap=100, threads=1),
-        seeds=1, notes=("Smoke-test budget: the numbers say nothing about the method.", _VIRTUAL_NOTE)),
-    "breastmnist": Preset(
-        "BreastMNIST (546 training images), 30 epochs; untuned",
-        base=dict(dataset="breastmnist", epochs=30, batch_size=64), notes=(_VIRTUAL_NOTE,)),
-    "ham10000": Preset(
-        "HAM10000 malignant vs benign: train on the three Vienna sources, hold out Queensland (rosendahl)",
-        # 64 px images with a stride-2 stem cost about what 32 px with a stride-1 stem cost,
-        # but keep the lesion detail of the stored resolution.
-        base=dict(dataset="ham10000_sources_64.npz", label_field="malignant", center_field="source_ids",
-                  train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
-                  size=64, input_size=64, stem_stride=2),
-        variants=dict(COMPONENTS) | {"dann_real": dict(shift=False, algorithm="dann", quantum=False)},
-        notes=("The label mix differs strongly between sources (vidir_molemax is almost all nevi; rosendahl "
-               "has many more malignant lesions), so a leave-source-out result mixes label shift with "
-               "acquisition shift.",
-               "What 'malignant' means differs too: in the Vienna sources it is mostly melanoma (313 mel, 88 "
-               "bcc, 11 akiec among 4,725 images, 3,890 of them nevi), in rosendahl mostly keratinocytic "
-               "(178 mel, 176 bcc, 172 akiec among 1,259), whose benign side holds 287 benign keratoses "
-               "(bkl) that resemble bcc/akiec. A Vienna model that learned 'melanoma vs nevus' can rank "
-               "rosendahl worse than chance.",
-               "real:rosendahl is the only real unseen center (Queensland); the virtual target centers are "
-               "applied to the test split of the Vienna sources. Images are 64 px with a stride-2 stem.",
-               "dann_real trains DANN against the three real Vienna sources instead of virtual centers.",
-               "With one real unseen center, a paired test on rosendahl alone needs at least 6 seeds.")),
-    "ham10000_dg": Preset(
-        "HAM10000 malignant vs benign, Vienna to Queensland: erm against the shift simulation (with colour "
-        "families), dann, randconv, mixstyle, coral and Shades of Gray colour constancy",
-        base=_HAM | dict(label_field="malignant"), variants=dict(DG_METHODS), notes=(_HAM_DG_NOTE,)),
-    "ham10000_dg_melnv": Preset(
-        "HAM10000 melanoma vs nevus (a label whose meaning does not change between clinics), the "
-        "ham10000_dg variants",
-        base=_HAM | dict(label_field="labels", classes="mel,nv"), variants=dict(DG_METHODS),
-        notes=(_HAM_DG_NOTE, "Melanoma is the positive class.")),
-    "ham10000_dg_7class": Preset(
-        "HAM10000 seven-class diagnosis (macro one-vs-rest AUC), the ham10000_dg variants",
-        base=_HAM | dict(label_field="labels"), variants=dict(DG_METHODS), notes=(_HAM_DG_NOTE,)),
-}
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,23 @@ from hybrid.studies.results import (BASELINE, SETTINGS, STATS, by_seed, compare,
                                     variant_table, variants_of)
 
 # `shared_settings` is re-exported: tests read it from here.
-__all__ = ["QUANTUM_PAIRS", "build_report", "main", "shared_settings"]
+__all__ = ["QUANTUM_PAIRS", "build_report", "main", "quantum_pairs", "shared_settings"]
 
 log = logging.getLogger("hybrid.report")
 
 # (with the quantum layer, the same variant without it)
 QUANTUM_PAIRS = (("quantum", "shift"), ("full", "dann"))
+# the quantum preset's controls: <head> (the circuit) against <head>_separable, _twin and _none
+CONTROL_SUFFIXES = ("_separable", "_twin", "_none")
+HEADS_AGAINST_CONCAT = ("dressed", "dressed8", "residual", "dressed_noise_aware")
+
+
+def quantum_pairs(variants: list[str]) -> list[tuple[str, str]]:
+    """The (with, without) pairs a study holds: the layer on/off, each circuit against its controls,
+    and each head against the concat head."""
+    pairs = [p for p in QUANTUM_PAIRS if set(p) <= set(variants)]
+    pairs += [(v, v + s) for v in variants for s in CONTROL_SUFFIXES if v + s in variants]
+    return pairs + [(v, "concat") for v in HEADS_AGAINST_CONCAT if v in variants and "concat" in variants]
 
 
 def _flatten(name: str, comparison: dict) -> list[dict]:
@@ -92,8 +103,7 @@ def _build_report(runs_dir: Path, models: bool, data_root: str | None, evaluatio
                                                           "tta", "no_tta"))
                            if row["metric"] in ("AUC", STATS["auc_mean"])]
         # the quantum layer's own contribution: variants that differ only by the layer
-        g["quantum_effect"] = {setting: [row for with_q, without in QUANTUM_PAIRS
-                                         if by_seed(runs, with_q) and by_seed(runs, without)
+        g["quantum_effect"] = {setting: [row for with_q, without in quantum_pairs(variants)
                                          for row in _flatten(f"{with_q} vs {without}",
                                                              compare(by_seed(runs, with_q), by_seed(runs, without),
                                                                      names, setting, setting))

@@ -26,17 +26,30 @@ def _components(cfg: dict) -> str:
     """The method's components, e.g. "shift + DANN + quantum"; ERM is the absence of an algorithm."""
     algorithm = upgrade_fields(cfg).get("algorithm", "erm")
     parts = [name for name, on in (("shift", cfg.get("shift")), (algorithm.upper(), algorithm != "erm"),
-                                   ("quantum", cfg.get("quantum"))) if on]
+                                   (_quantum_part(cfg), cfg.get("quantum"))) if on]
     return " + ".join(parts) or "none"
 
 
+def _quantum_part(cfg: dict) -> str:
+    """"quantum", or with its head, layer and width where they differ from the concat PQC on 4 qubits."""
+    head, layer, n = cfg.get("quantum_head", "concat"), cfg.get("quantum_layer", "pqc"), cfg.get("n_qubits", 4)
+    return "quantum" if (head, layer, n) == ("concat", "pqc", 4) else f"quantum ({head}, {layer}, {n} qubits)"
+
+
+def _parameters(report: dict) -> str:
+    """Trainable parameters of the network (of the quantum slot), from runs that recorded them."""
+    counts = report.get("parameters")
+    return f"{counts['total']:,} ({counts['layer']})" if counts else "n/a"
+
+
 def _table(table: dict, runs: list[Run]) -> list[str]:
-    configs = {r.variant: r.report.get("config", {}) for r in runs}
-    head = ["variant", "components", "seeds", *STATS.values()]
+    reports = {r.variant: r.report for r in runs}
+    head = ["variant", "components", "parameters (layer)", "seeds", *STATS.values()]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, stats in table.items():
         seeds = stats["auc_mean"]["n"]
-        lines.append("| " + " | ".join([v, _components(configs[v]), str(seeds), *(_pm(stats[k]) for k in STATS)]) + " |")
+        cells = [v, _components(reports[v].get("config", {})), _parameters(reports[v]), str(seeds)]
+        lines.append("| " + " | ".join([*cells, *(_pm(stats[k]) for k in STATS)]) + " |")
     return lines
 
 

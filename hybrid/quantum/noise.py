@@ -1,0 +1,89 @@
+"""Device noise on expectation values, for training a model for the device it will run on.
+
+The exact engine returns <O> for each Pauli observable O. A device returns an estimate from N
+shots: each shot measures ±1 with P(+1) = (1 + <O>) / 2, so the estimate is a mean of N ±1
+outcomes, with variance (1 - <O>^2) / N. Before sampling, a readout error that flips each measured
+bit with probability p scales <O> by (1 - 2p)^w (w = the observable's Pauli weight), and global
+depolarizing noise of strength λ scales it by (1 - λ).
+
+The noise is added with a straight-through estimator: the forward pass sees the noisy value, the
+backward pass the gradient of the (attenuated) exact one, which is what a parameter-shift gradient
+from shots estimates on average.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SHOT_NOISE = ("binomial", "gaussian")
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    shots: int = 0  # 0: no shot noise (exact expectation values)
+    kind: str = "binomial"  # "binomial" (a mean of N ±1 outcomes) or "gaussian" (same mean and variance)
+    readout_error: float = 0.0  # probability that a measured bit flips
+    depolarizing: float = 0.0  # λ: <O> -> (1 - λ) <O>
+
+    def __post_init__(self) -> None:
+        if self.kind not in SHOT_NOISE:
+            raise ValueError(f"unknown shot noise {self.kind!r}; choose one of {', '.join(SHOT_NOISE)}")
+        if not isinstance(self.shots, int) or self.shots < 0:
+            raise ValueError(f"shots must be 0 (exact) or a positive whole number, got {self.shots!r}")
+        for name in ("readout_error", "depolarizing"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.shots > 0 or self.readout_error > 0 or self.depolarizing > 0
+
+
+def pauli_weights(labels: tuple[str, ...]) -> torch.Tensor:
+    """How many qubits each Pauli label measures (its non-identity factors)."""
+    return torch.tensor([sum(c != "I" for c in label) for label in labels], dtype=torch.float64)
+
+
+class ExpectationNoise(nn.Module):
+    """Applies a `NoiseModel` to a batch of expectation values `(batch, n_observables)`.
+
+    Active while training; at evaluation only when `at_eval` (the exact engine then imitates a
+    device). `generator` makes the draws reproducible.
+    """
+
+    def __init__(self, model: NoiseModel, labels: tuple[str, ...], at_eval: bool = False,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.model, self.at_eval, self.generator = model, at_eval, generator
+        # not a buffer: a constant of the circuit, not state to save
+        self.attenuation = (1.0 - 2.0 * model.readout_error) ** pauli_weights(labels) * (1.0 - model.depolarizing)
+
+    def forward(self, expectations: torch.Tensor) -> torch.Tensor:
+        if not self.model.active or not (self.training or self.at_eval):
+            return expectations
+        mean = expectations * self.attenuation.to(expectations.device, expectations.dtype)
+        if self.model.shots == 0:
+            return mean
+        noisy = sample_estimates(mean.detach(), self.model.shots, self.model.kind, self.generator)
+        return mean + (noisy - mean.detach())  # straight through: the gradient of the mean
+
+    def extra_repr(self) -> str:
+        m = self.model
+        return (f"shots={m.shots or 'exact'}, kind={m.kind}, readout_error={m.readout_error}, "
+                f"depolarizing={m.depolarizing}, at_eval={self.at_eval}")
+
+
+def sample_estimates(mean: torch.Tensor, shots: int, kind: str, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+    """Shot estimates of expectation values `mean` in [-1, 1] from `shots` ±1 outcomes each."""
+    mean = mean.clamp(-1.0, 1.0)
+    if kind == "gaussian":
+        std = ((1.0 - mean**2) / shots).sqrt()
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device="cpu").to(mean.device)
+        return mean + std * noise
+    p_plus = ((1.0 + mean) / 2.0).cpu()
+    counts = torch.binomial(torch.full_like(p_plus, float(shots)), p_plus, generator=generator)
+    return (2.0 * counts / shots - 1.0).to(mean.device)

@@ -1,0 +1,119 @@
+"""Study presets: a budget and data (`base`) with named variants over it, and how many seeds.
+
+`hybrid.experiment --preset NAME` runs one; `--list` prints them all. The ladders below are
+shared: the ablation components (each row switches on one more part of the method), the
+domain-generalization methods for real dermoscopy (#13), and the quantum heads and controls (#12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The ablation ladder: each row switches on one more component of the method.
+COMPONENTS: dict[str, dict] = {
+    "erm": dict(shift=False, algorithm="erm", quantum=False),
+    "shift": dict(shift=True, algorithm="erm", quantum=False),
+    "dann": dict(shift=True, algorithm="dann", quantum=False),
+    "quantum": dict(shift=True, algorithm="erm", quantum=True),
+    "full": dict(shift=True, algorithm="dann", quantum=True),
+}
+# Domain-generalization methods on real dermoscopy (#13): each against erm, without the quantum layer
+# so the comparison is about the DG method (and `full`, the whole method); colour shifts are on for RGB.
+DG_METHODS: dict[str, dict] = {name: dict(COMPONENTS[name]) for name in ("erm", "shift", "dann")} | {
+    "randconv": dict(shift=False, algorithm="randconv", quantum=False),
+    "mixstyle": dict(shift=False, algorithm="mixstyle", quantum=False),
+    "coral": dict(shift=False, algorithm="coral", quantum=False),  # against the three real Vienna sources
+    "colour_constancy": dict(shift=False, algorithm="erm", quantum=False, colour_constancy=6.0),
+    "shift_cc": dict(shift=True, algorithm="erm", quantum=False, colour_constancy=6.0),
+} | {"full": dict(COMPONENTS["full"])}  # the project's method (shift, dann, quantum layer), for reference
+# The quantum heads and their controls (#12): the whole method (shift + DANN) with each head x layer,
+# 4 qubits, and the dressed head at 8 qubits. The bare names (concat, dressed, ...) are the circuit.
+QUANTUM_LAYER_NAMES = {"": "pqc", "_separable": "separable", "_twin": "classical_twin", "_none": "none"}
+QUANTUM_VARIANTS: dict[str, dict] = {
+    f"{head}{suffix}": dict(COMPONENTS["full"], quantum_head=head.rstrip("8"), quantum_layer=layer,
+                            n_qubits=8 if head.endswith("8") else 4)
+    for head in ("concat", "dressed", "residual", "dressed8") for suffix, layer in QUANTUM_LAYER_NAMES.items()}
+# noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
+NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
+_HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
+            train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
+            size=64, input_size=64, stem_stride=2)
+_HAM_DG_NOTE = ("Choose among the variants with `--validation loso` (leave one Vienna source out), never on "
+                "real:rosendahl; the rule is in hybrid/studies/loso.py.")
+
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    base: dict  # TrainConfig overrides shared by every variant: the budget and the data
+    variants: dict[str, dict] = field(default_factory=lambda: dict(COMPONENTS))
+    seeds: int = 3
+    notes: tuple[str, ...] = ()  # printed by hybrid.report
+
+
+_VIRTUAL_NOTE = ("The unseen centers are the virtual target centers of hybrid.shifts (strengths outside the "
+                 "training ranges, plus shift families never used in training), applied to the official "
+                 "test split; the dataset comes from one hospital, so there is no real second center.")
+
+_QUANTUM_NOTE = ("Each head is compared with its controls paired over (seed, center): separable is the same circuit "
+                 "without entangling gates, _twin a classical layer with the circuit's trainable parameter count, "
+                 "_none the head without the layer (parameter counts in the table).")
+
+PRESETS: dict[str, Preset] = {
+    "ablation": Preset(
+        "PneumoniaMNIST with the TrainConfig defaults (the main run's settings) unless overridden; "
+        "TTA is evaluated on and off in every run",
+        base={}, notes=(_VIRTUAL_NOTE,)),
+    "quick": Preset(
+        "the whole path in about a minute (CI): 1 epoch on 300 images, a narrow network, 1 thread",
+        # one torch thread: on a shared CI core, two threads were measured several times slower
+        base=dict(epochs=1, max_train_samples=300, width_mult=0.35, stem_stride=2, batch_size=64,
+                  n_bootstrap=100, threads=1),
+        seeds=1, notes=("Smoke-test budget: the numbers say nothing about the method.", _VIRTUAL_NOTE)),
+    "breastmnist": Preset(
+        "BreastMNIST (546 training images), 30 epochs; untuned",
+        base=dict(dataset="breastmnist", epochs=30, batch_size=64), notes=(_VIRTUAL_NOTE,)),
+    "ham10000": Preset(
+        "HAM10000 malignant vs benign: train on the three Vienna sources, hold out Queensland (rosendahl)",
+        # 64 px images with a stride-2 stem cost about what 32 px with a stride-1 stem cost,
+        # but keep the lesion detail of the stored resolution.
+        base=dict(dataset="ham10000_sources_64.npz", label_field="malignant", center_field="source_ids",
+                  train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
+                  size=64, input_size=64, stem_stride=2),
+        variants=dict(COMPONENTS) | {"dann_real": dict(shift=False, algorithm="dann", quantum=False)},
+        notes=("The label mix differs strongly between sources (vidir_molemax is almost all nevi; rosendahl "
+               "has many more malignant lesions), so a leave-source-out result mixes label shift with "
+               "acquisition shift.",
+               "What 'malignant' means differs too: in the Vienna sources it is mostly melanoma (313 mel, 88 "
+               "bcc, 11 akiec among 4,725 images, 3,890 of them nevi), in rosendahl mostly keratinocytic "
+               "(178 mel, 176 bcc, 172 akiec among 1,259), whose benign side holds 287 benign keratoses "
+               "(bkl) that resemble bcc/akiec. A Vienna model that learned 'melanoma vs nevus' can rank "
+               "rosendahl worse than chance.",
+               "real:rosendahl is the only real unseen center (Queensland); the virtual target centers are "
+               "applied to the test split of the Vienna sources. Images are 64 px with a stride-2 stem.",
+               "dann_real trains DANN against the three real Vienna sources instead of virtual centers.",
+               "With one real unseen center, a paired test on rosendahl alone needs at least 6 seeds.")),
+    "quantum": Preset(
+        "PneumoniaMNIST, the whole method with each quantum head (concat, dressed, residual; dressed also at 8 "
+        "qubits) and each layer: the circuit, its separable version, a parameter-matched classical twin, none",
+        base={}, variants=dict(QUANTUM_VARIANTS) | {"dressed_noise_aware": dict(QUANTUM_VARIANTS["dressed"], **NOISE_AWARE)},
+        notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
+    "quantum_ham10000": Preset(
+        "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",
+        base=_HAM | dict(label_field="malignant"),
+        variants={k: v for k, v in QUANTUM_VARIANTS.items() if k.startswith(("concat", "dressed")) and "8" not in k},
+        notes=(_QUANTUM_NOTE,)),
+    "ham10000_dg": Preset(
+        "HAM10000 malignant vs benign, Vienna to Queensland: erm against the shift simulation (with colour "
+        "families), dann, randconv, mixstyle, coral and Shades of Gray colour constancy",
+        base=_HAM | dict(label_field="malignant"), variants=dict(DG_METHODS), notes=(_HAM_DG_NOTE,)),
+    "ham10000_dg_melnv": Preset(
+        "HAM10000 melanoma vs nevus (a label whose meaning does not change between clinics), the "
+        "ham10000_dg variants",
+        base=_HAM | dict(label_field="labels", classes="mel,nv"), variants=dict(DG_METHODS),
+        notes=(_HAM_DG_NOTE, "Melanoma is the positive class.")),
+    "ham10000_dg_7class": Preset(
+        "HAM10000 seven-class diagnosis (macro one-vs-rest AUC), the ham10000_dg variants",
+        base=_HAM | dict(label_field="labels"), variants=dict(DG_METHODS), notes=(_HAM_DG_NOTE,)),
+}
