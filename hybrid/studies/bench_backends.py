@@ -32,6 +32,7 @@ from hybrid.cli import command_line, positive_int, run_cli
 from hybrid.inference import gradient_free_tta, refuse_gradient_tta
 from hybrid.qpu_budget import check_budget, plan_forward, quantum_layer_through
 from hybrid.rundir import append_result, write_json, write_text
+from hybrid.studies import shot_sweep
 
 log = logging.getLogger("hybrid.bench_backends")
 REFERENCE = "exact (torch engine)"
@@ -84,8 +85,27 @@ def select_domains(domains: dict, names: list[str] | None, samples: int, seed: i
     return out
 
 
+def mean_auc_interval(labels: dict, scores: dict, positive_class: int, n_bootstrap: int = 200,
+                      seed: int = 0) -> list[float] | None:
+    """95% percentile interval of the mean AUC over domains: each replicate resamples every domain's
+    images (with replacement) and averages the domains' AUCs."""
+    from hybrid.metrics import binary_auc
+
+    if n_bootstrap < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(n_bootstrap):
+        aucs = []
+        for name, y in labels.items():
+            pick = rng.integers(0, len(y), len(y))
+            aucs.append(binary_auc(scores[name][pick], y[pick] == positive_class))
+        means.append(np.nanmean(aucs))
+    return [float(np.nanpercentile(means, 2.5)), float(np.nanpercentile(means, 97.5))]
+
+
 def bench_backend(model, domains: dict, make_runner, *, ckpt: dict, tta: str, batch_size: int, exact_program,
-                  weight: torch.Tensor) -> dict:
+                  weight: torch.Tensor, n_bootstrap: int = 0) -> dict:
     """Metrics, output error and cost of one backend on `domains` (the model is left unchanged)."""
     from hybrid.inference import predict_probs
     from hybrid.metrics import domain_metrics
@@ -103,8 +123,10 @@ def bench_backend(model, domains: dict, make_runner, *, ckpt: dict, tta: str, ba
     with torch.no_grad():
         exact = exact_program(torch.as_tensor(angles), weight).numpy()
     n = len(angles)
+    labels = {name: y.numpy() for name, (_, y) in domains.items()}
     return {
         "auc": float(np.nanmean([d["auc"] for d in per_domain.values()])),
+        "auc_ci": mean_auc_interval(labels, positive, ckpt["positive_class"], n_bootstrap),
         "sensitivity": float(np.nanmean([d["sensitivity"] for d in per_domain.values()])),
         "mae": float(np.abs(outputs - exact).mean()),
         "max_abs_error": float(np.abs(outputs - exact).max()),
@@ -175,7 +197,7 @@ def plan_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: l
 
 def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: list[str] | None = None,
               tta: str | None = None, batch_size: int | None = None, seed: int | None = None,
-              data_root: str | None = None, progress: bool = True) -> dict:
+              data_root: str | None = None, progress: bool = True, n_bootstrap: int = 0) -> dict:
     from tqdm.auto import tqdm
 
     from backends import JobError
@@ -200,7 +222,7 @@ def run_bench(run_dir: Path, specs: list[str], *, samples: int, domain_names: li
                 row["options"] = backend.options
             row["setup_seconds"] = time.perf_counter() - started
             row |= bench_backend(model, domains, make_runner, ckpt=ckpt, tta=tta, batch_size=batch_size,
-                                 exact_program=exact_program, weight=weight)
+                                 exact_program=exact_program, weight=weight, n_bootstrap=n_bootstrap)
             row |= _cost(backend, run_dir)
         except (ValueError, JobError) as exc:  # one backend failing must not cost the others their rows
             row["error"] = str(exc)
@@ -312,7 +334,7 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hybrid.bench_backends", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run directory written by hybrid.train")
-    parser.add_argument("--backends", default=DEFAULT_BACKENDS,
+    parser.add_argument("--backends",
                         help=f"comma-separated backend specs name[:arg][:key=value] (default: {DEFAULT_BACKENDS})")
     parser.add_argument("--samples", type=positive_int, default=256, help="images per unseen center (default: 256)")
     parser.add_argument("--domains", help="comma-separated unseen centers (default: all)")
@@ -328,17 +350,51 @@ def main(argv: list[str] | None = None) -> int:
                              "estimated QPU seconds) and submit nothing")
     parser.add_argument("--max-qpu-seconds", type=float,
                         help="refuse to run when all backends together are estimated to need more QPU seconds")
+    parser.add_argument("--shot-sweep", metavar="SHOTS",
+                        help="shot sweep: run every --backends entry (default here: "
+                             f"{shot_sweep.DEFAULT_SWEEP_BACKENDS}) at each of these shot counts, e.g. "
+                             f"{shot_sweep.DEFAULT_SHOTS}; writes shot_sweep.json/.md/.png")
+    parser.add_argument("--compare-run", action="append", default=[],
+                        help="shot sweep: another run (e.g. noise-aware trained) beside --run, same images")
+    parser.add_argument("--n-bootstrap", type=int, default=None,
+                        help="bootstrap resamples for the mean-AUC interval (default: 200 in a sweep, 0 otherwise)")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args, command_line("python -m hybrid.bench_backends", argv)))
 
 
+def _run_sweep(args, settings: dict, command: str) -> int:
+    shots = shot_sweep.parse_shots(args.shot_sweep)
+    bases = [s for s in (args.backends or shot_sweep.DEFAULT_SWEEP_BACKENDS).split(",") if s.strip()]
+    result = shot_sweep.run_sweep([Path(args.run), *map(Path, args.compare_run)], bases, shots, bench=run_bench,
+                                  **settings) | {"command": command}
+    out = Path(args.out or args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / "shot_sweep.json")
+    table = shot_sweep.format_markdown(result)
+    write_text(f"# Shot sweep\n\n{table}", out / "shot_sweep.md")
+    try:
+        shot_sweep.plot(result, out / "shot_sweep.png")
+    except Exception as exc:  # a figure must never cost the sweep its results
+        log.warning("could not draw the figure: %s", exc)
+    append_result(out, result)
+    print(table)
+    failed = [p for run in result["runs"] for points in run["curves"].values() for p in points if "error" in p]
+    return 1 if failed else 0
+
+
 def _run(args, command: str) -> int:
-    specs = [s for s in args.backends.split(",") if s.strip()]
     settings = {"samples": args.samples, "domain_names": args.domains.split(",") if args.domains else None,
                 "tta": args.tta, "batch_size": args.batch_size, "seed": args.seed, "data_root": args.data_root,
                 "progress": not args.quiet}
+    if args.shot_sweep:
+        return _run_sweep(args, settings | {"n_bootstrap": 200 if args.n_bootstrap is None else args.n_bootstrap},
+                          command)
+    if args.compare_run:
+        raise ValueError("--compare-run goes with --shot-sweep")
+    specs = [s for s in (args.backends or DEFAULT_BACKENDS).split(",") if s.strip()]
+    settings["n_bootstrap"] = args.n_bootstrap or 0
     if args.dry_run or args.max_qpu_seconds is not None:
-        plan = plan_bench(Path(args.run), specs, **settings)
+        plan = plan_bench(Path(args.run), specs, **{k: v for k, v in settings.items() if k != "n_bootstrap"})
         if args.dry_run:
             print(format_plan(plan))
         check_budget(plan["plans"], args.max_qpu_seconds)

@@ -1,0 +1,135 @@
+"""Shot sweep: unseen-center AUC against shots per backend, for trained runs side by side.
+
+    python -m hybrid.bench_backends --run runs/quantum/dressed/seed0 \\
+        --compare-run runs/quantum/dressed_noise_aware/seed0 \\
+        --shot-sweep 32,128,512,1024,2048,exact --backends aer,aer_noisy:fake_manila --samples 200
+
+Each backend of `--backends` runs at each shot count (`exact` is the torch engine, the reference
+every run has); every run sees the same images. Writes `shot_sweep.json`, `shot_sweep.md` and
+`shot_sweep.png` (one panel per run: AUC with its 95% bootstrap interval against shots, one line
+per backend, the exact AUC dashed). With two runs (exact-trained first, noise-aware second) the
+table also says how much of the AUC the first lost on each backend the second recovers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+EXACT = "exact"
+DEFAULT_SHOTS = "32,128,512,1024,2048,exact"
+DEFAULT_SWEEP_BACKENDS = "aer,aer_noisy:fake_manila"
+
+
+def parse_shots(text: str) -> list[int | None]:
+    """`32,128,exact` -> [32, 128, None]; None is the exact engine."""
+    out: list[int | None] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part == EXACT:
+            out.append(None)
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ValueError(f"--shot-sweep takes shot counts (whole numbers >= 1) and 'exact', got {part!r}")
+        out.append(int(part))
+    if not out:
+        raise ValueError("--shot-sweep needs at least one shot count")
+    return out
+
+
+def sweep_specs(bases: list[str], shots: list[int | None]) -> list[tuple[str, str, int]]:
+    """(backend spec, base backend, shots) for every base at every finite shot count."""
+    return [(f"{base}:shots={n}", base, n) for base in bases for n in shots if n is not None]
+
+
+def run_sweep(runs: list[Path], bases: list[str], shots: list[int | None], *, bench: Callable,
+              **settings) -> dict:
+    """`bench(run, specs, **settings)` (hybrid.bench_backends.run_bench) for each run; curves per backend."""
+    specs = sweep_specs(bases, shots)
+    results = []
+    for run in runs:
+        result = bench(Path(run), [s for s, _, _ in specs], **settings)
+        rows = {r["backend"]: r for r in result["rows"]}
+        exact = result["rows"][0]
+        curves = {base: [_point(rows[spec], n) for spec, b, n in specs if b == base] for base in bases}
+        results.append({"run": str(run), "label": Path(run).parent.name or str(run), "exact": _point(exact, None),
+                        "curves": curves, "domains": result["domains"], "samples_per_domain": result["samples_per_domain"],
+                        "tta": result["tta"], "seed": result["seed"]})
+    out = {"kind": "shot_sweep", "backends": bases, "shots": [n for n in shots if n is not None], "runs": results}
+    if len(results) == 2:
+        out["recovery"] = recovery(results[0], results[1])
+    return out
+
+
+def _point(row: dict, shots: int | None) -> dict:
+    if "error" in row:
+        return {"shots": shots, "error": row["error"]}
+    return {"shots": shots, "auc": row["auc"], "auc_ci": row.get("auc_ci"), "mae": row["mae"],
+            "sensitivity": row["sensitivity"], "seconds": row["seconds"]}
+
+
+def recovery(first: dict, second: dict) -> dict:
+    """Per backend and shots: AUC lost by the first run against its exact AUC, and the share of that
+    loss the second run wins back: (AUC second - AUC first) / (exact first - AUC first)."""
+    out = {}
+    for base, points in first["curves"].items():
+        for a, b in zip(points, second["curves"][base]):
+            if "auc" not in a or "auc" not in b:
+                continue
+            lost = first["exact"]["auc"] - a["auc"]
+            out[f"{base}@{a['shots']}"] = {"lost": lost, "gained": b["auc"] - a["auc"],
+                                           "recovered_share": (b["auc"] - a["auc"]) / lost if lost > 0 else None}
+    return out
+
+
+def _cell(point: dict) -> str:
+    if "auc" not in point:
+        return f"error: {point['error']}"
+    ci = point.get("auc_ci")
+    return f"{point['auc']:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def format_markdown(result: dict) -> str:
+    first = result["runs"][0]
+    lines = [f"{first['samples_per_domain']} images per unseen center × {len(first['domains'])} centers, TTA "
+             f"{first['tta']}, seed {first['seed']}; mean AUC over the centers [95% bootstrap interval].", ""]
+    for run in result["runs"]:
+        lines += [f"### {run['label']} (`{run['run']}`)", "", "| backend | " + " | ".join(
+            f"{n} shots" for n in result["shots"]) + " | exact |", "|---|" + "---|" * (len(result["shots"]) + 1)]
+        for base, points in run["curves"].items():
+            lines.append(f"| {base} | " + " | ".join(_cell(p) for p in points) + f" | {_cell(run['exact'])} |")
+        lines.append("")
+    if result.get("recovery"):
+        a, b = result["runs"][0]["label"], result["runs"][1]["label"]
+        lines += [f"### AUC lost by {a} and recovered by {b}", "", "| backend @ shots | lost | gained | recovered |",
+                  "|---|---|---|---|"]
+        for key, r in result["recovery"].items():
+            share = "–" if r["recovered_share"] is None else f"{100 * r['recovered_share']:.0f}%"
+            lines.append(f"| {key} | {r['lost']:+.4f} | {r['gained']:+.4f} | {share} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    runs = result["runs"]
+    fig = Figure(figsize=(4.6 * len(runs), 4.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(runs), sharey=True))
+    for ax, run in zip(axes, runs):
+        for i, (base, points) in enumerate(run["curves"].items()):
+            ok = [p for p in points if "auc" in p]
+            x = np.array([p["shots"] for p in ok], dtype=float) * (1 + 0.04 * i)  # offset: bars stay apart
+            y = np.array([p["auc"] for p in ok])
+            err = np.array([[p["auc"] - p["auc_ci"][0], p["auc_ci"][1] - p["auc"]] if p.get("auc_ci") else [0, 0]
+                            for p in ok]).T.reshape(2, -1)
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=base)
+        ax.axhline(run["exact"]["auc"], color="k", ls="--", lw=1, label="exact")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("shots per expectation value")
+        ax.set_title(run["label"], fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean AUC, unseen centers")
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=120)
