@@ -6,6 +6,7 @@ and one training step: `layer(x).sum().backward()`, with gradients to the inputs
     python -m benchmarks.qnn_throughput                    # full run, a minute or two
     python -m benchmarks.qnn_throughput --threads 1        # pin torch's intra-op threads
     python -m benchmarks.qnn_throughput --quick            # smoke run (tests), seconds
+    python -m benchmarks.qnn_throughput --threads 1 --qubit-sweep 8,12   # + widths against PennyLane
 
 Prints a markdown table of samples/s and the goals, and writes everything to `--out` as JSON.
 """
@@ -26,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from benchmarks.qubit_sweep import format_sweep, qubit_sweep
 from hybrid.quantum import QuantumConfig, QuantumLayer
 
 logger = logging.getLogger(__name__)
@@ -280,13 +282,16 @@ def run(args: argparse.Namespace) -> dict:
         "note": "TorchConnector returns float32, so differences of ~1e-8 are expected"}
 
     goal_batch = args.goal_batch if args.goal_batch in batches else max(batches)
+    sweep = qubit_sweep(args.qubit_sweep, batch=args.goal_batch, reps=args.reps, seed=args.seed, timing=timing,
+                        pennylane_forward=pennylane_forward, training_step=training_step, measure=measure,
+                        agreement=agreement) if args.qubit_sweep else []
     machine["load_average_at_end"] = _load_average()
     return {"benchmark": "qnn_throughput", "config": config.to_dict(), "batches": batches,
             "step": "layer(x).sum().backward(), gradients to inputs and weights",
             "timing": {**timing, "statistic": "median of repeats, engines taking turns",
                        "qnn_max_seconds": args.qnn_max_seconds, "qnn_sub_batch": args.qnn_sub_batch},
             "machine": machine, "engines": engines, "checks": checks,
-            "goals": goals(engines, checks, goal_batch)}
+            "goals": goals(engines, checks, goal_batch), "qubit_sweep": sweep}
 
 
 def goals(engines: dict, checks: dict, batch: int) -> list[dict]:
@@ -353,6 +358,8 @@ def format_report(result: dict) -> str:
     lines.append(f"torch {m['torch_version']}, {m['torch_threads']} threads, "
                  f"{m['cpus_available']} CPUs, load average (1/5/15 min) at start "
                  f"{_fmt_load(m['load_average_at_start'])}, at end {_fmt_load(m['load_average_at_end'])}")
+    if result.get("qubit_sweep"):
+        lines += format_sweep(result["qubit_sweep"])
     return "\n".join(lines)
 
 
@@ -370,6 +377,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--goal-batch", type=int, default=256,
                         help="batch the goals are judged at (the largest batch if not run)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--qubit-sweep", default="",
+                        help="also time these widths (e.g. 8,12) against PennyLane at --goal-batch")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: batches 2,4, 0.1 s per cell, qnn capped at 3 s")
@@ -381,6 +390,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.batches = [int(b) for b in str(args.batches).split(",")]
     except ValueError:
         parser.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+    try:
+        args.qubit_sweep = [int(n) for n in str(args.qubit_sweep).split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--qubit-sweep must be comma-separated integers, got {args.qubit_sweep!r}")
     if min(args.batches) < 1 or args.qnn_sub_batch < 1 or args.repeats < 1:
         parser.error("batch sizes, --qnn-sub-batch and --repeats must be positive")
     return args

@@ -219,3 +219,50 @@ def test_benchmark_dry_run_plans_what_the_benchmark_sends(run_dir, data_root, mo
     assert ibm["jobs"] == 2 and ibm["circuits"] > 16  # resilience level 1: twirled and TREX circuits
     assert ibm["isa_circuit"]["qubits"] == 5 and ibm["estimated_qpu_seconds"] > 2 * 2.0
     assert plan["plans"][0]["estimated_qpu_seconds"] is None  # a simulator costs no QPU time
+
+
+@pytest.fixture(scope="module")
+def dressed_run(tmp_path_factory, data_root):
+    """A one-epoch run whose classifier sees only the circuit (dressed head)."""
+    from hybrid import train
+
+    out = tmp_path_factory.mktemp("dressed") / "dressed"
+    assert train.main(["--epochs", "1", "--max-train-samples", "300", "--width-mult", "0.35", "--stem-stride", "2",
+                       "--n-bootstrap", "0", "--batch-size", "64", "--quiet", "--data-root", str(data_root),
+                       "--quantum-head", "dressed", "--eval-max-samples", "50", "--out", str(out)]) == 0
+    return out
+
+
+def test_shot_sweep_writes_its_table_plot_and_recovery(dressed_run, data_root, tmp_path):
+    out = tmp_path / "sweep"
+    assert bench_backends.main(["--run", str(dressed_run), "--compare-run", str(dressed_run), "--shot-sweep",
+                                "16,64,exact", "--backends", "aer", "--samples", "24", "--domains",
+                                "tgt_blur,tgt_speckle", "--n-bootstrap", "20", "--data-root", str(data_root),
+                                "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "shot_sweep.json").read_text())
+    assert result["shots"] == [16, 64] and len(result["runs"]) == 2
+    curve = result["runs"][0]["curves"]["aer"]
+    assert [p["shots"] for p in curve] == [16, 64]
+    assert all(0 <= p["auc"] <= 1 and p["auc_ci"][0] <= p["auc_ci"][1] and p["mae"] > 0 for p in curve)
+    assert result["runs"][0]["exact"]["mae"] == 0
+    assert set(result["recovery"]) == {"aer@16", "aer@64"}  # the same run twice: nothing to recover
+    assert all(r["gained"] == 0 for r in result["recovery"].values())
+    md = (out / "shot_sweep.md").read_text()
+    assert "16 shots" in md and "| aer |" in md and "recovered" in md
+    assert (out / "shot_sweep.png").stat().st_size > 5000
+
+
+def test_dressed_predictions_move_with_shot_noise(dressed_run, data_root):
+    result = bench_backends.run_bench(dressed_run, ["aer:shots=16"], samples=24, domain_names=["tgt_blur"],
+                                      data_root=str(data_root), progress=False)
+    exact, sampled = result["rows"]
+    assert exact["prob_mae"] == 0 and sampled["prob_mae"] > 1e-4  # the circuit is in the decision path
+
+
+def test_shot_sweep_refuses_bad_shot_counts():
+    from hybrid.studies.shot_sweep import parse_shots
+
+    assert parse_shots("32, 1024,exact") == [32, 1024, None]
+    for bad in ("0", "many", ""):
+        with pytest.raises(ValueError, match="shot"):
+            parse_shots(bad)

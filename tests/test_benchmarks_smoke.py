@@ -46,6 +46,17 @@ def test_quick_benchmark_writes_complete_results(bench, tmp_path):
     assert result["machine"]["torch_threads"] >= 1 and result["machine"]["torch_version"]
 
 
+def test_qubit_sweep_times_each_width_against_pennylane(bench, tmp_path):
+    out = tmp_path / "sweep.json"
+    bench.main(["--quick", "--qubit-sweep", "3,9", "--goal-batch", "4", "--out", str(out)])
+    rows = json.loads(out.read_text())["qubit_sweep"]
+    assert [r["qubits"] for r in rows] == [3, 9] and all(r["statevector"] > 0 for r in rows)
+    for r in rows:  # 9 qubits: above FUSE_MAX_QUBITS, applied gate by gate, still the same circuit
+        if r["pennylane"] is not None:
+            assert r["check"]["pass"] and r["speedup"] == pytest.approx(r["statevector"] / r["pennylane"])
+            assert r["pass"] == (r["speedup"] >= 10)
+
+
 def test_goals_compare_statevector_float64_with_each_baseline(bench):
     def row(rate):
         return {"cells": [{"batch": 256, "samples_per_s": rate}]}

@@ -184,3 +184,18 @@ def test_cli_flags_choose_head_and_layer():
         ("dressed", "classical_twin", "z+zz", 256)
     with pytest.raises(SystemExit):
         parser.parse_args(["--quantum-head", "sideways"])
+
+
+@pytest.mark.parametrize("feature_map", ["zz", "angle"])
+def test_wide_circuits_run_gate_by_gate_and_match_qiskit(feature_map):
+    from hybrid.quantum.statevector import FUSE_MAX_QUBITS, GateByGate
+
+    config = QuantumConfig(n_qubits=FUSE_MAX_QUBITS + 2, feature_map=feature_map, reps=1, reupload=2)
+    layer = QuantumLayer(config, engine="statevector", seed=3)
+    assert any(isinstance(s, GateByGate) for s in layer.program.segments)
+    x = torch.rand(3, config.n_qubits, dtype=torch.float64) * 3
+    np.testing.assert_allclose(layer(x).detach().numpy(),
+                               qiskit_expectations(layer.spec, x.numpy(), layer.weight.detach().numpy()), atol=1e-10)
+    x.requires_grad_()
+    layer(x).sum().backward()
+    assert x.grad.abs().sum() > 0 and layer.weight.grad.abs().sum() > 0

@@ -13,7 +13,9 @@ arithmetic:
   ``state[:, perm] * exp(i * (features(x) @ W))`` - one matmul and one exp;
 * fused unitary: every run of gates that does not depend on the input (constants and
   trainable weights) becomes one 2**n x 2**n matrix per forward pass, built layer by layer
-  from Kronecker products; constant runs are multiplied once, at compile time;
+  from Kronecker products; constant runs are multiplied once, at compile time. Above
+  FUSE_MAX_QUBITS qubits the matrix costs more than the gates, and the run is applied gate
+  by gate (consecutive permutations and phases still as one gather);
 * batched gate: any other input-dependent gate, applied on its own.
 
 Each kind is a small callable class that holds what it precomputed at compile time;
@@ -314,10 +316,37 @@ class ConstantUnitary:
         return state @ self.matrix_t
 
 
+class GateByGate:
+    """A run applied to the state one gate at a time: O(B * 2**n) per gate. Above FUSE_MAX_QUBITS a
+    fused 2**n x 2**n unitary costs more than the gates it replaces (4096^2 entries at 12 qubits)."""
+
+    def __init__(self, ops: list[_Op], ctx: _Context):
+        runs: list[list[_Op]] = []  # consecutive phases and permutations (a CX chain) become one gather
+        for op in ops:
+            monomial = op.name in DIAGONAL or op.name in PERMUTATION
+            if monomial and runs and runs[-1][0].name in MONOMIAL_NAMES:
+                runs[-1].append(op)
+            else:
+                runs.append([op])
+        self.gates = [MonomialSegment(run, ctx) if run[0].name in MONOMIAL_NAMES else BatchedGate(run[0], ctx)
+                      for run in runs]
+
+    def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        for gate in self.gates:
+            state = gate(state, x1, w)
+        return state
+
+
+MONOMIAL_NAMES = set(DIAGONAL) | set(PERMUTATION)
+FUSE_MAX_QUBITS = 7  # at 8 qubits gate by gate measured 0.11 s against 0.13 s fused (batch 256, fwd+bwd)
+
+
 def _compile_segment(kind: str, ops: list[_Op], ctx: _Context):
     if kind == "monomial":
         return MonomialSegment(ops, ctx)
     if kind == "fused":
+        if ctx.n > FUSE_MAX_QUBITS:
+            return GateByGate(ops, ctx)
         weighted = any(op.depends_on_weight for op in ops)
         return FusedUnitary(ops, ctx) if weighted else ConstantUnitary(ops, ctx)
     return BatchedGate(ops[0], ctx)
