@@ -92,7 +92,7 @@ def test_epoch_time_benchmark_compares_every_configuration_with_the_plain_loop(t
                                 "--data-root", str(data_root), "--out", str(out)])
     result = json.loads(out.read_text())
     rows = result["configurations"]
-    assert list(rows) == ["plain", "full", "full_nchw", "no_quantum"] == list(returned["configurations"])
+    assert list(rows) == ["plain", "full", "full_nchw", "no_quantum", "dressed8"] == list(returned["configurations"])
     assert rows["plain"]["ratio_to_plain"] == 1.0
     for name, row in rows.items():
         assert row["images_per_s"] == pytest.approx(result["batch_size"] / row["median_step_s"]), name
@@ -102,6 +102,8 @@ def test_epoch_time_benchmark_compares_every_configuration_with_the_plain_loop(t
     assert result["pass_speedup"] == (result["full_vs_plain"] >= result["goal_speedup"] == 1.3)
     ratio = rows["full"]["median_step_s"] / rows["no_quantum"]["median_step_s"]
     assert result["quantum_overhead"] == pytest.approx(ratio - 1)
+    dressed = rows["dressed8"]["median_step_s"] / rows["no_quantum"]["median_step_s"] - 1
+    assert result["dressed8_overhead"] == pytest.approx(dressed) and result["goal_dressed8_overhead"] == 0.15
     assert "| full |" in capsys.readouterr().out
 
 
