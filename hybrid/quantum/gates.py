@@ -257,3 +257,32 @@ def apply_gate(state: torch.Tensor, matrix: torch.Tensor, qubits: Sequence[int],
     return t.reshape((batch,) + (2,) * n).permute(inverse).reshape(batch, 2**n)
 
 
+def flatten_circuit(circuit) -> list:
+    """Decompose until every instruction is a gate this compiler knows."""
+    skip = {"barrier"}
+    for _ in range(8):
+        names = {inst.operation.name for inst in circuit.data}
+        pending = names - set(SUPPORTED) - skip
+        if not pending:
+            return [inst for inst in circuit.data if inst.operation.name not in skip]
+        decomposed = circuit.decompose(gates_to_decompose=list(pending))
+        if {inst.operation.name for inst in decomposed.data} == names:
+            break
+        circuit = decomposed
+    bad = sorted({inst.operation.name for inst in circuit.data} - set(SUPPORTED) - skip)
+    raise UnsupportedGateError(
+        f"the statevector engine cannot compile gate(s) {', '.join(bad)}; supported gates: "
+        f"{', '.join(SUPPORTED)} (use engine='qnn' for this circuit)"
+    )
+
+
+def kron_states(qubit_states: list[torch.Tensor], batch: int) -> torch.Tensor:
+    state = qubit_states[0].expand(batch, 2)
+    for v in qubit_states[1:]:  # higher qubits are more significant
+        state = (v.expand(batch, 2)[:, :, None] * state[:, None, :]).reshape(batch, -1)
+    return state
+
+
+def to_build_dtype(m: torch.Tensor, real: bool, build_dtype: torch.dtype) -> torch.Tensor:
+    """A gate matrix in the run's build dtype: real runs drop the (zero) imaginary part."""
+    return m.real if real and m.is_complex() else m.to(build_dtype)

@@ -38,10 +38,12 @@ from hybrid.quantum.gates import (
     DIAGONAL,
     REAL_GATES,
     PERMUTATION,
-    SUPPORTED,
     AngleBank,
     UnsupportedGateError,
     apply_gate,
+    kron_states,
+    to_build_dtype,
+    flatten_circuit,
     diagonal_phase,
     gate_matrix,
     permutation,
@@ -75,13 +77,6 @@ class _Context:
 
 
 # -- product prefix: (x1, w) -> (B, 2**n) product state
-def _kron_states(qubit_states: list[torch.Tensor], batch: int) -> torch.Tensor:
-    state = qubit_states[0].expand(batch, 2)
-    for v in qubit_states[1:]:  # higher qubits are more significant
-        state = (v.expand(batch, 2)[:, :, None] * state[:, None, :]).reshape(batch, -1)
-    return state
-
-
 class ProductPrefix:
     """Each qubit's own gate sequence on its 2-vector, then one Kronecker product."""
 
@@ -101,7 +96,7 @@ class ProductPrefix:
         return states
 
     def __call__(self, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return _kron_states(self.qubit_states(x1, w), x1.shape[0])
+        return kron_states(self.qubit_states(x1, w), x1.shape[0])
 
 
 class UniformPrefix:
@@ -123,14 +118,14 @@ class UniformPrefix:
             v = (matrix * v[..., None, :]).sum(-1)
         if v.dim() == 2:
             v = v.expand(x1.shape[0], self.n, 2)
-        return _kron_states(list(v.unbind(1)), x1.shape[0])
+        return kron_states(list(v.unbind(1)), x1.shape[0])
 
 
 class ConstantPrefix:
     """A product state that depends on nothing (e.g. ZZ's Hadamard layer), computed once."""
 
     def __init__(self, prefix: list[list[_Op]], ctx: _Context):
-        self.state = _kron_states(ProductPrefix(prefix, ctx).qubit_states(None, None), 1)[0]
+        self.state = kron_states(ProductPrefix(prefix, ctx).qubit_states(None, None), 1)[0]
         self.dim = ctx.dim
 
     def __call__(self, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -195,11 +190,6 @@ class MonomialSegment:
 
 
 # -- fused unitary: the pieces of one input-independent run
-def _to_build(m: torch.Tensor, real: bool, build_dtype: torch.dtype) -> torch.Tensor:
-    """A gate matrix in the run's build dtype: real runs drop the (zero) imaginary part."""
-    return m.real if real and m.is_complex() else m.to(build_dtype)
-
-
 class KronLayers:
     """The (L, 2**n, 2**n) matrices of a run's single-qubit layers, all layers at once.
 
@@ -233,7 +223,7 @@ class KronLayers:
     def __call__(self, w: torch.Tensor | None) -> torch.Tensor:
         mats = [self.eye2]
         for name, count, banks in self.tables:
-            m = _to_build(gate_matrix(name, [bank(None, w) for bank in banks], self.dtype),
+            m = to_build_dtype(gate_matrix(name, [bank(None, w) for bank in banks], self.dtype),
                           self.real, self.build_dtype)
             mats.append(m.expand(count, 2, 2) if m.dim() == 2 else m)
         table = torch.cat(mats)  # (slots, 2, 2)
@@ -249,7 +239,7 @@ class GateUnitary:
 
     def __call__(self, w: torch.Tensor | None) -> torch.Tensor:
         full = self.gate(self.eye, None, w).transpose(0, 1)  # the identity's rows as the batch
-        return _to_build(full, self.real, self.build_dtype)
+        return to_build_dtype(full, self.real, self.build_dtype)
 
 
 def _layers_and_gates(ops: list[_Op]) -> list[tuple[str, object]]:
@@ -416,7 +406,7 @@ def compile_circuit(circuit, input_params, weight_params, observables, dtype=tor
     prefix: list[list[_Op]] = [[] for _ in range(n)]
     segments: list[tuple[str, list[_Op]]] = []
     in_prefix = True
-    for inst in _flatten(circuit):
+    for inst in flatten_circuit(circuit):
         name = inst.operation.name
         params = list(inst.operation.params)
         names = {p.name for v in params if hasattr(v, "parameters") for p in v.parameters}
@@ -455,22 +445,3 @@ def _append(segments: list, op: _Op) -> None:
         last[1].append(op)
     else:
         segments.append(("fused", [op]))
-
-
-def _flatten(circuit) -> list:
-    """Decompose until every instruction is a gate this compiler knows."""
-    skip = {"barrier"}
-    for _ in range(8):
-        names = {inst.operation.name for inst in circuit.data}
-        pending = names - set(SUPPORTED) - skip
-        if not pending:
-            return [inst for inst in circuit.data if inst.operation.name not in skip]
-        decomposed = circuit.decompose(gates_to_decompose=list(pending))
-        if {inst.operation.name for inst in decomposed.data} == names:
-            break
-        circuit = decomposed
-    bad = sorted({inst.operation.name for inst in circuit.data} - set(SUPPORTED) - skip)
-    raise UnsupportedGateError(
-        f"the statevector engine cannot compile gate(s) {', '.join(bad)}; supported gates: "
-        f"{', '.join(SUPPORTED)} (use engine='qnn' for this circuit)"
-    )
