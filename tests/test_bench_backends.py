@@ -246,7 +246,7 @@ def test_shot_sweep_writes_its_table_plot_and_recovery(dressed_run, data_root, t
     assert all(0 <= p["auc"] <= 1 and p["auc_ci"][0] <= p["auc_ci"][1] and p["mae"] > 0 for p in curve)
     assert result["runs"][0]["exact"]["mae"] == 0
     assert set(result["recovery"]) == {"aer@16", "aer@64"}  # the same run twice: nothing to recover
-    assert all(r["gained"] == 0 for r in result["recovery"].values())
+    assert all(r["auc_difference"] == 0 and r["lost_first"] == r["lost_second"] for r in result["recovery"].values())
     md = (out / "shot_sweep.md").read_text()
     assert "16 shots" in md and "| aer |" in md and "recovered" in md
     assert (out / "shot_sweep.png").stat().st_size > 5000
@@ -266,3 +266,16 @@ def test_shot_sweep_refuses_bad_shot_counts():
     for bad in ("0", "many", ""):
         with pytest.raises(ValueError, match="shot"):
             parse_shots(bad)
+
+
+def test_recovery_measures_each_run_against_its_own_exact_auc():
+    from hybrid.studies.shot_sweep import recovery
+
+    def run(exact, at_1024):
+        return {"exact": {"auc": exact}, "curves": {"aer_noisy": [{"shots": 1024, "auc": at_1024}]}}
+
+    # the second model is better everywhere but loses as much to noise: nothing recovered
+    same_loss = recovery(run(0.80, 0.76), run(0.90, 0.86))["aer_noisy@1024"]
+    assert same_loss["recovered_share"] == pytest.approx(0) and same_loss["auc_difference"] == pytest.approx(0.10)
+    half = recovery(run(0.80, 0.76), run(0.80, 0.78))["aer_noisy@1024"]
+    assert half["recovered_share"] == pytest.approx(0.5)

@@ -8,7 +8,8 @@ Each backend of `--backends` runs at each shot count (`exact` is the torch engin
 every run has); every run sees the same images. Writes `shot_sweep.json`, `shot_sweep.md` and
 `shot_sweep.png` (one panel per run: AUC with its 95% bootstrap interval against shots, one line
 per backend, the exact AUC dashed). With two runs (exact-trained first, noise-aware second) the
-table also says how much of the AUC the first lost on each backend the second recovers.
+table also says how much of the AUC the first loses on each backend (against its own exact AUC)
+the second avoids.
 """
 
 from __future__ import annotations
@@ -70,16 +71,18 @@ def _point(row: dict, shots: int | None) -> dict:
 
 
 def recovery(first: dict, second: dict) -> dict:
-    """Per backend and shots: AUC lost by the first run against its exact AUC, and the share of that
-    loss the second run wins back: (AUC second - AUC first) / (exact first - AUC first)."""
+    """Per backend and shots: the AUC each run loses against its own exact AUC, and the share of the
+    first run's loss the second avoids: 1 - lost_second / lost_first. Each run is measured against
+    itself, so a second model that is simply better (or worse) everywhere does not count as recovery."""
     out = {}
     for base, points in first["curves"].items():
         for a, b in zip(points, second["curves"][base]):
             if "auc" not in a or "auc" not in b:
                 continue
-            lost = first["exact"]["auc"] - a["auc"]
-            out[f"{base}@{a['shots']}"] = {"lost": lost, "gained": b["auc"] - a["auc"],
-                                           "recovered_share": (b["auc"] - a["auc"]) / lost if lost > 0 else None}
+            lost_first, lost_second = first["exact"]["auc"] - a["auc"], second["exact"]["auc"] - b["auc"]
+            out[f"{base}@{a['shots']}"] = {
+                "lost_first": lost_first, "lost_second": lost_second, "auc_difference": b["auc"] - a["auc"],
+                "recovered_share": 1 - lost_second / lost_first if lost_first > 0 else None}
     return out
 
 
@@ -102,11 +105,12 @@ def format_markdown(result: dict) -> str:
         lines.append("")
     if result.get("recovery"):
         a, b = result["runs"][0]["label"], result["runs"][1]["label"]
-        lines += [f"### AUC lost by {a} and recovered by {b}", "", "| backend @ shots | lost | gained | recovered |",
-                  "|---|---|---|---|"]
+        lines += [f"### AUC each run loses against its own exact AUC; share of {a}'s loss that {b} avoids", "",
+                  f"| backend @ shots | lost by {a} | lost by {b} | recovered | AUC {b} − {a} |", "|---|---|---|---|---|"]
         for key, r in result["recovery"].items():
             share = "–" if r["recovered_share"] is None else f"{100 * r['recovered_share']:.0f}%"
-            lines.append(f"| {key} | {r['lost']:+.4f} | {r['gained']:+.4f} | {share} |")
+            lines.append(f"| {key} | {r['lost_first']:+.4f} | {r['lost_second']:+.4f} | {share} | "
+                         f"{r['auc_difference']:+.4f} |")
         lines.append("")
     return "\n".join(lines)
 
