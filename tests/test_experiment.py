@@ -80,8 +80,12 @@ def test_overrides_take_the_field_type():
 def test_presets_build_valid_configs():
     for name in experiment.PRESETS:
         study = experiment.build_study(name)
-        assert "erm" in study.variants and "full" in study.variants
-        assert not study.config("erm", 0).quantum and study.config("full", 1).seed == 1
+        if name.startswith("quantum"):  # the heads and their controls, all with the whole method
+            assert {"concat", "dressed", "dressed_twin", "dressed_none"} <= set(study.variants)
+            assert study.config("dressed_twin", 0).quantum_layer == "classical_twin"
+        else:
+            assert "erm" in study.variants and "full" in study.variants
+            assert not study.config("erm", 0).quantum and study.config("full", 1).seed == 1
         assert study.notes and all(isinstance(note, str) and len(note) > 20 for note in study.notes)
     ham = experiment.build_study("ham10000")
     assert any("label mix" in note for note in ham.notes)
