@@ -33,6 +33,12 @@ QUANTUM_VARIANTS: dict[str, dict] = {
     f"{head}{suffix}": dict(COMPONENTS["full"], quantum_head=head.rstrip("8"), quantum_layer=layer,
                             n_qubits=8 if head.endswith("8") else 4)
     for head in ("concat", "dressed", "residual", "dressed8") for suffix, layer in QUANTUM_LAYER_NAMES.items()}
+# Trainable circuits for the dressed head, chosen on design-validation centers
+# (results/quantum_heads/circuit/RULE.md): the smooth angle map instead of the ZZ map, and re-uploading.
+DRESSED_CIRCUITS = {"dressed_angle": dict(feature_map="angle"),
+                    "dressed_angle_reup2": dict(feature_map="angle", q_reupload=2)}
+QUANTUM_VARIANTS |= {f"{name}{suffix}": dict(QUANTUM_VARIANTS[f"dressed{suffix}"], **circuit)
+                     for name, circuit in DRESSED_CIRCUITS.items() for suffix in QUANTUM_LAYER_NAMES}
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 _HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
