@@ -188,7 +188,8 @@ def test_cli_flags_choose_head_and_layer():
 
 @pytest.mark.parametrize("feature_map", ["zz", "angle"])
 def test_wide_circuits_run_gate_by_gate_and_match_qiskit(feature_map):
-    from hybrid.quantum.statevector import FUSE_MAX_QUBITS, GateByGate
+    from hybrid.quantum.segments import GateByGate
+    from hybrid.quantum.statevector import FUSE_MAX_QUBITS
 
     config = QuantumConfig(n_qubits=FUSE_MAX_QUBITS + 2, feature_map=feature_map, reps=1, reupload=2)
     layer = QuantumLayer(config, engine="statevector", seed=3)

@@ -280,3 +280,59 @@ def test_constant_and_multi_parameter_angles_match_qiskit(name):
     for i, row in enumerate(xs.numpy()):
         sv = Statevector(qc.assign_parameters(dict(zip(x, row)) | dict(zip(w, ws.numpy()))))
         np.testing.assert_allclose(out[i], [sv.expectation_value(o).real for o in obs], atol=1e-10)
+
+
+@pytest.mark.parametrize("precision", [torch.float64, torch.float32])
+def test_wide_single_qubit_runs_as_kronecker_blocks_match_qiskit_and_the_fused_engine(precision, monkeypatch):
+    """Above FUSE_MAX_QUBITS, runs of single-qubit gates become Kronecker blocks: complex and real
+    gates, two gates on one qubit, gaps and a block cut at the last qubit give Qiskit's values, and
+    the gradients equal the fused engine's."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import ParameterVector
+    from qiskit.quantum_info import SparsePauliOp, Statevector
+
+    from hybrid.quantum import statevector
+    from hybrid.quantum.segments import GateByGate, SingleQubitBlocks
+
+    n = 9
+    x, w = ParameterVector("x", n), ParameterVector("w", 6)
+    qc = QuantumCircuit(n)
+    for q in range(n):
+        qc.ry(x[q], q)
+    qc.cx(0, 1)
+    for q, weight in ((1, 3), (2, 4), (6, 2), (8, 0)):  # real: an RY layer with gaps
+        qc.ry(w[weight], q)
+    qc.h(2)  # a second gate on qubit 2
+    qc.cx(3, 4)
+    qc.rx(w[0], 0)  # complex gates: a block starting at qubit 0, and one at 5 cut at the last qubit
+    qc.u(w[1], w[2], 0.4, 3)
+    qc.sx(5)
+    qc.t(8)
+    qc.ry(w[5], 8)
+    qc.cx(7, 8)
+    for q in range(n):  # the usual layer: one weighted gate of one kind on every qubit
+        qc.ry(w[q % 6], q)
+    obs = [SparsePauliOp(p) for p in ("I" * (n - 1) + "Z", "Z" + "I" * (n - 1), "I" * 4 + "X" + "I" * 4)]
+    xs = torch.rand(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3
+    ws = torch.tensor([0.5, -0.9, 1.3, 0.2, -0.4, 0.8], dtype=torch.float64)
+    program = compile_circuit(qc, list(x), list(w), obs, dtype=precision)
+    gate_by_gate = [p for s in program.segments if isinstance(s, GateByGate) for p in s.gates]
+    assert any(isinstance(p, SingleQubitBlocks) and not p.real for p in gate_by_gate)
+    assert any(isinstance(p, SingleQubitBlocks) and p.real and not p.uniform for p in gate_by_gate)
+    assert any(isinstance(p, SingleQubitBlocks) and p.uniform for p in gate_by_gate)
+    out = program(xs, ws).numpy()
+    for i, row in enumerate(xs.numpy()):
+        sv = Statevector(qc.assign_parameters(dict(zip(x, row)) | dict(zip(w, ws.numpy()))))
+        expected = [sv.expectation_value(o).real for o in obs]
+        np.testing.assert_allclose(out[i], expected, atol=1e-10 if precision == torch.float64 else 1e-5)
+
+    def gradients(program):
+        xg, wg = xs.clone().requires_grad_(), ws.clone().requires_grad_()
+        program(xg, wg).pow(2).sum().backward()
+        return xg.grad, wg.grad
+
+    monkeypatch.setattr(statevector, "FUSE_MAX_QUBITS", n)
+    fused = compile_circuit(qc, list(x), list(w), obs, dtype=precision)
+    assert not any(isinstance(s, GateByGate) for s in fused.segments)
+    for blocked, reference in zip(gradients(program), gradients(fused)):
+        torch.testing.assert_close(blocked, reference, atol=1e-9 if precision == torch.float64 else 1e-4, rtol=1e-5)

@@ -14,8 +14,10 @@ arithmetic:
 * fused unitary: every run of gates that does not depend on the input (constants and
   trainable weights) becomes one 2**n x 2**n matrix per forward pass, built layer by layer
   from Kronecker products; constant runs are multiplied once, at compile time. Above
-  FUSE_MAX_QUBITS qubits the matrix costs more than the gates, and the run is applied gate
-  by gate (consecutive permutations and phases still as one gather);
+  FUSE_MAX_QUBITS qubits the matrix costs more than the gates, and the run is applied to the
+  state piece by piece (`hybrid.quantum.segments.GateByGate`): consecutive permutations and
+  phases as one gather, each layer of single-qubit gates as Kronecker blocks of 4 neighbouring
+  qubits (one 16 x 16 matmul per block, no permutation of the state);
 * batched gate: any other input-dependent gate, applied on its own.
 
 Each kind is a small callable class that holds what it precomputed at compile time;
@@ -30,57 +32,28 @@ in every case.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from hybrid.quantum.gates import (
     DIAGONAL,
-    REAL_GATES,
     PERMUTATION,
-    AngleBank,
+    REAL_GATES,
     UnsupportedGateError,
-    apply_gate,
+    gate_matrix,
     kron_states,
     to_build_dtype,
     flatten_circuit,
-    diagonal_phase,
-    gate_matrix,
-    permutation,
 )
+from hybrid.quantum.segments import BatchedGate, Context, GateByGate, MonomialSegment, Op
 
 __all__ = ["StatevectorProgram", "UnsupportedGateError", "compile_circuit"]
-
-
-@dataclass
-class _Op:
-    name: str
-    qubits: list[int]
-    params: list  # Qiskit parameter values (floats or ParameterExpressions)
-    depends_on_input: bool
-    depends_on_weight: bool
-
-
-@dataclass(frozen=True)
-class _Context:
-    """What every compiled piece needs: the qubit count, the dtypes and the parameter names."""
-
-    n: int
-    dim: int
-    dtype: torch.dtype
-    cdtype: torch.dtype
-    input_names: list[str]
-    weight_names: list[str]
-
-    def bank(self, values: list) -> AngleBank:
-        return AngleBank(values, self.input_names, self.weight_names, self.dtype)
 
 
 # -- product prefix: (x1, w) -> (B, 2**n) product state
 class ProductPrefix:
     """Each qubit's own gate sequence on its 2-vector, then one Kronecker product."""
 
-    def __init__(self, prefix: list[list[_Op]], ctx: _Context):
+    def __init__(self, prefix: list[list[Op]], ctx: Context):
         self.gates = [[(op.name, ctx.bank(op.params)) for op in ops] for ops in prefix]
         self.dtype, self.cdtype = ctx.dtype, ctx.cdtype
         self.zero = torch.tensor([1, 0], dtype=ctx.cdtype)  # |0>, never written to
@@ -102,7 +75,7 @@ class ProductPrefix:
 class UniformPrefix:
     """The same gate sequence on every qubit: one batched 2x2 product per position."""
 
-    def __init__(self, prefix: list[list[_Op]], ctx: _Context):
+    def __init__(self, prefix: list[list[Op]], ctx: Context):
         # position j holds the same gate, with at most one angle, on every qubit
         self.gates = [(op.name, ctx.bank([ops[j].params[0] for ops in prefix]) if op.params else None)
                       for j, op in enumerate(prefix[0])]
@@ -124,7 +97,7 @@ class UniformPrefix:
 class ConstantPrefix:
     """A product state that depends on nothing (e.g. ZZ's Hadamard layer), computed once."""
 
-    def __init__(self, prefix: list[list[_Op]], ctx: _Context):
+    def __init__(self, prefix: list[list[Op]], ctx: Context):
         self.state = kron_states(ProductPrefix(prefix, ctx).qubit_states(None, None), 1)[0]
         self.dim = ctx.dim
 
@@ -132,61 +105,13 @@ class ConstantPrefix:
         return self.state.expand(x1.shape[0], self.dim)
 
 
-def _compile_prefix(prefix: list[list[_Op]], ctx: _Context):
+def _compile_prefix(prefix: list[list[Op]], ctx: Context):
     if not any(op.depends_on_input or op.depends_on_weight for ops in prefix for op in ops):
         return ConstantPrefix(prefix, ctx)
     names = [[op.name for op in ops] for ops in prefix]
     if all(n == names[0] for n in names) and all(len(op.params) <= 1 for op in prefix[0]):
         return UniformPrefix(prefix, ctx)
     return ProductPrefix(prefix, ctx)
-
-
-# -- segments: (state, x1, w) -> state
-class BatchedGate:
-    """One input-dependent gate with a (B, 2**k, 2**k) matrix, applied on its own."""
-
-    def __init__(self, op: _Op, ctx: _Context):
-        self.name, self.qubits, self.bank = op.name, op.qubits, ctx.bank(op.params)
-        self.n, self.dtype, self.cdtype = ctx.n, ctx.dtype, ctx.cdtype
-
-    def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        params = list(self.bank(x1, w).unbind(-1)) if self.bank.size else []
-        matrix = gate_matrix(self.name, params, self.dtype)
-        return apply_gate(state, matrix.to(self.cdtype), self.qubits, self.n)
-
-
-class MonomialSegment:
-    """Diagonal gates and permutations as one phase vector and one gather: P (exp(i*phase) * state)."""
-
-    def __init__(self, ops: list[_Op], ctx: _Context):
-        perm = torch.arange(ctx.dim)
-        slopes, values = [], []
-        offset = torch.zeros(ctx.dim, dtype=ctx.dtype)
-        for op in ops:
-            if op.name in PERMUTATION:
-                perm = permutation(op.name, op.qubits, ctx.dim)[perm]
-                continue
-            slope, off = diagonal_phase(op.name, op.qubits, ctx.dim, ctx.dtype)
-            offset = offset + off[perm]
-            if op.params:
-                slopes.append(slope[perm])
-                values.append(op.params[0])
-        self.offset = offset
-        self.gather = None if torch.equal(perm, torch.arange(ctx.dim)) else torch.argsort(perm)
-        self.bank = ctx.bank(values) if values else None
-        self.slopes = torch.stack(slopes) if slopes else None
-        if self.bank is not None and self.bank.mode == "poly":
-            # fold the angle polynomial into the slopes: phase = monomials @ (coef @ slopes)
-            self.bank.coef = self.bank.coef @ self.slopes
-            self.slopes = None
-
-    def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        phase = self.offset
-        if self.bank is not None:
-            angles = self.bank(x1, w)
-            phase = (angles if self.slopes is None else angles @ self.slopes) + phase
-        state = state * torch.complex(torch.cos(phase), torch.sin(phase))
-        return state if self.gather is None else state[:, self.gather]
 
 
 # -- fused unitary: the pieces of one input-independent run
@@ -198,8 +123,8 @@ class KronLayers:
     whole RealAmplitudes block costs a handful of kernels, not one per gate.
     """
 
-    def __init__(self, layers: list[dict[int, _Op]], ctx: _Context, real: bool, build_dtype: torch.dtype):
-        groups: dict[str, list[_Op]] = {}
+    def __init__(self, layers: list[dict[int, Op]], ctx: Context, real: bool, build_dtype: torch.dtype):
+        groups: dict[str, list[Op]] = {}
         for layer in layers:
             for op in layer.values():
                 groups.setdefault(op.name, []).append(op)
@@ -233,7 +158,7 @@ class KronLayers:
 class GateUnitary:
     """One multi-qubit gate of a run as a full 2**n x 2**n matrix (weights only, no inputs)."""
 
-    def __init__(self, op: _Op, ctx: _Context, real: bool, build_dtype: torch.dtype):
+    def __init__(self, op: Op, ctx: Context, real: bool, build_dtype: torch.dtype):
         self.gate, self.eye = BatchedGate(op, ctx), torch.eye(ctx.dim, dtype=ctx.cdtype)
         self.real, self.build_dtype = real, build_dtype
 
@@ -242,7 +167,7 @@ class GateUnitary:
         return to_build_dtype(full, self.real, self.build_dtype)
 
 
-def _layers_and_gates(ops: list[_Op]) -> list[tuple[str, object]]:
+def _layers_and_gates(ops: list[Op]) -> list[tuple[str, object]]:
     """Single-qubit gates grouped into layers ("layer", {qubit: op}); others as ("multi", op)."""
     items: list = []
     for op in ops:
@@ -259,7 +184,7 @@ def _layers_and_gates(ops: list[_Op]) -> list[tuple[str, object]]:
 class FusedUnitary:
     """A run of input-independent gates as one unitary, rebuilt from the weights each forward pass."""
 
-    def __init__(self, ops: list[_Op], ctx: _Context):
+    def __init__(self, ops: list[Op], ctx: Context):
         items = _layers_and_gates(ops)
         # RY/CX-type blocks are real: build them in real arithmetic (cheaper autograd)
         real = all(op.name in REAL_GATES for op in ops)
@@ -299,39 +224,17 @@ class FusedUnitary:
 class ConstantUnitary:
     """A fused run with no weights at all: its unitary (transposed) is computed once."""
 
-    def __init__(self, ops: list[_Op], ctx: _Context):
+    def __init__(self, ops: list[Op], ctx: Context):
         self.matrix_t = FusedUnitary(ops, ctx).unitary(None).transpose(0, 1).contiguous()
 
     def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return state @ self.matrix_t
 
 
-class GateByGate:
-    """A run applied to the state one gate at a time: O(B * 2**n) per gate. Above FUSE_MAX_QUBITS a
-    fused 2**n x 2**n unitary costs more than the gates it replaces (4096^2 entries at 12 qubits)."""
-
-    def __init__(self, ops: list[_Op], ctx: _Context):
-        runs: list[list[_Op]] = []  # consecutive phases and permutations (a CX chain) become one gather
-        for op in ops:
-            monomial = op.name in DIAGONAL or op.name in PERMUTATION
-            if monomial and runs and runs[-1][0].name in MONOMIAL_NAMES:
-                runs[-1].append(op)
-            else:
-                runs.append([op])
-        self.gates = [MonomialSegment(run, ctx) if run[0].name in MONOMIAL_NAMES else BatchedGate(run[0], ctx)
-                      for run in runs]
-
-    def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        for gate in self.gates:
-            state = gate(state, x1, w)
-        return state
-
-
-MONOMIAL_NAMES = set(DIAGONAL) | set(PERMUTATION)
 FUSE_MAX_QUBITS = 7  # at 8 qubits gate by gate measured 0.11 s against 0.13 s fused (batch 256, fwd+bwd)
 
 
-def _compile_segment(kind: str, ops: list[_Op], ctx: _Context):
+def _compile_segment(kind: str, ops: list[Op], ctx: Context):
     if kind == "monomial":
         return MonomialSegment(ops, ctx)
     if kind == "fused":
@@ -346,7 +249,7 @@ def _compile_segment(kind: str, ops: list[_Op], ctx: _Context):
 class Expectations:
     """<psi|O|psi> for each observable; one matmul with the probabilities when all are I/Z strings."""
 
-    def __init__(self, observables: list, ctx: _Context):
+    def __init__(self, observables: list, ctx: Context):
         terms = [[(lbl, complex(coef)) for lbl, coef in obs.to_list()] for obs in observables]
         self.diagonal = all(set(lbl) <= {"I", "Z"} for t in terms for lbl, _ in t)
         if not self.diagonal:
@@ -379,7 +282,7 @@ class StatevectorProgram:
 
     def __init__(self, n_qubits, prefix, segments, input_names, weight_names, observables, dtype):
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        ctx = _Context(n_qubits, 2**n_qubits, dtype, cdtype, list(input_names), list(weight_names))
+        ctx = Context(n_qubits, 2**n_qubits, dtype, cdtype, list(input_names), list(weight_names))
         self.n, self.dim, self.dtype, self.cdtype = n_qubits, ctx.dim, dtype, ctx.cdtype
         self.input_names, self.weight_names = input_names, weight_names
         self.prefix = _compile_prefix(prefix, ctx)
@@ -403,8 +306,8 @@ def compile_circuit(circuit, input_params, weight_params, observables, dtype=tor
     input_names = [p.name for p in input_params]
     weight_names = [p.name for p in weight_params]
     known = set(input_names) | set(weight_names)
-    prefix: list[list[_Op]] = [[] for _ in range(n)]
-    segments: list[tuple[str, list[_Op]]] = []
+    prefix: list[list[Op]] = [[] for _ in range(n)]
+    segments: list[tuple[str, list[Op]]] = []
     in_prefix = True
     for inst in flatten_circuit(circuit):
         name = inst.operation.name
@@ -412,7 +315,7 @@ def compile_circuit(circuit, input_params, weight_params, observables, dtype=tor
         names = {p.name for v in params if hasattr(v, "parameters") for p in v.parameters}
         if names - known:
             raise ValueError(f"circuit parameters {sorted(names - known)} are neither inputs nor weights")
-        op = _Op(name, [circuit.find_bit(q).index for q in inst.qubits], params,
+        op = Op(name, [circuit.find_bit(q).index for q in inst.qubits], params,
                  bool(names & set(input_names)), bool(names & set(weight_names)))
         if in_prefix and len(op.qubits) == 1:
             prefix[op.qubits[0]].append(op)
@@ -431,7 +334,7 @@ def compile_circuit(circuit, input_params, weight_params, observables, dtype=tor
     return StatevectorProgram(n, prefix, segments, input_names, weight_names, observables, dtype)
 
 
-def _append(segments: list, op: _Op) -> None:
+def _append(segments: list, op: Op) -> None:
     monomial = op.name in DIAGONAL or op.name in PERMUTATION
     last = segments[-1] if segments else None
     if op.depends_on_input and not monomial:

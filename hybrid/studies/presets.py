@@ -103,7 +103,8 @@ PRESETS: dict[str, Preset] = {
     "quantum": Preset(
         "PneumoniaMNIST, the whole method with each quantum head (concat, dressed, residual; dressed also at 8 "
         "qubits) and each layer: the circuit, its separable version, a parameter-matched classical twin, none",
-        base={}, variants=dict(QUANTUM_VARIANTS) | {"dressed_noise_aware": dict(QUANTUM_VARIANTS["dressed"], **NOISE_AWARE)},
+        base={}, variants=dict(QUANTUM_VARIANTS) | {
+            f"{name}_noise_aware": dict(QUANTUM_VARIANTS[name], **NOISE_AWARE) for name in ("dressed", "dressed_angle")},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",
