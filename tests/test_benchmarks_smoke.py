@@ -55,6 +55,7 @@ def test_qubit_sweep_times_each_width_against_pennylane(bench, tmp_path):
         if r["pennylane"] is not None:
             assert r["check"]["pass"] and r["speedup"] == pytest.approx(r["statevector"] / r["pennylane"])
             assert r["pass"] == (r["speedup"] >= 10)
+        assert set(r["paths"]) == {"blocks", "fused"} and min(r["paths"].values()) > 0  # both engine paths timed
 
 
 def test_goals_compare_statevector_float64_with_each_baseline(bench):

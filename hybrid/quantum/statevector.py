@@ -231,14 +231,14 @@ class ConstantUnitary:
         return state @ self.matrix_t
 
 
-FUSE_MAX_QUBITS = 7  # at 8 qubits gate by gate measured 0.11 s against 0.13 s fused (batch 256, fwd+bwd)
+FUSE_MAX_QUBITS = 6  # fused faster up to 6 qubits, Kronecker blocks from 7 (batch 256, fwd+bwd: benchmarks.qnn_throughput --qubit-sweep)
 
 
-def _compile_segment(kind: str, ops: list[Op], ctx: Context):
+def _compile_segment(kind: str, ops: list[Op], ctx: Context, fuse_max_qubits: int):
     if kind == "monomial":
         return MonomialSegment(ops, ctx)
     if kind == "fused":
-        if ctx.n > FUSE_MAX_QUBITS:
+        if ctx.n > fuse_max_qubits:
             return GateByGate(ops, ctx)
         weighted = any(op.depends_on_weight for op in ops)
         return FusedUnitary(ops, ctx) if weighted else ConstantUnitary(ops, ctx)
@@ -280,13 +280,14 @@ class Expectations:
 class StatevectorProgram:
     """Callable `(x (B, n_in), weights (n_w,)) -> (B, n_obs)` expectation values."""
 
-    def __init__(self, n_qubits, prefix, segments, input_names, weight_names, observables, dtype):
+    def __init__(self, n_qubits, prefix, segments, input_names, weight_names, observables, dtype,
+                 fuse_max_qubits: int = FUSE_MAX_QUBITS):
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         ctx = Context(n_qubits, 2**n_qubits, dtype, cdtype, list(input_names), list(weight_names))
         self.n, self.dim, self.dtype, self.cdtype = n_qubits, ctx.dim, dtype, ctx.cdtype
         self.input_names, self.weight_names = input_names, weight_names
         self.prefix = _compile_prefix(prefix, ctx)
-        self.segments = [_compile_segment(kind, ops, ctx) for kind, ops in segments]
+        self.segments = [_compile_segment(kind, ops, ctx, fuse_max_qubits) for kind, ops in segments]
         self.kinds = [kind for kind, _ in segments]
         self.expectations = Expectations(observables, ctx)
 
@@ -300,8 +301,10 @@ class StatevectorProgram:
         return self.expectations(state)
 
 
-def compile_circuit(circuit, input_params, weight_params, observables, dtype=torch.float64) -> StatevectorProgram:
-    """Compile `circuit` (decomposed as needed) into a `StatevectorProgram`."""
+def compile_circuit(circuit, input_params, weight_params, observables, dtype=torch.float64,
+                    fuse_max_qubits: int | None = None) -> StatevectorProgram:
+    """Compile `circuit` (decomposed as needed) into a `StatevectorProgram`; weight runs are fused into one
+    unitary up to `fuse_max_qubits` qubits (default FUSE_MAX_QUBITS; benchmarks compare both paths)."""
     n = circuit.num_qubits
     input_names = [p.name for p in input_params]
     weight_names = [p.name for p in weight_params]
@@ -331,7 +334,8 @@ def compile_circuit(circuit, input_params, weight_params, observables, dtype=tor
             if moved:
                 segments.append(("monomial", moved))
         _append(segments, op)
-    return StatevectorProgram(n, prefix, segments, input_names, weight_names, observables, dtype)
+    fuse = FUSE_MAX_QUBITS if fuse_max_qubits is None else fuse_max_qubits
+    return StatevectorProgram(n, prefix, segments, input_names, weight_names, observables, dtype, fuse)
 
 
 def _append(segments: list, op: Op) -> None:

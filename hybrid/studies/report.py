@@ -41,7 +41,8 @@ log = logging.getLogger("hybrid.report")
 QUANTUM_PAIRS = (("quantum", "shift"), ("full", "dann"))
 # the quantum preset's controls: <head> (the circuit) against <head>_separable, _twin and _none
 CONTROL_SUFFIXES = ("_separable", "_twin", "_none")
-HEADS_AGAINST_CONCAT = ("dressed", "dressed8", "residual", "dressed_noise_aware")
+HEADS_AGAINST_CONCAT = ("dressed", "dressed8", "residual", "dressed_noise_aware", "dressed_angle", "dressed_angle_reup2",
+                        "dressed_angle_noise_aware")
 
 
 def quantum_pairs(variants: list[str]) -> list[tuple[str, str]]:

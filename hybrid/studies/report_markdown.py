@@ -33,7 +33,13 @@ def _components(cfg: dict) -> str:
 def _quantum_part(cfg: dict) -> str:
     """"quantum", or with its head, layer and width where they differ from the concat PQC on 4 qubits."""
     head, layer, n = cfg.get("quantum_head", "concat"), cfg.get("quantum_layer", "pqc"), cfg.get("n_qubits", 4)
-    return "quantum" if (head, layer, n) == ("concat", "pqc", 4) else f"quantum ({head}, {layer}, {n} qubits)"
+    circuit = "" if layer not in ("pqc", "separable") else "".join(
+        [f", {cfg['feature_map']} map" if cfg.get("feature_map", "zz") != "zz" else "",
+         f", re-uploaded x{cfg['q_reupload']}" if cfg.get("q_reupload", 1) > 1 else "",
+         ", noise-aware" if cfg.get("q_train_shots", 0) or cfg.get("q_readout_error", 0) else ""])
+    if (head, layer, n, circuit) == ("concat", "pqc", 4, ""):
+        return "quantum"
+    return f"quantum ({head}, {layer}, {n} qubits{circuit})"
 
 
 def _parameters(report: dict) -> str:
