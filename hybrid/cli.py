@@ -35,6 +35,8 @@ HELP = {
                     "dressed (classifier sees the layer only), residual (embedding + Linear(layer))",
     "quantum_layer": "pqc (the circuit), separable (its entangling gates removed), classical_twin (a classical "
                      "layer with the same parameter count), none (no layer: Linear -> Linear)",
+    "feature_map": "how the angles enter the circuit: zz (Qiskit's ZZ feature map) or angle (RY(x) RZ(x) per qubit; "
+                   "the map that trains in the dressed head)",
     "q_reupload": "data re-uploading: the feature map and a new ansatz block, repeated this many times",
     "q_observables": "what the circuit measures: z (Z on each qubit), zz (ZZ on neighbours) or z+zz",
     "q_train_shots": "noise-aware training: estimate each expectation value from this many shots (0: exact)",
