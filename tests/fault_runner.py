@@ -61,6 +61,9 @@ def _patch(where: str, fire) -> None:
 def main(argv: list[str]) -> int:
     where, n, sig, sep, *train_args = argv
     assert sep == "--"
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT, so a
+    # suite launched with `cmd &` would never see Ctrl-C; restore what a terminal's Ctrl-C meets.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _patch(where, _trip(int(n), {"KILL": signal.SIGKILL, "INT": signal.SIGINT}[sig]))
     from hybrid import train
 
