@@ -242,3 +242,29 @@ def test_multiclass_studies_get_a_per_class_auc_table():
     assert "| erm | 0.800 | 0.800 | 0.800 |" in text and "| erm | 0.600 | 0.600 | – |" in text
     assert per_class_lines([Run("erm", 0, Path("."), {"domains": {"clean": {"auc": 0.8}},
                                                       "data": {"class_names": ["a", "b"]}})]) == []
+
+
+def test_the_variant_is_selected_on_source_validation_with_ties_to_the_earlier_listed(synthetic):
+    # erm 0.85, better 0.90, same 0.903: "same" scores highest, but "better" is within the 0.005 tie
+    # and listed earlier, so it is chosen; no held-out center enters the choice
+    source_val = {"erm": 0.85, "better": 0.90, "same": 0.903}
+    for variant, auc in source_val.items():
+        for seed in SEEDS:
+            path = synthetic / variant / f"seed{seed}" / "report.json"
+            report = json.loads(path.read_text())
+            path.write_text(json.dumps(report | {"source_val": {"auc": auc + 0.001 * (seed - 1)}}))
+    result = study_report.build_report(synthetic, models=False)
+    selection = result["selection"]
+    assert selection["selected"] == "better"
+    assert selection["scores"]["same"]["mean"] == pytest.approx(0.903)
+    assert selection["scores"]["erm"]["n"] == 3
+    text = (synthetic / "report.md").read_text()
+    assert "## Selection on source validation" in text
+    assert "| better (selected) | 0.900 ± 0.001 | 3 |" in text
+    assert "- better: mean AUC over seeds (with the run's TTA): clean 0.900." in text
+
+
+def test_runs_without_source_validation_select_nothing(synthetic):
+    result = study_report.build_report(synthetic, models=False)
+    assert result["selection"]["selected"] is None
+    assert "Selection on source validation" not in (synthetic / "report.md").read_text()

@@ -30,7 +30,7 @@ from hybrid.rundir import file_part, write_json, write_text
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
 from hybrid.studies.results import (BASELINE, SETTINGS, STATS, by_seed, compare, domain_groups, load_runs,
-                                    variant_table, variants_of)
+                                    source_validation_selection, variant_table, variants_of)
 
 # `shared_settings` is re-exported: tests read it from here.
 __all__ = ["QUANTUM_PAIRS", "build_report", "main", "quantum_pairs", "shared_settings"]
@@ -91,7 +91,8 @@ def _build_report(runs_dir: Path, models: bool, data_root: str | None, evaluatio
     groups = domain_groups(runs)
     primary = "tta" if any(r.domains("tta") for r in runs) else "no_tta"
     result = {"runs_dir": str(runs_dir), "study": study, "variants": variants, "primary_setting": primary,
-              "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": []}
+              "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": [],
+              "selection": source_validation_selection(runs)}
     base = by_seed(runs, BASELINE)
     for title, names in groups.items():
         g = {"domains": names, "tables": {s: variant_table(runs, names, s) for s in SETTINGS}, "comparisons": {}}

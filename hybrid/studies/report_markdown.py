@@ -128,7 +128,7 @@ def markdown(result: dict, runs: list[Run]) -> str:
     """The whole report.md: settings, per-group tables and tests, findings, figures, data and runs."""
     first = runs[0].report
     tta = first.get("tta") or "none"
-    out = _intro_lines(result, runs, tta)
+    out = _intro_lines(result, runs, tta) + selection_lines(result, runs)
     for title, g in result["groups"].items():
         out += _group_lines(title, g, result["primary_setting"], tta, runs)
     out += [f"A difference with p ≥ {ALPHA} is not significant; 'too few pairs' means the test cannot reach "
@@ -186,6 +186,31 @@ def _group_lines(title: str, g: dict, primary: str, tta: str, runs: list[Run]) -
                 out += [f"{label[0].upper() + label[1:]}:", "",
                         *_comparison_lines(g["quantum_effect"][setting], "comparison"), ""]
     return out
+
+
+def selection_lines(result: dict, runs: list[Run]) -> list[str]:
+    """Which variant the source-validation rule picks, with its held-out figures beside erm's."""
+    sel = result.get("selection") or {}
+    if not sel.get("selected"):
+        return []
+    out = ["## Selection on source validation", "", f"Rule: {sel['rule']} (no held-out center is looked at).", "",
+           "| variant | source-validation AUC | seeds |", "|---|---|---|"]
+    for variant, s in sel["scores"].items():
+        mark = " (selected)" if variant == sel["selected"] else ""
+        out.append(f"| {variant}{mark} | {_pm(s)} | {s['n']} |")
+    held_out = [d for d in runs[0].report.get("unseen", []) if d.startswith("real:")] + ["clean"]
+    out += [""]
+    for variant in dict.fromkeys([sel["selected"], BASELINE]):
+        cells = []
+        for domain in held_out:
+            values = [r.report["domains"][domain].get("auc") for r in runs
+                      if r.variant == variant and domain in r.report["domains"]]
+            values = [v for v in values if v is not None]
+            if values:
+                cells.append(f"{domain} {fmt(sum(values) / len(values))}")
+        if cells:
+            out.append(f"- {variant}: mean AUC over seeds (with the run's TTA): " + ", ".join(cells) + ".")
+    return out + [""]
 
 
 def per_class_lines(runs: list[Run]) -> list[str]:
