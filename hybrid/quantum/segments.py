@@ -66,6 +66,21 @@ class BatchedGate:
         return apply_gate(state, matrix.to(self.cdtype), self.qubits, self.n)
 
 
+class PermuteBasis(torch.autograd.Function):
+    """state[:, index] whose backward is the inverse permutation, not a scatter: advanced indexing's
+    backward is an index_put with accumulation, measured ~1.8x slower for a permutation (forward +
+    backward, batch 256, 8 and 12 qubits)."""
+
+    @staticmethod
+    def forward(ctx, state: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.inverse = inverse
+        return state.index_select(1, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.index_select(1, ctx.inverse), None, None
+
+
 class MonomialSegment:
     """Diagonal gates and permutations as one phase vector and one gather: P (exp(i*phase) * state)."""
 
@@ -84,6 +99,7 @@ class MonomialSegment:
                 values.append(op.params[0])
         self.offset = offset
         self.gather = None if torch.equal(perm, torch.arange(ctx.dim)) else torch.argsort(perm)
+        self.scatter = None if self.gather is None else perm  # the inverse of the gather, for the backward
         self.bank = ctx.bank(values) if values else None
         self.slopes = torch.stack(slopes) if slopes else None
         if self.bank is not None and self.bank.mode == "poly":
@@ -97,7 +113,7 @@ class MonomialSegment:
             angles = self.bank(x1, w)
             phase = (angles if self.slopes is None else angles @ self.slopes) + phase
         state = state * torch.complex(torch.cos(phase), torch.sin(phase))
-        return state if self.gather is None else state[:, self.gather]
+        return state if self.gather is None else PermuteBasis.apply(state, self.gather, self.scatter)
 
 
 def apply_block(state: torch.Tensor, matrix: torch.Tensor, low: int, k: int, n: int) -> torch.Tensor:
