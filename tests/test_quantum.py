@@ -106,6 +106,25 @@ def test_gradcheck_statevector_engine(feature_map):
     assert torch.autograd.gradcheck(lambda xx, ww: layer.program(xx, ww), (x, w), atol=1e-8)
 
 
+def test_basis_permutation_back_propagates_through_its_inverse():
+    from hybrid.quantum.segments import PermuteBasis
+
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    state = torch.randn(3, 16, dtype=torch.complex128, requires_grad=True)
+    out = PermuteBasis.apply(state, perm, torch.argsort(perm))
+    assert torch.equal(out, state.detach()[:, perm])
+    assert torch.autograd.gradcheck(lambda s: PermuteBasis.apply(s, perm, torch.argsort(perm)), (state,))
+
+
+@pytest.mark.parametrize("n_qubits", [7, 8])
+def test_gradcheck_wide_circuits_through_permutations_and_blocks(n_qubits):
+    # above FUSE_MAX_QUBITS the CX chains are basis permutations and the RY layers Kronecker blocks
+    layer = QuantumLayer(QuantumConfig(n_qubits=n_qubits, feature_map="zz", reps=1), engine="statevector", seed=2)
+    x = _random_inputs(layer.config, batch=2).requires_grad_(True)
+    w = layer.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda xx, ww: layer.program(xx, ww), (x, w), atol=1e-8)
+
+
 def test_float32_precision_is_close_to_float64():
     cfg = QuantumConfig()
     exact = QuantumLayer(cfg, engine="statevector", seed=6)
