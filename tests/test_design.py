@@ -55,6 +55,11 @@ def test_rule_needs_the_gain_and_no_clean_loss():
     assert not c["small_gain"]["qualifies"]
     assert not c["costs_clean"]["qualifies"]  # best score, but 0.03 clean AUC lost
     assert result["best"] == "costs_clean"
+    assert result["adopt"] == "better"  # the top score does not qualify; the best qualifying one is adopted
+    only_small = design.compare({"base": [fake_eval("b", 0, 0.90, 0.80, 0.80)],
+                                 "small_gain": [fake_eval("s", 0, 0.90, 0.805, 0.805)]})
+    assert only_small["best"] == "small_gain" and only_small["adopt"] == "base"
+    assert "none qualifies, **base** stays" in design.to_markdown(only_small)
 
 
 def test_runs_on_different_centers_are_refused():
@@ -75,6 +80,7 @@ def test_cli_reuses_saved_evaluations_and_writes_table_json_and_plot(tmp_path, c
     assert result["candidates"]["smooth"]["score"] == pytest.approx(0.84)
     md = (out / "design.md").read_text()
     assert "| smooth | bn | 2 | 0.840 |" in md and "+0.060 (qualifies)" in md
+    assert result["adopt"] == "smooth" and "By the rule: **smooth**" in md
     assert (out / "design.png").stat().st_size > 1000
 
 

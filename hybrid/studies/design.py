@@ -115,7 +115,10 @@ def compare(candidates: dict[str, list[dict]], min_gain: float = 0.01, max_clean
         s["clean_change"] = s["clean"] - base["clean"]
         s["qualifies"] = bool(s["gain"] >= min_gain and s["clean_change"] > -max_clean_drop)
     best = max(names, key=lambda n: (summaries[n]["score"], summaries[n]["mean"]))
-    return {"baseline": names[0], "centers": centers, "candidates": summaries, "best": best,
+    qualifying = [n for n in names[1:] if summaries[n]["qualifies"]]
+    # what the rule adopts: the highest-scoring qualifying candidate, else the baseline stays
+    adopt = max(qualifying, key=lambda n: (summaries[n]["score"], summaries[n]["mean"])) if qualifying else names[0]
+    return {"baseline": names[0], "centers": centers, "candidates": summaries, "best": best, "adopt": adopt,
             "rule": {"score": "worst validation-center AUC, mean over runs", "min_gain": min_gain,
                      "max_clean_drop": max_clean_drop}}
 
@@ -135,7 +138,10 @@ def to_markdown(result: dict) -> str:
         cells = [name, ", ".join(s["tta"]), str(len(s["runs"])), f"{s['score']:.3f}", f"{s['mean']:.3f}", f"{s['clean']:.3f}",
                  *(f"{s['centers'][c]:.3f}" for c in centers), verdict]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Highest score: **{result['best']}**.", ""]
+    adopt = result.get("adopt", result["best"])
+    verdict = (f"**{adopt}** (the highest-scoring candidate that qualifies)" if adopt != result["baseline"] else
+               f"none qualifies, **{adopt}** stays")
+    lines += ["", f"Highest score: {result['best']}. By the rule: {verdict}.", ""]
     for name, s in result["candidates"].items():
         lines.append(f"- {name}: " + ", ".join(s["runs"]))
     return "\n".join(lines) + "\n"
