@@ -264,6 +264,14 @@ def test_the_variant_is_selected_on_source_validation_with_ties_to_the_earlier_l
     assert "- better: mean AUC over seeds (with the run's TTA): clean 0.900." in text
 
 
+def test_components_name_colour_constancy():
+    from hybrid.studies.report_markdown import method_components
+
+    cfg = TrainConfig(shift=True, algorithm="erm", quantum=False, colour_constancy=6.0).to_dict()
+    assert method_components(cfg) == "colour constancy + shift"
+    assert method_components(TrainConfig(shift=False, algorithm="erm", quantum=False).to_dict()) == "none"
+
+
 def test_runs_without_source_validation_select_nothing(synthetic):
     result = study_report.build_report(synthetic, models=False)
     assert result["selection"]["selected"] is None

@@ -22,11 +22,12 @@ def _p(p) -> str:
     return "n/a" if p is None else (f"{p:.2g}" if p < 0.001 else f"{p:.3f}")
 
 
-def _components(cfg: dict) -> str:
+def method_components(cfg: dict) -> str:
     """The method's components, e.g. "shift + DANN + quantum"; ERM is the absence of an algorithm."""
     algorithm = upgrade_fields(cfg).get("algorithm", "erm")
-    parts = [name for name, on in (("shift", cfg.get("shift")), (algorithm.upper(), algorithm != "erm"),
-                                   (_quantum_part(cfg), cfg.get("quantum"))) if on]
+    parts = [name for name, on in (("colour constancy", cfg.get("colour_constancy")), ("shift", cfg.get("shift")),
+                                   (algorithm.upper(), algorithm != "erm"), (_quantum_part(cfg), cfg.get("quantum")))
+             if on]
     return " + ".join(parts) or "none"
 
 
@@ -54,7 +55,7 @@ def _table(table: dict, runs: list[Run]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, stats in table.items():
         seeds = stats["auc_mean"]["n"]
-        cells = [v, _components(reports[v].get("config", {})), _parameters(reports[v]), str(seeds)]
+        cells = [v, method_components(reports[v].get("config", {})), _parameters(reports[v]), str(seeds)]
         lines.append("| " + " | ".join([*cells, *(_pm(stats[k]) for k in STATS)]) + " |")
     return lines
 
