@@ -99,7 +99,7 @@ class MonomialSegment:
                 values.append(op.params[0])
         self.offset = offset
         self.gather = None if torch.equal(perm, torch.arange(ctx.dim)) else torch.argsort(perm)
-        self.scatter = None if self.gather is None else perm  # the inverse of the gather, for the backward
+        self.inverse = None if self.gather is None else perm  # undoes the gather: the backward's index
         self.bank = ctx.bank(values) if values else None
         self.slopes = torch.stack(slopes) if slopes else None
         if self.bank is not None and self.bank.mode == "poly":
@@ -113,7 +113,7 @@ class MonomialSegment:
             angles = self.bank(x1, w)
             phase = (angles if self.slopes is None else angles @ self.slopes) + phase
         state = state * torch.complex(torch.cos(phase), torch.sin(phase))
-        return state if self.gather is None else PermuteBasis.apply(state, self.gather, self.scatter)
+        return state if self.gather is None else PermuteBasis.apply(state, self.gather, self.inverse)
 
 
 def apply_block(state: torch.Tensor, matrix: torch.Tensor, low: int, k: int, n: int) -> torch.Tensor:

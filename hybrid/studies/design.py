@@ -114,10 +114,12 @@ def compare(candidates: dict[str, list[dict]], min_gain: float = 0.01, max_clean
         s["gain"] = s["score"] - base["score"]
         s["clean_change"] = s["clean"] - base["clean"]
         s["qualifies"] = bool(s["gain"] >= min_gain and s["clean_change"] > -max_clean_drop)
-    best = max(names, key=lambda n: (summaries[n]["score"], summaries[n]["mean"]))
-    qualifying = [n for n in names[1:] if summaries[n]["qualifies"]]
+    def rank(name: str) -> tuple[float, float]:
+        return summaries[name]["score"], summaries[name]["mean"]
+
+    best = max(names, key=rank)
     # what the rule adopts: the highest-scoring qualifying candidate, else the baseline stays
-    adopt = max(qualifying, key=lambda n: (summaries[n]["score"], summaries[n]["mean"])) if qualifying else names[0]
+    adopt = max((n for n in names[1:] if summaries[n]["qualifies"]), key=rank, default=names[0])
     return {"baseline": names[0], "centers": centers, "candidates": summaries, "best": best, "adopt": adopt,
             "rule": {"score": "worst validation-center AUC, mean over runs", "min_gain": min_gain,
                      "max_clean_drop": max_clean_drop}}

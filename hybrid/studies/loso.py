@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from hybrid.rundir import write_json, write_text
+from hybrid.studies.results import SELECTION_TIE, earliest_within_tie
 from hybrid.studies.runs import run_dir
 
-TIE = 0.005  # AUC: within this of the best, the earlier-listed variant is chosen
 FOLDS = "loso"  # sub-folder of the study directory holding the fold runs
 
 
@@ -70,10 +70,9 @@ def select(study, out: Path) -> dict:
         complete = all(len(a) == len(study.seeds) for a in per_fold.values())
         scores[variant] = {"per_source": per_fold, "mean": float(np.mean(values)) if values else None,
                            "complete": complete}
-    ranked = [v for v in study.variants if scores[v]["mean"] is not None and scores[v]["complete"]]
-    best = max((scores[v]["mean"] for v in ranked), default=None)
-    chosen = next((v for v in ranked if scores[v]["mean"] >= best - TIE), None) if ranked else None
-    return {"rule": f"highest mean leave-one-source-out AUC over sources and seeds; within {TIE} of the best, "
+    chosen = earliest_within_tie({v: scores[v]["mean"] for v in study.variants
+                                  if scores[v]["mean"] is not None and scores[v]["complete"]})
+    return {"rule": f"highest mean leave-one-source-out AUC over sources and seeds; within {SELECTION_TIE} of the best, "
                     "the earlier-listed variant", "sources": sources, "seeds": list(study.seeds),
             "scores": scores, "selected": chosen}
 

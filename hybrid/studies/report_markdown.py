@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hybrid.config import upgrade_fields
 from hybrid.reporting import fmt
-from hybrid.studies.results import ALPHA, BASELINE, MIN_PAIRS, SETTINGS, STATS, Run
+from hybrid.studies.results import ALPHA, BASELINE, MIN_PAIRS, SETTINGS, STATS, Run, mean_std
 
 
 def _pm(s: dict) -> str:
@@ -202,13 +202,9 @@ def selection_lines(result: dict, runs: list[Run]) -> list[str]:
     held_out = [d for d in runs[0].report.get("unseen", []) if d.startswith("real:")] + ["clean"]
     out += [""]
     for variant in dict.fromkeys([sel["selected"], BASELINE]):
-        cells = []
-        for domain in held_out:
-            values = [r.report["domains"][domain].get("auc") for r in runs
-                      if r.variant == variant and domain in r.report["domains"]]
-            values = [v for v in values if v is not None]
-            if values:
-                cells.append(f"{domain} {fmt(sum(values) / len(values))}")
+        means = {domain: mean_std([r.report["domains"][domain].get("auc") for r in runs
+                                   if r.variant == variant and domain in r.report["domains"]]) for domain in held_out}
+        cells = [f"{domain} {fmt(m['mean'])}" for domain, m in means.items() if m["n"]]
         if cells:
             out.append(f"- {variant}: mean AUC over seeds (with the run's TTA): " + ", ".join(cells) + ".")
     return out + [""]

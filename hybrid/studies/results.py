@@ -175,19 +175,24 @@ def mean_auc_by_center(runs: list[Run], names: list[str]) -> dict[str, float]:
             for c in names}
 
 
-SELECTION_TIE = 0.005  # AUC: within this of the best source-validation score, the earlier-listed variant
+SELECTION_TIE = 0.005  # AUC: within this of the best score, the earlier-listed variant is chosen
+
+
+def earliest_within_tie(scores: dict[str, float]) -> str | None:
+    """The selection rule every study shares: the highest score wins, but a variant within SELECTION_TIE
+    of it that is listed earlier is chosen instead (the simpler baselines come first in every preset)."""
+    if not scores:
+        return None
+    best = max(scores.values())
+    return next(v for v, score in scores.items() if score >= best - SELECTION_TIE)
 
 
 def source_validation_selection(runs: list[Run]) -> dict:
     """The variant chosen on each run's source-validation AUC (the training clinic's validation split,
     on which every run also selects its epoch), never on a held-out center: the highest mean over
-    seeds; a variant within SELECTION_TIE of the best that is listed earlier wins (baselines come first)."""
-    scores = {}
-    for variant in variants_of(runs):
-        values = [(r.report.get("source_val") or {}).get("auc") for r in runs if r.variant == variant]
-        scores[variant] = mean_std(values)
-    ranked = [v for v, s in scores.items() if s["n"]]
-    best = max((scores[v]["mean"] for v in ranked), default=None)
-    chosen = next((v for v in ranked if scores[v]["mean"] >= best - SELECTION_TIE), None)
+    seeds, ties as in `earliest_within_tie`."""
+    scores = {variant: mean_std([(r.report.get("source_val") or {}).get("auc") for r in runs if r.variant == variant])
+              for variant in variants_of(runs)}
+    chosen = earliest_within_tie({v: s["mean"] for v, s in scores.items() if s["n"]})
     return {"rule": f"highest mean source-validation AUC over seeds; within {SELECTION_TIE} of the best, the "
                     "earlier-listed variant", "scores": scores, "selected": chosen}
