@@ -68,3 +68,37 @@ def test_cli_writes_reports_consistent_with_the_run_evaluation(multicenter_run, 
 def test_cli_errors_are_one_sentence(multicenter_run, capsys, argv, match):
     assert subgroups.main(["--run", str(multicenter_run), *argv]) == 2
     assert match in capsys.readouterr().err
+
+
+def _result(auc_pair, n=10, run="r"):
+    return {"n": n, "run": run, "threshold": 0.5, "auc": auc_pair or 0.5, "sensitivity": 1.0, "specificity": 0.0,
+            "groups": [{"group": "mel", "n": 4, "target": [1], "mean_score": 0.8, "flagged_positive": 1.0},
+                       {"group": "nv", "n": 6, "target": [0], "mean_score": 0.4, "flagged_positive": 0.0}],
+            "pairs": [{"positive": "mel", "negative": "nv", "n_positive": 4, "n_negative": 6, "auc": auc_pair}]}
+
+
+def test_runs_combine_into_means_with_the_per_run_values_and_a_count_below_chance():
+    combined = subgroups.combine_runs([_result(0.4, run="s0"), _result(0.7, run="s1"), _result(None, run="s2")])
+    (pair,) = combined["pairs"]
+    assert pair["auc"] == pytest.approx(0.55)  # the runs that could score the pair
+    assert pair["per_run"] == [0.4, 0.7, None] and pair["runs_below_chance"] == 1
+    assert combined["runs"] == ["s0", "s1", "s2"]
+    assert combined["groups"][0]["mean_score"] == pytest.approx(0.8)
+    md = subgroups.subgroup_markdown("mean of 3 runs", "c", combined, "labels", "adabn")
+    assert "by each of 3 runs" in md and "- mel vs nv: 1 of 2 (0.400, 0.700, -)" in md
+    with pytest.raises(DataError, match="same images"):
+        subgroups.combine_runs([_result(0.4), _result(0.4, n=11)])
+
+
+@pytest.mark.slow
+def test_cli_combines_several_runs_into_out(multicenter_run, tmp_path, capsys):
+    argv = ["--run", str(multicenter_run), "--run", str(multicenter_run), "--threads", "1"]
+    assert subgroups.main(argv) == 2
+    assert "need --out" in capsys.readouterr().err
+    assert subgroups.main([*argv, "--out", str(tmp_path / "combined")]) == 0
+    assert "2 runs: c: AUC" in capsys.readouterr().out
+    single = json.loads((multicenter_run / "subgroups_c.json").read_text())
+    combined = json.loads((tmp_path / "combined" / "subgroups_c.json").read_text())
+    assert combined["auc"] == pytest.approx(single["auc"])  # the same run twice: the means are its figures
+    assert [p["per_run"] for p in combined["pairs"]] == [[p["auc"]] * 2 for p in single["pairs"]]
+    assert (tmp_path / "combined" / "subgroups_c.png").read_bytes()[:4] == b"\x89PNG"

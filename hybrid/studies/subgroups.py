@@ -9,6 +9,11 @@ does) and reports, per subgroup of a second label array (e.g. the diagnosis), ho
 has and how often they are flagged positive, plus the AUC of every positive subgroup against
 every negative subgroup. Writes RUN/subgroups_<center>.json, .md and a heatmap .png.
 
+    python -m hybrid.subgroups --run runs/ham/erm/seed0 --run runs/ham/erm/seed1 --out results/ham_subgroups
+
+With several runs (the seeds of one method) it also writes OUT/subgroups_<center>.* with each
+pair's mean AUC over the runs and how many runs rank it backwards (AUC < 0.5).
+
 Only held-out centers are analysed: their images were never trained on. Images of training
 centers would need the run's exact test split, which the subgroup array does not carry.
 """
@@ -74,9 +79,34 @@ def analyse_center(scores, target, groups, threshold: float, positive_class: int
             "pairs": pairwise_auc(scores, groups, positive, negative)}
 
 
-def _markdown(run_dir: Path, center: str, result: dict, group_field: str, tta: str) -> str:
-    out = [f"# Subgroups of {center} ({run_dir})", "",
-           f"{result['n']} images of the held-out center, scored once with TTA = {tta}; subgroups from "
+def combine_runs(results: list[dict]) -> dict:
+    """One center's results of several runs (seeds) as one: means of every figure, a pair's AUC the
+    mean over the runs that could score it (None if none could), with the per-run values kept."""
+    if not results or len({r["n"] for r in results}) != 1:
+        raise DataError("runs to combine must score the same images of the center")
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    out = {k: mean([r[k] for r in results]) for k in ("threshold", "auc", "sensitivity", "specificity")}
+    out |= {"n": results[0]["n"], "runs": [r.get("run") for r in results]}
+    out["groups"] = [g | {k: mean([by[g["group"]][k] for by in ({h["group"]: h for h in r["groups"]} for r in results)])
+                          for k in ("mean_score", "flagged_positive")} for g in results[0]["groups"]]
+    out["pairs"] = []
+    for i, pair in enumerate(results[0]["pairs"]):
+        per_run = [r["pairs"][i]["auc"] for r in results]
+        scored = [a for a in per_run if a is not None]
+        out["pairs"].append(pair | {"auc": mean(per_run), "per_run": per_run,
+                                    "runs_below_chance": sum(a < 0.5 for a in scored)})
+    return out
+
+
+def subgroup_markdown(title: str, center: str, result: dict, group_field: str, tta: str) -> str:
+    runs = result.get("runs") or [None]
+    scored = "scored once" if len(runs) == 1 else f"scored once by each of {len(runs)} runs, figures their means"
+    out = [f"# Subgroups of {center} ({title})", "",
+           f"{result['n']} images of the held-out center, {scored}, with TTA = {tta}; subgroups from "
            f"`{group_field}`. Overall AUC {result['auc']:.3f}, sensitivity {result['sensitivity']:.3f}, "
            f"specificity {result['specificity']:.3f} at the source-validation threshold "
            f"{result['threshold']:.3f}.", "",
@@ -94,6 +124,12 @@ def _markdown(run_dir: Path, center: str, result: dict, group_field: str, tta: s
     for p in positives:
         cells = ["-" if auc[p, n] is None else f"{auc[p, n]:.3f}" for n in negatives]
         out.append(f"| {p} | " + " | ".join(cells) + " |")
+    if len(runs) > 1:
+        out += ["", "Runs ranking each pair backwards (AUC < 0.5), of those that scored it:", ""]
+        out += [f"- {q['positive']} vs {q['negative']}: {q['runs_below_chance']} of "
+                f"{sum(a is not None for a in q['per_run'])} (" + ", ".join("-" if a is None else f"{a:.3f}"
+                                                                   for a in q["per_run"]) + ")"
+                for q in result["pairs"]]
     return "\n".join(out) + "\n"
 
 
@@ -184,7 +220,7 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
         result |= {"run": str(run_dir), "center": center, "group_field": group_field, "tta": tta}
         stem = run_dir / f"subgroups_{file_part(center)}"
         write_json(result, stem.with_suffix(".json"))
-        write_text(_markdown(run_dir, center, result, group_field, tta), stem.with_suffix(".md"))
+        write_text(subgroup_markdown(str(run_dir), center, result, group_field, tta), stem.with_suffix(".md"))
         plot_pairs(result, f"{center}: AUC per subgroup pair ({'/'.join(run_dir.parts[-2:])}, TTA {tta})", stem.with_suffix(".png"))
         results[center] = result
     return results
@@ -192,7 +228,9 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hybrid.subgroups", description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True, help="run directory of a multi-center training")
+    parser.add_argument("--run", required=True, action="append",
+                        help="run directory of a multi-center training; repeat for the seeds of one method")
+    parser.add_argument("--out", help="folder for the tables combined over several --run (required with more than one)")
     parser.add_argument("--group-field", default="labels", help="array of subgroups, e.g. labels (the diagnosis)")
     parser.add_argument("--centers", help="held-out centers to analyse (default: all the run held out)")
     parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")
@@ -203,15 +241,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    results = run_subgroups(Path(args.run), args.group_field, args.centers, args.tta,
-                            resolve_data_root(args.data_root), args.threads)
-    for center, r in results.items():
-        worst = min((p for p in r["pairs"] if p["auc"] is not None), key=lambda p: p["auc"], default=None)
-        line = f"{center}: AUC {r['auc']:.3f} over {r['n']} images"
-        if worst:
-            line += f"; weakest pair {worst['positive']} vs {worst['negative']} AUC {worst['auc']:.3f}"
-        print(line + f"; see {Path(args.run) / f'subgroups_{center}.md'}")
+    if len(args.run) > 1 and not args.out:
+        raise DataError("several --run need --out, the folder for the tables combined over them")
+    per_run = []
+    for run in args.run:
+        results = run_subgroups(Path(run), args.group_field, args.centers, args.tta,
+                                resolve_data_root(args.data_root), args.threads)
+        per_run.append(results)
+        for center, r in results.items():
+            print(_summary_line(center, r) + f"; see {Path(run) / f'subgroups_{center}.md'}")
+    if len(per_run) > 1:
+        for center in per_run[0]:
+            combined = combine_runs([results[center] for results in per_run])
+            stem = write_combined(combined, center, Path(args.out), args.group_field, per_run[0][center]["tta"])
+            print(f"{len(per_run)} runs: " + _summary_line(center, combined) + f"; see {stem.with_suffix('.md')}")
     return 0
+
+
+def write_combined(result: dict, center: str, out: Path, group_field: str, tta: str) -> Path:
+    from hybrid.rundir import file_part, write_json, write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"subgroups_{file_part(center)}"
+    title = f"mean of {len(result['runs'])} runs"
+    write_json(result | {"center": center, "group_field": group_field, "tta": tta}, stem.with_suffix(".json"))
+    write_text(subgroup_markdown(title, center, result, group_field, tta), stem.with_suffix(".md"))
+    plot_pairs(result, f"{center}: mean AUC per subgroup pair ({title}, TTA {tta})", stem.with_suffix(".png"))
+    return stem
+
+
+def _summary_line(center: str, r: dict) -> str:
+    worst = min((p for p in r["pairs"] if p["auc"] is not None), key=lambda p: p["auc"], default=None)
+    line = f"{center}: AUC {r['auc']:.3f} over {r['n']} images"
+    if worst:
+        line += f"; weakest pair {worst['positive']} vs {worst['negative']} AUC {worst['auc']:.3f}"
+    return line
 
 
 if __name__ == "__main__":
