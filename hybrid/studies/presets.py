@@ -44,8 +44,8 @@ NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 _HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
             train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
             size=64, input_size=64, stem_stride=2)
-_HAM_DG_NOTE = ("Choose among the variants with `--validation loso` (leave one Vienna source out), never on "
-                "real:rosendahl; the rule is in hybrid/studies/loso.py.")
+_HAM_DG_NOTE = ("Choose among the variants on Vienna data only, never on real:rosendahl: the source-validation "
+                "selection below, or `--validation loso` (leave one Vienna source out, hybrid/studies/loso.py).")
 
 
 
