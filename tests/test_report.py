@@ -186,6 +186,17 @@ def test_quantum_layer_effect_compares_variants_that_differ_only_by_the_layer(sy
     assert "### Does the quantum layer help?" in md and "| quantum vs shift | AUC (per seed x center) | 12 |" in md
 
 
+def test_every_head_variant_is_paired_with_its_controls_and_with_concat():
+    variants = ["concat", "dressed8_angle", "dressed8_angle_separable", "dressed8_angle_twin", "dressed8_angle_none",
+                "residual", "shift", "quantum"]
+    pairs = study_report.quantum_pairs(variants)
+    assert ("quantum", "shift") in pairs
+    assert {p for p in pairs if p[0] == "dressed8_angle"} == {
+        ("dressed8_angle", "dressed8_angle" + s) for s in ("_separable", "_twin", "_none")} | {("dressed8_angle", "concat")}
+    assert ("residual", "concat") in pairs and not any(p[0].endswith("_twin") for p in pairs)
+    assert not any(p[1] == "concat" for p in study_report.quantum_pairs(variants[1:]))  # no concat run, no pair
+
+
 def write_evaluation(synthetic, name: str, tta: str, gain: float) -> None:
     """eval_<name>.json in every run: the run's with-TTA AUCs plus `gain`, as another TTA would give."""
     for path in synthetic.glob("*/seed*/report.json"):

@@ -41,8 +41,7 @@ log = logging.getLogger("hybrid.report")
 QUANTUM_PAIRS = (("quantum", "shift"), ("full", "dann"))
 # the quantum preset's controls: <head> (the circuit) against <head>_separable, _twin and _none
 CONTROL_SUFFIXES = ("_separable", "_twin", "_none")
-HEADS_AGAINST_CONCAT = ("dressed", "dressed8", "residual", "dressed_noise_aware", "dressed_angle", "dressed_angle_reup2",
-                        "dressed_angle_noise_aware")
+HEAD_PREFIXES = ("dressed", "residual")  # a head variant with the circuit; its controls end in CONTROL_SUFFIXES
 
 
 def quantum_pairs(variants: list[str]) -> list[tuple[str, str]]:
@@ -50,7 +49,8 @@ def quantum_pairs(variants: list[str]) -> list[tuple[str, str]]:
     and each head against the concat head."""
     pairs = [p for p in QUANTUM_PAIRS if set(p) <= set(variants)]
     pairs += [(v, v + s) for v in variants for s in CONTROL_SUFFIXES if v + s in variants]
-    return pairs + [(v, "concat") for v in HEADS_AGAINST_CONCAT if v in variants and "concat" in variants]
+    heads = [v for v in variants if v.startswith(HEAD_PREFIXES) and not v.endswith(CONTROL_SUFFIXES)]
+    return pairs + ([(v, "concat") for v in heads] if "concat" in variants else [])
 
 
 def _flatten(name: str, comparison: dict) -> list[dict]:
