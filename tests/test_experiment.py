@@ -86,6 +86,9 @@ def test_presets_build_valid_configs():
         else:
             assert "erm" in study.variants and "full" in study.variants
             assert not study.config("erm", 0).quantum and study.config("full", 1).seed == 1
+        if name == "quantum":  # the chosen angle circuit also at 8 qubits, with its controls
+            cfg = study.config("dressed8_angle_twin", 0)
+            assert (cfg.n_qubits, cfg.feature_map, cfg.quantum_layer) == (8, "angle", "classical_twin")
         assert study.notes and all(isinstance(note, str) and len(note) > 20 for note in study.notes)
     ham = experiment.build_study("ham10000")
     assert any("label mix" in note for note in ham.notes)
