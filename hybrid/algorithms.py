@@ -79,9 +79,20 @@ class Algorithm(nn.Module):
         self.to(device)  # modules made by build() join the network's device before the optimizer sees them
         # float16 gradients underflow without loss scaling; bfloat16 (CPU autocast) has float32's range
         self.scaler = torch.amp.GradScaler("cuda") if hparams.amp and device.type == "cuda" else None
-        self.optimizer = torch.optim.AdamW(self.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=hparams.lr,
-                                                             total_steps=total_steps, pct_start=0.15)
+        self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hparams.lr, weight_decay=hparams.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=[group["lr"] for group in self.optimizer.param_groups],
+            total_steps=total_steps, pct_start=0.15)
+
+    def parameter_groups(self) -> list[dict]:
+        """One group at --lr; with --q-lr-scale other than 1, the quantum slot's parameters in a second group
+        (only then, so runs and checkpoints without it keep a single group)."""
+        scale = self.hparams.q_lr_scale
+        slot = getattr(self.network, "slot_parameters", list)() if scale != 1.0 else []
+        slot_ids = {id(p) for p in slot}
+        rest = [p for p in self.parameters() if id(p) not in slot_ids]
+        groups = [{"params": rest, "lr": self.hparams.lr}]
+        return groups + ([{"params": slot, "lr": self.hparams.lr * scale}] if slot else [])
 
     def build(self) -> None:
         """Create the modules the method trains beside the network."""

@@ -43,6 +43,9 @@ HELP = {
     "q_shot_noise": "binomial (a mean of N ±1 outcomes) or gaussian (its normal approximation)",
     "q_readout_error": "noise-aware training: each measured bit flips with this probability",
     "q_depolarizing": "noise-aware training: global depolarizing strength λ, <O> -> (1 - λ) <O>",
+    "q_lr_scale": "the quantum slot's learning rate as a multiple of --lr (circuit weights are angles: at the "
+                  "shared rate they move a few hundredths of a radian in a short run); the classical twin gets "
+                  "the same multiple, so the controls stay fair",
     "q_noise_at_eval": "keep the training noise in the exact engine at evaluation (imitates a device)",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",

@@ -68,6 +68,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    q_lr_scale: float = 1.0  # learning rate of the quantum slot (circuit weights, or the twin) = lr x this
     augment: bool = True  # small random translations
     seed: int = 0
     threads: int | None = None  # torch threads (None: torch default)
@@ -171,6 +172,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {  # field: (lowest,
     "eval_batch_size": (1, None, "at least 1"),
     "lr": (1e-12, None, "above 0"),
     "weight_decay": (0, None, "0 or more"),
+    "q_lr_scale": (1e-6, 1e4, "above 0 (a multiple of --lr, at most 10000)"),
     "width_mult": (0.01, None, "above 0"),
     "embed_dim": (1, None, "at least 1"),
     "dropout": (0, 0.99, "at least 0 and below 1"),

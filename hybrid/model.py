@@ -174,6 +174,11 @@ class HybridNet(nn.Module):
             return self.classifier(self.dropout(f) + self.lift(q.to(f.dtype)))
         return self.classifier(torch.cat([self.dropout(f), q], dim=1))
 
+    def slot_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters in the quantum slot: the circuit's weights or its classical twin's."""
+        slot = self.quantum if self.quantum is not None else self.classical
+        return [p for p in slot.parameters() if p.requires_grad] if slot is not None else []
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters: the whole network, and the quantum slot (circuit weights or its stand-in)."""
         slot = self.quantum if self.quantum is not None else self.classical

@@ -42,6 +42,13 @@ QUANTUM_VARIANTS |= {f"{name}{suffix}": dict(QUANTUM_VARIANTS[f"dressed{suffix}"
 # the chosen circuit at 8 qubits too: the goal asks for dressed at 4 and 8 qubits against concat
 QUANTUM_VARIANTS |= {f"dressed8_angle{suffix}": dict(QUANTUM_VARIANTS[f"dressed8{suffix}"], **DRESSED_CIRCUITS["dressed_angle"])
                      for suffix in QUANTUM_LAYER_NAMES}
+# The slot's learning rate (results/quantum_heads/slot_lr/RULE.md): at --lr the circuit's weights, which are
+# angles, barely move in a short run. Candidates for the angle circuit at 4 and 8 qubits, with the controls that
+# have a slot (separable, twin; _none has no slot parameters, so dressed_angle_none is its control).
+SLOT_LR_SCALES = (10, 30, 100)
+QUANTUM_VARIANTS |= {f"{base}_qlr{scale}{suffix}": dict(QUANTUM_VARIANTS[f"{base}{suffix}"], q_lr_scale=float(scale))
+                     for base in ("dressed_angle", "dressed8_angle") for scale in SLOT_LR_SCALES
+                     for suffix in ("", "_separable", "_twin")}
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 _HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
