@@ -40,7 +40,9 @@ HELP = {
     "q_reupload": "data re-uploading: the feature map and a new ansatz block, repeated this many times",
     "q_observables": "what the circuit measures: z (Z on each qubit), zz (ZZ on neighbours) or z+zz",
     "q_train_shots": "noise-aware training: estimate each expectation value from this many shots (0: exact)",
-    "q_shot_noise": "binomial (a mean of N ±1 outcomes) or gaussian (its normal approximation)",
+    "q_shot_noise": "binomial (a mean of N ±1 outcomes) or gaussian (its normal approximation), both with the exact "
+                    "value's gradient; pathwise: the normal approximation differentiated through its variance, so "
+                    "training learns where shots disturb the outputs least",
     "q_readout_error": "noise-aware training: each measured bit flips with this probability",
     "q_depolarizing": "noise-aware training: global depolarizing strength λ, <O> -> (1 - λ) <O>",
     "q_lr_scale": "the quantum slot's learning rate as a multiple of --lr (circuit weights are angles: at the "

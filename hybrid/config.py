@@ -54,7 +54,7 @@ class TrainConfig:
     q_reupload: int = 1  # data re-uploading: (feature map, ansatz) blocks, each with its own weights
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
-    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes) or gaussian (same variance)
+    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise
     q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
     q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
     q_noise_at_eval: bool = False  # keep the training noise at evaluation (off: evaluation is exact)
@@ -149,7 +149,7 @@ class ModelConfig:
     q_reupload: int = 1  # data re-uploading: (feature map, ansatz) blocks, each with its own weights
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
-    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes) or gaussian (same variance)
+    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise
     q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
     q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
     q_noise_at_eval: bool = False  # keep the training noise at evaluation (off: evaluation is exact)

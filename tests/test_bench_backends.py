@@ -279,3 +279,43 @@ def test_recovery_measures_each_run_against_its_own_exact_auc():
     assert same_loss["recovered_share"] == pytest.approx(0) and same_loss["auc_difference"] == pytest.approx(0.10)
     half = recovery(run(0.80, 0.76), run(0.80, 0.78))["aer_noisy@1024"]
     assert half["recovered_share"] == pytest.approx(0.5)
+
+
+def _sweep_file(folder, exact, at_1024, *, second_exact, second_at_1024, run="a"):
+    from hybrid.studies.shot_sweep import recovery
+
+    def run_entry(name, e, n):
+        return {"run": f"runs/{name}", "exact": {"auc": e}, "samples_per_domain": 100, "domains": ["d1", "d2"],
+                "curves": {"aer_noisy": [{"shots": 1024, "auc": n}]}}
+
+    first, second = run_entry(run, exact, at_1024), run_entry(run + "_noise", second_exact, second_at_1024)
+    folder.mkdir(parents=True)
+    (folder / "shot_sweep.json").write_text(json.dumps({"runs": [first, second], "recovery": recovery(first, second)}))
+
+
+def test_sweep_pool_averages_each_models_loss_over_seeds_before_the_share(tmp_path, capsys):
+    from hybrid.studies import sweep_pool
+
+    # seed 0: loses 0.04 vs 0.01 (75%); seed 1: 0.02 vs 0.03 (-50%); pooled: 1 - 0.02/0.03 = 1/3, not the mean 12.5%
+    _sweep_file(tmp_path / "s0", 0.80, 0.76, second_exact=0.82, second_at_1024=0.81)
+    _sweep_file(tmp_path / "s1", 0.85, 0.83, second_exact=0.84, second_at_1024=0.81)
+    assert sweep_pool.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "pooled")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "recovery.json").read_text())
+    row = pooled["rows"]["aer_noisy@1024"]
+    assert row["mean_lost_first"] == pytest.approx(0.03) and row["mean_lost_second"] == pytest.approx(0.02)
+    assert row["recovered_share"] == pytest.approx(1 / 3)
+    assert row["per_seed_share"] == pytest.approx([0.75, -0.5])
+    md = (tmp_path / "pooled" / "recovery.md").read_text()
+    assert "33%" in md and "75%, -50%" in md
+
+
+def test_sweep_pool_refuses_missing_or_single_run_sweeps(tmp_path, capsys):
+    from hybrid.studies import sweep_pool
+
+    assert sweep_pool.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "shot_sweep.json: no such file" in capsys.readouterr().err
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "shot_sweep.json").write_text(json.dumps({"runs": [{}], "recovery": None}))
+    assert sweep_pool.main([str(tmp_path / "one"), "--out", str(tmp_path / "o")]) == 2
+    assert "--compare-run" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

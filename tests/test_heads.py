@@ -115,7 +115,7 @@ def test_zz_observables_give_more_outputs_than_qubits():
         pauli_observables(1, "zz")
 
 
-@pytest.mark.parametrize("kind", ["binomial", "gaussian"])
+@pytest.mark.parametrize("kind", ["binomial", "gaussian", "pathwise"])
 def test_shot_noise_has_the_binomial_mean_and_variance(kind):
     shots, repeats = 64, 20000
     mean = torch.tensor([-0.9, -0.3, 0.0, 0.5, 0.95], dtype=torch.float64).repeat(repeats, 1)
@@ -145,6 +145,25 @@ def test_training_noise_is_off_at_evaluation_unless_asked_and_passes_the_exact_g
     torch.testing.assert_close(at_eval(e), e * attenuation)
 
 
+def test_pathwise_shot_noise_differentiates_through_its_variance():
+    """d/dm [m + sqrt((1 - m^2) / N) ε] = 1 - m ε / sqrt(N (1 - m^2)): the gradient knows that outputs near ±1
+    are measured with less noise, which the straight-through kinds (gradient 1) cannot say."""
+    shots, labels = 100, ("IZ", "ZZ")
+    noise = ExpectationNoise(NoiseModel(shots=shots, kind="pathwise"), labels,
+                             generator=torch.Generator().manual_seed(3)).train()
+    e = torch.tensor([[0.6, -0.8], [0.1, 0.0]], dtype=torch.float64, requires_grad=True)
+    noisy = noise(e)
+    noisy.sum().backward()
+    std = ((1 - e.detach() ** 2) / shots).sqrt()
+    eps = (noisy.detach() - e.detach()) / std
+    torch.testing.assert_close(e.grad, 1 - e.detach() * eps / (shots * (1 - e.detach() ** 2)).sqrt())
+    assert not torch.allclose(e.grad, torch.ones_like(e.grad))
+    assert torch.equal(noise.eval()(e), e)  # off at evaluation, like the other kinds
+    at_one = torch.tensor([[1.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    noise.train()(at_one).sum().backward()
+    assert torch.isfinite(at_one.grad).all()  # the floor keeps the gradient finite at |<O>| = 1
+
+
 def test_noise_aware_model_trains_noisy_and_evaluates_exact():
     torch.manual_seed(0)
     exact = HybridNet(replace(SMALL, quantum_head="dressed"), 1, 2)
@@ -169,6 +188,45 @@ def test_config_refuses_bad_noise_settings_naming_the_flag():
         TrainConfig(q_readout_error=0.7)
     with pytest.raises(ValueError, match="--q-reupload"):
         TrainConfig(q_reupload=0)
+
+
+def _slot_step(layer: str, scale: float) -> tuple[list[dict], torch.Tensor]:
+    """One ERM update of a small dressed network: the optimizer's groups and how far the slot moved."""
+    from hybrid.algorithms import make_algorithm
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(width_mult=0.35, stem_stride=2, embed_dim=16, quantum_head="dressed", feature_map="angle",
+                      quantum_layer=layer, q_lr_scale=scale, algorithm="erm", shift=False)
+    network = HybridNet(cfg.model_config(), 1, 2)
+    algorithm = make_algorithm("erm", network, cfg, n_domains=1, total_steps=10)
+    slot = network.slot_parameters()
+    before = [p.detach().clone() for p in slot]
+    x, y = torch.rand(8, 1, 28, 28), torch.tensor([0, 1] * 4)
+    algorithm.update(x, y, torch.zeros(8, dtype=torch.long), 0)
+    moved = torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(slot, before)]) if slot else torch.zeros(0)
+    return algorithm.optimizer.param_groups, moved
+
+
+@pytest.mark.parametrize("layer", QUANTUM_LAYERS)
+def test_slot_learning_rate_scales_the_circuit_or_its_twin_only(layer):
+    groups, moved = _slot_step(layer, 30.0)
+    if layer == "none":  # no slot parameters: one group, as without the flag
+        assert len(groups) == 1 and moved.numel() == 0
+        return
+    assert len(groups) == 2 and groups[1]["max_lr"] == pytest.approx(30 * groups[0]["max_lr"])
+    assert sum(p.numel() for p in groups[1]["params"]) == moved.numel() > 0
+    _, moved_at_lr = _slot_step(layer, 1.0)
+    # Adam's first step moves each parameter by about its learning rate: 30x further, whatever the gradient
+    ratio = moved.mean() / moved_at_lr.mean()
+    assert 20 < ratio < 31
+
+
+def test_slot_learning_rate_of_one_keeps_a_single_group_and_bad_values_are_refused():
+    groups, _ = _slot_step("pqc", 1.0)
+    assert len(groups) == 1  # checkpoints of earlier runs (one group) still resume
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="--q-lr-scale"):
+            TrainConfig(q_lr_scale=bad)
 
 
 def test_cli_flags_choose_head_and_layer():

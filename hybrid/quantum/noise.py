@@ -6,9 +6,13 @@ outcomes, with variance (1 - <O>^2) / N. Before sampling, a readout error that f
 bit with probability p scales <O> by (1 - 2p)^w (w = the observable's Pauli weight), and global
 depolarizing noise of strength λ scales it by (1 - λ).
 
-The noise is added with a straight-through estimator: the forward pass sees the noisy value, the
-backward pass the gradient of the (attenuated) exact one, which is what a parameter-shift gradient
-from shots estimates on average.
+The binomial and gaussian kinds add the noise with a straight-through estimator: the forward pass
+sees the noisy value, the backward pass the gradient of the (attenuated) exact one, which is what a
+parameter-shift gradient from shots estimates on average. That gradient is blind to the noise: it
+cannot tell the network that an expectation value near ±1 is measured with less variance than one
+near 0. The pathwise kind draws the Gaussian approximation as mean + std(mean) * ε and differentiates
+through std too (the reparameterization trick), so training sees how its outputs' noise depends on
+where they lie and can move them where a device's shots disturb the decision less.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SHOT_NOISE = ("binomial", "gaussian")
+SHOT_NOISE = ("binomial", "gaussian", "pathwise")
 
 
 @dataclass(frozen=True)
 class NoiseModel:
     shots: int = 0  # 0: no shot noise (exact expectation values)
-    kind: str = "binomial"  # "binomial" (a mean of N ±1 outcomes) or "gaussian" (same mean and variance)
+    kind: str = "binomial"  # "binomial" (a mean of N ±1 outcomes), "gaussian" (same mean and variance) or
+    # "pathwise" (the Gaussian, differentiated through its variance)
     readout_error: float = 0.0  # probability that a measured bit flips
     depolarizing: float = 0.0  # λ: <O> -> (1 - λ) <O>
 
@@ -67,6 +72,8 @@ class ExpectationNoise(nn.Module):
         mean = expectations * self.attenuation.to(expectations.device, expectations.dtype)
         if self.model.shots == 0:
             return mean
+        if self.model.kind == "pathwise":
+            return pathwise_estimates(mean, self.model.shots, self.generator)
         noisy = sample_estimates(mean.detach(), self.model.shots, self.model.kind, self.generator)
         return mean + (noisy - mean.detach())  # straight through: the gradient of the mean
 
@@ -76,10 +83,24 @@ class ExpectationNoise(nn.Module):
                 f"depolarizing={m.depolarizing}, at_eval={self.at_eval}")
 
 
+# Keeps the pathwise std differentiable at |<O>| = 1, where d sqrt(1 - m^2) / dm is infinite.
+PATHWISE_FLOOR = 1e-4
+
+
+def pathwise_estimates(mean: torch.Tensor, shots: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """mean + sqrt((1 - mean^2) / shots) * ε, differentiable in mean through both terms."""
+    mean = mean.clamp(-1.0, 1.0)
+    std = ((1.0 - mean**2).clamp_min(PATHWISE_FLOOR) / shots).sqrt()
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device="cpu").to(mean.device)
+    return mean + std * noise
+
+
 def sample_estimates(mean: torch.Tensor, shots: int, kind: str, generator: torch.Generator | None = None
                      ) -> torch.Tensor:
     """Shot estimates of expectation values `mean` in [-1, 1] from `shots` ±1 outcomes each."""
     mean = mean.clamp(-1.0, 1.0)
+    if kind == "pathwise":
+        return pathwise_estimates(mean, shots, generator)
     if kind == "gaussian":
         std = ((1.0 - mean**2) / shots).sqrt()
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device="cpu").to(mean.device)

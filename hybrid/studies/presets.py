@@ -51,6 +51,8 @@ QUANTUM_VARIANTS |= {f"{base}_qlr{scale}{suffix}": dict(QUANTUM_VARIANTS[f"{base
                      for suffix in ("", "_separable", "_twin")}
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
+# _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
+NOISE_AWARE_BASES = ("dressed", "dressed_angle") + tuple(f"dressed_angle_qlr{scale}" for scale in SLOT_LR_SCALES)
 _HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
             train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
             size=64, input_size=64, stem_stride=2)
@@ -114,7 +116,9 @@ PRESETS: dict[str, Preset] = {
         "PneumoniaMNIST, the whole method with each quantum head (concat, dressed, residual; dressed also at 8 "
         "qubits) and each layer: the circuit, its separable version, a parameter-matched classical twin, none",
         base={}, variants=dict(QUANTUM_VARIANTS) | {
-            f"{name}_noise_aware": dict(QUANTUM_VARIANTS[name], **NOISE_AWARE) for name in ("dressed", "dressed_angle")},
+            f"{name}_noise_aware": dict(QUANTUM_VARIANTS[name], **NOISE_AWARE) for name in NOISE_AWARE_BASES} | {
+            f"{name}_noise_pathwise": dict(QUANTUM_VARIANTS[name], **NOISE_AWARE, q_shot_noise="pathwise")
+            for name in NOISE_AWARE_BASES if "qlr" in name},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",

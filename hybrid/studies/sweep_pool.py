@@ -1,0 +1,109 @@
+"""Noise-aware recovery pooled over seeds: several shot sweeps, each of an exact-trained run and a
+noise-aware run of the same seed.
+
+    python -m hybrid.sweep_pool --out results/quantum_heads/slot_lr/recovery \\
+        runs/sweeps/seed0 runs/sweeps/seed1 runs/sweeps/seed2
+
+One sweep's recovery rests on one training seed and one draw of shots, and the AUC a model loses at
+1,024 shots is only a few hundredths: the share recovered swings widely from seed to seed. This reads
+each folder's `shot_sweep.json` (written by `hybrid.bench_backends --shot-sweep ... --compare-run`)
+and, per backend @ shots, averages each model's loss against its own exact AUC over the seeds; the
+pooled share is 1 - mean loss of the second / mean loss of the first. Writes OUT/recovery.json and
+OUT/recovery.md with the per-seed values beside the pooled ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hybrid.cli import run_cli
+from hybrid.data import DataError
+from hybrid.rundir import write_json, write_text
+
+
+def load_sweeps(folders: list[Path]) -> list[dict]:
+    """Each folder's shot_sweep.json; every one must compare two runs at the same backends and shots."""
+    sweeps = []
+    for folder in folders:
+        path = Path(folder) / "shot_sweep.json"
+        if not path.is_file():
+            raise DataError(f"{path}: no such file; run `python -m hybrid.bench_backends --shot-sweep ... "
+                            f"--compare-run ... --out {folder}` first")
+        sweep = json.loads(path.read_text())
+        if not sweep.get("recovery"):
+            raise DataError(f"{path} holds one run; recovery needs --compare-run (an exact-trained run first, "
+                            "a noise-aware one second)")
+        sweeps.append(sweep)
+    keys = [sorted(s["recovery"]) for s in sweeps]
+    if any(k != keys[0] for k in keys):
+        raise DataError("the sweeps measured different backends or shot counts; pool sweeps made with the same "
+                        "--backends and --shot-sweep")
+    return sweeps
+
+
+def pool(sweeps: list[dict]) -> dict:
+    """Per backend@shots: each run's loss per seed, their means, and the pooled recovered share."""
+    rows = {}
+    for key in sweeps[0]["recovery"]:
+        first = np.array([s["recovery"][key]["lost_first"] for s in sweeps])
+        second = np.array([s["recovery"][key]["lost_second"] for s in sweeps])
+        mean_first, mean_second = float(first.mean()), float(second.mean())
+        rows[key] = {"lost_first": first.tolist(), "lost_second": second.tolist(),
+                     "mean_lost_first": mean_first, "mean_lost_second": mean_second,
+                     "recovered_share": 1 - mean_second / mean_first if mean_first > 0 else None,
+                     "per_seed_share": [s["recovery"][key]["recovered_share"] for s in sweeps]}
+    first_runs = [s["runs"][0] for s in sweeps]
+    return {"kind": "recovery_pooled", "sweeps": len(sweeps),
+            "first": [r["run"] for r in first_runs], "second": [s["runs"][1]["run"] for s in sweeps],
+            "exact_auc_first": [r["exact"]["auc"] for r in first_runs],
+            "exact_auc_second": [s["runs"][1]["exact"]["auc"] for s in sweeps],
+            "samples_per_domain": first_runs[0]["samples_per_domain"], "domains": first_runs[0]["domains"],
+            "rows": rows}
+
+
+def format_markdown(pooled: dict) -> str:
+    share = lambda v: "–" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    values = lambda xs: ", ".join(f"{x:+.4f}" for x in xs)  # noqa: E731
+    lines = [f"# Noise-aware recovery over {pooled['sweeps']} seeds", "",
+             f"{pooled['samples_per_domain']} images per unseen center x {len(pooled['domains'])} centers. Loss = a "
+             "run's own exact AUC minus its AUC on the backend; recovered = 1 - mean loss of the noise-aware run / "
+             "mean loss of the exact-trained run.", "",
+             "- exact-trained runs: " + ", ".join(f"`{r}`" for r in pooled["first"]),
+             "- noise-aware runs: " + ", ".join(f"`{r}`" for r in pooled["second"]),
+             f"- exact AUC: exact-trained {np.mean(pooled['exact_auc_first']):.4f}, noise-aware "
+             f"{np.mean(pooled['exact_auc_second']):.4f} (means over seeds)", "",
+             "| backend @ shots | mean loss, exact-trained | mean loss, noise-aware | recovered (pooled) "
+             "| per seed: exact-trained | per seed: noise-aware | per seed recovered |",
+             "|---|---|---|---|---|---|---|"]
+    for key, r in pooled["rows"].items():
+        lines.append(f"| {key} | {r['mean_lost_first']:+.4f} | {r['mean_lost_second']:+.4f} | "
+                     f"{share(r['recovered_share'])} | {values(r['lost_first'])} | {values(r['lost_second'])} | "
+                     f"{', '.join(share(v) for v in r['per_seed_share'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hybrid.sweep_pool", description=__doc__.split("\n")[0])
+    parser.add_argument("sweeps", nargs="+", help="folders holding a shot_sweep.json with two runs (one per seed)")
+    parser.add_argument("--out", required=True, help="folder for recovery.json and recovery.md")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        pooled = pool(load_sweeps([Path(p) for p in args.sweeps]))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(pooled, out / "recovery.json")
+        write_text(format_markdown(pooled), out / "recovery.md")
+        print(format_markdown(pooled))
+        return 0
+
+    return run_cli(run, verbose=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
