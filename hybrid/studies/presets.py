@@ -118,7 +118,7 @@ PRESETS: dict[str, Preset] = {
         base={}, variants=dict(QUANTUM_VARIANTS) | {
             f"{name}_noise_aware": dict(QUANTUM_VARIANTS[name], **NOISE_AWARE) for name in NOISE_AWARE_BASES} | {
             f"{name}_noise_pathwise": dict(QUANTUM_VARIANTS[name], **NOISE_AWARE, q_shot_noise="pathwise")
-            for name in NOISE_AWARE_BASES if "qlr" in name},
+            for name in NOISE_AWARE_BASES if name != "dressed"},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",
