@@ -287,3 +287,16 @@ def test_runs_without_source_validation_select_nothing(synthetic):
     result = study_report.build_report(synthetic, models=False)
     assert result["selection"]["selected"] is None
     assert "Selection on source validation" not in (synthetic / "report.md").read_text()
+
+
+def test_components_name_the_slot_learning_rate_and_the_noise_kind():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    name = lambda variant: method_components(study.config(variant, 0).to_dict())  # noqa: E731
+    assert name("dressed_angle_qlr100") == "shift + DANN + quantum (dressed, pqc, 4 qubits, angle map, slot lr x100)"
+    assert name("dressed_angle_qlr100_twin").endswith("(dressed, classical_twin, 4 qubits, slot lr x100)")
+    assert name("dressed_angle_qlr100_noise_pathwise").endswith("angle map, noise-aware (pathwise), slot lr x100)")
+    assert name("dressed_angle_noise_aware").endswith("angle map, noise-aware)")
+    assert name("concat") == "shift + DANN + quantum"

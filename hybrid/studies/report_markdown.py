@@ -37,10 +37,17 @@ def _quantum_part(cfg: dict) -> str:
     circuit = "" if layer not in ("pqc", "separable") else "".join(
         [f", {cfg['feature_map']} map" if cfg.get("feature_map", "zz") != "zz" else "",
          f", re-uploaded x{cfg['q_reupload']}" if cfg.get("q_reupload", 1) > 1 else "",
-         ", noise-aware" if cfg.get("q_train_shots", 0) or cfg.get("q_readout_error", 0) else ""])
-    if (head, layer, n, circuit) == ("concat", "pqc", 4, ""):
+         _noise_aware(cfg)])
+    slot_lr = f", slot lr x{cfg['q_lr_scale']:g}" if cfg.get("q_lr_scale", 1.0) != 1.0 and layer != "none" else ""
+    if (head, layer, n, circuit, slot_lr) == ("concat", "pqc", 4, "", ""):
         return "quantum"
-    return f"quantum ({head}, {layer}, {n} qubits{circuit})"
+    return f"quantum ({head}, {layer}, {n} qubits{circuit}{slot_lr})"
+
+
+def _noise_aware(cfg: dict) -> str:
+    if not (cfg.get("q_train_shots", 0) or cfg.get("q_readout_error", 0)):
+        return ""
+    return ", noise-aware (pathwise)" if cfg.get("q_shot_noise") == "pathwise" else ", noise-aware"
 
 
 def _parameters(report: dict) -> str:
