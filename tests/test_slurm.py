@@ -103,9 +103,16 @@ def test_preempted_task_is_requeued_and_a_killed_one_resumes_on_rerun(slurm, dat
     _wait_for(lambda: (run_path / "last.pt").is_file() and len(read_lines(run_path / "metrics.jsonl")) >= 1,
               proc, "the first checkpoint")
     job = read_lines(out / "slurm_jobs.jsonl")[-1]["job_id"]
-    status = run([sys.executable, "-m", "hybrid.experiment", "--status", str(out)])
-    assert f"running   Slurm job {job}" in status.stdout and "0 finished, 1 running" in status.stdout
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    # The task is paused while the status is read and USR2 is sent (it arrives on SIGCONT): on a fast CPU
+    # (2026-12-04) the quick preset trained all three epochs in 1.5 s, before the status call returned.
+    (marker,) = read_lines(run_path / "running.json")
+    os.kill(marker["pid"], signal.SIGSTOP)
+    try:
+        status = run([sys.executable, "-m", "hybrid.experiment", "--status", str(out)])
+        assert f"running   Slurm job {job}" in status.stdout and "0 finished, 1 running" in status.stdout
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    finally:
+        os.kill(marker["pid"], signal.SIGCONT)
     _wait_for(lambda: log.is_file() and "resuming from epoch" in log.read_text()
               and len(read_lines(run_path / "metrics.jsonl")) == epochs, proc, "the requeued task's last epoch")
     assert read_lines(out / "slurm_jobs.jsonl")[-1]["job_id"] == job  # requeued by Slurm, not resubmitted
