@@ -300,3 +300,13 @@ def test_components_name_the_slot_learning_rate_and_the_noise_kind():
     assert name("dressed_angle_qlr100_noise_pathwise").endswith("angle map, noise-aware (pathwise), slot lr x100)")
     assert name("dressed_angle_noise_aware").endswith("angle map, noise-aware)")
     assert name("concat") == "shift + DANN + quantum"
+
+
+def test_a_slot_learning_rate_variant_is_paired_with_the_none_control_of_its_base():
+    from hybrid.studies.report import quantum_pairs
+
+    pairs = quantum_pairs(["concat", "dressed_angle_qlr100", "dressed_angle_qlr100_twin", "dressed_angle_none",
+                           "dressed_angle_qlr100_noise_pathwise"])
+    assert ("dressed_angle_qlr100", "dressed_angle_none") in pairs
+    assert ("dressed_angle_qlr100", "dressed_angle_qlr100_twin") in pairs
+    assert not any(p[0].endswith("_noise_pathwise") and p[1].endswith("_none") for p in pairs)  # not its control

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ QUANTUM_PAIRS = (("quantum", "shift"), ("full", "dann"))
 # the quantum preset's controls: <head> (the circuit) against <head>_separable, _twin and _none
 CONTROL_SUFFIXES = ("_separable", "_twin", "_none")
 HEAD_PREFIXES = ("dressed", "residual")  # a head variant with the circuit; its controls end in CONTROL_SUFFIXES
+SLOT_LR = re.compile(r"_qlr\d+")  # the slot learning-rate part of a variant name (hybrid.studies.presets)
 
 
 def quantum_pairs(variants: list[str]) -> list[tuple[str, str]]:
@@ -49,6 +51,9 @@ def quantum_pairs(variants: list[str]) -> list[tuple[str, str]]:
     and each head against the concat head."""
     pairs = [p for p in QUANTUM_PAIRS if set(p) <= set(variants)]
     pairs += [(v, v + s) for v in variants for s in CONTROL_SUFFIXES if v + s in variants]
+    # a slot learning rate changes nothing without a slot: dressed_angle_qlr100's _none control is dressed_angle_none
+    pairs += [(v, none) for v in variants if SLOT_LR.search(v) and not v.endswith(CONTROL_SUFFIXES)
+              and (none := SLOT_LR.sub("", v) + "_none") in variants and v + "_none" not in variants]
     heads = [v for v in variants if v.startswith(HEAD_PREFIXES) and not v.endswith(CONTROL_SUFFIXES)]
     return pairs + ([(v, "concat") for v in heads] if "concat" in variants else [])
 
