@@ -102,6 +102,7 @@ class HybridNet(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.quantum: QuantumLayer | None = None  # the circuit (pqc, separable): what backends run
         self.classical: ClassicalTwin | None = None  # its classical stand-in (classical_twin)
+        self.angle_norm: nn.BatchNorm1d | None = None  # --q-angle-norm: BatchNorm on the slot's inputs
         self.head_kind = config.quantum_head if config.quantum else None
         if config.quantum:
             width = self._build_layer(config, layer_kwargs)
@@ -117,6 +118,8 @@ class HybridNet(nn.Module):
             raise ValueError(f"quantum head {config.quantum_head!r} / layer {config.quantum_layer!r}: choose a head "
                              f"from {', '.join(QUANTUM_HEADS)} and a layer from {', '.join(QUANTUM_LAYERS)}")
         self.project = nn.Linear(config.embed_dim, config.n_qubits)
+        if config.q_angle_norm:
+            self.angle_norm = nn.BatchNorm1d(config.n_qubits)
         if config.quantum_layer == "none":
             return config.n_qubits
         qconfig = quantum_config(config)
@@ -149,11 +152,19 @@ class HybridNet(nn.Module):
     def batchnorm_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The part of `forward` that holds every BatchNorm layer: domain-level TTA collects target
         statistics with it without running the quantum layer (which may be remote)."""
-        return self.features(x)
+        f = self.features(x)
+        if self.angle_norm is not None:
+            self.slot_inputs(f)  # the angle BatchNorm sits in front of the quantum slot, still classical
+        return f
+
+    def slot_inputs(self, f: torch.Tensor) -> torch.Tensor:
+        """The projection in front of the quantum slot (normalised with --q-angle-norm)."""
+        z = self.project(f)
+        return self.angle_norm(z) if self.angle_norm is not None else z
 
     def quantum_angles(self, f: torch.Tensor) -> torch.Tensor:
         """Encoder features squashed to rotation angles in [0, pi] for the feature map."""
-        return (torch.tanh(self.project(f)) + 1.0) * (math.pi / 2)
+        return (torch.tanh(self.slot_inputs(f)) + 1.0) * (math.pi / 2)
 
     def layer_outputs(self, f: torch.Tensor) -> torch.Tensor:
         """What the quantum slot gives the head: expectation values (with training noise), the classical
@@ -162,7 +173,7 @@ class HybridNet(nn.Module):
             return self.noise(self.quantum(self.quantum_angles(f)))
         if self.classical is not None:
             return self.classical(self.quantum_angles(f))
-        return self.project(f)
+        return self.slot_inputs(f)
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
         if self.head_kind is None:
@@ -182,8 +193,9 @@ class HybridNet(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters: the whole network, and the quantum slot (circuit weights or its stand-in)."""
         slot = self.quantum if self.quantum is not None else self.classical
+        head = ("project", "angle_norm", "lift", "classifier")
         return {"total": count_parameters(self), "layer": count_parameters(slot),
-                "head": sum(count_parameters(getattr(self, name, None)) for name in ("project", "lift", "classifier"))}
+                "head": sum(count_parameters(getattr(self, name, None)) for name in head)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

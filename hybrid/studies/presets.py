@@ -49,6 +49,14 @@ SLOT_LR_SCALES = (10, 30, 100)
 QUANTUM_VARIANTS |= {f"{base}_qlr{scale}{suffix}": dict(QUANTUM_VARIANTS[f"{base}{suffix}"], q_lr_scale=float(scale))
                      for base in ("dressed_angle", "dressed8_angle") for scale in SLOT_LR_SCALES
                      for suffix in ("", "_separable", "_twin")}
+# BatchNorm on the slot's inputs (results/quantum_heads/angle_norm/RULE.md): adabn re-estimates the angles'
+# statistics per center, as it does the embedding's. The slot-lr x100 circuits and their controls, each with it.
+ANGLE_NORM_SCALE = 100
+QUANTUM_VARIANTS |= {f"{base}_qlr{ANGLE_NORM_SCALE}_anorm{suffix}":
+                     dict(QUANTUM_VARIANTS[f"{base}_qlr{ANGLE_NORM_SCALE}{suffix}"], q_angle_norm=True)
+                     for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
+QUANTUM_VARIANTS |= {f"{base}_anorm_none": dict(QUANTUM_VARIANTS[f"{base}_none"], q_angle_norm=True)
+                     for base in ("dressed_angle", "dressed8_angle")}
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
