@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import replace
 
 import numpy as np
@@ -258,3 +259,44 @@ def test_wide_circuits_run_gate_by_gate_and_match_qiskit(feature_map):
     x.requires_grad_()
     layer(x).sum().backward()
     assert x.grad.abs().sum() > 0 and layer.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("layer", QUANTUM_LAYERS)
+def test_angle_norm_normalises_the_slot_inputs_for_every_layer(layer):
+    torch.manual_seed(0)
+    model = HybridNet(replace(SMALL, quantum_head="dressed", feature_map="angle", quantum_layer=layer,
+                              q_angle_norm=True), 1, 2)
+    x = torch.rand(16, 1, 28, 28)
+    model(x)  # a training-mode pass moves the angle BatchNorm's statistics
+    assert model.angle_norm.num_batches_tracked.item() == 1
+    model.eval()
+    with torch.no_grad():
+        f = model.features(x)
+        norm = model.angle_norm
+        z = (model.project(f) - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+        torch.testing.assert_close(model.slot_inputs(f), z)
+        angles = model.quantum_angles(f)
+    assert angles.min() >= 0 and angles.max() <= torch.pi
+    assert model.parameter_counts()["head"] == sum(p.numel() for name in ("project", "angle_norm", "classifier")
+                                                   for p in getattr(model, name).parameters())
+    without = HybridNet(replace(SMALL, quantum_head="dressed", quantum_layer=layer), 1, 2)
+    assert without.angle_norm is None and "angle_norm.weight" not in without.state_dict()  # old checkpoints load
+
+
+def test_adabn_re_estimates_the_angle_norm_without_running_the_circuit():
+    from hybrid.batchnorm import use_batch_stats
+    from hybrid.tta import make_tta
+
+    torch.manual_seed(0)
+    model = HybridNet(replace(SMALL, quantum_head="dressed", feature_map="angle", q_angle_norm=True), 1, 2).eval()
+    target = 0.3 + 0.5 * torch.rand(32, 1, 28, 28)
+    with torch.no_grad():  # one chunk: every BatchNorm normalises with this batch's statistics, then keeps them
+        batch_mode = use_batch_stats(deepcopy(model))
+        z = batch_mode.project(batch_mode.features(target))
+    calls = []
+    model.quantum.register_forward_hook(lambda *args: calls.append(1))
+    tta = make_tta("adabn", model, stats_batch_size=32)
+    tta.prepare(target)
+    assert not calls  # the statistics pass stops in front of the (possibly remote) circuit
+    torch.testing.assert_close(model.angle_norm.running_mean, z.mean(0))
+    torch.testing.assert_close(model.angle_norm.running_var, z.var(0, unbiased=True))

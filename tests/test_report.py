@@ -310,3 +310,20 @@ def test_a_slot_learning_rate_variant_is_paired_with_the_none_control_of_its_bas
     assert ("dressed_angle_qlr100", "dressed_angle_none") in pairs
     assert ("dressed_angle_qlr100", "dressed_angle_qlr100_twin") in pairs
     assert not any(p[0].endswith("_noise_pathwise") and p[1].endswith("_none") for p in pairs)  # not its control
+
+
+def test_angle_norm_variants_are_named_and_paired_with_their_own_controls():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report import quantum_pairs
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    name = lambda variant: method_components(study.config(variant, 0).to_dict())  # noqa: E731
+    assert name("dressed_angle_qlr100_anorm").endswith("(dressed, pqc, 4 qubits, angle map, slot lr x100, angle BN)")
+    assert name("dressed_angle_anorm_none").endswith("(dressed, none, 4 qubits, angle BN)")
+    variants = ["concat", "dressed_angle_qlr100_anorm", "dressed_angle_qlr100_anorm_separable",
+                "dressed_angle_qlr100_anorm_twin", "dressed_angle_anorm_none", "dressed8_angle_qlr100_anorm"]
+    pairs = quantum_pairs(variants)
+    assert {("dressed_angle_qlr100_anorm", control) for control in variants[2:5]} <= set(pairs)
+    assert {(v, "concat") for v in ("dressed_angle_qlr100_anorm", "dressed8_angle_qlr100_anorm")} <= set(pairs)
+    assert study.config("dressed_angle_anorm_none", 0).q_angle_norm and not study.config("dressed_angle_none", 0).q_angle_norm
