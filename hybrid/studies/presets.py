@@ -45,7 +45,7 @@ QUANTUM_VARIANTS |= {f"dressed8_angle{suffix}": dict(QUANTUM_VARIANTS[f"dressed8
 # The slot's learning rate (results/quantum_heads/slot_lr/RULE.md): at --lr the circuit's weights, which are
 # angles, barely move in a short run. Candidates for the angle circuit at 4 and 8 qubits, with the controls that
 # have a slot (separable, twin; _none has no slot parameters, so dressed_angle_none is its control).
-SLOT_LR_SCALES = (10, 30, 100)
+SLOT_LR_SCALES = (10, 30, 100, 300)
 QUANTUM_VARIANTS |= {f"{base}_qlr{scale}{suffix}": dict(QUANTUM_VARIANTS[f"{base}{suffix}"], q_lr_scale=float(scale))
                      for base in ("dressed_angle", "dressed8_angle") for scale in SLOT_LR_SCALES
                      for suffix in ("", "_separable", "_twin")}
@@ -56,6 +56,14 @@ QUANTUM_VARIANTS |= {f"{base}_qlr{ANGLE_NORM_SCALE}_anorm{suffix}":
                      dict(QUANTUM_VARIANTS[f"{base}_qlr{ANGLE_NORM_SCALE}{suffix}"], q_angle_norm=True)
                      for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
 QUANTUM_VARIANTS |= {f"{base}_anorm_none": dict(QUANTUM_VARIANTS[f"{base}_none"], q_angle_norm=True)
+                     for base in ("dressed_angle", "dressed8_angle")}
+# More readout from the same circuit (results/quantum_heads/angle_norm/RULE.md): Z on each qubit and ZZ on
+# neighbours, 7 outputs at 4 qubits; the twin matches them. Without a circuit there is nothing to measure,
+# so the _none control is the base's (dressed_angle_zzobs_none has dressed_angle_none's config).
+QUANTUM_VARIANTS |= {f"{base}_qlr100_zzobs{suffix}": dict(QUANTUM_VARIANTS[f"{base}_qlr100{suffix}"],
+                                                          q_observables="z+zz")
+                     for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
+QUANTUM_VARIANTS |= {f"{base}_zzobs_none": dict(QUANTUM_VARIANTS[f"{base}_none"])
                      for base in ("dressed_angle", "dressed8_angle")}
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)

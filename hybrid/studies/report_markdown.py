@@ -37,6 +37,7 @@ def _quantum_part(cfg: dict) -> str:
     circuit = "" if layer not in ("pqc", "separable") else "".join(
         [f", {cfg['feature_map']} map" if cfg.get("feature_map", "zz") != "zz" else "",
          f", re-uploaded x{cfg['q_reupload']}" if cfg.get("q_reupload", 1) > 1 else "",
+         f", {cfg['q_observables']} observables" if cfg.get("q_observables", "z") != "z" else "",
          _noise_aware(cfg)])
     slot_lr = f", slot lr x{cfg['q_lr_scale']:g}" if cfg.get("q_lr_scale", 1.0) != 1.0 and layer != "none" else ""
     slot_lr += ", angle BN" if cfg.get("q_angle_norm") else ""
