@@ -327,3 +327,18 @@ def test_angle_norm_variants_are_named_and_paired_with_their_own_controls():
     assert {("dressed_angle_qlr100_anorm", control) for control in variants[2:5]} <= set(pairs)
     assert {(v, "concat") for v in ("dressed_angle_qlr100_anorm", "dressed8_angle_qlr100_anorm")} <= set(pairs)
     assert study.config("dressed_angle_anorm_none", 0).q_angle_norm and not study.config("dressed_angle_none", 0).q_angle_norm
+
+
+def test_more_readout_variants_name_their_observables_and_keep_the_plain_none_control():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report import quantum_pairs
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    assert method_components(study.config("dressed_angle_qlr100_zzobs", 0).to_dict()).endswith(
+        "(dressed, pqc, 4 qubits, angle map, z+zz observables, slot lr x100)")
+    # a circuit with no layer has nothing to measure: the control is dressed_angle_none under another name
+    assert study.config("dressed_angle_zzobs_none", 0) == study.config("dressed_angle_none", 0)
+    assert study.config("dressed_angle_qlr100_zzobs_twin", 0).q_observables == "z+zz"
+    pairs = quantum_pairs(["concat", "dressed_angle_qlr100_zzobs", "dressed_angle_zzobs_none"])
+    assert ("dressed_angle_qlr100_zzobs", "dressed_angle_zzobs_none") in pairs
