@@ -49,22 +49,25 @@ SLOT_LR_SCALES = (10, 30, 100, 300)
 QUANTUM_VARIANTS |= {f"{base}_qlr{scale}{suffix}": dict(QUANTUM_VARIANTS[f"{base}{suffix}"], q_lr_scale=float(scale))
                      for base in ("dressed_angle", "dressed8_angle") for scale in SLOT_LR_SCALES
                      for suffix in ("", "_separable", "_twin")}
-# BatchNorm on the slot's inputs (results/quantum_heads/angle_norm/RULE.md): adabn re-estimates the angles'
-# statistics per center, as it does the embedding's. The slot-lr x100 circuits and their controls, each with it.
-ANGLE_NORM_SCALE = 100
-QUANTUM_VARIANTS |= {f"{base}_qlr{ANGLE_NORM_SCALE}_anorm{suffix}":
-                     dict(QUANTUM_VARIANTS[f"{base}_qlr{ANGLE_NORM_SCALE}{suffix}"], q_angle_norm=True)
-                     for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
-QUANTUM_VARIANTS |= {f"{base}_anorm_none": dict(QUANTUM_VARIANTS[f"{base}_none"], q_angle_norm=True)
-                     for base in ("dressed_angle", "dressed8_angle")}
-# More readout from the same circuit (results/quantum_heads/angle_norm/RULE.md): Z on each qubit and ZZ on
-# neighbours, 7 outputs at 4 qubits; the twin matches them. Without a circuit there is nothing to measure,
-# so the _none control is the base's (dressed_angle_zzobs_none has dressed_angle_none's config).
-QUANTUM_VARIANTS |= {f"{base}_qlr100_zzobs{suffix}": dict(QUANTUM_VARIANTS[f"{base}_qlr100{suffix}"],
-                                                          q_observables="z+zz")
-                     for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
-QUANTUM_VARIANTS |= {f"{base}_zzobs_none": dict(QUANTUM_VARIANTS[f"{base}_none"])
-                     for base in ("dressed_angle", "dressed8_angle")}
+ADOPTED_SLOT_LR = 100  # chosen on design-validation centers (results/quantum_heads/slot_lr/design/)
+
+
+def _slot_variants(tag: str, circuit: dict, none: dict) -> dict[str, dict]:
+    """The adopted slot-lr circuits at 4 and 8 qubits changed by `circuit`, with their separable and twin
+    controls (`{base}_qlr100_{tag}{suffix}`), and the no-layer control changed by `none` (`{base}_{tag}_none`)."""
+    variants = {f"{base}_qlr{ADOPTED_SLOT_LR}_{tag}{suffix}":
+                dict(QUANTUM_VARIANTS[f"{base}_qlr{ADOPTED_SLOT_LR}{suffix}"], **circuit)
+                for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
+    return variants | {f"{base}_{tag}_none": dict(QUANTUM_VARIANTS[f"{base}_none"], **none)
+                       for base in ("dressed_angle", "dressed8_angle")}
+
+
+# Two tries at the dressed circuit (results/quantum_heads/angle_norm/RULE.md). _anorm: BatchNorm on the slot's
+# inputs, which adabn re-estimates per center as it does the embedding's; its _none control gets it too.
+# _zzobs: Z on each qubit and ZZ on neighbours, 7 outputs at 4 qubits (the twin matches them); without a circuit
+# there is nothing to measure, so dressed_angle_zzobs_none has dressed_angle_none's config.
+QUANTUM_VARIANTS |= _slot_variants("anorm", dict(q_angle_norm=True), dict(q_angle_norm=True))
+QUANTUM_VARIANTS |= _slot_variants("zzobs", dict(q_observables="z+zz"), {})
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance

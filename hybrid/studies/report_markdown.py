@@ -39,11 +39,11 @@ def _quantum_part(cfg: dict) -> str:
          f", re-uploaded x{cfg['q_reupload']}" if cfg.get("q_reupload", 1) > 1 else "",
          f", {cfg['q_observables']} observables" if cfg.get("q_observables", "z") != "z" else "",
          _noise_aware(cfg)])
-    slot_lr = f", slot lr x{cfg['q_lr_scale']:g}" if cfg.get("q_lr_scale", 1.0) != 1.0 and layer != "none" else ""
-    slot_lr += ", angle BN" if cfg.get("q_angle_norm") else ""
-    if (head, layer, n, circuit, slot_lr) == ("concat", "pqc", 4, "", ""):
+    slot = "".join([f", slot lr x{cfg['q_lr_scale']:g}" if cfg.get("q_lr_scale", 1.0) != 1.0 and layer != "none" else "",
+                    ", angle BN" if cfg.get("q_angle_norm") else ""])
+    if (head, layer, n, circuit, slot) == ("concat", "pqc", 4, "", ""):
         return "quantum"
-    return f"quantum ({head}, {layer}, {n} qubits{circuit}{slot_lr})"
+    return f"quantum ({head}, {layer}, {n} qubits{circuit}{slot})"
 
 
 def _noise_aware(cfg: dict) -> str:
