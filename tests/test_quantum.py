@@ -110,9 +110,9 @@ def test_basis_permutation_back_propagates_through_its_inverse():
     from hybrid.quantum.segments import PermuteBasis
 
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
-    state = torch.randn(3, 16, dtype=torch.complex128, requires_grad=True)
+    state = torch.randn(16, 3, dtype=torch.complex128, requires_grad=True)  # three states as columns
     out = PermuteBasis.apply(state, perm, torch.argsort(perm))
-    assert torch.equal(out, state.detach()[:, perm])
+    assert torch.equal(out, state.detach()[perm])
     assert torch.autograd.gradcheck(lambda s: PermuteBasis.apply(s, perm, torch.argsort(perm)), (state,))
 
 

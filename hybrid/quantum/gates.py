@@ -122,6 +122,10 @@ class AngleBank:
         self.left = torch.tensor([p[0] for p, u in zip(pairs, used) if u])
         self.right = torch.tensor([p[1] for p, u in zip(pairs, used) if u])
 
+    def columns(self, x1: torch.Tensor) -> torch.Tensor:
+        """The "poly" angles transposed, (G, B), computed in that orientation (no transposed copy)."""
+        return self.coef.T @ (x1[:, self.left] * x1[:, self.right]).T
+
     def __call__(self, x1: torch.Tensor | None, weights: torch.Tensor | None) -> torch.Tensor:
         if self.mode == "poly":
             if x1 is None:  # input-free angles use only the monomial "1"
@@ -242,19 +246,19 @@ def permutation(name: str, qubits: Sequence[int], dim: int) -> torch.Tensor:
     raise UnsupportedGateError(name)
 
 
-def apply_gate(state: torch.Tensor, matrix: torch.Tensor, qubits: Sequence[int], n: int) -> torch.Tensor:
-    """Apply a (maybe batched) 2**k x 2**k matrix on `qubits` of a (B, 2**n) state."""
-    batch = state.shape[0]
+def apply_gate_columns(state: torch.Tensor, matrix: torch.Tensor, qubits: Sequence[int], n: int) -> torch.Tensor:
+    """Apply a 2**k x 2**k matrix, or one per state (B, 2**k, 2**k), on `qubits` of a (2**n, B) state."""
+    batch = state.shape[1]
     k = len(qubits)
-    # Tensor axes: 0 = batch, axis 1 + (n-1-q) holds qubit q (most significant first).
-    axes = [1 + (n - 1 - q) for q in reversed(qubits)]  # most significant gate bit first
-    rest = [a for a in range(1, n + 1) if a not in axes]
-    t = state.reshape((batch,) + (2,) * n).permute([0] + axes + rest).reshape(batch, 2**k, -1)
-    t = torch.matmul(matrix, t)
+    # Tensor axes: axis n-1-q holds qubit q (most significant first), the last axis the batch.
+    axes = [n - 1 - q for q in reversed(qubits)]  # most significant gate bit first
+    order = axes + [a for a in range(n + 1) if a not in axes]
+    t = state.reshape((2,) * n + (batch,)).permute(order).reshape(2**k, -1, batch)
+    t = torch.einsum("bij,jrb->irb", matrix, t) if matrix.dim() == 3 else (matrix @ t.reshape(2**k, -1))
     inverse = [0] * (n + 1)
-    for position, axis in enumerate([0] + axes + rest):
+    for position, axis in enumerate(order):
         inverse[axis] = position
-    return t.reshape((batch,) + (2,) * n).permute(inverse).reshape(batch, 2**n)
+    return t.reshape((2,) * n + (batch,)).permute(inverse).reshape(2**n, batch)
 
 
 def flatten_circuit(circuit) -> list:
@@ -277,9 +281,10 @@ def flatten_circuit(circuit) -> list:
 
 
 def kron_states(qubit_states: list[torch.Tensor], batch: int) -> torch.Tensor:
-    state = qubit_states[0].expand(batch, 2)
+    """The (2**n, B) product state of per-qubit (B, 2) or (2,) states, qubit 0 least significant."""
+    state = qubit_states[0].expand(batch, 2).T
     for v in qubit_states[1:]:  # higher qubits are more significant
-        state = (v.expand(batch, 2)[:, :, None] * state[:, None, :]).reshape(batch, -1)
+        state = (v.expand(batch, 2).T[:, None, :] * state[None, :, :]).reshape(-1, batch)
     return state
 
 
