@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from benchmarks.qubit_sweep import format_sweep, qubit_sweep
+from hybrid.allocator import retain_freed_memory
 from hybrid.quantum import QuantumConfig, QuantumLayer
 
 logger = logging.getLogger(__name__)
@@ -358,6 +359,10 @@ def format_report(result: dict) -> str:
     lines.append(f"torch {m['torch_version']}, {m['torch_threads']} threads, "
                  f"{m['cpus_available']} CPUs, load average (1/5/15 min) at start "
                  f"{_fmt_load(m['load_average_at_start'])}, at end {_fmt_load(m['load_average_at_end'])}")
+    if "allocator" in m:
+        alloc = m["allocator"]
+        lines.append("allocator: freed memory retained (glibc mallopt, every engine alike)" if alloc["applied"]
+                     else f"allocator: the C library's default ({alloc['reason']})")
     if result.get("qubit_sweep"):
         lines += format_sweep(result["qubit_sweep"])
     return "\n".join(lines)
@@ -379,6 +384,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--qubit-sweep", default="",
                         help="also time these widths (e.g. 8,12) against PennyLane at --goal-batch")
+    parser.add_argument("--allocator", choices=("retain", "default"), default="retain",
+                        help="retain: keep freed memory mapped (glibc mallopt, hybrid.allocator), for every "
+                             "engine in this process alike; default: the C library's own behaviour")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: batches 2,4, 0.1 s per cell, qnn capped at 3 s")
@@ -406,8 +414,10 @@ def main(argv: list[str] | None = None) -> dict:
     logger.setLevel(logging.INFO)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    allocator = retain_freed_memory() if args.allocator == "retain" else {"applied": False, "reason": "--allocator default"}
     start = time.perf_counter()
     result = run(args)
+    result["machine"]["allocator"] = allocator
     result["wall_seconds"] = time.perf_counter() - start
     result["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,12 @@ def test_eval_memory_benchmark_measures_both_sizes(tiny_run, data_root, tmp_path
     for row in result["rows"].values():
         assert row["peak_rss_mb"] > 50 and row["images_per_s"] > 0 and row["file_mb"] > 0
     assert result["peak_ratio"] > 0 and isinstance(result["goal_met"], bool)
+
+
+def test_quick_benchmark_records_the_allocator_setting(bench, tmp_path):
+    out = tmp_path / "default.json"
+    bench.main(["--quick", "--batches", "2", "--allocator", "default", "--out", str(out)])
+    alloc = json.loads(out.read_text())["machine"]["allocator"]
+    assert alloc == {"applied": False, "reason": "--allocator default"}
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--allocator", "jemalloc"])

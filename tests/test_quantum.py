@@ -355,3 +355,31 @@ def test_wide_single_qubit_runs_as_kronecker_blocks_match_qiskit_and_the_fused_e
     assert not any(isinstance(s, GateByGate) for s in fused.segments)
     for blocked, reference in zip(gradients(program), gradients(fused)):
         torch.testing.assert_close(blocked, reference, atol=1e-9 if precision == torch.float64 else 1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_qubits", [3, 8])
+def test_weight_only_phases_after_an_entangler_are_shared_by_every_state(n_qubits):
+    """A weighted RZ/CP right after a CX joins a phase segment whose phase has no batch axis: its
+    gradient is summed over the states (gradcheck), and the values match Qiskit."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import ParameterVector
+    from qiskit.quantum_info import SparsePauliOp, Statevector
+
+    x, w = ParameterVector("x", n_qubits), ParameterVector("w", 3)
+    qc = QuantumCircuit(n_qubits)
+    for q in range(n_qubits):
+        qc.ry(x[q], q)
+    qc.cx(0, 1)
+    qc.rz(w[0], 1)
+    qc.cp(w[1], 0, 2)
+    for q in range(n_qubits):
+        qc.ry(w[2], q)
+    obs = [SparsePauliOp("I" * (n_qubits - 1 - q) + "Z" + "I" * q) for q in range(n_qubits)]
+    program = compile_circuit(qc, list(x), list(w), obs)
+    xs = torch.rand(2, n_qubits, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 3
+    ws = torch.tensor([0.7, -1.1, 0.4], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda ww: program(xs, ww), (ws,), atol=1e-8)
+    out = program(xs, ws).detach().numpy()
+    for i, row in enumerate(xs.numpy()):
+        sv = Statevector(qc.assign_parameters(dict(zip(x, row)) | dict(zip(w, ws.detach().numpy()))))
+        np.testing.assert_allclose(out[i], [sv.expectation_value(o).real for o in obs], atol=1e-10)
