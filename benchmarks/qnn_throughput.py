@@ -384,9 +384,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--qubit-sweep", default="",
                         help="also time these widths (e.g. 8,12) against PennyLane at --goal-batch")
-    parser.add_argument("--allocator", choices=("retain", "default"), default="retain",
-                        help="retain: keep freed memory mapped (glibc mallopt, hybrid.allocator), for every "
-                             "engine in this process alike; default: the C library's own behaviour")
+    parser.add_argument("--allocator", choices=("default", "retain"), default="default",
+                        help="default: the C library's own behaviour, as training runs see it; retain: keep "
+                             "freed memory mapped (glibc mallopt, hybrid.allocator), for every engine alike")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: batches 2,4, 0.1 s per cell, qnn capped at 3 s")

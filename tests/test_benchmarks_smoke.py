@@ -142,5 +142,6 @@ def test_quick_benchmark_records_the_allocator_setting(bench, tmp_path):
     bench.main(["--quick", "--batches", "2", "--allocator", "default", "--out", str(out)])
     alloc = json.loads(out.read_text())["machine"]["allocator"]
     assert alloc == {"applied": False, "reason": "--allocator default"}
+    assert bench.parse_args([]).allocator == "default"  # the goal is judged as training runs
     with pytest.raises(SystemExit):
         bench.parse_args(["--allocator", "jemalloc"])
