@@ -383,3 +383,17 @@ def test_weight_only_phases_after_an_entangler_are_shared_by_every_state(n_qubit
     for i, row in enumerate(xs.numpy()):
         sv = Statevector(qc.assign_parameters(dict(zip(x, row)) | dict(zip(w, ws.detach().numpy()))))
         np.testing.assert_allclose(out[i], [sv.expectation_value(o).real for o in obs], atol=1e-10)
+
+
+@pytest.mark.parametrize("n_qubits", [3, 8])
+def test_input_dependent_rotations_after_an_entangler_match_qiskit(n_qubits):
+    """Re-uploading the angle map puts RY(x)/RZ(x) after CX gates: gates with one matrix per state,
+    applied to the column state on their own (fused path at 3 qubits, gate by gate at 8)."""
+    config = QuantumConfig(n_qubits=n_qubits, feature_map="angle", reps=1, reupload=2)
+    layer = QuantumLayer(config, engine="statevector", seed=4)
+    x = torch.rand(3, n_qubits, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 3
+    np.testing.assert_allclose(layer(x).detach().numpy(),
+                               qiskit_expectations(layer.spec, x.numpy(), layer.weight.detach().numpy()), atol=1e-10)
+    if n_qubits == 3:
+        w = layer.weight.detach().clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda xx, ww: layer.program(xx, ww), (x[:2].requires_grad_(True), w), atol=1e-8)
