@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
     logger.setLevel(logging.INFO)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    allocator = retain_freed_memory() if args.allocator == "retain" else {"applied": False, "reason": "--allocator default"}
+    allocator = (retain_freed_memory() if args.allocator == "retain"
+                 else {"applied": False, "reason": "--allocator default"})
     start = time.perf_counter()
     result = run(args)
     result["machine"]["allocator"] = allocator

@@ -360,7 +360,8 @@ def test_wide_single_qubit_runs_as_kronecker_blocks_match_qiskit_and_the_fused_e
 @pytest.mark.parametrize("n_qubits", [3, 8])
 def test_weight_only_phases_after_an_entangler_are_shared_by_every_state(n_qubits):
     """A weighted RZ/CP right after a CX joins a phase segment whose phase has no batch axis: its
-    gradient is summed over the states (gradcheck), and the values match Qiskit."""
+    gradient is summed over the states (gradcheck), and the values match Qiskit. The CZ adds a constant
+    phase to the same segment."""
     from qiskit import QuantumCircuit
     from qiskit.circuit import ParameterVector
     from qiskit.quantum_info import SparsePauliOp, Statevector
@@ -372,6 +373,7 @@ def test_weight_only_phases_after_an_entangler_are_shared_by_every_state(n_qubit
     qc.cx(0, 1)
     qc.rz(w[0], 1)
     qc.cp(w[1], 0, 2)
+    qc.cz(1, 2)
     for q in range(n_qubits):
         qc.ry(w[2], q)
     obs = [SparsePauliOp("I" * (n_qubits - 1 - q) + "Z" + "I" * q) for q in range(n_qubits)]

@@ -133,7 +133,8 @@ class MonomialSegment:
         self.inverse = None if self.gather is None else perm  # undoes the gather: the backward's index
         self.bank = ctx.bank(values) if values else None
         self.slopes_t = torch.stack(slopes).T.contiguous() if slopes else None  # (dim, G)
-        self.offset_column = self.offset[:, None]
+        # a zero offset (every ZZ block) is not added: one pass over a (dim, B) phase saved per call
+        self.offset_column = None if self.constant_factor is None else self.offset[:, None]
         if self.constant_factor is not None:
             self.constant_factor = self.constant_factor[:, None]
         if self.bank is not None and self.bank.mode == "poly":
@@ -144,11 +145,11 @@ class MonomialSegment:
     def phase(self, x1: torch.Tensor | None, w: torch.Tensor | None) -> torch.Tensor:
         """The (dim, B) phases (or (dim, 1) without inputs), one column per state."""
         if self.bank.mode == "poly":  # the slopes are folded into the polynomial
-            folded = self.bank.columns(x1) if x1 is not None else self.bank(None, w)[:, None]
-            return folded + self.offset_column
-        angles = self.bank(x1, w)
-        angles_t = angles.T if angles.dim() == 2 else angles[:, None]
-        return self.slopes_t @ angles_t + self.offset_column
+            phase = self.bank.columns(x1) if x1 is not None else self.bank(None, w)[:, None]
+        else:
+            angles = self.bank(x1, w)
+            phase = self.slopes_t @ (angles.T if angles.dim() == 2 else angles[:, None])
+        return phase if self.offset_column is None else phase + self.offset_column
 
     def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.bank is not None:
