@@ -1,8 +1,8 @@
 """Keep freed memory in the process instead of handing it back to the OS (glibc only).
 
 A batch of 8-qubit states is a few MB, allocated and freed many times per step. glibc returns
-such blocks to the OS (mmap/trim) and the next step faults them back in page by page: measured
-~1,000 page faults and 10-16% of the wall time of an 8-qubit forward + backward at batch 256.
+such blocks to the OS (mmap/trim) and the next step faults them back in page by page
+(`python -m benchmarks.page_faults`: ~1,100 page faults per 8-qubit forward + backward at batch 256).
 Raising glibc's mmap and trim thresholds keeps that memory mapped; peak memory is unchanged,
 only released later. The setting is process-wide, so entry points opt in, never library code.
 """

@@ -274,7 +274,7 @@ class Expectations:
         """(B, n_obs) from a (dim, B) column state."""
         if self.diagonal:
             # |amplitude|^2 summed after the product, on (n_obs, B, 2): a sum over the real/imaginary
-            # axis of the whole state measured ~7x slower, and .real/.imag back-propagate by zero-filling
+            # axis of the whole state is a slow strided reduction, and .real/.imag back-propagate by zero-filling
             parts = torch.view_as_real(state).reshape(state.shape[0], -1)
             return (self.matrix.T @ (parts * parts)).reshape(self.matrix.shape[1], -1, 2).sum(-1).T
         vec = torch.einsum("oij,jb->oib", self.matrix, state)
