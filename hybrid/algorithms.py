@@ -101,6 +101,10 @@ class Algorithm(nn.Module):
         """One of the method's own hyperparameters (its HPARAMS default unless overridden)."""
         return self._hp[name]
 
+    def class_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the class logits, with the run's label smoothing (every method shares it)."""
+        return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+
     def objective(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
                   step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of one batch and what to log; ``step`` counts from 0 over the whole training."""
@@ -159,7 +163,7 @@ class ERM(Algorithm):
     """Empirical risk minimisation: cross-entropy on the (shifted) training images."""
 
     def objective(self, x, y, domains, step):
-        loss = F.cross_entropy(self.network(x), y)
+        loss = self.class_loss(self.network(x), y)
         value = loss.item()
         return loss, {"loss": value, "cls_loss": value}
 
@@ -206,7 +210,7 @@ class DANN(Algorithm):
         lam = dann_lambda(step / self.total_steps, self.hparams.dann_max_lambda)
         f = self.network.features(x)
         domain_logits = self.discriminator(grad_reverse(f, lam))  # before the head: dropout draws keep their order
-        cls_loss = F.cross_entropy(self.network.head(f), y)
+        cls_loss = self.class_loss(self.network.head(f), y)
         dom_loss = F.cross_entropy(domain_logits, domains)
         loss = cls_loss + self.hparams.dann_weight * dom_loss
         return loss, {"loss": loss.item(), "cls_loss": cls_loss.item(), "domain_loss": dom_loss.item(),
@@ -232,7 +236,7 @@ class CORAL(Algorithm):
 
     def objective(self, x, y, domains, step):
         f = self.network.features(x)
-        cls_loss = F.cross_entropy(self.network.head(f), y)
+        cls_loss = self.class_loss(self.network.head(f), y)
         groups = [f[domains == d] for d in torch.unique(domains)]
         groups = [g for g in groups if len(g) > 1]
         pairs = [coral_distance(a, b) for i, a in enumerate(groups) for b in groups[i + 1:]]
@@ -278,7 +282,7 @@ class MixStyle(Algorithm):
     def objective(self, x, y, domains, step):
         self._mixing = bool(torch.rand(()) < self.hp("mix_prob"))  # the global generator: resumed exactly
         try:
-            loss = F.cross_entropy(self.network(x), y)
+            loss = self.class_loss(self.network(x), y)
         finally:
             self._mixing = False
         value = loss.item()
@@ -311,6 +315,6 @@ class RandConv(Algorithm):
         if bool(torch.rand(()) < self.hp("randconv_prob")):
             with torch.no_grad():
                 x = random_convolution(x, int(self.hp("max_kernel")))
-        loss = F.cross_entropy(self.network(x), y)
+        loss = self.class_loss(self.network(x), y)
         value = loss.item()
         return loss, {"loss": value, "cls_loss": value}

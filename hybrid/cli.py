@@ -50,6 +50,9 @@ HELP = {
     "q_lr_scale": "the quantum slot's learning rate as a multiple of --lr (circuit weights are angles: at the "
                   "shared rate they move a few hundredths of a radian in a short run); the classical twin gets "
                   "the same multiple, so the controls stay fair",
+    "label_smoothing": "label smoothing of the classification loss (0: one-hot targets); it bounds the margin "
+                       "a training image is pushed to, so bounded outputs (the dressed circuit's) are not driven "
+                       "to their ends",
     "q_noise_at_eval": "keep the training noise in the exact engine at evaluation (imitates a device)",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",

@@ -70,6 +70,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     q_lr_scale: float = 1.0  # learning rate of the quantum slot (circuit weights, or the twin) = lr x this
+    label_smoothing: float = 0.0  # class targets: (1 - e) one-hot + e uniform (torch's); 0 = one-hot
     augment: bool = True  # small random translations
     seed: int = 0
     threads: int | None = None  # torch threads (None: torch default)
@@ -175,6 +176,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {  # field: (lowest,
     "lr": (1e-12, None, "above 0"),
     "weight_decay": (0, None, "0 or more"),
     "q_lr_scale": (1e-6, 1e4, "above 0 (a multiple of --lr, at most 10000)"),
+    "label_smoothing": (0, 0.5, "between 0 and 0.5"),
     "width_mult": (0.01, None, "above 0"),
     "embed_dim": (1, None, "at least 1"),
     "dropout": (0, 0.99, "at least 0 and below 1"),

@@ -231,3 +231,23 @@ def test_new_algorithms_compose_with_shifts_and_the_quantum_layer(name, tmp_path
     report = json.loads((out / "report.json").read_text())
     assert report["run"]["algorithm"] == name and report["config"]["quantum"] and report["config"]["shift"]
     assert all(0 <= d["auc"] <= 1 for d in report["domains"].values())
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_label_smoothing_sets_every_algorithms_class_targets(name):
+    """(1 - e) one-hot + e uniform: a perfectly separated batch keeps a loss, and e = 0 is plain cross-entropy."""
+    logits = torch.tensor([[8.0, -8.0], [-8.0, 8.0]])
+    y = torch.tensor([0, 1])
+    plain = build(name).class_loss(logits, y)
+    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(logits, y))
+    smoothed = build(name, replace(CFG, label_smoothing=0.1)).class_loss(logits, y)
+    log_p = torch.log_softmax(logits, dim=1)
+    expected = -(0.95 * log_p[[0, 1], [0, 1]] + 0.05 * log_p[[0, 1], [1, 0]]).mean()
+    torch.testing.assert_close(smoothed, expected)
+    assert smoothed > 10 * plain  # the margin stops paying once the targets are met
+
+
+def test_label_smoothing_is_checked_when_a_config_is_made():
+    for bad in (-0.1, 0.6):
+        with pytest.raises(ValueError, match="label-smoothing"):
+            TrainConfig(label_smoothing=bad)

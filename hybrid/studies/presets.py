@@ -68,6 +68,10 @@ def _slot_variants(tag: str, circuit: dict, none: dict) -> dict[str, dict]:
 # there is nothing to measure, so dressed_angle_zzobs_none has dressed_angle_none's config.
 QUANTUM_VARIANTS |= _slot_variants("anorm", dict(q_angle_norm=True), dict(q_angle_norm=True))
 QUANTUM_VARIANTS |= _slot_variants("zzobs", dict(q_observables="z+zz"), {})
+# _zzobs_ls: the adopted z+zz readout trained with label smoothing 0.1 (results/quantum_heads/label_smoothing/
+# RULE.md): a bounded margin, so the loss stops pushing the circuit's outputs to +-1 once an image is right.
+QUANTUM_VARIANTS |= _slot_variants("zzobs_ls", dict(q_observables="z+zz", label_smoothing=0.1),
+                                   dict(label_smoothing=0.1))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
