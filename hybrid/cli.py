@@ -39,6 +39,8 @@ HELP = {
                    "the map that trains in the dressed head)",
     "q_angle_norm": "BatchNorm (affine) on the projection in front of the quantum slot: the angles keep their "
                     "spread when a center shifts the features, and domain-level TTA (adabn) re-estimates it",
+    "q_input_dropout": "feed the quantum slot dropout(f) (p = --dropout) instead of the embedding f: the dressed "
+                       "head otherwise trains with no dropout anywhere, where concat's classifier has it",
     "q_reupload": "data re-uploading: the feature map and a new ansatz block, repeated this many times",
     "q_observables": "what the circuit measures: z (Z on each qubit), zz (ZZ on neighbours) or z+zz",
     "q_train_shots": "noise-aware training: estimate each expectation value from this many shots (0: exact)",

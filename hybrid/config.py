@@ -53,6 +53,7 @@ class TrainConfig:
     quantum_layer: str = "pqc"  # pqc, or a control: separable, classical_twin, none
     q_reupload: int = 1  # data re-uploading: (feature map, ansatz) blocks, each with its own weights
     q_angle_norm: bool = False  # BatchNorm on the slot's inputs before the angle map (re-estimated by TTA)
+    q_input_dropout: bool = False  # the quantum slot reads dropout(f) (p = dropout), as concat's classifier does
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
     q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise
@@ -150,6 +151,7 @@ class ModelConfig:
     quantum_layer: str = "pqc"  # pqc, or a control: separable, classical_twin, none
     q_reupload: int = 1  # data re-uploading: (feature map, ansatz) blocks, each with its own weights
     q_angle_norm: bool = False  # BatchNorm on the slot's inputs before the angle map (re-estimated by TTA)
+    q_input_dropout: bool = False  # the quantum slot reads dropout(f) (p = dropout), as concat's classifier does
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
     q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise

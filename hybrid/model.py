@@ -178,7 +178,7 @@ class HybridNet(nn.Module):
     def head(self, f: torch.Tensor) -> torch.Tensor:
         if self.head_kind is None:
             return self.classifier(self.dropout(f))
-        q = self.layer_outputs(f)
+        q = self.layer_outputs(self.dropout(f) if self.config.q_input_dropout else f)
         if self.head_kind == "dressed":
             return self.classifier(q.to(f.dtype))
         if self.head_kind == "residual":

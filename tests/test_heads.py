@@ -300,3 +300,20 @@ def test_adabn_re_estimates_the_angle_norm_without_running_the_circuit():
     assert not calls  # the statistics pass stops in front of the (possibly remote) circuit
     torch.testing.assert_close(model.angle_norm.running_mean, z.mean(0))
     torch.testing.assert_close(model.angle_norm.running_var, z.var(0, unbiased=True))
+
+
+@pytest.mark.parametrize("layer", ["pqc", "none"])
+def test_slot_input_dropout_reaches_the_dressed_head_in_training_only(layer):
+    """With --q-input-dropout the slot reads dropout(f): two training passes of one batch differ, and in
+    eval mode the head is the same function as without it (the weights of one model serve both)."""
+    torch.manual_seed(0)
+    plain = HybridNet(replace(SMALL, quantum_head="dressed", quantum_layer=layer, dropout=0.5), 1, 2)
+    dropped = HybridNet(replace(plain.config, q_input_dropout=True), 1, 2)
+    dropped.load_state_dict(plain.state_dict())
+    f = torch.randn(6, SMALL.embed_dim)
+    plain.train(), dropped.train()
+    torch.testing.assert_close(plain.head(f), plain.head(f))  # no dropout anywhere in the dressed head
+    first, second = dropped.head(f), dropped.head(f)
+    assert not torch.allclose(first, second)
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped.head(f), plain.head(f))

@@ -72,6 +72,10 @@ QUANTUM_VARIANTS |= _slot_variants("zzobs", dict(q_observables="z+zz"), {})
 # RULE.md): a bounded margin, so the loss stops pushing the circuit's outputs to +-1 once an image is right.
 QUANTUM_VARIANTS |= _slot_variants("zzobs_ls", dict(q_observables="z+zz", label_smoothing=0.1),
                                    dict(label_smoothing=0.1))
+# _zzobs_drop: the z+zz readout with the slot fed dropout(f) as concat's classifier is
+# (results/quantum_heads/slot_dropout/RULE.md); the none control gets the same dropout.
+QUANTUM_VARIANTS |= _slot_variants("zzobs_drop", dict(q_observables="z+zz", q_input_dropout=True),
+                                   dict(q_input_dropout=True))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
