@@ -342,3 +342,18 @@ def test_more_readout_variants_name_their_observables_and_keep_the_plain_none_co
     assert study.config("dressed_angle_qlr100_zzobs_twin", 0).q_observables == "z+zz"
     pairs = quantum_pairs(["concat", "dressed_angle_qlr100_zzobs", "dressed_angle_zzobs_none"])
     assert ("dressed_angle_qlr100_zzobs", "dressed_angle_zzobs_none") in pairs
+
+
+def test_drop_plus_variants_add_their_regularizer_to_the_adopted_recipe_and_name_it():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    adopted = study.config("dressed_angle_qlr100_zzobs_drop", 0)
+    both = study.config("dressed_angle_qlr100_zzobs_drop_ls", 0)
+    stronger = study.config("dressed_angle_qlr100_zzobs_drop5", 0)
+    assert (both.label_smoothing, both.q_input_dropout, both.dropout) == (0.1, True, adopted.dropout)
+    assert (stronger.dropout, stronger.q_input_dropout, stronger.label_smoothing) == (0.5, True, 0.0)
+    assert method_components(stronger.to_dict()).endswith("slot lr x100, slot input dropout 0.5)")
+    assert method_components(adopted.to_dict()).endswith("slot lr x100, slot input dropout)")
+    assert study.config("dressed_angle_zzobs_drop5_none", 0).dropout == 0.5

@@ -76,6 +76,12 @@ QUANTUM_VARIANTS |= _slot_variants("zzobs_ls", dict(q_observables="z+zz", label_
 # (results/quantum_heads/slot_dropout/RULE.md); the none control gets the same dropout.
 QUANTUM_VARIANTS |= _slot_variants("zzobs_drop", dict(q_observables="z+zz", q_input_dropout=True),
                                    dict(q_input_dropout=True))
+# Two tries past the adopted _zzobs_drop (results/quantum_heads/drop_plus/RULE.md): _zzobs_drop_ls adds label
+# smoothing 0.1 (the runner-up of that round), _zzobs_drop5 raises the slot's dropout from 0.2 to 0.5.
+QUANTUM_VARIANTS |= _slot_variants("zzobs_drop_ls", dict(q_observables="z+zz", q_input_dropout=True, label_smoothing=0.1),
+                                   dict(q_input_dropout=True, label_smoothing=0.1))
+QUANTUM_VARIANTS |= _slot_variants("zzobs_drop5", dict(q_observables="z+zz", q_input_dropout=True, dropout=0.5),
+                                   dict(q_input_dropout=True, dropout=0.5))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance

@@ -41,11 +41,19 @@ def _quantum_part(cfg: dict) -> str:
          _noise_aware(cfg)])
     slot = "".join([f", slot lr x{cfg['q_lr_scale']:g}" if cfg.get("q_lr_scale", 1.0) != 1.0 and layer != "none" else "",
                     ", angle BN" if cfg.get("q_angle_norm") else "",
-                    ", slot input dropout" if cfg.get("q_input_dropout") else "",
+                    _slot_dropout(cfg),
                     f", label smoothing {cfg['label_smoothing']:g}" if cfg.get("label_smoothing", 0.0) else ""])
     if (head, layer, n, circuit, slot) == ("concat", "pqc", 4, "", ""):
         return "quantum"
     return f"quantum ({head}, {layer}, {n} qubits{circuit}{slot})"
+
+
+def _slot_dropout(cfg: dict) -> str:
+    """The slot's input dropout, with its rate where it is not TrainConfig's default 0.2."""
+    if not cfg.get("q_input_dropout"):
+        return ""
+    rate = cfg.get("dropout", 0.2)
+    return ", slot input dropout" + (f" {rate:g}" if rate != 0.2 else "")
 
 
 def _noise_aware(cfg: dict) -> str:
