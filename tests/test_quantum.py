@@ -125,6 +125,45 @@ def test_gradcheck_wide_circuits_through_permutations_and_blocks(n_qubits):
     assert torch.autograd.gradcheck(lambda xx, ww: layer.program(xx, ww), (x, w), atol=1e-8)
 
 
+def test_phase_table_splits_exactly_only_when_its_terms_fit_two_overlapping_parts():
+    from hybrid.quantum.phase_split import split_phase_table
+
+    g = torch.Generator().manual_seed(0)
+    top = torch.randn(3, 16, 2, generator=g, dtype=torch.float64)  # 8 qubits: 3 top-only, 1 shared, 4 bottom-only
+    bottom = torch.randn(3, 2, 8, generator=g, dtype=torch.float64)
+    table = (top[..., None] + bottom[:, None]).reshape(3, 256)
+    split = split_phase_table(table, 8)
+    assert split is not None and split.sizes == (16, 2, 8) and split.rows == 48
+    rebuilt = (split.top_t.T.reshape(3, 16, 2, 1) + split.bottom_t.T.reshape(3, 1, 2, 8)).reshape(3, 256)
+    torch.testing.assert_close(rebuilt, table, rtol=0, atol=1e-12)
+    assert split_phase_table(torch.randn(3, 256, generator=g, dtype=torch.float64), 8) is None  # all interact
+
+
+@pytest.mark.parametrize("n_qubits, entanglement, sizes", [(8, "linear", (16, 2, 8)), (8, "full", None)])
+def test_split_phase_segments_match_the_direct_evaluation(n_qubits, entanglement, sizes):
+    from hybrid.quantum.segments import MonomialSegment
+
+    cfg = QuantumConfig(n_qubits=n_qubits, feature_map="zz", reps=2, entanglement=entanglement)
+    layer = QuantumLayer(cfg, engine="statevector", seed=3)
+    spec = layer.spec
+    programs = [compile_circuit(spec.circuit, spec.input_params, spec.weight_params, spec.observables) for _ in range(2)]
+    phase_segments = [s for s in programs[1].segments if isinstance(s, MonomialSegment) and s.bank is not None]
+    assert [s.split.sizes if s.split else None for s in phase_segments] == [sizes] * 2  # both ZZ blocks
+    for segment in phase_segments:
+        segment.split = None  # the second program evaluates exp(i * phase) row by row
+    x = _random_inputs(cfg, batch=3)
+    outputs, grads = [], []
+    for program in programs:
+        xx, ww = x.clone().requires_grad_(True), layer.weight.detach().clone().requires_grad_(True)
+        out = program(xx, ww)
+        (out * torch.arange(1.0, out.shape[1] + 1, dtype=out.dtype)).sum().backward()
+        outputs.append(out.detach())
+        grads += [xx.grad, ww.grad]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads[0], grads[2], rtol=0, atol=1e-11)
+    torch.testing.assert_close(grads[1], grads[3], rtol=0, atol=1e-11)
+
+
 def test_float32_precision_is_close_to_float64():
     cfg = QuantumConfig()
     exact = QuantumLayer(cfg, engine="statevector", seed=6)

@@ -122,15 +122,19 @@ class AngleBank:
         self.left = torch.tensor([p[0] for p, u in zip(pairs, used) if u])
         self.right = torch.tensor([p[1] for p, u in zip(pairs, used) if u])
 
+    def monomials(self, x1: torch.Tensor) -> torch.Tensor:
+        """The (B, M) monomials of the "poly" mode: the angles are monomials @ coef."""
+        return x1[:, self.left] * x1[:, self.right]
+
     def columns(self, x1: torch.Tensor) -> torch.Tensor:
         """The "poly" angles transposed, (G, B), computed in that orientation (no transposed copy)."""
-        return self.coef.T @ (x1[:, self.left] * x1[:, self.right]).T
+        return self.coef.T @ self.monomials(x1).T
 
     def __call__(self, x1: torch.Tensor | None, weights: torch.Tensor | None) -> torch.Tensor:
         if self.mode == "poly":
             if x1 is None:  # input-free angles use only the monomial "1"
                 return self.coef.sum(dim=0)
-            return (x1[:, self.left] * x1[:, self.right]) @ self.coef
+            return self.monomials(x1) @ self.coef
         if self.mode == "gather":
             if weights is None:  # weight-free angles are the constants
                 return self.constant

@@ -27,6 +27,7 @@ from hybrid.quantum.gates import (
     permutation,
     to_build_dtype,
 )
+from hybrid.quantum.phase_split import split_phase_table
 
 MONOMIAL_NAMES = set(DIAGONAL) | set(PERMUTATION)
 # Neighbouring qubits whose single-qubit gates become one Kronecker block: a 16 x 16 matmul per block
@@ -137,10 +138,14 @@ class MonomialSegment:
         self.offset_column = None if self.constant_factor is None else self.offset[:, None]
         if self.constant_factor is not None:
             self.constant_factor = self.constant_factor[:, None]
+        self.split = None
         if self.bank is not None and self.bank.mode == "poly":
             # fold the angle polynomial into the slopes: phase = (coef @ slopes)^T @ monomials^T
             self.bank.coef = self.bank.coef @ self.slopes_t.T
             self.slopes_t = None
+            # the offset rides along as the coefficient of a constant monomial
+            table = self.bank.coef if self.offset_column is None else torch.cat([self.bank.coef, self.offset[None]])
+            self.split = split_phase_table(table, ctx.n)
 
     def phase(self, x1: torch.Tensor | None, w: torch.Tensor | None) -> torch.Tensor:
         """The (dim, B) phases (or (dim, 1) without inputs), one column per state."""
@@ -151,8 +156,17 @@ class MonomialSegment:
             phase = self.slopes_t @ (angles.T if angles.dim() == 2 else angles[:, None])
         return phase if self.offset_column is None else phase + self.offset_column
 
+    def split_monomials(self, x1: torch.Tensor) -> torch.Tensor:
+        """The (R, B) rows the split tables multiply: the monomials, then 1 for the offset."""
+        monomials = self.bank.monomials(x1)
+        if self.offset_column is not None:
+            monomials = torch.cat([monomials, torch.ones_like(monomials[:, :1])], dim=1)
+        return monomials.T
+
     def __call__(self, state: torch.Tensor, x1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self.bank is not None:
+        if self.split is not None and x1 is not None:
+            state = self.split.rotate(state, self.split_monomials(x1))
+        elif self.bank is not None:
             state = PhaseRotate.apply(state, self.phase(x1, w))
         elif self.constant_factor is not None:
             state = state * self.constant_factor
