@@ -357,3 +357,17 @@ def test_drop_plus_variants_add_their_regularizer_to_the_adopted_recipe_and_name
     assert method_components(stronger.to_dict()).endswith("slot lr x100, slot input dropout 0.5)")
     assert method_components(adopted.to_dict()).endswith("slot lr x100, slot input dropout)")
     assert study.config("dressed_angle_zzobs_drop5_none", 0).dropout == 0.5
+
+
+def test_reupload_variant_is_the_adopted_recipe_with_two_uploads_and_says_so():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    for width in ("", "8"):
+        adopted = study.config(f"dressed{width}_angle_qlr100_zzobs_drop", 0)
+        reupload = study.config(f"dressed{width}_angle_reup2_qlr100_zzobs_drop", 0)
+        assert reupload.q_reupload == 2 and adopted.q_reupload == 1
+        assert {k: v for k, v in reupload.to_dict().items() if k != "q_reupload"} == \
+            {k: v for k, v in adopted.to_dict().items() if k != "q_reupload"}
+    assert "re-uploaded x2" in method_components(reupload.to_dict())

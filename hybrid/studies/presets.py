@@ -82,6 +82,10 @@ QUANTUM_VARIANTS |= _slot_variants("zzobs_drop_ls", dict(q_observables="z+zz", q
                                    dict(q_input_dropout=True, label_smoothing=0.1))
 QUANTUM_VARIANTS |= _slot_variants("zzobs_drop5", dict(q_observables="z+zz", q_input_dropout=True, dropout=0.5),
                                    dict(q_input_dropout=True, dropout=0.5))
+# _reup2: the adopted recipe's circuit with data re-uploading x2 (results/quantum_heads/reupload/RULE.md): rejected
+# for the dressed head at the design budget, judged again at the ablation budget; no controls unless adopted.
+QUANTUM_VARIANTS |= {f"{base}_reup2_qlr{ADOPTED_SLOT_LR}_zzobs_drop": dict(
+    QUANTUM_VARIANTS[f"{base}_qlr{ADOPTED_SLOT_LR}_zzobs_drop"], q_reupload=2) for base in ("dressed_angle", "dressed8_angle")}
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
