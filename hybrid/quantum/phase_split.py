@@ -62,6 +62,21 @@ def split_phase_table(table: torch.Tensor, n: int, max_fraction: float = MAX_ROW
     return best if best is not None and best.rows <= max_fraction * dim else None
 
 
+def rotate_for_backward(ctx, state: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """state * rotation, keeping both factors a phase rotation's backward needs (no cos/sin again)."""
+    out = state * rotation
+    ctx.save_for_backward(rotation, out)
+    return out
+
+
+def rotation_grads(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """d/dstate and d/dphase (one entry per basis row and state) of `rotate_for_backward`'s output."""
+    rotation, out = ctx.saved_tensors
+    grad_state = grad * rotation.conj() if ctx.needs_input_grad[0] else None
+    need_phase = any(ctx.needs_input_grad[1:])
+    return grad_state, (out.conj() * grad).imag if need_phase else None  # d out / d phase = i * out
+
+
 class SplitPhaseRotate(torch.autograd.Function):
     """state * (exp(i * top) (x) exp(i * bottom)); the backward sums d/dphase over the bits each table
     does not read, as PhaseRotate's backward gives d/dphase (it keeps the rotation and the output)."""
@@ -72,20 +87,16 @@ class SplitPhaseRotate(torch.autograd.Function):
         batch = top.shape[1]
         top_rot = torch.complex(torch.cos(top), torch.sin(top)).view(h, o, 1, batch)
         bottom_rot = torch.complex(torch.cos(bottom), torch.sin(bottom)).view(1, o, l, batch)
-        rotation = (top_rot * bottom_rot).view(h * o * l, batch)
-        out = state * rotation
-        ctx.save_for_backward(rotation, out)
         ctx.sizes = sizes
-        return out
+        return rotate_for_backward(ctx, state, (top_rot * bottom_rot).view(h * o * l, batch))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        rotation, out = ctx.saved_tensors
         h, o, l = ctx.sizes
-        grad_state = grad * rotation.conj() if ctx.needs_input_grad[0] else None
+        grad_state, grad_phase = rotation_grads(ctx, grad)
         grad_top = grad_bottom = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:  # d out / d phase = i * out
-            grad_phase = (out.conj() * grad).imag.reshape(h, o, l, -1)
+        if grad_phase is not None:
+            grad_phase = grad_phase.reshape(h, o, l, -1)
             grad_top = grad_phase.sum(dim=2).reshape(h * o, -1)
             grad_bottom = grad_phase.sum(dim=0).reshape(o * l, -1)
         return grad_state, grad_top, grad_bottom, None

@@ -27,7 +27,7 @@ from hybrid.quantum.gates import (
     permutation,
     to_build_dtype,
 )
-from hybrid.quantum.phase_split import split_phase_table
+from hybrid.quantum.phase_split import rotate_for_backward, rotation_grads, split_phase_table
 
 MONOMIAL_NAMES = set(DIAGONAL) | set(PERMUTATION)
 # Neighbouring qubits whose single-qubit gates become one Kronecker block: a 16 x 16 matmul per block
@@ -93,21 +93,14 @@ class PhaseRotate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, state: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-        rotation = torch.complex(torch.cos(phase), torch.sin(phase))
-        out = state * rotation
-        ctx.save_for_backward(rotation, out)
         ctx.phase_shape = phase.shape
-        return out
+        return rotate_for_backward(ctx, state, torch.complex(torch.cos(phase), torch.sin(phase)))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        rotation, out = ctx.saved_tensors
-        grad_state = grad * rotation.conj() if ctx.needs_input_grad[0] else None
-        grad_phase = None
-        if ctx.needs_input_grad[1]:  # d out / d phase = i * out
-            grad_phase = (out.conj() * grad).imag
-            if grad_phase.shape != ctx.phase_shape:  # a phase shared by every state: (dim, 1)
-                grad_phase = grad_phase.sum(dim=1, keepdim=True)
+        grad_state, grad_phase = rotation_grads(ctx, grad)
+        if grad_phase is not None and grad_phase.shape != ctx.phase_shape:  # a phase shared by every state: (dim, 1)
+            grad_phase = grad_phase.sum(dim=1, keepdim=True)
         return grad_state, grad_phase
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hybrid.config import upgrade_fields
+from hybrid.config import TrainConfig, upgrade_fields
 from hybrid.reporting import fmt
 from hybrid.studies.results import ALPHA, BASELINE, MIN_PAIRS, SETTINGS, STATS, Run, mean_std
 
@@ -49,11 +49,11 @@ def _quantum_part(cfg: dict) -> str:
 
 
 def _slot_dropout(cfg: dict) -> str:
-    """The slot's input dropout, with its rate where it is not TrainConfig's default 0.2."""
+    """The slot's input dropout, with its rate where it is not TrainConfig's default."""
     if not cfg.get("q_input_dropout"):
         return ""
-    rate = cfg.get("dropout", 0.2)
-    return ", slot input dropout" + (f" {rate:g}" if rate != 0.2 else "")
+    rate = cfg.get("dropout", TrainConfig.dropout)
+    return ", slot input dropout" + (f" {rate:g}" if rate != TrainConfig.dropout else "")
 
 
 def _noise_aware(cfg: dict) -> str:
