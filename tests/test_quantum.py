@@ -164,8 +164,9 @@ def test_split_phase_segments_match_the_direct_evaluation(n_qubits, entanglement
     torch.testing.assert_close(grads[1], grads[3], rtol=0, atol=1e-11)
 
 
-def test_float32_precision_is_close_to_float64():
-    cfg = QuantumConfig()
+@pytest.mark.parametrize("n_qubits", [4, 8])  # 8 qubits: the ZZ phases go through split tables
+def test_float32_precision_is_close_to_float64(n_qubits):
+    cfg = QuantumConfig(n_qubits=n_qubits, entanglement="linear")
     exact = QuantumLayer(cfg, engine="statevector", seed=6)
     single = QuantumLayer(cfg, engine="statevector", precision="float32")
     single.load_state_dict(exact.state_dict())
