@@ -74,6 +74,10 @@ class Algorithm(nn.Module):
         self._hp = self.HPARAMS | parse_hparams(hparams.algorithm_hparams, self.HPARAMS, self.name)
         self.n_domains = n_domains
         self.total_steps = total_steps
+        # --aux-weight: a training-only classifier on the embedding (deep supervision), kept out of the network
+        # so predictions still pass only through its head; absent when off, so older training states still load
+        self.aux_classifier = (nn.Linear(hparams.embed_dim, network.classifier.out_features)
+                               if hparams.aux_weight > 0 else None)
         self.build()
         device = module_device(network)
         self.to(device)  # modules made by build() join the network's device before the optimizer sees them
@@ -104,6 +108,15 @@ class Algorithm(nn.Module):
     def class_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the class logits, with the run's label smoothing (every method shares it)."""
         return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+
+    def head_loss(self, f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The class loss of the network's head on the embedding f, plus (with --aux-weight) the weighted loss
+        of the auxiliary classifier on dropout(f); logs cls_loss (the head's) and aux_loss."""
+        cls_loss = self.class_loss(self.network.head(f), y)
+        if self.aux_classifier is None:
+            return cls_loss, {"cls_loss": cls_loss.item()}
+        aux_loss = self.class_loss(self.aux_classifier(self.network.dropout(f)), y)  # after the head's dropout draws
+        return cls_loss + self.hparams.aux_weight * aux_loss, {"cls_loss": cls_loss.item(), "aux_loss": aux_loss.item()}
 
     def objective(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
                   step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -163,9 +176,8 @@ class ERM(Algorithm):
     """Empirical risk minimisation: cross-entropy on the (shifted) training images."""
 
     def objective(self, x, y, domains, step):
-        loss = self.class_loss(self.network(x), y)
-        value = loss.item()
-        return loss, {"loss": value, "cls_loss": value}
+        loss, logs = self.head_loss(self.network.features(x), y)
+        return loss, {"loss": loss.item()} | logs
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -210,10 +222,10 @@ class DANN(Algorithm):
         lam = dann_lambda(step / self.total_steps, self.hparams.dann_max_lambda)
         f = self.network.features(x)
         domain_logits = self.discriminator(grad_reverse(f, lam))  # before the head: dropout draws keep their order
-        cls_loss = self.class_loss(self.network.head(f), y)
+        class_loss, logs = self.head_loss(f, y)
         dom_loss = F.cross_entropy(domain_logits, domains)
-        loss = cls_loss + self.hparams.dann_weight * dom_loss
-        return loss, {"loss": loss.item(), "cls_loss": cls_loss.item(), "domain_loss": dom_loss.item(),
+        loss = class_loss + self.hparams.dann_weight * dom_loss
+        return loss, {"loss": loss.item()} | logs | {"domain_loss": dom_loss.item(),
                 "domain_acc": float((domain_logits.argmax(1) == domains).float().mean()), "lambda": lam}
 
 
@@ -236,13 +248,13 @@ class CORAL(Algorithm):
 
     def objective(self, x, y, domains, step):
         f = self.network.features(x)
-        cls_loss = self.class_loss(self.network.head(f), y)
+        class_loss, logs = self.head_loss(f, y)
         groups = [f[domains == d] for d in torch.unique(domains)]
         groups = [g for g in groups if len(g) > 1]
         pairs = [coral_distance(a, b) for i, a in enumerate(groups) for b in groups[i + 1:]]
         penalty = torch.stack(pairs).mean() if pairs else f.sum() * 0
-        loss = cls_loss + self.hp("coral_weight") * penalty
-        return loss, {"loss": loss.item(), "cls_loss": cls_loss.item(), "coral_penalty": penalty.item()}
+        loss = class_loss + self.hp("coral_weight") * penalty
+        return loss, {"loss": loss.item()} | logs | {"coral_penalty": penalty.item()}
 
 
 def mix_style(x: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
@@ -282,11 +294,10 @@ class MixStyle(Algorithm):
     def objective(self, x, y, domains, step):
         self._mixing = bool(torch.rand(()) < self.hp("mix_prob"))  # the global generator: resumed exactly
         try:
-            loss = self.class_loss(self.network(x), y)
+            loss, logs = self.head_loss(self.network.features(x), y)
         finally:
             self._mixing = False
-        value = loss.item()
-        return loss, {"loss": value, "cls_loss": value}
+        return loss, {"loss": loss.item()} | logs
 
 
 def random_convolution(x: torch.Tensor, max_kernel: int) -> torch.Tensor:
@@ -315,6 +326,5 @@ class RandConv(Algorithm):
         if bool(torch.rand(()) < self.hp("randconv_prob")):
             with torch.no_grad():
                 x = random_convolution(x, int(self.hp("max_kernel")))
-        loss = self.class_loss(self.network(x), y)
-        value = loss.item()
-        return loss, {"loss": value, "cls_loss": value}
+        loss, logs = self.head_loss(self.network.features(x), y)
+        return loss, {"loss": loss.item()} | logs

@@ -55,6 +55,9 @@ HELP = {
     "label_smoothing": "label smoothing of the classification loss (0: one-hot targets); it bounds the margin "
                        "a training image is pushed to, so bounded outputs (the dressed circuit's) are not driven "
                        "to their ends",
+    "aux_weight": "deep supervision: add this weight x the cross-entropy of a linear classifier on dropout(f) to the "
+                  "class loss while training; the classifier belongs to the training algorithm, not the saved "
+                  "network, so predictions still pass only through the head (0: off)",
     "q_noise_at_eval": "keep the training noise in the exact engine at evaluation (imitates a device)",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",

@@ -86,6 +86,12 @@ QUANTUM_VARIANTS |= _slot_variants("zzobs_drop5", dict(q_observables="z+zz", q_i
 # for the dressed head at the design budget, judged again at the ablation budget; no controls unless adopted.
 QUANTUM_VARIANTS |= {f"{base}_reup2_qlr{ADOPTED_SLOT_LR}_zzobs_drop": dict(
     QUANTUM_VARIANTS[f"{base}_qlr{ADOPTED_SLOT_LR}_zzobs_drop"], q_reupload=2) for base in ("dressed_angle", "dressed8_angle")}
+# _aux1, _aux03: the adopted recipe trained with an auxiliary linear classifier on the embedding (--aux-weight 1 or
+# 0.3; results/quantum_heads/aux_loss/RULE.md): deep supervision, so the encoder does not learn only through the
+# slot's bottleneck; the classifier is training-only, predictions still pass through the slot. Controls get it too.
+QUANTUM_VARIANTS |= {name: variant for weight, tag in ((1.0, "aux1"), (0.3, "aux03")) for name, variant in
+                     _slot_variants(f"zzobs_drop_{tag}", dict(q_observables="z+zz", q_input_dropout=True, aux_weight=weight),
+                                    dict(q_input_dropout=True, aux_weight=weight)).items()}
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance

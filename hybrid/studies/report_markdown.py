@@ -26,7 +26,9 @@ def method_components(cfg: dict) -> str:
     """The method's components, e.g. "shift + DANN + quantum"; ERM is the absence of an algorithm."""
     algorithm = upgrade_fields(cfg).get("algorithm", "erm")
     parts = [name for name, on in (("colour constancy", cfg.get("colour_constancy")), ("shift", cfg.get("shift")),
-                                   (algorithm.upper(), algorithm != "erm"), (_quantum_part(cfg), cfg.get("quantum")))
+                                   (algorithm.upper(), algorithm != "erm"),
+                                   (f"aux loss x{cfg.get('aux_weight', 0.0):g}", cfg.get("aux_weight")),
+                                   (_quantum_part(cfg), cfg.get("quantum")))
              if on]
     return " + ".join(parts) or "none"
 
