@@ -251,3 +251,33 @@ def test_label_smoothing_is_checked_when_a_config_is_made():
     for bad in (-0.1, 0.6):
         with pytest.raises(ValueError, match="label-smoothing"):
             TrainConfig(label_smoothing=bad)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_aux_weight_adds_a_training_only_embedding_classifier(name):
+    """Deep supervision: W x the loss of a linear classifier on the embedding joins every algorithm's class loss;
+    the classifier trains with the algorithm but is not part of the network, which still predicts alone."""
+    x, y, domains = batch()
+    plain = build(name)
+    assert plain.aux_classifier is None and "aux_loss" not in plain.update(x, y, domains, 0)
+    algorithm = build(name, replace(CFG, aux_weight=0.5))
+    assert all(not key.startswith("aux") for key in algorithm.network.state_dict())
+    algorithm.eval()  # no dropout: the loss is the two cross-entropies exactly
+    f = algorithm.network.features(x)
+    loss, logs = algorithm.head_loss(f, y)
+    head = torch.nn.functional.cross_entropy(algorithm.network.head(f), y)
+    aux = torch.nn.functional.cross_entropy(algorithm.aux_classifier(f), y)
+    torch.testing.assert_close(loss, head + 0.5 * aux)
+    assert logs == pytest.approx({"cls_loss": head.item(), "aux_loss": aux.item()})
+    algorithm.train()
+    before = algorithm.aux_classifier.weight.detach().clone()
+    assert "aux_loss" in algorithm.update(x, y, domains, 0)
+    assert not torch.equal(before, algorithm.aux_classifier.weight)
+    algorithm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(algorithm.predict(x), algorithm.network(x))
+
+
+def test_aux_weight_is_checked_when_a_config_is_made():
+    with pytest.raises(ValueError, match="aux-weight"):
+        TrainConfig(aux_weight=-0.1)

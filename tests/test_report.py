@@ -371,3 +371,23 @@ def test_reupload_variant_is_the_adopted_recipe_with_two_uploads_and_says_so():
         assert {k: v for k, v in reupload.to_dict().items() if k != "q_reupload"} == \
             {k: v for k, v in adopted.to_dict().items() if k != "q_reupload"}
     assert "re-uploaded x2" in method_components(reupload.to_dict())
+
+
+def test_aux_variants_are_the_adopted_recipe_with_an_embedding_classifier_and_say_so():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report import quantum_pairs
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    for tag, weight in (("aux1", 1.0), ("aux03", 0.3)):
+        for width in ("", "8"):
+            adopted = study.config(f"dressed{width}_angle_qlr100_zzobs_drop", 0)
+            aux = study.config(f"dressed{width}_angle_qlr100_zzobs_drop_{tag}", 0)
+            assert aux.aux_weight == weight and adopted.aux_weight == 0.0
+            assert adopted.differences(aux) == [("aux_weight", 0.0, weight)]
+        assert study.config(f"dressed_angle_zzobs_drop_{tag}_none", 0).aux_weight == weight
+        assert study.config(f"dressed_angle_qlr100_zzobs_drop_{tag}_twin", 0).aux_weight == weight
+    assert method_components(aux.to_dict()).startswith("shift + DANN + aux loss x0.3 + quantum (dressed, pqc, 8")
+    pairs = quantum_pairs(["dressed_angle_qlr100_zzobs_drop_aux1", "dressed_angle_qlr100_zzobs_drop_aux1_separable",
+                           "dressed_angle_zzobs_drop_aux1_none"])
+    assert ("dressed_angle_qlr100_zzobs_drop_aux1", "dressed_angle_zzobs_drop_aux1_none") in pairs
