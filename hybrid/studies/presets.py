@@ -92,6 +92,14 @@ QUANTUM_VARIANTS |= {f"{base}_reup2_qlr{ADOPTED_SLOT_LR}_zzobs_drop": dict(
 QUANTUM_VARIANTS |= {name: variant for weight, tag in ((1.0, "aux1"), (0.3, "aux03")) for name, variant in
                      _slot_variants(f"zzobs_drop_{tag}", dict(q_observables="z+zz", q_input_dropout=True, aux_weight=weight),
                                     dict(q_input_dropout=True, aux_weight=weight)).items()}
+# Two design-budget verdicts judged again at the ablation budget inside the adopted recipe (results/quantum_heads/
+# budget_recheck/RULE.md): _qlr30_zzobs_drop, the slot lr x30 (runner-up to x100 where the head underfits), and
+# _zzobs_drop_anorm, BatchNorm on the slot's inputs (rejected there); the controls get the same change.
+QUANTUM_VARIANTS |= {f"{base}_qlr30_zzobs_drop{suffix}": dict(QUANTUM_VARIANTS[f"{base}_qlr{ADOPTED_SLOT_LR}_zzobs_drop{suffix}"],
+                                                            q_lr_scale=30.0)
+                     for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
+QUANTUM_VARIANTS |= _slot_variants("zzobs_drop_anorm", dict(q_observables="z+zz", q_input_dropout=True, q_angle_norm=True),
+                                   dict(q_input_dropout=True, q_angle_norm=True))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
