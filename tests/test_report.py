@@ -391,3 +391,22 @@ def test_aux_variants_are_the_adopted_recipe_with_an_embedding_classifier_and_sa
     pairs = quantum_pairs(["dressed_angle_qlr100_zzobs_drop_aux1", "dressed_angle_qlr100_zzobs_drop_aux1_separable",
                            "dressed_angle_zzobs_drop_aux1_none"])
     assert ("dressed_angle_qlr100_zzobs_drop_aux1", "dressed_angle_zzobs_drop_aux1_none") in pairs
+
+
+def test_budget_recheck_variants_change_one_thing_in_the_adopted_recipe_and_their_controls():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    for width in ("", "8"):
+        for suffix in ("", "_separable", "_twin"):
+            adopted = study.config(f"dressed{width}_angle_qlr100_zzobs_drop{suffix}", 0)
+            assert adopted.differences(study.config(f"dressed{width}_angle_qlr30_zzobs_drop{suffix}", 0)) == \
+                [("q_lr_scale", 100.0, 30.0)]
+            assert adopted.differences(study.config(f"dressed{width}_angle_qlr100_zzobs_drop_anorm{suffix}", 0)) == \
+                [("q_angle_norm", False, True)]
+        none = study.config(f"dressed{width}_angle_zzobs_drop_none", 0)
+        assert none.differences(study.config(f"dressed{width}_angle_zzobs_drop_anorm_none", 0)) == \
+            [("q_angle_norm", False, True)]
+    assert "slot lr x30, slot input dropout)" in method_components(study.config("dressed_angle_qlr30_zzobs_drop", 0).to_dict())
+    assert "angle BN" in method_components(study.config("dressed_angle_qlr100_zzobs_drop_anorm", 0).to_dict())
