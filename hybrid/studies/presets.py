@@ -100,6 +100,14 @@ QUANTUM_VARIANTS |= {f"{base}_qlr30_zzobs_drop{suffix}": dict(QUANTUM_VARIANTS[f
                      for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
 QUANTUM_VARIANTS |= _slot_variants("zzobs_drop_anorm", dict(q_observables="z+zz", q_input_dropout=True, q_angle_norm=True),
                                    dict(q_input_dropout=True, q_angle_norm=True))
+# The ansatz depth, never chosen so far (RealAmplitudes reps 2, the default; results/quantum_heads/ansatz_depth/RULE.md):
+# _reps4 deeper (20 weights at 4 qubits), _reps1 shallower (8). A twin needs at least inputs + outputs weights, which
+# one rep does not give (4 + 7 > 8), so _reps1 has a separable control only.
+QUANTUM_VARIANTS |= _slot_variants("zzobs_drop_reps4", dict(q_observables="z+zz", q_input_dropout=True, q_reps=4),
+                                   dict(q_input_dropout=True))
+QUANTUM_VARIANTS |= {f"{base}_qlr{ADOPTED_SLOT_LR}_zzobs_drop_reps1{suffix}":
+                     dict(QUANTUM_VARIANTS[f"{base}_qlr{ADOPTED_SLOT_LR}_zzobs_drop{suffix}"], q_reps=1)
+                     for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable")}
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
