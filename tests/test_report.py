@@ -410,3 +410,21 @@ def test_budget_recheck_variants_change_one_thing_in_the_adopted_recipe_and_thei
             [("q_angle_norm", False, True)]
     assert "slot lr x30, slot input dropout)" in method_components(study.config("dressed_angle_qlr30_zzobs_drop", 0).to_dict())
     assert "angle BN" in method_components(study.config("dressed_angle_qlr100_zzobs_drop_anorm", 0).to_dict())
+
+
+def test_ansatz_depth_variants_change_only_the_repetitions_and_keep_a_twin_where_one_can_exist():
+    from dataclasses import replace
+
+    from hybrid.model import HybridNet
+    from hybrid.studies.experiment import build_study
+
+    study = build_study("quantum")
+    adopted = study.config("dressed_angle_qlr100_zzobs_drop", 0)
+    for reps in (1, 4):
+        assert adopted.differences(study.config(f"dressed_angle_qlr100_zzobs_drop_reps{reps}", 0)) == [("q_reps", 2, reps)]
+    twin = study.config("dressed_angle_qlr100_zzobs_drop_reps4_twin", 0)
+    circuit = study.config("dressed_angle_qlr100_zzobs_drop_reps4", 0)
+    small = [replace(cfg, width_mult=0.1, embed_dim=8).model_config() for cfg in (circuit, twin)]  # the slot alone matters
+    counts = [HybridNet(cfg, in_channels=1, n_classes=2).parameter_counts()["layer"] for cfg in small]
+    assert counts == [20, 20]  # RealAmplitudes on 4 qubits, 4 repetitions: 4 x 5 angles; the twin matches them
+    assert "dressed_angle_qlr100_zzobs_drop_reps1_twin" not in study.variants
