@@ -111,7 +111,8 @@ QUANTUM_VARIANTS |= {f"{base}_qlr{ADOPTED_SLOT_LR}_zzobs_drop_reps1{suffix}":
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
-NOISE_AWARE_BASES = ("dressed", "dressed_angle") + tuple(f"dressed_angle_qlr{scale}" for scale in SLOT_LR_SCALES)
+NOISE_AWARE_BASES = ("dressed", "dressed_angle") + tuple(f"dressed_angle_qlr{scale}" for scale in SLOT_LR_SCALES) + (
+    f"dressed_angle_qlr{ADOPTED_SLOT_LR}_zzobs_drop",)  # the adopted recipe (results/quantum_heads/noise_adopted/RULE.md)
 _HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
             train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
             size=64, input_size=64, stem_stride=2)
