@@ -52,12 +52,14 @@ QUANTUM_VARIANTS |= {f"{base}_qlr{scale}{suffix}": dict(QUANTUM_VARIANTS[f"{base
 ADOPTED_SLOT_LR = 100  # chosen on design-validation centers (results/quantum_heads/slot_lr/design/)
 
 
-def _slot_variants(tag: str, circuit: dict, none: dict) -> dict[str, dict]:
+def _slot_variants(tag: str, circuit: dict, none: dict,
+                   suffixes: tuple[str, ...] = ("", "_separable", "_twin")) -> dict[str, dict]:
     """The adopted slot-lr circuits at 4 and 8 qubits changed by `circuit`, with their separable and twin
-    controls (`{base}_qlr100_{tag}{suffix}`), and the no-layer control changed by `none` (`{base}_{tag}_none`)."""
+    controls (`{base}_qlr100_{tag}{suffix}`, for each of `suffixes`), and the no-layer control changed by `none`
+    (`{base}_{tag}_none`)."""
     variants = {f"{base}_qlr{ADOPTED_SLOT_LR}_{tag}{suffix}":
                 dict(QUANTUM_VARIANTS[f"{base}_qlr{ADOPTED_SLOT_LR}{suffix}"], **circuit)
-                for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
+                for base in ("dressed_angle", "dressed8_angle") for suffix in suffixes}
     return variants | {f"{base}_{tag}_none": dict(QUANTUM_VARIANTS[f"{base}_none"], **none)
                        for base in ("dressed_angle", "dressed8_angle")}
 
@@ -74,14 +76,22 @@ QUANTUM_VARIANTS |= _slot_variants("zzobs_ls", dict(q_observables="z+zz", label_
                                    dict(label_smoothing=0.1))
 # _zzobs_drop: the z+zz readout with the slot fed dropout(f) as concat's classifier is
 # (results/quantum_heads/slot_dropout/RULE.md); the none control gets the same dropout.
-QUANTUM_VARIANTS |= _slot_variants("zzobs_drop", dict(q_observables="z+zz", q_input_dropout=True),
-                                   dict(q_input_dropout=True))
+ADOPTED_CIRCUIT, ADOPTED_NONE = dict(q_observables="z+zz", q_input_dropout=True), dict(q_input_dropout=True)
+QUANTUM_VARIANTS |= _slot_variants("zzobs_drop", ADOPTED_CIRCUIT, ADOPTED_NONE)
+
+
+def _past_adopted(tag: str, change: dict, none_change: dict | None = None,
+                  suffixes: tuple[str, ...] = ("", "_separable", "_twin")) -> dict[str, dict]:
+    """A try past the adopted recipe: `{base}_qlr100_zzobs_drop_{tag}{suffix}` is `_zzobs_drop{suffix}` changed by
+    `change`, and `{base}_zzobs_drop_{tag}_none` its no-layer control changed by `none_change` (default: `change`)."""
+    return _slot_variants(f"zzobs_drop_{tag}", ADOPTED_CIRCUIT | change,
+                          ADOPTED_NONE | (change if none_change is None else none_change), suffixes)
+
+
 # Two tries past the adopted _zzobs_drop (results/quantum_heads/drop_plus/RULE.md): _zzobs_drop_ls adds label
 # smoothing 0.1 (the runner-up of that round), _zzobs_drop5 raises the slot's dropout from 0.2 to 0.5.
-QUANTUM_VARIANTS |= _slot_variants("zzobs_drop_ls", dict(q_observables="z+zz", q_input_dropout=True, label_smoothing=0.1),
-                                   dict(q_input_dropout=True, label_smoothing=0.1))
-QUANTUM_VARIANTS |= _slot_variants("zzobs_drop5", dict(q_observables="z+zz", q_input_dropout=True, dropout=0.5),
-                                   dict(q_input_dropout=True, dropout=0.5))
+QUANTUM_VARIANTS |= _past_adopted("ls", dict(label_smoothing=0.1))
+QUANTUM_VARIANTS |= _slot_variants("zzobs_drop5", ADOPTED_CIRCUIT | dict(dropout=0.5), ADOPTED_NONE | dict(dropout=0.5))
 # _reup2: the adopted recipe's circuit with data re-uploading x2 (results/quantum_heads/reupload/RULE.md): rejected
 # for the dressed head at the design budget, judged again at the ablation budget; no controls unless adopted.
 QUANTUM_VARIANTS |= {f"{base}_reup2_qlr{ADOPTED_SLOT_LR}_zzobs_drop": dict(
@@ -89,25 +99,19 @@ QUANTUM_VARIANTS |= {f"{base}_reup2_qlr{ADOPTED_SLOT_LR}_zzobs_drop": dict(
 # _aux1, _aux03: the adopted recipe trained with an auxiliary linear classifier on the embedding (--aux-weight 1 or
 # 0.3; results/quantum_heads/aux_loss/RULE.md): deep supervision, so the encoder does not learn only through the
 # slot's bottleneck; the classifier is training-only, predictions still pass through the slot. Controls get it too.
-QUANTUM_VARIANTS |= {name: variant for weight, tag in ((1.0, "aux1"), (0.3, "aux03")) for name, variant in
-                     _slot_variants(f"zzobs_drop_{tag}", dict(q_observables="z+zz", q_input_dropout=True, aux_weight=weight),
-                                    dict(q_input_dropout=True, aux_weight=weight)).items()}
+QUANTUM_VARIANTS |= _past_adopted("aux1", dict(aux_weight=1.0)) | _past_adopted("aux03", dict(aux_weight=0.3))
 # Two design-budget verdicts judged again at the ablation budget inside the adopted recipe (results/quantum_heads/
 # budget_recheck/RULE.md): _qlr30_zzobs_drop, the slot lr x30 (runner-up to x100 where the head underfits), and
 # _zzobs_drop_anorm, BatchNorm on the slot's inputs (rejected there); the controls get the same change.
 QUANTUM_VARIANTS |= {f"{base}_qlr30_zzobs_drop{suffix}": dict(QUANTUM_VARIANTS[f"{base}_qlr{ADOPTED_SLOT_LR}_zzobs_drop{suffix}"],
                                                             q_lr_scale=30.0)
                      for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable", "_twin")}
-QUANTUM_VARIANTS |= _slot_variants("zzobs_drop_anorm", dict(q_observables="z+zz", q_input_dropout=True, q_angle_norm=True),
-                                   dict(q_input_dropout=True, q_angle_norm=True))
+QUANTUM_VARIANTS |= _past_adopted("anorm", dict(q_angle_norm=True))
 # The ansatz depth, never chosen so far (RealAmplitudes reps 2, the default; results/quantum_heads/ansatz_depth/RULE.md):
 # _reps4 deeper (20 weights at 4 qubits), _reps1 shallower (8). A twin needs at least inputs + outputs weights, which
-# one rep does not give (4 + 7 > 8), so _reps1 has a separable control only.
-QUANTUM_VARIANTS |= _slot_variants("zzobs_drop_reps4", dict(q_observables="z+zz", q_input_dropout=True, q_reps=4),
-                                   dict(q_input_dropout=True))
-QUANTUM_VARIANTS |= {f"{base}_qlr{ADOPTED_SLOT_LR}_zzobs_drop_reps1{suffix}":
-                     dict(QUANTUM_VARIANTS[f"{base}_qlr{ADOPTED_SLOT_LR}_zzobs_drop{suffix}"], q_reps=1)
-                     for base in ("dressed_angle", "dressed8_angle") for suffix in ("", "_separable")}
+# one rep does not give (4 + 7 > 8), so _reps1 has no twin control. Without a circuit there is no depth to change.
+QUANTUM_VARIANTS |= _past_adopted("reps4", dict(q_reps=4), {})
+QUANTUM_VARIANTS |= _past_adopted("reps1", dict(q_reps=1), {}, suffixes=("", "_separable"))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
