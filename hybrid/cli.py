@@ -58,6 +58,11 @@ HELP = {
     "aux_weight": "deep supervision: add this weight x the cross-entropy of a linear classifier on dropout(f) to the "
                   "class loss while training; the classifier belongs to the training algorithm, not the saved "
                   "network, so predictions still pass only through the head (0: off)",
+    "q_noise_device": "noise-aware training for a device: before training, run the circuit on this backend "
+                      "(e.g. aer_noisy:fake_manila) with random inputs and weights, fit how much it shrinks each "
+                      "expectation value, and train with those factors (saved as q_attenuation)",
+    "q_attenuation": "noise-aware training: per-observable factors 'a1,a2,...' in (0, 1] that scale the exact "
+                     "expectation values while training (filled in by --q-noise-device)",
     "q_noise_at_eval": "keep the training noise in the exact engine at evaluation (imitates a device)",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",

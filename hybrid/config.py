@@ -59,6 +59,8 @@ class TrainConfig:
     q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise
     q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
     q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
+    q_noise_device: str = ""  # training noise: fit each observable's attenuation on this backend ("" = none)
+    q_attenuation: str = ""  # training noise: per-observable factors "a1,a2,..." (fitted from q_noise_device)
     q_noise_at_eval: bool = False  # keep the training noise at evaluation (off: evaluation is exact)
     n_source_centers: int = 4  # virtual training centers drawn from the source range
     source_sampling: str = "stratified"  # how centers draw strengths: random, or stratified (Latin hypercube)
@@ -87,6 +89,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
+        problems += [problem for problem in (check_attenuation(self.q_attenuation),) if problem]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -98,7 +101,12 @@ class TrainConfig:
         return asdict(self)
 
     def differences(self, other: "TrainConfig", ignore=()) -> list[tuple[str, Any, Any]]:
-        """(field, this value, other value) for every field but `ignore` where the two configs differ."""
+        """(field, this value, other value) for every field but `ignore` where the two configs differ.
+
+        The attenuation fitted from `q_noise_device` is derived: a config that names the device but has
+        not fitted it yet matches one that has."""
+        if self.q_noise_device == other.q_noise_device and "" in (self.q_attenuation, other.q_attenuation):
+            ignore = (*ignore, "q_attenuation")
         return [(f.name, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
                 if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
 
@@ -158,6 +166,7 @@ class ModelConfig:
     q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise
     q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
     q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
+    q_attenuation: str = ""  # training noise: per-observable factors "a1,a2,..." (fitted from q_noise_device)
     q_noise_at_eval: bool = False  # keep the training noise at evaluation (off: evaluation is exact)
     seed: int = 0  # seeds the quantum layer's initial weights
 
@@ -214,6 +223,30 @@ def check(cfg: "TrainConfig", name: str) -> str | None:
         return f"{flag} must be {type_name(name)}, got {value!r}"
     if (low is not None and value < low) or (high is not None and value > high):
         return f"{flag} must be {why}, got {value!r}"
+    return None
+
+
+def parse_attenuation(text: str) -> tuple[float, ...]:
+    """`"0.9,0.74,..."` (one factor per observable, in (0, 1]) -> a tuple; `""` -> no attenuation."""
+    if not text.strip():
+        return ()
+    try:
+        factors = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"attenuation must be comma-separated numbers in (0, 1], got {text!r}") from None
+    if not all(0.0 < a <= 1.0 for a in factors):
+        raise ValueError(f"attenuation factors must be in (0, 1], got {text!r}")
+    return factors
+
+
+def check_attenuation(text: str) -> str | None:
+    """What is wrong with a `--q-attenuation` value, or None."""
+    if not isinstance(text, str):
+        return f"--q-attenuation must be text, got {text!r}"
+    try:
+        parse_attenuation(text)
+    except ValueError as exc:
+        return f"--q-attenuation: {exc}"
     return None
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from hybrid.checkpoints import load_checkpoint
 from hybrid.colour import shades_of_gray
-from hybrid.config import ModelConfig
+from hybrid.config import ModelConfig, parse_attenuation
 from hybrid.devices import autocast_dtype
 from hybrid.heads import QUANTUM_HEADS, QUANTUM_LAYERS, ClassicalTwin, count_parameters, head_input_width
 from hybrid.quantum import ExpectationNoise, NoiseModel, QuantumConfig, QuantumLayer, build_circuit, pauli_observables
@@ -77,7 +77,7 @@ def quantum_config(config: ModelConfig) -> QuantumConfig:
 
 def noise_model(config: ModelConfig) -> NoiseModel:
     return NoiseModel(shots=config.q_train_shots, kind=config.q_shot_noise, readout_error=config.q_readout_error,
-                      depolarizing=config.q_depolarizing)
+                      depolarizing=config.q_depolarizing, attenuation=parse_attenuation(config.q_attenuation))
 
 
 class HybridNet(nn.Module):

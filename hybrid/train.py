@@ -32,6 +32,7 @@ from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
 from hybrid.checkpoints import load_checkpoint
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
+from hybrid.device_noise import with_device_attenuation
 from hybrid.devices import resolve_device
 from hybrid.distributed import Distributed
 from hybrid.domains import (DomainSampler, build_eval_domains, is_unseen, load_bundle, split_to_tensors,
@@ -153,6 +154,7 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     if not backend.exact:
         raise ValueError(f"training needs an exact backend; {cfg.backend!r} samples or is noisy "
                          "(train with aer, then evaluate with `python -m hybrid.evaluate --backend ...`)")
+    cfg = with_device_attenuation(cfg)  # --q-noise-device: fitted once, saved in config.json below
     bundle, data = prepare_data(cfg, resolve_data_root(cfg.data_root))  # bad data fails before any file is written
     ddp = Distributed.from_env(device)  # torchrun: one process per rank, rank 0 writes
     device = ddp.device(device)

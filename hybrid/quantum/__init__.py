@@ -3,7 +3,7 @@
 `layer` builds the circuit and the `QuantumLayer` module (qiskit-machine-learning, estimator
 and statevector engines); `statevector` compiles a circuit into torch; `gates` holds the
 gate algebra the compiler uses; `noise` imitates shots and device noise on expectation values
-for noise-aware training.
+for noise-aware training; `calibration` fits a device's attenuation of them.
 """
 
 from hybrid.quantum.layer import (ENGINES, ENTANGLEMENTS, FEATURE_MAPS, OBSERVABLE_SETS, PRECISIONS, CircuitSpec,

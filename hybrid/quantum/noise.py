@@ -4,7 +4,9 @@ The exact engine returns <O> for each Pauli observable O. A device returns an es
 shots: each shot measures ±1 with P(+1) = (1 + <O>) / 2, so the estimate is a mean of N ±1
 outcomes, with variance (1 - <O>^2) / N. Before sampling, a readout error that flips each measured
 bit with probability p scales <O> by (1 - 2p)^w (w = the observable's Pauli weight), and global
-depolarizing noise of strength λ scales it by (1 - λ).
+depolarizing noise of strength λ scales it by (1 - λ). A real device's gate errors, decoherence and
+per-qubit readout errors attenuate each observable by its own factor; `attenuation` holds factors
+fitted on the device (hybrid.quantum.calibration), one per observable.
 
 The binomial and gaussian kinds add the noise with a straight-through estimator: the forward pass
 sees the noisy value, the backward pass the gradient of the (attenuated) exact one, which is what a
@@ -32,6 +34,7 @@ class NoiseModel:
     # "pathwise" (the Gaussian, differentiated through its variance)
     readout_error: float = 0.0  # probability that a measured bit flips
     depolarizing: float = 0.0  # λ: <O> -> (1 - λ) <O>
+    attenuation: tuple[float, ...] = ()  # per observable: <O> -> a_i <O> (fitted on a device); () = none
 
     def __post_init__(self) -> None:
         if self.kind not in SHOT_NOISE:
@@ -41,10 +44,12 @@ class NoiseModel:
         for name in ("readout_error", "depolarizing"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)!r}")
+        if not all(0.0 < a <= 1.0 for a in self.attenuation):
+            raise ValueError(f"attenuation factors must be in (0, 1], got {self.attenuation!r}")
 
     @property
     def active(self) -> bool:
-        return self.shots > 0 or self.readout_error > 0 or self.depolarizing > 0
+        return self.shots > 0 or self.readout_error > 0 or self.depolarizing > 0 or bool(self.attenuation)
 
 
 def pauli_weights(labels: tuple[str, ...]) -> torch.Tensor:
@@ -63,8 +68,13 @@ class ExpectationNoise(nn.Module):
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.model, self.at_eval, self.generator = model, at_eval, generator
+        if model.attenuation and len(model.attenuation) != len(labels):
+            raise ValueError(f"{len(model.attenuation)} attenuation factors for {len(labels)} observables "
+                             f"({', '.join(labels)}); calibrate again for this circuit")
         # not a buffer: a constant of the circuit, not state to save
         self.attenuation = (1.0 - 2.0 * model.readout_error) ** pauli_weights(labels) * (1.0 - model.depolarizing)
+        if model.attenuation:
+            self.attenuation = self.attenuation * torch.tensor(model.attenuation, dtype=torch.float64)
 
     def forward(self, expectations: torch.Tensor) -> torch.Tensor:
         if not self.model.active or not (self.training or self.at_eval):
@@ -80,7 +90,7 @@ class ExpectationNoise(nn.Module):
     def extra_repr(self) -> str:
         m = self.model
         return (f"shots={m.shots or 'exact'}, kind={m.kind}, readout_error={m.readout_error}, "
-                f"depolarizing={m.depolarizing}, at_eval={self.at_eval}")
+                f"depolarizing={m.depolarizing}, attenuation={m.attenuation or 'none'}, at_eval={self.at_eval}")
 
 
 # Keeps the pathwise std differentiable at |<O>| = 1, where d sqrt(1 - m^2) / dm is infinite.

@@ -115,6 +115,9 @@ QUANTUM_VARIANTS |= _past_adopted("reps1", dict(q_reps=1), {}, suffixes=("", "_s
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
+# _noise_device: 1,024-shot estimates, each observable attenuated as fake_manila attenuates it (fitted before training
+# on random inputs; results/quantum_heads/noise_device/RULE.md), no uniform readout error on top
+NOISE_DEVICE = dict(q_train_shots=1024, q_noise_device="aer_noisy:fake_manila")
 NOISE_AWARE_BASES = ("dressed", "dressed_angle") + tuple(f"dressed_angle_qlr{scale}" for scale in SLOT_LR_SCALES) + (
     f"dressed_angle_qlr{ADOPTED_SLOT_LR}_zzobs_drop",)  # the adopted recipe (results/quantum_heads/noise_adopted/RULE.md)
 _HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
@@ -182,7 +185,8 @@ PRESETS: dict[str, Preset] = {
         base={}, variants=dict(QUANTUM_VARIANTS) | {
             f"{name}_noise_aware": dict(QUANTUM_VARIANTS[name], **NOISE_AWARE) for name in NOISE_AWARE_BASES} | {
             f"{name}_noise_pathwise": dict(QUANTUM_VARIANTS[name], **NOISE_AWARE, q_shot_noise="pathwise")
-            for name in NOISE_AWARE_BASES if name != "dressed"},
+            for name in NOISE_AWARE_BASES if name != "dressed"} | {
+            f"{NOISE_AWARE_BASES[-1]}_noise_device": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE)},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",
