@@ -299,7 +299,19 @@ def test_components_name_the_slot_learning_rate_and_the_noise_kind():
     assert name("dressed_angle_qlr100_twin").endswith("(dressed, classical_twin, 4 qubits, slot lr x100)")
     assert name("dressed_angle_qlr100_noise_pathwise").endswith("angle map, noise-aware (pathwise), slot lr x100)")
     assert name("dressed_angle_noise_aware").endswith("angle map, noise-aware)")
+    device = name("dressed_angle_qlr100_zzobs_drop_noise_device")
+    assert "noise-aware (attenuation of aer_noisy:fake_manila)" in device
     assert name("concat") == "shift + DANN + quantum"
+
+
+def test_the_device_calibrated_variant_is_the_adopted_recipe_with_shots_and_the_device():
+    from hybrid.studies.presets import PRESETS
+
+    variants = PRESETS["quantum"].variants
+    adopted = variants["dressed_angle_qlr100_zzobs_drop"]
+    device = variants["dressed_angle_qlr100_zzobs_drop_noise_device"]
+    changed = {k: v for k, v in device.items() if adopted.get(k) != v}
+    assert changed == dict(q_train_shots=1024, q_noise_device="aer_noisy:fake_manila")
 
 
 def test_a_slot_learning_rate_variant_is_paired_with_the_none_control_of_its_base():

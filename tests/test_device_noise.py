@@ -1,0 +1,122 @@
+"""Noise-aware training calibrated on a device: fitting each observable's attenuation, and training with it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hybrid.config import TrainConfig
+from hybrid.device_noise import with_device_attenuation
+from hybrid.model import HybridNet
+from hybrid.quantum import ExpectationNoise, NoiseModel, QuantumConfig, build_circuit
+from hybrid.quantum.calibration import calibrate_attenuation, exact_expectations, fit_attenuation
+from hybrid.quantum.layer import qiskit_expectations
+
+READOUT = "aer_noisy:depolarizing=0:readout_error=0.05"  # a device whose attenuation is known: (1 - 2p)^weight
+SMALL = dict(width_mult=0.35, stem_stride=2, embed_dim=16, quantum_head="dressed", feature_map="angle",
+             q_observables="z+zz", n_qubits=3)
+
+
+def test_fit_recovers_per_column_factors_and_refuses_a_silent_observable():
+    rng = np.random.default_rng(0)
+    exact = rng.uniform(-1, 1, (200, 3))
+    measured = exact * np.array([0.9, 0.5, 1.0]) + rng.normal(0, 0.01, exact.shape)
+    np.testing.assert_allclose(fit_attenuation(exact, measured), [0.9, 0.5, 1.0], atol=0.01)
+    assert fit_attenuation(exact, exact * 1.2).max() == 1.0  # a device never amplifies: clipped
+    exact[:, 1] = 0.0
+    with pytest.raises(ValueError, match="cannot be fitted"):
+        fit_attenuation(exact, measured)
+    with pytest.raises(ValueError, match="one shape"):
+        fit_attenuation(exact, measured[:, :2])
+
+
+def test_exact_expectations_match_qiskits_statevector_in_our_parameter_order():
+    spec = build_circuit(QuantumConfig(n_qubits=3, feature_map="angle", observables=("IIZ", "ZZI")))
+    rng = np.random.default_rng(1)
+    angles, weights = rng.uniform(-3, 3, (5, 3)), rng.uniform(-3, 3, len(spec.weight_params))
+    np.testing.assert_allclose(exact_expectations(spec, angles, weights), qiskit_expectations(spec, angles, weights),
+                               atol=1e-10)
+
+
+def test_calibration_on_a_readout_error_device_gives_one_minus_2p_per_measured_bit():
+    cfg = with_device_attenuation(TrainConfig(**SMALL, q_noise_device=READOUT))
+    factors = [float(a) for a in cfg.q_attenuation.split(",")]
+    labels = HybridNet(cfg.model_config(), 1, 2).noise  # the network trains with exactly these factors
+    assert labels.model.attenuation == tuple(factors)
+    weights = [sum(c != "I" for c in label) for label in ("IIZ", "IZI", "ZII", "IZZ", "ZZI")]
+    np.testing.assert_allclose(factors, [0.9**w for w in weights], atol=0.03)
+    assert with_device_attenuation(cfg) is cfg  # fitted once: a config that has the factors keeps them
+    again = with_device_attenuation(TrainConfig(**SMALL, q_noise_device=READOUT))
+    assert again.q_attenuation == cfg.q_attenuation  # seeded: the same device gives the same factors
+
+
+def test_calibration_draws_inputs_and_weights_and_calls_the_device_once_per_weight_draw():
+    spec = build_circuit(QuantumConfig(n_qubits=2, feature_map="angle"))
+    calls = []
+
+    def halving_device(angles, weights):
+        calls.append((angles.shape, weights.shape))
+        return 0.5 * exact_expectations(spec, angles, weights)
+
+    assert calibrate_attenuation(spec, halving_device, n_weight_draws=3, n_inputs=16) == (0.5, 0.5)
+    assert calls == [((16, 2), (len(spec.weight_params),))] * 3
+
+
+def test_training_noise_scales_each_observable_by_its_factor_and_checks_their_number():
+    labels = ("IZ", "ZI", "ZZ")
+    noise = ExpectationNoise(NoiseModel(attenuation=(0.9, 0.5, 0.8), readout_error=0.1), labels).train()
+    e = torch.tensor([[0.5, -0.4, 0.2]], dtype=torch.float64, requires_grad=True)
+    expected = e.detach() * torch.tensor([0.9 * 0.8, 0.5 * 0.8, 0.8 * 0.64], dtype=torch.float64)
+    torch.testing.assert_close(noise(e), expected)  # on top of the uniform readout error
+    assert torch.equal(noise.eval()(e), e)  # evaluation stays exact
+    with pytest.raises(ValueError, match="2 attenuation factors for 3 observables"):
+        ExpectationNoise(NoiseModel(attenuation=(0.9, 0.5)), labels)
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        NoiseModel(attenuation=(0.9, 1.5))
+
+
+@pytest.mark.parametrize("text", ["0.9,x", "0.9,0", "1.2", "0.9;0.8"])
+def test_config_refuses_bad_attenuation_naming_the_flag(text):
+    with pytest.raises(ValueError, match="--q-attenuation"):
+        TrainConfig(q_attenuation=text)
+
+
+def test_a_config_that_names_the_device_matches_the_run_that_fitted_it():
+    fitted = TrainConfig(q_noise_device="aer_noisy:fake_manila", q_attenuation="0.9,0.8,0.7,0.9")
+    assert TrainConfig(q_noise_device="aer_noisy:fake_manila").differences(fitted) == []  # resume, study reruns
+    assert TrainConfig(q_attenuation="0.9,0.8,0.7,0.8").differences(fitted) != []
+    assert TrainConfig(q_noise_device="aer_noisy:fake_lima", q_attenuation="").differences(fitted) != []
+
+
+@pytest.mark.parametrize("changes", [dict(quantum=False), dict(quantum_layer="classical_twin"),
+                                     dict(quantum_layer="none")])
+def test_calibration_needs_a_circuit_in_the_slot(changes):
+    with pytest.raises(ValueError, match="calibrates the circuit"):
+        with_device_attenuation(TrainConfig(**(SMALL | changes), q_noise_device=READOUT))
+
+
+def test_unknown_calibration_backend_fails_before_any_work():
+    from backends import BackendError
+
+    with pytest.raises(BackendError, match="unknown backend"):
+        with_device_attenuation(TrainConfig(**SMALL, q_noise_device="nosuch:device"))
+
+
+def test_a_run_trained_for_a_device_saves_the_factors_it_trained_with(tmp_path, data_root):
+    from hybrid import train
+
+    out = tmp_path / "run"
+    assert train.main(["--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.35", "--stem-stride", "2",
+                       "--quantum-head", "dressed", "--feature-map", "angle", "--n-qubits", "3",
+                       "--q-train-shots", "256", "--q-noise-device", READOUT, "--n-bootstrap", "0",
+                       "--eval-max-samples", "16", "--batch-size", "32", "--quiet", "--data-root", str(data_root),
+                       "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["q_noise_device"] == READOUT
+    factors = [float(a) for a in saved["q_attenuation"].split(",")]
+    np.testing.assert_allclose(factors, [0.9] * 3, atol=0.03)  # three Z observables, one bit each
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["q_attenuation"] == saved["q_attenuation"]
