@@ -305,8 +305,11 @@ def test_sweep_pool_averages_each_models_loss_over_seeds_before_the_share(tmp_pa
     assert row["mean_lost_first"] == pytest.approx(0.03) and row["mean_lost_second"] == pytest.approx(0.02)
     assert row["recovered_share"] == pytest.approx(1 / 3)
     assert row["per_seed_share"] == pytest.approx([0.75, -0.5])
+    # on the device: the noise-aware runs score +0.05 and -0.02 there; pooled 0.015 / 0.03 = 50%
+    assert row["auc_difference"] == pytest.approx([0.05, -0.02]) and row["recovered_on_device"] == pytest.approx(0.5)
+    assert row["per_seed_on_device"] == pytest.approx([1.25, -1.0])
     md = (tmp_path / "pooled" / "recovery.md").read_text()
-    assert "33%" in md and "75%, -50%" in md
+    assert "33%" in md and "75%, -50%" in md and "| 50% | 125%, -100% |" in md
 
 
 def test_sweep_pool_refuses_missing_or_single_run_sweeps(tmp_path, capsys):
