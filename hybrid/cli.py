@@ -46,7 +46,8 @@ HELP = {
     "q_train_shots": "noise-aware training: estimate each expectation value from this many shots (0: exact)",
     "q_shot_noise": "binomial (a mean of N ±1 outcomes) or gaussian (its normal approximation), both with the exact "
                     "value's gradient; pathwise: the normal approximation differentiated through its variance, so "
-                    "training learns where shots disturb the outputs least",
+                    "training learns where shots disturb the outputs least; joint: every observable read from the "
+                    "same bitstrings drawn from the state, as a device reads Z and ZZ (their errors correlate)",
     "q_readout_error": "noise-aware training: each measured bit flips with this probability",
     "q_depolarizing": "noise-aware training: global depolarizing strength λ, <O> -> (1 - λ) <O>",
     "q_lr_scale": "the quantum slot's learning rate as a multiple of --lr (circuit weights are angles: at the "

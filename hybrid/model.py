@@ -170,6 +170,8 @@ class HybridNet(nn.Module):
         """What the quantum slot gives the head: expectation values (with training noise), the classical
         twin's outputs, or (layer none) the projection itself."""
         if self.quantum is not None:
+            if self.noise.needs_probabilities:
+                return self.noise(*self.quantum.with_probabilities(self.quantum_angles(f)))
             return self.noise(self.quantum(self.quantum_angles(f)))
         if self.classical is not None:
             return self.classical(self.quantum_angles(f))

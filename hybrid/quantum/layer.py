@@ -274,15 +274,30 @@ class QuantumLayer(nn.Module):
     def _run_on_device(self, x: torch.Tensor) -> torch.Tensor:
         """The statevector engine on x's device: compiled once per device with that device as torch's
         default, so the precomputed tensors and those made during the forward pass live beside x."""
+        with torch.device(x.device):
+            return self._device_program(x.device)(x, self.weight.to(x.device))
+
+    def _device_program(self, device: torch.device):
         from hybrid.quantum.statevector import compile_circuit
 
-        device = x.device
-        with torch.device(device):
-            if device not in self._device_programs:
+        if device not in self._device_programs:
+            with torch.device(device):
                 self._device_programs[device] = compile_circuit(
                     self.spec.circuit, self.spec.input_params, self.spec.weight_params, self.spec.observables,
                     dtype=PRECISIONS[self.precision])
-            return self._device_programs[device](x, self.weight.to(device))
+        return self._device_programs[device]
+
+    def with_probabilities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(forward(x), probabilities (B, 2**n))` from one simulation; the exact statevector engine only
+        (the joint shot noise of noise-aware training draws bitstrings from them)."""
+        if self.engine != "statevector":
+            raise ValueError(f"basis probabilities need the statevector engine, not {self.engine!r}")
+        if x.device.type == "cpu":
+            values, probabilities = self.program.with_probabilities(x, self.weight)
+        else:
+            with torch.device(x.device):
+                values, probabilities = self._device_program(x.device).with_probabilities(x, self.weight.to(x.device))
+        return (values.to(x.dtype) if x.is_floating_point() else values), probabilities
 
     def _run_estimator(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):

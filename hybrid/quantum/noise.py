@@ -15,6 +15,12 @@ cannot tell the network that an expectation value near ±1 is measured with less
 near 0. The pathwise kind draws the Gaussian approximation as mean + std(mean) * ε and differentiates
 through std too (the reparameterization trick), so training sees how its outputs' noise depends on
 where they lie and can move them where a device's shots disturb the decision less.
+
+All of those draw each observable on its own. A device reads every Z-string from the same N
+bitstrings, so the estimates of Z_i, Z_j and Z_iZ_j err together (correlations of ±0.5 on
+fake_manila, results/quantum_heads/noise_device/RULE.md). The joint kind draws N bitstrings from the
+state's basis probabilities, flips each bit with the readout error and computes every observable
+from those same bitstrings, so training sees that covariance; its gradient is straight through.
 """
 
 from __future__ import annotations
@@ -24,14 +30,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SHOT_NOISE = ("binomial", "gaussian", "pathwise")
+SHOT_NOISE = ("binomial", "gaussian", "pathwise", "joint")
 
 
 @dataclass(frozen=True)
 class NoiseModel:
     shots: int = 0  # 0: no shot noise (exact expectation values)
-    kind: str = "binomial"  # "binomial" (a mean of N ±1 outcomes), "gaussian" (same mean and variance) or
-    # "pathwise" (the Gaussian, differentiated through its variance)
+    kind: str = "binomial"  # "binomial" (a mean of N ±1 outcomes), "gaussian" (same mean and variance),
+    # "pathwise" (the Gaussian, differentiated through its variance) or "joint" (every observable from the same
+    # N bitstrings; needs Z-string observables and the state's basis probabilities)
     readout_error: float = 0.0  # probability that a measured bit flips
     depolarizing: float = 0.0  # λ: <O> -> (1 - λ) <O>
     attenuation: tuple[float, ...] = ()  # per observable: <O> -> a_i <O> (fitted on a device); () = none
@@ -75,13 +82,29 @@ class ExpectationNoise(nn.Module):
         self.attenuation = (1.0 - 2.0 * model.readout_error) ** pauli_weights(labels) * (1.0 - model.depolarizing)
         if model.attenuation:
             self.attenuation = self.attenuation * torch.tensor(model.attenuation, dtype=torch.float64)
+        self.signs = ZStrings(labels) if model.kind == "joint" and model.shots > 0 else None
 
-    def forward(self, expectations: torch.Tensor) -> torch.Tensor:
+    @property
+    def needs_probabilities(self) -> bool:
+        """Whether the next call draws bitstrings, so it must be given the basis probabilities."""
+        return self.model.kind == "joint" and self.model.shots > 0 and (self.training or self.at_eval)
+
+    def forward(self, expectations: torch.Tensor, probabilities: torch.Tensor | None = None) -> torch.Tensor:
         if not self.model.active or not (self.training or self.at_eval):
             return expectations
         mean = expectations * self.attenuation.to(expectations.device, expectations.dtype)
         if self.model.shots == 0:
             return mean
+        if self.model.kind == "joint":
+            if probabilities is None:
+                raise ValueError("joint shot noise draws bitstrings: pass the basis probabilities "
+                                 "(QuantumLayer.with_probabilities)")
+            drawn = self.signs.bitstring_estimates(probabilities, self.model.shots, self.model.readout_error,
+                                                   self.generator)
+            # the draws' own mean is (1 - 2p)^w <O>; the device's further attenuation scales the mean only
+            readout = (1.0 - 2.0 * self.model.readout_error) ** self.signs.weights
+            noise = drawn.to(mean.dtype) - (expectations * readout.to(mean.device, mean.dtype)).detach()
+            return mean + noise
         if self.model.kind == "pathwise":
             return pathwise_estimates(mean, self.model.shots, self.generator)
         noisy = sample_estimates(mean.detach(), self.model.shots, self.model.kind, self.generator)
@@ -91,6 +114,34 @@ class ExpectationNoise(nn.Module):
         m = self.model
         return (f"shots={m.shots or 'exact'}, kind={m.kind}, readout_error={m.readout_error}, "
                 f"depolarizing={m.depolarizing}, attenuation={m.attenuation or 'none'}, at_eval={self.at_eval}")
+
+
+class ZStrings:
+    """The ±1 value of each Z-string observable on every basis state, for estimating them from bitstrings."""
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        if any(set(label) - {"I", "Z"} for label in labels):
+            raise ValueError(f"joint shot noise reads every observable from one basis's bitstrings; {labels} "
+                             "are not all Z-strings")
+        self.n_qubits = len(labels[0])
+        # basis index bit q is qubit q; Qiskit's labels put qubit 0 last
+        bits = ((torch.arange(2**self.n_qubits)[:, None] >> torch.arange(self.n_qubits)) & 1).double()
+        self.matrix = torch.stack([torch.prod(1.0 - 2.0 * bits[:, [q for q, c in enumerate(reversed(label)) if c == "Z"]],
+                                              dim=1) for label in labels], dim=1)  # (2**n, n_obs)
+        self.weights = pauli_weights(labels)
+
+    def bitstring_estimates(self, probabilities: torch.Tensor, shots: int, readout_error: float = 0.0,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, n_obs): every observable estimated from the same `shots` bitstrings per row, drawn from
+        `probabilities` (B, 2**n), each bit flipped with probability `readout_error`."""
+        p = probabilities.detach().double().cpu().clamp_min(0.0)
+        drawn = torch.multinomial(p / p.sum(dim=1, keepdim=True), shots, replacement=True, generator=generator)
+        if readout_error > 0:
+            flips = torch.rand((*drawn.shape, self.n_qubits), generator=generator) < readout_error
+            drawn = drawn ^ (flips.long() << torch.arange(self.n_qubits)).sum(-1)
+        counts = torch.zeros(p.shape, dtype=torch.float64).scatter_add_(1, drawn, torch.ones(drawn.shape,
+                                                                                             dtype=torch.float64))
+        return ((counts / shots) @ self.matrix).to(probabilities.device)
 
 
 # Keeps the pathwise std differentiable at |<O>| = 1, where d sqrt(1 - m^2) / dm is infinite.

@@ -295,14 +295,24 @@ class StatevectorProgram:
         self.kinds = [kind for kind, _ in segments]
         self.expectations = Expectations(observables, ctx)
 
-    def __call__(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def state(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The (dim, B) column states."""
         x = x.to(self.dtype)
         weights = weights.to(self.dtype)
         x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         state = self.prefix(x1, weights)
         for segment in self.segments:
             state = segment(state, x1, weights)
-        return self.expectations(state)
+        return state
+
+    def __call__(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self.expectations(self.state(x, weights))
+
+    def with_probabilities(self, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expectation values (B, n_obs) and, detached, the computational-basis probabilities (B, dim) of
+        the same states: what shots are drawn from."""
+        state = self.state(x, weights)
+        return self.expectations(state), (state.detach().abs() ** 2).T.to(self.dtype)
 
 
 def compile_circuit(circuit, input_params, weight_params, observables, dtype=torch.float64,

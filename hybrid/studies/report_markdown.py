@@ -61,7 +61,7 @@ def _slot_dropout(cfg: dict) -> str:
 def _noise_aware(cfg: dict) -> str:
     if not (cfg.get("q_train_shots", 0) or cfg.get("q_readout_error", 0) or cfg.get("q_attenuation")):
         return ""
-    kinds = ["pathwise"] if cfg.get("q_shot_noise") == "pathwise" else []
+    kinds = [cfg["q_shot_noise"]] if cfg.get("q_shot_noise") in ("pathwise", "joint") else []
     if cfg.get("q_noise_device") or cfg.get("q_attenuation"):
         kinds.append(f"attenuation of {cfg['q_noise_device']}" if cfg.get("q_noise_device") else "attenuation")
     return f", noise-aware ({', '.join(kinds)})" if kinds else ", noise-aware"
