@@ -120,3 +120,83 @@ def test_a_run_trained_for_a_device_saves_the_factors_it_trained_with(tmp_path, 
     np.testing.assert_allclose(factors, [0.9] * 3, atol=0.03)  # three Z observables, one bit each
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["q_attenuation"] == saved["q_attenuation"]
+
+
+LABELS = ("IIZ", "IZI", "ZII", "IZZ", "ZZI")
+
+
+def _layer_and_states(batch: int = 3):
+    from hybrid.quantum import QuantumLayer
+
+    layer = QuantumLayer(QuantumConfig(n_qubits=3, feature_map="angle", observables=LABELS), seed=0)
+    x = torch.linspace(0.2, 2.9, batch * 3, dtype=torch.float64).reshape(batch, 3)
+    return layer, x
+
+
+def test_the_layer_gives_the_basis_probabilities_of_the_states_it_measures():
+    layer, x = _layer_and_states()
+    values, probabilities = layer.with_probabilities(x)
+    torch.testing.assert_close(values, layer(x))
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(3, dtype=torch.float64))
+    signs = ExpectationNoise(NoiseModel(shots=8, kind="joint"), LABELS).signs
+    torch.testing.assert_close(probabilities @ signs.matrix, values)  # Z-strings are sums of signed probabilities
+    assert not probabilities.requires_grad
+
+
+def test_joint_shots_have_binomial_variances_and_the_covariance_of_shared_bitstrings():
+    """Z0 and Z0Z1 read from the same N bitstrings: Cov = (<Z1> - <Z0><Z0Z1>) / N, which independent draws lack."""
+    layer, x = _layer_and_states(batch=1)
+    values, probabilities = layer.with_probabilities(x)
+    shots = 256
+    noise = ExpectationNoise(NoiseModel(shots=shots, kind="joint"), LABELS,
+                             generator=torch.Generator().manual_seed(0)).train()
+    draws = torch.stack([noise(values, probabilities)[0] for _ in range(4000)]).detach()
+    e = values[0].detach()
+    torch.testing.assert_close(draws.mean(0), e, atol=0.01, rtol=0)
+    np.testing.assert_allclose((draws.var(0) * shots).numpy(), (1 - e**2).numpy(), rtol=0.1)
+    z0, z1, z0z1 = e[0], e[1], e[3]
+    covariance = ((draws[:, 0] - draws[:, 0].mean()) * (draws[:, 3] - draws[:, 3].mean())).mean()
+    expected = float(z1 - z0 * z0z1) / shots
+    assert abs(expected) > 1e-3 and covariance.item() == pytest.approx(expected, rel=0.15)
+
+
+def test_joint_shots_flip_bits_with_the_readout_error_and_pass_the_attenuated_gradient():
+    layer, x = _layer_and_states(batch=2)
+    values, probabilities = layer.with_probabilities(x)
+    noise = ExpectationNoise(NoiseModel(shots=512, kind="joint", readout_error=0.1, attenuation=(0.9,) * 5), LABELS,
+                             generator=torch.Generator().manual_seed(1)).train()
+    mean = torch.stack([noise(values, probabilities) for _ in range(1000)]).mean(0).detach()
+    weights = torch.tensor([1, 1, 1, 2, 2], dtype=torch.float64)
+    # the bit flips give (1 - 2p)^w; the fitted attenuation scales the mean on top
+    torch.testing.assert_close(mean, values.detach() * 0.8**weights * 0.9, atol=0.01, rtol=0)
+    e = values.detach().clone().requires_grad_(True)
+    noise(e, probabilities).sum().backward()
+    torch.testing.assert_close(e.grad, (0.8**weights * 0.9).expand(2, 5))  # straight through the draws
+    assert torch.equal(noise.eval()(e), e)  # evaluation stays exact, and needs no probabilities
+
+
+def test_joint_shots_say_what_they_need():
+    with pytest.raises(ValueError, match="not all Z-strings"):
+        ExpectationNoise(NoiseModel(shots=8, kind="joint"), ("IZ", "XX"))
+    noise = ExpectationNoise(NoiseModel(shots=8, kind="joint"), ("IZ", "ZI")).train()
+    assert noise.needs_probabilities and not noise.eval().needs_probabilities
+    with pytest.raises(ValueError, match="basis probabilities"):
+        noise.train()(torch.zeros(1, 2, dtype=torch.float64))
+
+
+def test_a_joint_noise_aware_network_trains_noisy_and_evaluates_exact():
+    cfg = TrainConfig(**SMALL, q_train_shots=64, q_shot_noise="joint")
+    torch.manual_seed(0)
+    noisy = HybridNet(cfg.model_config(), 1, 2)
+    exact = HybridNet(TrainConfig(**SMALL).model_config(), 1, 2)
+    exact.load_state_dict(noisy.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    noisy.train()
+    a, b = noisy(x), noisy(x)
+    assert not torch.allclose(a, b)  # a new draw of bitstrings every forward pass
+    a.sum().backward()
+    assert noisy.quantum.weight.grad.abs().sum() > 0  # the circuit trains through the draws
+    exact.load_state_dict(noisy.state_dict())
+    noisy.eval(), exact.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(noisy(x), exact(x))
