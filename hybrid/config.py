@@ -56,7 +56,7 @@ class TrainConfig:
     q_input_dropout: bool = False  # the quantum slot reads dropout(f) (p = dropout), as concat's classifier does
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
-    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise
+    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise, joint
     q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
     q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
     q_noise_device: str = ""  # training noise: fit each observable's attenuation on this backend ("" = none)
@@ -163,7 +163,7 @@ class ModelConfig:
     q_input_dropout: bool = False  # the quantum slot reads dropout(f) (p = dropout), as concat's classifier does
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
-    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise
+    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise, joint
     q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
     q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
     q_attenuation: str = ""  # training noise: per-observable factors "a1,a2,..." (fitted from q_noise_device)

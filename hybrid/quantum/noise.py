@@ -126,8 +126,9 @@ class ZStrings:
         self.n_qubits = len(labels[0])
         # basis index bit q is qubit q; Qiskit's labels put qubit 0 last
         bits = ((torch.arange(2**self.n_qubits)[:, None] >> torch.arange(self.n_qubits)) & 1).double()
-        self.matrix = torch.stack([torch.prod(1.0 - 2.0 * bits[:, [q for q, c in enumerate(reversed(label)) if c == "Z"]],
-                                              dim=1) for label in labels], dim=1)  # (2**n, n_obs)
+        measured = [[q for q, c in enumerate(reversed(label)) if c == "Z"] for label in labels]
+        self.matrix = torch.stack([torch.prod(1.0 - 2.0 * bits[:, qubits], dim=1) for qubits in measured],
+                                  dim=1)  # (2**n, n_obs)
         self.weights = pauli_weights(labels)
 
     def bitstring_estimates(self, probabilities: torch.Tensor, shots: int, readout_error: float = 0.0,
