@@ -200,3 +200,12 @@ def test_a_joint_noise_aware_network_trains_noisy_and_evaluates_exact():
     noisy.eval(), exact.eval()
     with torch.no_grad():
         torch.testing.assert_close(noisy(x), exact(x))
+
+
+def test_only_the_exact_engine_gives_basis_probabilities():
+    from hybrid.quantum import QuantumLayer
+
+    layer = QuantumLayer(QuantumConfig(n_qubits=2, feature_map="angle"), engine="estimator",
+                         make_runner=lambda spec: (lambda angles, weights: np.zeros((len(angles), 2))))
+    with pytest.raises(ValueError, match="statevector engine"):
+        layer.with_probabilities(torch.zeros(1, 2, dtype=torch.float64))
