@@ -188,7 +188,6 @@ class EstimatorRunner:
         if unknown:
             raise ValueError(f"the transpiled circuit has parameters {unknown} that are neither inputs nor weights")
         self.columns = np.array([position[p] for p in self.circuit.parameters], dtype=int)
-        self.logical_columns = np.array([position[p] for p in spec.circuit.parameters], dtype=int)  # dry runs
         self.n_inputs = len(spec.input_params)
         self.n_weights = len(spec.weight_params)
 
@@ -259,8 +258,7 @@ class EstimatorRunner:
 
     def _exact(self, angles: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Exact expectation values of the logical circuit (a dry run's stand-in for the job's)."""
-        from qiskit.primitives import StatevectorEstimator
+        from hybrid.quantum.calibration import exact_expectations
 
-        values = self._values(angles, weights)[:, self.logical_columns][:, None, :]
-        job = StatevectorEstimator().run([(self.spec.circuit, list(self.spec.observables), values)])
-        return np.asarray(job.result()[0].data.evs, dtype=float)
+        self._values(angles, weights)  # checks the shapes
+        return exact_expectations(self.spec, angles, weights)

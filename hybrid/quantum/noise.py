@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hybrid.quantum.statevector import z_string_signs
+
 SHOT_NOISE = ("binomial", "gaussian", "pathwise", "joint")
 
 
@@ -124,11 +126,7 @@ class ZStrings:
             raise ValueError(f"joint shot noise reads every observable from one basis's bitstrings; {labels} "
                              "are not all Z-strings")
         self.n_qubits = len(labels[0])
-        # basis index bit q is qubit q; Qiskit's labels put qubit 0 last
-        bits = ((torch.arange(2**self.n_qubits)[:, None] >> torch.arange(self.n_qubits)) & 1).double()
-        measured = [[q for q, c in enumerate(reversed(label)) if c == "Z"] for label in labels]
-        self.matrix = torch.stack([torch.prod(1.0 - 2.0 * bits[:, qubits], dim=1) for qubits in measured],
-                                  dim=1)  # (2**n, n_obs)
+        self.matrix = torch.stack([z_string_signs(label) for label in labels], dim=1)  # (2**n, n_obs)
         self.weights = pauli_weights(labels)
 
     def bitstring_estimates(self, probabilities: torch.Tensor, shots: int, readout_error: float = 0.0,

@@ -246,6 +246,13 @@ def _compile_segment(kind: str, ops: list[Op], ctx: Context, fuse_max_qubits: in
 
 
 # -- observables: (2**n, B) state -> (B, n_obs)
+def z_string_signs(label: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(2**n,) the ±1 value of the I/Z string `label` on every basis state (Qiskit order: qubit 0 last)."""
+    bits = (torch.arange(2 ** len(label))[:, None] >> torch.arange(len(label))) & 1  # bit q is qubit q
+    measured = [q for q, c in enumerate(reversed(label)) if c == "Z"]
+    return torch.prod(1 - 2 * bits[:, measured], dim=1).to(dtype)
+
+
 class Expectations:
     """<psi|O|psi> for each observable; one matmul with the probabilities when all are I/Z strings."""
 
@@ -257,17 +264,7 @@ class Expectations:
                 [torch.as_tensor(obs.to_matrix(), dtype=ctx.cdtype) for obs in observables]
             )  # (n_obs, dim, dim)
             return
-        k = torch.arange(ctx.dim)
-        rows = []
-        for t in terms:
-            row = torch.zeros(ctx.dim, dtype=ctx.dtype)
-            for lbl, coef in t:
-                sign = torch.ones(ctx.dim, dtype=ctx.dtype)
-                for q, ch in enumerate(reversed(lbl)):
-                    if ch == "Z":
-                        sign = sign * (1 - 2 * ((k >> q) & 1)).to(ctx.dtype)
-                row = row + coef.real * sign
-            rows.append(row)
+        rows = [sum(coef.real * z_string_signs(lbl, ctx.dtype) for lbl, coef in t) for t in terms]
         self.matrix = torch.stack(rows, dim=1)  # (dim, n_obs)
 
     def __call__(self, state: torch.Tensor) -> torch.Tensor:
