@@ -76,33 +76,45 @@ def simple_noise_model(depolarizing: Any = None, readout_error: float | None = N
     return model
 
 
+def aer_noise(noise_model: str | None = None, depolarizing: Any = None, readout_error: float | None = None,
+              seed: int | None = None, optimization_level: int = 1) -> tuple[Any, Any, Any]:
+    """(Aer NoiseModel, pass manager, fake device or None) of `aer_noisy` with these options: what the
+    backend runs, for engines that simulate the same noise themselves (hybrid.quantum.density)."""
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_aer.noise import NoiseModel
+
+    if (depolarizing is not None or readout_error is not None) and noise_model is not None:
+        raise BackendError("give either a device noise model (--noise-model fake_NAME) or simple noise "
+                           "parameters (--depolarizing, --readout-error), not both")
+    if depolarizing is not None or readout_error is not None:
+        pass_manager = generate_preset_pass_manager(optimization_level=optimization_level, basis_gates=SIMPLE_BASIS,
+                                                    seed_transpiler=seed)
+        return simple_noise_model(depolarizing, readout_error), pass_manager, None
+    device = fake_device(noise_model or DEFAULT_DEVICE)
+    pass_manager = generate_preset_pass_manager(optimization_level=optimization_level, backend=device,
+                                                seed_transpiler=seed)
+    return NoiseModel.from_backend(device), pass_manager, device
+
+
 @register_backend("aer_noisy")
 def aer_noisy_backend(noise_model: str | None = None, depolarizing: Any = None, readout_error: float | None = None,
                       shots: int | None = None, precision: float | None = None, seed: int | None = None,
                       optimization_level: int = 1) -> Backend:
     """Aer with a fake device's noise model and coupling map, or with simple noise parameters."""
-    from qiskit.transpiler import generate_preset_pass_manager
     from qiskit_aer import AerSimulator
 
     shots = shots_from(shots, precision, default=DEFAULT_SHOTS)
     simple = depolarizing is not None or readout_error is not None
-    if simple and noise_model is not None:
-        raise BackendError("give either a device noise model (--noise-model fake_NAME) or simple noise "
-                           "parameters (--depolarizing, --readout-error), not both")
+    model, pass_manager, device = aer_noise(noise_model, depolarizing, readout_error, seed, optimization_level)
     options = {"shots": shots, "seed": seed, "optimization_level": optimization_level}
     if simple:
-        simulator = AerSimulator(noise_model=simple_noise_model(depolarizing, readout_error), seed_simulator=seed)
-        pass_manager = generate_preset_pass_manager(optimization_level=optimization_level, basis_gates=SIMPLE_BASIS,
-                                                    seed_transpiler=seed)
+        simulator = AerSimulator(noise_model=model, seed_simulator=seed)
         p1, p2 = _rates(depolarizing) if depolarizing is not None else (0.0, 0.0)
         what = f"depolarizing p1={p1:g}, p2={p2:g}, readout error {readout_error or 0:g}"
         options |= {"depolarizing": [p1, p2], "readout_error": readout_error or 0.0}
         label, num_qubits = f"aer_noisy-p{p2:g}-ro{readout_error or 0:g}", None
     else:
-        device = fake_device(noise_model or DEFAULT_DEVICE)
-        simulator = AerSimulator.from_backend(device, seed_simulator=seed)
-        pass_manager = generate_preset_pass_manager(optimization_level=optimization_level, backend=device,
-                                                    seed_transpiler=seed)
+        simulator = AerSimulator.from_backend(device, noise_model=model, seed_simulator=seed)
         what = f"noise model and coupling map of {device.name} ({device.num_qubits} qubits)"
         options["noise_model"] = device.name
         label, num_qubits = f"aer_noisy-{device.name}", device.num_qubits

@@ -11,7 +11,7 @@ import sys
 from dataclasses import fields
 from typing import Callable
 
-from hybrid.config import TrainConfig, field_type
+from hybrid.config import NOISE_CHANNELS, TrainConfig, field_type
 
 HELP = {
     "dataset": "MedMNIST name (pneumoniamnist, breastmnist, ...) or path to an .npz",
@@ -64,6 +64,9 @@ HELP = {
                       "expectation value, and train with those factors (saved as q_attenuation)",
     "q_attenuation": "noise-aware training: per-observable factors 'a1,a2,...' in (0, 1] that scale the exact "
                      "expectation values while training (filled in by --q-noise-device)",
+    "q_noise_channel": "how --q-noise-device's noise is trained with: attenuation (fitted factors, the exact engine) "
+                       "or density (a density-matrix simulation of the device's noise model on the transpiled "
+                       "circuit, its readout errors and gate errors, while training; evaluation stays exact)",
     "q_noise_at_eval": "keep the training noise in the exact engine at evaluation (imitates a device)",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",
@@ -99,7 +102,7 @@ def config_choices() -> dict[str, tuple]:
             "q_precision": tuple(PRECISIONS), "tta": tuple(TTA_METHODS), "stem_stride": (1, 2),
             "source_sampling": SOURCE_SAMPLINGS, "backend": tuple(sorted(BACKENDS)),
             "quantum_head": QUANTUM_HEADS, "quantum_layer": QUANTUM_LAYERS, "q_observables": OBSERVABLE_SETS,
-            "q_shot_noise": SHOT_NOISE}
+            "q_shot_noise": SHOT_NOISE, "q_noise_channel": NOISE_CHANNELS}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

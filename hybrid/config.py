@@ -61,6 +61,7 @@ class TrainConfig:
     q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
     q_noise_device: str = ""  # training noise: fit each observable's attenuation on this backend ("" = none)
     q_attenuation: str = ""  # training noise: per-observable factors "a1,a2,..." (fitted from q_noise_device)
+    q_noise_channel: str = "attenuation"  # how q_noise_device's noise is trained with: attenuation, or density
     q_noise_at_eval: bool = False  # keep the training noise at evaluation (off: evaluation is exact)
     n_source_centers: int = 4  # virtual training centers drawn from the source range
     source_sampling: str = "stratified"  # how centers draw strengths: random, or stratified (Latin hypercube)
@@ -89,7 +90,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
-        problems += [problem for problem in (check_attenuation(self.q_attenuation),) if problem]
+        problems += [problem for problem in (check_attenuation(self.q_attenuation), check_noise_channel(self))
+                     if problem]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -247,6 +249,26 @@ def check_attenuation(text: str) -> str | None:
         parse_attenuation(text)
     except ValueError as exc:
         return f"--q-attenuation: {exc}"
+    return None
+
+
+NOISE_CHANNELS = ("attenuation", "density")  # fitted factors per observable, or the device's noise model itself
+
+
+def check_noise_channel(cfg: "TrainConfig") -> str | None:
+    """What is wrong with `--q-noise-channel` beside the other noise flags, or None."""
+    if cfg.q_noise_channel not in NOISE_CHANNELS:
+        return f"--q-noise-channel must be one of {', '.join(NOISE_CHANNELS)}, got {cfg.q_noise_channel!r}"
+    if cfg.q_noise_channel != "density":
+        return None
+    if not cfg.q_noise_device:
+        return "--q-noise-channel density simulates a device's noise model: name it with --q-noise-device"
+    doubled = [flag for flag, value in (("--q-readout-error", cfg.q_readout_error),
+                                        ("--q-depolarizing", cfg.q_depolarizing),
+                                        ("--q-attenuation", cfg.q_attenuation)) if value]
+    if doubled:
+        return (f"--q-noise-channel density already has the device's readout and gate errors; drop "
+                f"{', '.join(doubled)}")
     return None
 
 

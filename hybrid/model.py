@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -104,6 +104,7 @@ class HybridNet(nn.Module):
         self.classical: ClassicalTwin | None = None  # its classical stand-in (classical_twin)
         self.angle_norm: nn.BatchNorm1d | None = None  # --q-angle-norm: BatchNorm on the slot's inputs
         self.head_kind = config.quantum_head if config.quantum else None
+        self.noise_channel: Callable | None = None  # a device's noise while training (use_noise_channel)
         if config.quantum:
             width = self._build_layer(config, layer_kwargs)
             if self.head_kind == "residual":
@@ -131,6 +132,13 @@ class HybridNet(nn.Module):
                                     **(layer_kwargs or {"engine": "statevector"}))
         self.noise = ExpectationNoise(noise_model(config), qconfig.observable_labels, at_eval=config.q_noise_at_eval)
         return self.quantum.n_outputs
+
+    def use_noise_channel(self, program: Callable | None) -> None:
+        """Train the quantum slot through `program(angles, weights) -> (values, basis probabilities)`, e.g. a
+        device's noise model (hybrid.quantum.density); evaluation stays exact unless q_noise_at_eval."""
+        if program is not None and self.quantum is None:
+            raise ValueError("a noise channel simulates the circuit in the quantum slot; this model has none")
+        self.noise_channel = program
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding f (what a domain discriminator or feature-statistics method sees)."""
@@ -170,9 +178,14 @@ class HybridNet(nn.Module):
         """What the quantum slot gives the head: expectation values (with training noise), the classical
         twin's outputs, or (layer none) the projection itself."""
         if self.quantum is not None:
+            angles = self.quantum_angles(f)
+            if self.noise_channel is not None and (self.training or self.noise.at_eval):
+                values, probabilities = self.noise_channel(angles.cpu(), self.quantum.weight.cpu())
+                values, probabilities = values.to(angles.device, angles.dtype), probabilities.to(angles.device)
+                return self.noise(values, probabilities) if self.noise.needs_probabilities else self.noise(values)
             if self.noise.needs_probabilities:
-                return self.noise(*self.quantum.with_probabilities(self.quantum_angles(f)))
-            return self.noise(self.quantum(self.quantum_angles(f)))
+                return self.noise(*self.quantum.with_probabilities(angles))
+            return self.noise(self.quantum(angles))
         if self.classical is not None:
             return self.classical(self.quantum_angles(f))
         return self.slot_inputs(f)

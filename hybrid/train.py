@@ -32,7 +32,7 @@ from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
 from hybrid.checkpoints import load_checkpoint
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
-from hybrid.device_noise import with_device_attenuation
+from hybrid.device_noise import attach_noise_channel, with_device_attenuation
 from hybrid.devices import resolve_device
 from hybrid.distributed import Distributed
 from hybrid.domains import (DomainSampler, build_eval_domains, is_unseen, load_bundle, split_to_tensors,
@@ -174,6 +174,7 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
                     "target": [c.to_dict() for c in target_centers], "data": bundle.describe()}, out_dir / "centers.json")
     network = HybridNet(cfg.model_config(), bundle.n_channels, bundle.n_classes, layer_kwargs=backend.layer_kwargs())
     network.to(device)
+    attach_noise_channel(network, cfg)  # --q-noise-channel density: training runs the device's noise model
     steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)
     algorithm = make_algorithm(algorithm_name, network, cfg, n_domains=n_domains, total_steps=steps)
     meta = {"in_channels": bundle.n_channels, "n_classes": bundle.n_classes, "n_domains": n_domains,

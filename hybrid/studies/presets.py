@@ -117,7 +117,9 @@ NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
 # _noise_device: 1,024-shot estimates, each observable attenuated as fake_manila attenuates it (fitted before training
 # on random inputs; results/quantum_heads/noise_device/RULE.md), no uniform readout error on top; _noise_joint: the
-# same, with every observable read from the same 1,024 bitstrings (results/quantum_heads/noise_joint/RULE.md)
+# same, with every observable read from the same 1,024 bitstrings (results/quantum_heads/noise_joint/RULE.md);
+# _noise_density: those bitstrings drawn from a density-matrix simulation of fake_manila's noise model on the
+# transpiled circuit, instead of the attenuated exact state (results/quantum_heads/noise_density/RULE.md)
 NOISE_DEVICE = dict(q_train_shots=1024, q_noise_device="aer_noisy:fake_manila")
 NOISE_AWARE_BASES = ("dressed", "dressed_angle") + tuple(f"dressed_angle_qlr{scale}" for scale in SLOT_LR_SCALES) + (
     f"dressed_angle_qlr{ADOPTED_SLOT_LR}_zzobs_drop",)  # the adopted recipe (results/quantum_heads/noise_adopted/RULE.md)
@@ -189,7 +191,9 @@ PRESETS: dict[str, Preset] = {
             for name in NOISE_AWARE_BASES if name != "dressed"} | {
             f"{NOISE_AWARE_BASES[-1]}_noise_device": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE),
             f"{NOISE_AWARE_BASES[-1]}_noise_joint": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE,
-                                                         q_shot_noise="joint")},
+                                                         q_shot_noise="joint"),
+            f"{NOISE_AWARE_BASES[-1]}_noise_density": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE,
+                                                           q_shot_noise="joint", q_noise_channel="density")},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",

@@ -1,0 +1,173 @@
+"""The layer's circuit as a device runs it, as a differentiable torch density-matrix simulation.
+
+The exact engine (hybrid.quantum.statevector) simulates the logical circuit. A device runs the
+circuit transpiled to its gates and qubits, and every gate is followed by that gate's error on those
+qubits (depolarizing, thermal relaxation: the noise model Aer builds from the device's calibration);
+each measured bit is then misread with that qubit's readout error. Fitting one attenuation factor per
+observable (hybrid.quantum.calibration) imitates only the average of that; the errors depend on the
+state, and that part explains about half of what fake_manila costs an exact-trained model
+(results/quantum_heads/noise_joint/RULE.md). This engine applies the same channels Aer applies, to a
+density matrix over the qubits the transpiled circuit touches, so training sees the noisy
+expectation values themselves, and the basis probabilities the device's bitstrings are drawn from.
+
+Transpiled circuits on IBM devices use fixed gates (sx, x, cx, ecr, ...) and parametric rz; the rz
+angles are linear in the layer's inputs and weights, and diagonal, so runs of them between fixed
+gates collapse into one phase on ρ.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from hybrid.quantum.statevector import z_string_signs
+
+SKIPPED = {"barrier", "delay"}  # no noise model used here puts errors on them
+
+
+def linear_angle(value: Any, position: dict) -> tuple[np.ndarray, float]:
+    """`value` (a number or a ParameterExpression of the layer's parameters) as (coefficients, offset)
+    over `position`'s parameter order; a non-linear expression is refused."""
+    coefficients = np.zeros(len(position))
+    if not hasattr(value, "parameters"):
+        return coefficients, float(value)
+    for parameter in value.parameters:
+        slope = value.gradient(parameter)
+        if hasattr(slope, "parameters") and slope.parameters:
+            raise ValueError(f"the transpiled angle {value} is not linear in {parameter}")
+        coefficients[position[parameter]] = float(slope)
+    offset = float(value.bind({p: 0.0 for p in value.parameters}))
+    return coefficients, offset
+
+
+def channel_superoperator(unitary: np.ndarray, kraus: Sequence[np.ndarray] | None) -> np.ndarray:
+    """S with S[(a,b),(c,d)] = Σ_i K_i[a,c] conj(K_i[b,d]) for the Kraus operators of (error ∘ gate)."""
+    operators = [unitary] if kraus is None else [k @ unitary for k in kraus]
+    return sum(np.kron(k, k.conj()) for k in operators)
+
+
+class DensityProgram:
+    """`(x (B, n_in), weights (n_w,)) -> (values (B, n_obs), probabilities (B, 2**n_logical))` under noise.
+
+    Args:
+        circuit: the transpiled (ISA) circuit; its layout maps the logical qubits onto the device's.
+        input_params, weight_params: the layer's parameters, in the order of x's columns and weights.
+        labels: the layer's observables, Z-strings over the logical qubits (Qiskit order).
+        gate_error: `(gate name, physical qubits) -> QuantumError or None`, applied after the gate.
+        readout_error: `physical qubit -> (2, 2) P(read j | was i) or None`.
+    """
+
+    def __init__(self, circuit: Any, input_params: Sequence, weight_params: Sequence, labels: Sequence[str],
+                 gate_error: Callable[[str, tuple], Any], readout_error: Callable[[int], Any]) -> None:
+        from qiskit.quantum_info import Kraus, Operator
+
+        if any(set(label) - {"I", "Z"} for label in labels):
+            raise ValueError(f"the density engine reads observables from basis probabilities; {list(labels)} "
+                             "are not all Z-strings")
+        position = {p: i for i, p in enumerate(list(input_params) + list(weight_params))}
+        self.n_inputs, self.labels = len(input_params), tuple(labels)
+        ops = [(inst.operation, tuple(circuit.find_bit(q).index for q in inst.qubits)) for inst in circuit.data
+               if inst.operation.name not in SKIPPED]
+        measured = circuit.layout.final_index_layout() if circuit.layout is not None else list(range(len(labels[0])))
+        self.physical = sorted({q for _, qubits in ops for q in qubits} | set(measured))
+        compact = {q: i for i, q in enumerate(self.physical)}
+        self.n = len(self.physical)
+        self.signs = self._signs()  # (2**n, n): z of each compact qubit on each basis state
+        self.steps: list[tuple] = []  # ("phase", (n_params,) coefficients per qubit...) or ("channel", ...)
+        for operation, qubits in ops:
+            error = gate_error(operation.name, qubits)
+            if operation.name == "rz" and error is None:
+                self._add_phase(compact[qubits[0]], *linear_angle(operation.params[0], position))
+                continue
+            if any(hasattr(p, "parameters") for p in operation.params):
+                raise ValueError(f"the density engine takes fixed gates and rz; {operation.name} with parameters "
+                                 f"{operation.params} is neither (transpile to the device's basis first)")
+            kraus = None if error is None else Kraus(error).data
+            superop = channel_superoperator(Operator(operation).data, kraus)
+            self.steps.append(("channel", [compact[q] for q in qubits], torch.as_tensor(superop)))
+        self.readout = [(compact[q], torch.as_tensor(np.asarray(m, dtype=float)))
+                        for q in self.physical if (m := readout_error(q)) is not None]
+        self.logical = [compact[q] for q in measured]
+        self.observable_signs = torch.stack([z_string_signs(label) for label in labels], dim=1)
+
+    def _signs(self) -> torch.Tensor:
+        bits = (torch.arange(2**self.n)[:, None] >> torch.arange(self.n)) & 1
+        return (1 - 2 * bits).double()
+
+    def _add_phase(self, qubit: int, coefficients: np.ndarray, offset: float) -> None:
+        """Fold rz(c·params + offset) on `qubit` into the pending diagonal phase."""
+        if not self.steps or self.steps[-1][0] != "phase":
+            self.steps.append(("phase", np.zeros((self.n, len(coefficients))), np.zeros(self.n)))
+        _, slopes, offsets = self.steps[-1]
+        slopes[qubit] += coefficients
+        offsets[qubit] += offset
+
+    def __call__(self, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = torch.cat([x.double(), weights.double().expand(len(x), -1)], dim=1)  # (B, n_params)
+        dim = 2**self.n
+        rho = torch.zeros(len(x), dim, dim, dtype=torch.complex128)
+        rho[:, 0, 0] = 1.0
+        for step in self.steps:
+            rho = self._phase(rho, params, *step[1:]) if step[0] == "phase" else self._channel(rho, *step[1:])
+        probabilities = self._read(rho.diagonal(dim1=1, dim2=2).real)
+        return probabilities @ self.observable_signs, probabilities
+
+    def _phase(self, rho: torch.Tensor, params: torch.Tensor, slopes: np.ndarray, offsets: np.ndarray
+               ) -> torch.Tensor:
+        """ρ[j,k] · exp(-i Σ_q θ_q (z_q(j) - z_q(k)) / 2): every rz since the last fixed gate at once."""
+        angles = params @ torch.as_tensor(slopes.T) + torch.as_tensor(offsets)  # (B, n)
+        half = 0.5 * angles @ self.signs.T  # (B, dim): Σ_q θ_q z_q(j) / 2
+        return rho * torch.polar(torch.ones_like(half), -half)[:, :, None] * torch.polar(
+            torch.ones_like(half), half)[:, None, :]
+
+    def _channel(self, rho: torch.Tensor, qubits: list[int], superop: torch.Tensor) -> torch.Tensor:
+        """S applied to the (row, column) indices of `qubits`; matrix bit i is qubits[i] (Qiskit's order)."""
+        n, batch, k = self.n, len(rho), len(qubits)
+        rows = [1 + n - 1 - q for q in reversed(qubits)]
+        cols = [1 + 2 * n - 1 - q for q in reversed(qubits)]
+        tensor = rho.reshape(batch, *[2] * (2 * n))
+        moved = torch.movedim(tensor, rows + cols, list(range(2 * k)))
+        shape = moved.shape
+        out = (superop @ moved.reshape(4**k, -1)).reshape(shape)
+        return torch.movedim(out, list(range(2 * k)), rows + cols).reshape(batch, 2**n, 2**n)
+
+    def _read(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Readout errors on every qubit, then the marginal over the logical qubits (bit i = logical i)."""
+        n, batch = self.n, len(probabilities)
+        p = probabilities.clamp_min(0.0).reshape(batch, *[2] * n)
+        for qubit, matrix in self.readout:
+            axis = 1 + n - 1 - qubit
+            p = torch.movedim(torch.tensordot(p, matrix, dims=([axis], [0])), -1, axis)
+        order = [1 + n - 1 - q for q in reversed(self.logical)]  # most significant logical qubit first
+        others = [a for a in range(1, n + 1) if a not in order]
+        p = p.sum(dim=others) if others else p
+        kept = sorted(order)
+        p = p.permute(0, *[1 + kept.index(a) for a in order])
+        return p.reshape(batch, -1)
+
+
+def device_density_program(spec: Any, noise_model: Any, pass_manager: Any) -> DensityProgram:
+    """The layer circuit `spec` transpiled by `pass_manager`, under an Aer `noise_model` of the device's qubits."""
+    circuit = pass_manager.run(spec.circuit)
+    labels = [obs.paulis[0].to_label() for obs in spec.observables]
+    if any(len(obs) != 1 or obs.coeffs[0] != 1 for obs in spec.observables):
+        raise ValueError("the density engine takes single Pauli-string observables with coefficient 1")
+    return DensityProgram(circuit, spec.input_params, spec.weight_params, labels,
+                          gate_error=lambda name, qubits: aer_gate_error(noise_model, name, qubits),
+                          readout_error=lambda qubit: aer_readout_error(noise_model, qubit))
+
+
+def aer_gate_error(noise_model: Any, name: str, qubits: tuple) -> Any:
+    """The QuantumError Aer applies after `name` on `qubits`: the qubit-specific one, else the all-qubit one."""
+    local = noise_model._local_quantum_errors.get(name, {})  # Aer keeps no public per-qubit lookup
+    if qubits in local:
+        return local[qubits]
+    return noise_model._default_quantum_errors.get(name)
+
+
+def aer_readout_error(noise_model: Any, qubit: int) -> Any:
+    """P(read j | was i) for `qubit`, or None."""
+    error = noise_model._local_readout_errors.get((qubit,), noise_model._default_readout_error)
+    return None if error is None else error.probabilities
