@@ -301,6 +301,8 @@ def test_components_name_the_slot_learning_rate_and_the_noise_kind():
     assert name("dressed_angle_noise_aware").endswith("angle map, noise-aware)")
     device = name("dressed_angle_qlr100_zzobs_drop_noise_device")
     assert "noise-aware (attenuation of aer_noisy:fake_manila)" in device
+    density = name("dressed_angle_qlr100_zzobs_drop_noise_density")
+    assert "noise-aware (joint, noise model of aer_noisy:fake_manila)" in density
     assert name("concat") == "shift + DANN + quantum"
 
 
@@ -312,6 +314,9 @@ def test_the_device_calibrated_variant_is_the_adopted_recipe_with_shots_and_the_
     device = variants["dressed_angle_qlr100_zzobs_drop_noise_device"]
     changed = {k: v for k, v in device.items() if adopted.get(k) != v}
     assert changed == dict(q_train_shots=1024, q_noise_device="aer_noisy:fake_manila")
+    density = variants["dressed_angle_qlr100_zzobs_drop_noise_density"]
+    assert {k: v for k, v in density.items() if adopted.get(k) != v} == dict(
+        changed, q_shot_noise="joint", q_noise_channel="density")
 
 
 def test_a_slot_learning_rate_variant_is_paired_with_the_none_control_of_its_base():
