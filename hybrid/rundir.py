@@ -213,4 +213,8 @@ def load_run(run_dir: Path, backend_name: str | None = None, *, device: str = "c
     model.load_network_state(ckpt["model"])
     model.to(resolve_device(device))
     model.eval()
+    if cfg.q_noise_at_eval and backend.exact:  # a run evaluated through its device's noise model stays so
+        from hybrid.device_noise import attach_noise_channel
+
+        attach_noise_channel(model, cfg)
     return LoadedRun(cfg, model, ckpt, backend)

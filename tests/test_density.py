@@ -158,15 +158,18 @@ def test_a_model_without_a_circuit_refuses_a_channel():
         network.use_noise_channel(lambda a, w: (a, a))
 
 
-def test_a_run_trained_through_the_device_channel_records_it(tmp_path, data_root):
+def test_a_run_trained_through_the_device_channel_records_it_and_reloads_with_it(tmp_path, data_root):
     from hybrid import train
+    from hybrid.rundir import load_run
 
     out = tmp_path / "run"
     assert train.main(["--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.35", "--stem-stride", "2",
                        "--quantum-head", "dressed", "--feature-map", "angle", "--n-qubits", "3",
                        "--q-train-shots", "256", "--q-shot-noise", "joint", "--q-noise-device", "aer_noisy:fake_manila",
-                       "--q-noise-channel", "density", "--n-bootstrap", "0", "--eval-max-samples", "16",
+                       "--q-noise-channel", "density", "--q-noise-at-eval", "--n-bootstrap", "0", "--eval-max-samples", "16",
                        "--batch-size", "32", "--quiet", "--data-root", str(data_root), "--out", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["q_noise_channel"] == "density" and saved["q_attenuation"] == ""
     assert json.loads((out / "report.json").read_text())["config"]["q_noise_channel"] == "density"
+    assert load_run(out).model.noise_channel is not None  # evaluated through the noise model, as it asked
+    assert load_run(out, "aer_noisy", noise_model="fake_manila").model.noise_channel is None  # the backend's own
