@@ -67,6 +67,8 @@ HELP = {
     "q_noise_channel": "how --q-noise-device's noise is trained with: attenuation (fitted factors, the exact engine) "
                        "or density (a density-matrix simulation of the device's noise model on the transpiled "
                        "circuit, its readout errors and gate errors, while training; evaluation stays exact)",
+    "init_from": "start from the network of this run directory (its best.pt; '{seed}' becomes this run's seed), "
+                 "e.g. to fine-tune an exact-trained model for a device with --q-noise-device",
     "q_noise_at_eval": "keep the training noise in the exact engine at evaluation (imitates a device)",
     "input_smoothing": "sigma in pixels of a fixed Gaussian low-pass before the encoder, 0 = off",
     "source_sampling": "random: each source center draws its strengths uniformly; stratified: Latin hypercube",

@@ -73,6 +73,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    init_from: str = ""  # start from this run directory's selected network ("{seed}" = this seed); "" = fresh
     q_lr_scale: float = 1.0  # learning rate of the quantum slot (circuit weights, or the twin) = lr x this
     label_smoothing: float = 0.0  # class targets: (1 - e) one-hot + e uniform (torch's); 0 = one-hot
     aux_weight: float = 0.0  # deep supervision: weight of a training-only linear classifier on the embedding; 0 = off

@@ -186,6 +186,25 @@ class LoadedRun(NamedTuple):
     backend: Any  # a `backends.Backend`; close() it when done
 
 
+def initialise_from(network: Any, template: str, seed: int, in_channels: int, n_classes: int) -> Path:
+    """Load the selected network of run directory `template` ("{seed}" replaced by `seed`) into `network`."""
+    run_dir = Path(template.replace("{seed}", str(seed)))
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise DataError(f"--init-from {run_dir}: {path} is missing; is it a finished run directory?")
+    ckpt = load_checkpoint(path, "checkpoint", BEST_KEYS)
+    if (ckpt["in_channels"], ckpt["n_classes"]) != (in_channels, n_classes):
+        raise ValueError(f"--init-from {run_dir}: its network takes {ckpt['in_channels']} channels and "
+                         f"{ckpt['n_classes']} classes, this run's {in_channels} and {n_classes}")
+    try:
+        network.load_network_state(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"--init-from {run_dir}: its network is not this run's architecture "
+                         f"({' '.join(first[:2])[:300]})") from None
+    return run_dir
+
+
 def load_run(run_dir: Path, backend_name: str | None = None, *, device: str = "cpu",
              **backend_options) -> LoadedRun:
     """Rebuild a trained model from `config.json` and its checkpoint (weights_only), on `device`

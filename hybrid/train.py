@@ -42,7 +42,7 @@ from hybrid.inference import evaluate_domains, predict_probs, source_threshold
 from hybrid.metrics import domain_metrics, summarize, threshold_from_probs
 from hybrid.model import HybridNet
 from hybrid.reporting import format_table
-from hybrid.rundir import append_result, atomic_save, check_out_dir, clear_run, write_json
+from hybrid.rundir import append_result, atomic_save, check_out_dir, clear_run, initialise_from, write_json
 from hybrid.runtime import torch_settings
 from hybrid.shifts import make_target_centers
 
@@ -173,6 +173,9 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
         write_json({"source": [c.to_dict() for c in data.sampler.centers],
                     "target": [c.to_dict() for c in target_centers], "data": bundle.describe()}, out_dir / "centers.json")
     network = HybridNet(cfg.model_config(), bundle.n_channels, bundle.n_classes, layer_kwargs=backend.layer_kwargs())
+    if cfg.init_from:
+        source = initialise_from(network, cfg.init_from, cfg.seed, bundle.n_channels, bundle.n_classes)
+        log.info("network initialised from %s", source)
     network.to(device)
     attach_noise_channel(network, cfg)  # --q-noise-channel density: training runs the device's noise model
     steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)
