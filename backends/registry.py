@@ -3,6 +3,7 @@
     get_backend("statevector")                              # exact, Qiskit StatevectorEstimator
     get_backend("aer", shots=1024, seed=0)                  # Aer, shot noise
     get_backend("aer_noisy", noise_model="fake_brisbane")   # Aer with a device's noise and coupling map
+    get_backend("torch_noisy", noise_model="fake_manila")   # the same noise, simulated in torch
     get_backend("ibm_runtime", ibm_backend="fake_manila")   # IBM Runtime local testing mode
 
 Each factory takes explicit keyword options; one that does not apply to the backend is an
@@ -22,7 +23,8 @@ from backends.runner import EstimatorRunner, ExecutionStats
 
 BACKENDS: dict[str, Callable[..., "Backend"]] = {}
 # `name:arg` in a backend spec sets this option (aer_noisy:fake_brisbane, ibm_runtime:fake_manila)
-POSITIONAL_OPTION = {"aer": "shots", "aer_noisy": "noise_model", "ibm_runtime": "ibm_backend"}
+POSITIONAL_OPTION = {"aer": "shots", "aer_noisy": "noise_model", "torch_noisy": "noise_model",
+                     "ibm_runtime": "ibm_backend"}
 
 
 class BackendError(ValueError):
@@ -49,6 +51,7 @@ class Backend:
     qpu_rate: QpuRate | None = None  # estimates QPU seconds (None: not a QPU)
     dry_run: bool = False  # plan every job, submit none
     circuit_summary: dict | None = None  # the ISA circuit of the last runner made: depth, 2-qubit gates
+    runner_factory: Callable[[Any, Any], Any] | None = None  # (backend, spec) -> runner, for those without an estimator
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -66,7 +69,12 @@ class Backend:
         return {"engine": "estimator", "make_runner": self.make_runner}
 
     def make_runner(self, spec: Any) -> EstimatorRunner:
-        """An `EstimatorRunner` for the layer's circuit, counting into this backend's `stats`."""
+        """An `EstimatorRunner` for the layer's circuit, counting into this backend's `stats` (or the runner of
+        `runner_factory`, which counts there itself)."""
+        if self.runner_factory is not None:
+            runner = self.runner_factory(self, spec)
+            self.circuit_summary = runner.summary
+            return runner
         runner = EstimatorRunner(spec, self.estimator, self.pass_manager, stats=self.stats,
                                  timeout=self.job_timeout, report_usage=self.reports_usage,
                                  num_qubits=self.num_qubits, label=self.label, planner=self.planner,

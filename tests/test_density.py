@@ -28,11 +28,11 @@ def _inputs(seed: int, batch: int = 3):
     return rng.uniform(-np.pi, np.pi, (batch, 4)), rng.uniform(-np.pi, np.pi, len(SPEC.weight_params))
 
 
-def _aer_density_expectations(isa, noise_model, x, w):
+def _aer_density_expectations(spec, isa, noise_model, x, w):
     """Aer's density-matrix simulator on the bound ISA circuit: the reference."""
     from qiskit_aer import AerSimulator
 
-    position = {p: i for i, p in enumerate(list(SPEC.input_params) + list(SPEC.weight_params))}
+    position = {p: i for i, p in enumerate(list(spec.input_params) + list(spec.weight_params))}
     values = np.concatenate([x, np.broadcast_to(w, (len(x), len(w)))], axis=1)
     out = []
     for row in values:
@@ -40,23 +40,25 @@ def _aer_density_expectations(isa, noise_model, x, w):
         bound.save_density_matrix()
         rho = AerSimulator(method="density_matrix", noise_model=noise_model).run(bound).result().data()[
             "density_matrix"]
-        out.append([rho.expectation_value(obs.apply_layout(isa.layout)).real for obs in SPEC.observables])
+        out.append([rho.expectation_value(obs.apply_layout(isa.layout)).real for obs in spec.observables])
     return np.array(out)
 
 
-def test_noisy_expectations_match_aers_density_matrix_simulation_of_the_device():
+@pytest.mark.parametrize("feature_map", ["angle", "zz"])  # zz: angles that are products of inputs
+def test_noisy_expectations_match_aers_density_matrix_simulation_of_the_device(feature_map):
     from qiskit_aer.noise import NoiseModel
 
     from backends.noisy import fake_device
 
+    spec = build_circuit(QuantumConfig(n_qubits=4, feature_map=feature_map, observables=LABELS))
     _, pass_manager, _ = aer_noise("fake_manila", seed=0)
     gates_only = NoiseModel.from_backend(fake_device("fake_manila"), readout_error=False)
-    program = device_density_program(SPEC, gates_only, pass_manager)
+    program = device_density_program(spec, gates_only, pass_manager)
     x, w = _inputs(1)
     values, probabilities = program(torch.tensor(x), torch.tensor(w))
-    reference = _aer_density_expectations(pass_manager.run(SPEC.circuit), gates_only, x, w)
+    reference = _aer_density_expectations(spec, pass_manager.run(spec.circuit), gates_only, x, w)
     np.testing.assert_allclose(values.numpy(), reference, atol=1e-7)
-    assert not np.allclose(reference, qiskit_expectations(SPEC, x, w), atol=0.01)  # the noise is there
+    assert not np.allclose(reference, qiskit_expectations(spec, x, w), atol=0.01)  # the noise is there
     torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(3, dtype=torch.float64))
 
 
@@ -73,9 +75,11 @@ def test_readout_and_depolarizing_errors_scale_each_observable_as_their_algebra_
     np.testing.assert_allclose(values.numpy(), qiskit_expectations(SPEC, x, w), atol=1e-9)
 
 
-def test_gradients_of_the_noisy_values_match_finite_differences():
+@pytest.mark.parametrize("feature_map", ["angle", "zz"])
+def test_gradients_of_the_noisy_values_match_finite_differences(feature_map):
+    spec = build_circuit(QuantumConfig(n_qubits=4, feature_map=feature_map, observables=LABELS))
     noise_model, pass_manager, _ = aer_noise("fake_manila", seed=0)
-    program = device_density_program(SPEC, noise_model, pass_manager)
+    program = device_density_program(spec, noise_model, pass_manager)
     x, w = _inputs(3, batch=2)
     x, w = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: program(a, b)[0], (x, w), eps=1e-6, atol=1e-5)
@@ -173,3 +177,56 @@ def test_a_run_trained_through_the_device_channel_records_it_and_reloads_with_it
     assert json.loads((out / "report.json").read_text())["config"]["q_noise_channel"] == "density"
     assert load_run(out).model.noise_channel is not None  # evaluated through the noise model, as it asked
     assert load_run(out, "aer_noisy", noise_model="fake_manila").model.noise_channel is None  # the backend's own
+
+
+def test_the_torch_noisy_backend_gives_the_noisy_values_or_joint_shot_estimates_of_them():
+    from backends import get_backend
+
+    x, w = _inputs(4, batch=4)
+    noise_model, pass_manager, _ = aer_noise("fake_manila", seed=0)
+    expected = device_density_program(SPEC, noise_model, pass_manager)(torch.tensor(x), torch.tensor(w))[0].numpy()
+    noiseless_shots = get_backend("torch_noisy", noise_model="fake_manila", shots=0, seed=0)
+    np.testing.assert_allclose(noiseless_shots.make_runner(SPEC)(x, w), expected, atol=1e-12)
+    backend = get_backend("torch_noisy", noise_model="fake_manila", shots=256, seed=0)
+    runner = backend.make_runner(SPEC)
+    draws = np.stack([runner(x, w) for _ in range(200)])
+    assert not np.allclose(draws[0], draws[1])
+    standard_error = np.sqrt((1 - expected**2) / 256 / 200)
+    assert np.all(np.abs(draws.mean(axis=0) - expected) < 5 * standard_error)  # unbiased
+    np.testing.assert_allclose(draws.std(axis=0), np.sqrt((1 - expected**2) / 256), rtol=0.25)  # binomial spread
+    assert backend.stats.jobs == 200 and backend.stats.shots == 200 * 4 * 256 and backend.stats.samples == 800
+    assert backend.circuit_summary["two_qubit_gates"] > 0
+    again = get_backend("torch_noisy", noise_model="fake_manila", shots=256, seed=0).make_runner(SPEC)
+    np.testing.assert_array_equal(again(x, w), draws[0])  # seeded
+
+
+def test_the_torch_noisy_backend_refuses_what_it_cannot_run():
+    from backends import BackendError, get_backend
+
+    with pytest.raises(BackendError, match="positive whole number"):
+        get_backend("torch_noisy", noise_model="fake_manila", shots=-1)
+    with pytest.raises(BackendError, match="not both"):
+        get_backend("torch_noisy", noise_model="fake_manila", readout_error=0.1)
+
+
+def test_a_trained_run_evaluates_through_the_torch_noisy_backend(tiny_run):
+    from hybrid.rundir import load_run
+
+    loaded = load_run(tiny_run, "torch_noisy", noise_model="fake_manila", shots=128, seed=0)
+    assert loaded.model.quantum.engine == "estimator"
+    with torch.no_grad():
+        out = loaded.model(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 2) and torch.isfinite(out).all()
+    assert loaded.backend.stats.jobs == 1 and loaded.backend.stats.shots == 3 * 128
+
+
+def test_the_noisy_engines_benchmark_times_both_and_checks_they_agree(tmp_path):
+    from benchmarks import noisy_engines
+
+    out = tmp_path / "noisy.json"
+    result = noisy_engines.main(["--batch", "8", "--rounds", "1", "--check-shots", "4000", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = result["rows"]
+    assert result["speedup"] == pytest.approx(rows["aer_noisy"]["seconds_per_batch"]
+                                              / rows["torch_noisy"]["seconds_per_batch"])
+    assert result["agreement"]["max_abs_z"] < 5  # the same noise, up to Aer's shots

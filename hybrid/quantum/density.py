@@ -10,9 +10,10 @@ state, and that part explains about half of what fake_manila costs an exact-trai
 density matrix over the qubits the transpiled circuit touches, so training sees the noisy
 expectation values themselves, and the basis probabilities the device's bitstrings are drawn from.
 
-Transpiled circuits on IBM devices use fixed gates (sx, x, cx, ecr, ...) and parametric rz; the rz
-angles are linear in the layer's inputs and weights, and diagonal, so runs of them between fixed
-gates collapse into one phase on ρ.
+Transpiled circuits on IBM devices use fixed gates (sx, x, cx, ecr, ...) and parametric rz. The rz
+gates are diagonal, so runs of them between fixed gates collapse into one phase on ρ; their angles
+are mostly linear in the layer's inputs and weights (the ZZ feature map's are products of inputs,
+evaluated as expressions).
 """
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ def linear_angle(value: Any, position: dict) -> tuple[np.ndarray, float]:
         coefficients[position[parameter]] = float(slope)
     offset = float(value.bind({p: 0.0 for p in value.parameters}))
     return coefficients, offset
+
+
+TORCH_FUNCTIONS = {"sin": torch.sin, "cos": torch.cos, "exp": torch.exp, "sqrt": torch.sqrt, "log": torch.log}
+
+
+def angle_function(value: Any, position: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A non-linear angle (the ZZ feature map's (π - x_i)(π - x_j)) as `params (B, n_params) -> (B,)`."""
+    import sympy
+
+    expression = value.sympify()
+    symbols = {str(s): s for s in expression.free_symbols}
+    parameters = list(value.parameters)
+    evaluate = sympy.lambdify([symbols[p.name] for p in parameters], expression, modules=[TORCH_FUNCTIONS])
+    columns = [position[p] for p in parameters]
+    return lambda params: evaluate(*[params[:, c] for c in columns])
 
 
 def channel_superoperator(unitary: np.ndarray, kraus: Sequence[np.ndarray] | None) -> np.ndarray:
@@ -79,7 +95,7 @@ class DensityProgram:
         for operation, qubits in ops:
             error = gate_error(operation.name, qubits)
             if operation.name == "rz" and error is None:
-                self._add_phase(compact[qubits[0]], *linear_angle(operation.params[0], position))
+                self._add_phase(compact[qubits[0]], operation.params[0], position)
                 continue
             if any(hasattr(p, "parameters") for p in operation.params):
                 raise ValueError(f"the density engine takes fixed gates and rz; {operation.name} with parameters "
@@ -96,11 +112,17 @@ class DensityProgram:
         bits = (torch.arange(2**self.n)[:, None] >> torch.arange(self.n)) & 1
         return (1 - 2 * bits).double()
 
-    def _add_phase(self, qubit: int, coefficients: np.ndarray, offset: float) -> None:
-        """Fold rz(c·params + offset) on `qubit` into the pending diagonal phase."""
+    def _add_phase(self, qubit: int, angle: Any, position: dict) -> None:
+        """Fold rz(angle) on `qubit` into the pending diagonal phase: a linear angle into its slopes and
+        offset, any other into a function of the parameters."""
         if not self.steps or self.steps[-1][0] != "phase":
-            self.steps.append(("phase", np.zeros((self.n, len(coefficients))), np.zeros(self.n)))
-        _, slopes, offsets = self.steps[-1]
+            self.steps.append(("phase", np.zeros((self.n, len(position))), np.zeros(self.n), []))
+        _, slopes, offsets, others = self.steps[-1]
+        try:
+            coefficients, offset = linear_angle(angle, position)
+        except ValueError:
+            others.append((qubit, angle_function(angle, position)))
+            return
         slopes[qubit] += coefficients
         offsets[qubit] += offset
 
@@ -114,10 +136,15 @@ class DensityProgram:
         probabilities = self._read(rho.diagonal(dim1=1, dim2=2).real)
         return probabilities @ self.observable_signs, probabilities
 
-    def _phase(self, rho: torch.Tensor, params: torch.Tensor, slopes: np.ndarray, offsets: np.ndarray
-               ) -> torch.Tensor:
+    def _phase(self, rho: torch.Tensor, params: torch.Tensor, slopes: np.ndarray, offsets: np.ndarray,
+               others: list) -> torch.Tensor:
         """ρ[j,k] · exp(-i Σ_q θ_q (z_q(j) - z_q(k)) / 2): every rz since the last fixed gate at once."""
         angles = params @ torch.as_tensor(slopes.T) + torch.as_tensor(offsets)  # (B, n)
+        if others:
+            extra = torch.zeros_like(angles)
+            for qubit, function in others:
+                extra = extra + function(params)[:, None] * (torch.arange(self.n) == qubit)
+            angles = angles + extra
         half = 0.5 * angles @ self.signs.T  # (B, dim): Σ_q θ_q z_q(j) / 2
         return rho * torch.polar(torch.ones_like(half), -half)[:, :, None] * torch.polar(
             torch.ones_like(half), half)[:, None, :]
