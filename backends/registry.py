@@ -65,6 +65,9 @@ class Backend:
         if self.exact:
             return {"engine": "statevector"}
         if gradients:
+            if self.estimator is None:  # EstimatorQNN would silently fall back to an exact estimator
+                raise BackendError(f"{self.name} runs no Qiskit estimator, so EstimatorQNN cannot differentiate "
+                                   "through it; train through its noise with --q-noise-channel density")
             return {"engine": "qnn", "estimator": self.estimator, "pass_manager": self.pass_manager}
         return {"engine": "estimator", "make_runner": self.make_runner}
 

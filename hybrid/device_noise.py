@@ -28,7 +28,8 @@ DENSITY_OPTIONS = ("noise_model", "depolarizing", "readout_error", "optimization
 
 def _check_slot(cfg: TrainConfig) -> None:
     if not cfg.quantum or cfg.quantum_layer not in ("pqc", "separable"):
-        raise ValueError("--q-noise-device trains for the circuit in the quantum slot; this model has none "
+        raise ValueError("--q-noise-device calibrates the circuit in the quantum slot (or simulates it, with "
+                         "--q-noise-channel density); this model has none "
                          f"(quantum={cfg.quantum}, quantum_layer={cfg.quantum_layer!r})")
 
 

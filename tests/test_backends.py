@@ -24,6 +24,9 @@ CASES = [
     ("aer", {"shots": 4096, "seed": 1}, 0.04),
     ("aer_noisy", {"noise_model": "fake_manila", "shots": 1024, "seed": 1}, 0.15),
     ("aer_noisy", {"depolarizing": "0.001,0.01", "readout_error": 0.01, "shots": 1024, "seed": 1}, 0.15),
+    ("torch_noisy", {"noise_model": "fake_manila", "shots": 1024, "seed": 1}, 0.15),
+    ("torch_noisy", {"noise_model": "fake_manila", "shots": 0}, 0.15),
+    ("torch_noisy", {"depolarizing": "0.001,0.01", "readout_error": 0.01, "shots": 256, "seed": 1}, 0.15),
     ("ibm_runtime", {"ibm_backend": "fake_manila", "shots": 1024, "seed": 1, "resilience_level": 0}, 0.15),
     ("ibm_runtime", {"ibm_backend": "fake_manila", "shots": 256, "seed": 0, "resilience_level": 0,
                      "batch_mode": False}, 0.2),
@@ -78,6 +81,10 @@ def test_exact_backends_train_with_the_torch_engine():
     sampling = get_backend("aer", shots=100)
     assert sampling.layer_kwargs()["engine"] == "estimator"
     assert sampling.layer_kwargs(gradients=True)["engine"] == "qnn"
+    density = get_backend("torch_noisy", noise_model="fake_manila")
+    assert density.layer_kwargs()["engine"] == "estimator"
+    with pytest.raises(BackendError, match="--q-noise-channel density"):
+        density.layer_kwargs(gradients=True)  # no estimator for EstimatorQNN to differentiate through
 
 
 def test_unknown_names_and_options_list_the_valid_ones():
