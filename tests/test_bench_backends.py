@@ -322,3 +322,42 @@ def test_sweep_pool_refuses_missing_or_single_run_sweeps(tmp_path, capsys):
     assert sweep_pool.main([str(tmp_path / "one"), "--out", str(tmp_path / "o")]) == 2
     assert "--compare-run" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_sweep_with_several_draws_seeds_each_and_averages_them():
+    from hybrid.studies.shot_sweep import format_markdown, run_sweep, sweep_specs
+
+    assert sweep_specs(["aer"], [64, None], draws=1) == [("aer:shots=64", "aer", 64)]
+    assert [s for s, _, _ in sweep_specs(["aer"], [64], draws=3)] == [f"aer:shots=64:seed={k}" for k in range(3)]
+    with pytest.raises(ValueError, match="drop seed= from aer:seed=4"):
+        sweep_specs(["aer:seed=4"], [64], draws=2)
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        sweep_specs(["aer"], [64], draws=0)
+    aucs = {"aer:shots=64:seed=0": 0.80, "aer:shots=64:seed=1": 0.84, "aer:shots=64:seed=2": 0.82}
+
+    def bench(run, specs, **settings):
+        exact = {"backend": "exact", "auc": 0.85, "mae": 0.0, "sensitivity": 0.9, "seconds": 1.0}
+        return {"rows": [exact] + [{"backend": s, "auc": aucs[s], "mae": 0.01, "sensitivity": 0.8, "seconds": 2.0}
+                                   for s in specs], "domains": ["a"], "samples_per_domain": 10, "tta": "adabn",
+                "seed": 0}
+
+    result = run_sweep(["r1", "r2"], ["aer"], [64, None], bench=bench, draws=3)
+    point = result["runs"][0]["curves"]["aer"][0]
+    assert point["auc"] == pytest.approx(0.82) and point["auc_draws"] == [0.80, 0.84, 0.82]
+    assert point["auc_draw_std"] == pytest.approx(0.02) and point["seconds"] == 6.0 and result["draws"] == 3
+    assert result["recovery"]["aer@64"]["lost_first"] == pytest.approx(0.03)  # from the mean over draws
+    assert "0.8200 ± 0.0200" in format_markdown(result) and "3 shot draws" in format_markdown(result)
+
+
+def test_draws_need_a_shot_sweep(tiny_run, capsys):
+    assert bench_backends.main(["--run", str(tiny_run), "--backends", "aer", "--draws", "2", "--quiet"]) == 2
+    assert "--draws go with --shot-sweep" in capsys.readouterr().err
+
+
+def test_the_sweep_command_runs_each_draw(dressed_run, data_root, tmp_path):
+    out = tmp_path / "draws"
+    assert bench_backends.main(["--run", str(dressed_run), "--shot-sweep", "16,exact", "--draws", "2", "--backends",
+                                "aer", "--samples", "24", "--domains", "tgt_blur", "--data-root", str(data_root),
+                                "--out", str(out), "--quiet"]) == 0
+    point = json.loads((out / "shot_sweep.json").read_text())["runs"][0]["curves"]["aer"][0]
+    assert len(point["auc_draws"]) == 2 and point["auc"] == pytest.approx(sum(point["auc_draws"]) / 2)

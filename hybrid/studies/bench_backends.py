@@ -356,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"{shot_sweep.DEFAULT_SHOTS}; writes shot_sweep.json/.md/.png")
     parser.add_argument("--compare-run", action="append", default=[],
                         help="shot sweep: another run (e.g. noise-aware trained) beside --run, same images")
+    parser.add_argument("--draws", type=positive_int, default=1,
+                        help="shot sweep: run every backend at every shot count this many times (simulator seeds "
+                             "0, 1, ...; the same images) and report the mean and spread; one draw of 1,024 shots "
+                             "moves the AUC by several thousandths")
     parser.add_argument("--n-bootstrap", type=int, default=None,
                         help="bootstrap resamples for the mean-AUC interval (default: 200 in a sweep, 0 otherwise)")
     args = parser.parse_args(argv)
@@ -366,7 +370,7 @@ def _run_sweep(args, settings: dict, command: str) -> int:
     shots = shot_sweep.parse_shots(args.shot_sweep)
     bases = [s for s in (args.backends or shot_sweep.DEFAULT_SWEEP_BACKENDS).split(",") if s.strip()]
     result = shot_sweep.run_sweep([Path(args.run), *map(Path, args.compare_run)], bases, shots, bench=run_bench,
-                                  **settings) | {"command": command}
+                                  draws=args.draws, **settings) | {"command": command}
     out = Path(args.out or args.run)
     out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / "shot_sweep.json")
@@ -389,8 +393,8 @@ def _run(args, command: str) -> int:
     if args.shot_sweep:
         return _run_sweep(args, settings | {"n_bootstrap": 200 if args.n_bootstrap is None else args.n_bootstrap},
                           command)
-    if args.compare_run:
-        raise ValueError("--compare-run goes with --shot-sweep")
+    if args.compare_run or args.draws > 1:
+        raise ValueError("--compare-run and --draws go with --shot-sweep")
     specs = [s for s in (args.backends or DEFAULT_BACKENDS).split(",") if s.strip()]
     settings["n_bootstrap"] = args.n_bootstrap or 0
     if args.dry_run or args.max_qpu_seconds is not None:

@@ -9,7 +9,9 @@ every run has); every run sees the same images. Writes `shot_sweep.json`, `shot_
 `shot_sweep.png` (one panel per run: AUC with its 95% bootstrap interval against shots, one line
 per backend, the exact AUC dashed). With two runs (exact-trained first, noise-aware second) the
 table also says how much of the AUC the first loses on each backend (against its own exact AUC)
-the second avoids.
+the second avoids. One draw of 1,024 shots moves the AUC by several thousandths
+(results/quantum_heads/noise_sources): `--draws K` runs every point K times (simulator seeds
+0..K-1, the same images) and reports the mean and the spread over draws.
 """
 
 from __future__ import annotations
@@ -39,28 +41,50 @@ def parse_shots(text: str) -> list[int | None]:
     return out
 
 
-def sweep_specs(bases: list[str], shots: list[int | None]) -> list[tuple[str, str, int]]:
-    """(backend spec, base backend, shots) for every base at every finite shot count."""
-    return [(f"{base}:shots={n}", base, n) for base in bases for n in shots if n is not None]
+def sweep_specs(bases: list[str], shots: list[int | None], draws: int = 1) -> list[tuple[str, str, int]]:
+    """(backend spec, base backend, shots) for every base at every finite shot count; with several `draws`, once
+    per simulator seed 0, 1, ... (the same images, new shots)."""
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"--draws must be a whole number >= 1, got {draws!r}")
+    seeded = [base for base in bases if "seed=" in base]
+    if draws > 1 and seeded:
+        raise ValueError(f"--draws sets each draw's simulator seed; drop seed= from {', '.join(seeded)}")
+    seeds = [""] if draws == 1 else [f":seed={k}" for k in range(draws)]
+    return [(f"{base}:shots={n}{seed}", base, n) for base in bases for n in shots if n is not None for seed in seeds]
 
 
-def run_sweep(runs: list[Path], bases: list[str], shots: list[int | None], *, bench: Callable,
+def run_sweep(runs: list[Path], bases: list[str], shots: list[int | None], *, bench: Callable, draws: int = 1,
               **settings) -> dict:
-    """`bench(run, specs, **settings)` (hybrid.bench_backends.run_bench) for each run; curves per backend."""
-    specs = sweep_specs(bases, shots)
+    """`bench(run, specs, **settings)` (hybrid.bench_backends.run_bench) for each run; curves per backend, each
+    point the mean over `draws` shot draws."""
+    specs = sweep_specs(bases, shots, draws)
+    finite = [n for n in shots if n is not None]
     results = []
     for run in runs:
         result = bench(Path(run), [s for s, _, _ in specs], **settings)
         rows = {r["backend"]: r for r in result["rows"]}
         exact = result["rows"][0]
-        curves = {base: [_point(rows[spec], n) for spec, b, n in specs if b == base] for base in bases}
+        curves = {base: [_drawn_point([rows[spec] for spec, b, m in specs if b == base and m == n], n) for n in finite]
+                  for base in bases}
         results.append({"run": str(run), "label": Path(run).parent.name or str(run), "exact": _point(exact, None),
                         "curves": curves, "domains": result["domains"], "samples_per_domain": result["samples_per_domain"],
                         "tta": result["tta"], "seed": result["seed"]})
-    out = {"kind": "shot_sweep", "backends": bases, "shots": [n for n in shots if n is not None], "runs": results}
+    out = {"kind": "shot_sweep", "backends": bases, "shots": finite, "draws": draws, "runs": results}
     if len(results) == 2:
         out["recovery"] = recovery(results[0], results[1])
     return out
+
+
+def _drawn_point(rows: list[dict], shots: int) -> dict:
+    """One draw's point, or the mean over several draws with their AUCs and spread (no bootstrap interval:
+    the draws' spread is the uncertainty a single draw hides)."""
+    if len(rows) == 1 or any("error" in row for row in rows):
+        return _point(next((row for row in rows if "error" in row), rows[0]), shots)
+    aucs = [row["auc"] for row in rows]
+    return {"shots": shots, "auc": float(np.mean(aucs)), "auc_ci": None, "auc_draws": aucs,
+            "auc_draw_std": float(np.std(aucs, ddof=1)), "mae": float(np.mean([row["mae"] for row in rows])),
+            "sensitivity": float(np.mean([row["sensitivity"] for row in rows])),
+            "seconds": float(sum(row["seconds"] for row in rows))}
 
 
 def _point(row: dict, shots: int | None) -> dict:
@@ -89,14 +113,19 @@ def recovery(first: dict, second: dict) -> dict:
 def _cell(point: dict) -> str:
     if "auc" not in point:
         return f"error: {point['error']}"
+    if "auc_draws" in point:
+        return f"{point['auc']:.4f} ± {point['auc_draw_std']:.4f}"
     ci = point.get("auc_ci")
     return f"{point['auc']:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def format_markdown(result: dict) -> str:
     first = result["runs"][0]
+    draws = result.get("draws", 1)
+    spread = (f"each shot count the mean ± standard deviation over {draws} shot draws (simulator seeds 0-{draws - 1})"
+              if draws > 1 else "[95% bootstrap interval]")
     lines = [f"{first['samples_per_domain']} images per unseen center × {len(first['domains'])} centers, TTA "
-             f"{first['tta']}, seed {first['seed']}; mean AUC over the centers [95% bootstrap interval].", ""]
+             f"{first['tta']}, seed {first['seed']}; mean AUC over the centers, {spread}.", ""]
     for run in result["runs"]:
         lines += [f"### {run['label']} (`{run['run']}`)", "", "| backend | " + " | ".join(
             f"{n} shots" for n in result["shots"]) + " | exact |", "|---|" + "---|" * (len(result["shots"]) + 1)]
@@ -126,8 +155,8 @@ def plot(result: dict, path: Path) -> None:
             ok = [p for p in points if "auc" in p]
             x = np.array([p["shots"] for p in ok], dtype=float) * (1 + 0.04 * i)  # offset: bars stay apart
             y = np.array([p["auc"] for p in ok])
-            err = np.array([[p["auc"] - p["auc_ci"][0], p["auc_ci"][1] - p["auc"]] if p.get("auc_ci") else [0, 0]
-                            for p in ok]).T.reshape(2, -1)
+            err = np.array([[p["auc"] - p["auc_ci"][0], p["auc_ci"][1] - p["auc"]] if p.get("auc_ci")
+                            else [p.get("auc_draw_std", 0.0)] * 2 for p in ok]).T.reshape(2, -1)
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=base)
         ax.axhline(run["exact"]["auc"], color="k", ls="--", lw=1, label="exact")
         ax.set_xscale("log", base=2)
