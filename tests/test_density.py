@@ -107,6 +107,10 @@ def test_the_engine_says_what_it_cannot_simulate():
         DensityProgram(circuit, circuit.parameters, [], ("Z",), lambda *_: None, lambda _: None)
     with pytest.raises(ValueError, match="not all Z-strings"):
         DensityProgram(circuit, circuit.parameters, [], ("X",), lambda *_: None, lambda _: None)
+    wide = QuantumCircuit(11)
+    wide.h(range(11))
+    with pytest.raises(ValueError, match="touches 11 qubits"):
+        DensityProgram(wide, [], [], ("Z" * 11,), lambda *_: None, lambda _: None)
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -26,6 +26,9 @@ import torch
 from hybrid.quantum.statevector import z_string_signs
 
 SKIPPED = {"barrier", "delay"}  # no noise model used here puts errors on them
+# ρ is (batch, 4**n) complex numbers and training keeps one per gate for the backward pass: 10 qubits at batch 128
+# is already 2 GB a gate
+MAX_QUBITS = 10
 
 
 def linear_angle(value: Any, position: dict) -> tuple[np.ndarray, float]:
@@ -88,6 +91,9 @@ class DensityProgram:
                if inst.operation.name not in SKIPPED]
         measured = circuit.layout.final_index_layout() if circuit.layout is not None else list(range(len(labels[0])))
         self.physical = sorted({q for _, qubits in ops for q in qubits} | set(measured))
+        if len(self.physical) > MAX_QUBITS:
+            raise ValueError(f"the transpiled circuit touches {len(self.physical)} qubits; a density matrix of more "
+                             f"than {MAX_QUBITS} is too large to simulate batch by batch (use aer_noisy to evaluate)")
         compact = {q: i for i, q in enumerate(self.physical)}
         self.n = len(self.physical)
         self.signs = self._signs()  # (2**n, n): z of each compact qubit on each basis state
