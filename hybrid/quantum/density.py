@@ -4,11 +4,11 @@ The exact engine (hybrid.quantum.statevector) simulates the logical circuit. A d
 circuit transpiled to its gates and qubits, and every gate is followed by that gate's error on those
 qubits (depolarizing, thermal relaxation: the noise model Aer builds from the device's calibration);
 each measured bit is then misread with that qubit's readout error. Fitting one attenuation factor per
-observable (hybrid.quantum.calibration) imitates only the average of that; the errors depend on the
-state, and that part explains about half of what fake_manila costs an exact-trained model
-(results/quantum_heads/noise_joint/RULE.md). This engine applies the same channels Aer applies, to a
-density matrix over the qubits the transpiled circuit touches, so training sees the noisy
-expectation values themselves, and the basis probabilities the device's bitstrings are drawn from.
+observable (hybrid.quantum.calibration) imitates only the average of that. This engine applies the
+same channels Aer applies, to a density matrix over the qubits the transpiled circuit touches, so
+training sees the noisy expectation values themselves, and the basis probabilities the device's
+bitstrings are drawn from; with no shots it also says what the device's errors alone cost (on
+fake_manila: nothing measurable, results/quantum_heads/noise_sources/RULE.md).
 
 Transpiled circuits on IBM devices use fixed gates (sx, x, cx, ecr, ...) and parametric rz. The rz
 gates are diagonal, so runs of them between fixed gates collapse into one phase on ρ; their angles
@@ -86,7 +86,7 @@ class DensityProgram:
             raise ValueError(f"the density engine reads observables from basis probabilities; {list(labels)} "
                              "are not all Z-strings")
         position = {p: i for i, p in enumerate(list(input_params) + list(weight_params))}
-        self.n_inputs, self.labels = len(input_params), tuple(labels)
+        self.labels = tuple(labels)
         ops = [(inst.operation, tuple(circuit.find_bit(q).index for q in inst.qubits)) for inst in circuit.data
                if inst.operation.name not in SKIPPED]
         measured = circuit.layout.final_index_layout() if circuit.layout is not None else list(range(len(labels[0])))
@@ -96,8 +96,9 @@ class DensityProgram:
                              f"than {MAX_QUBITS} is too large to simulate batch by batch (use aer_noisy to evaluate)")
         compact = {q: i for i, q in enumerate(self.physical)}
         self.n = len(self.physical)
-        self.signs = self._signs()  # (2**n, n): z of each compact qubit on each basis state
-        self.steps: list[tuple] = []  # ("phase", (n_params,) coefficients per qubit...) or ("channel", ...)
+        # (2**n, n): z of each compact qubit on each basis state
+        self.signs = torch.stack([z_string_signs("I" * (self.n - 1 - q) + "Z" + "I" * q) for q in range(self.n)], 1)
+        self.steps: list[tuple] = []  # ("phase", slopes, offsets, non-linear angles) or ("channel", rows, cols, S)
         for operation, qubits in ops:
             error = gate_error(operation.name, qubits)
             if operation.name == "rz" and error is None:
@@ -108,15 +109,20 @@ class DensityProgram:
                                  f"{operation.params} is neither (transpile to the device's basis first)")
             kraus = None if error is None else Kraus(error).data
             superop = channel_superoperator(Operator(operation).data, kraus)
-            self.steps.append(("channel", [compact[q] for q in qubits], torch.as_tensor(superop)))
+            self.steps.append(("channel", *self._axes([compact[q] for q in qubits]), torch.as_tensor(superop)))
+        # the phases' slopes and offsets were summed in numpy while compiling; the forward pass wants tensors
+        self.steps = [("phase", torch.as_tensor(step[1].T), torch.as_tensor(step[2]), step[3])
+                      if step[0] == "phase" else step for step in self.steps]
         self.readout = [(compact[q], torch.as_tensor(np.asarray(m, dtype=float)))
                         for q in self.physical if (m := readout_error(q)) is not None]
         self.logical = [compact[q] for q in measured]
         self.observable_signs = torch.stack([z_string_signs(label) for label in labels], dim=1)
 
-    def _signs(self) -> torch.Tensor:
-        bits = (torch.arange(2**self.n)[:, None] >> torch.arange(self.n)) & 1
-        return (1 - 2 * bits).double()
+    def _axes(self, qubits: list[int]) -> tuple[list[int], list[int]]:
+        """The row and column axes of `qubits` in ρ viewed as (B, 2, ..., 2), most significant (matrix bit
+        k - 1, qubits[-1]) first: the order a k-qubit matrix's index reads them in."""
+        n = self.n
+        return [n - q for q in reversed(qubits)], [2 * n - q for q in reversed(qubits)]
 
     def _add_phase(self, qubit: int, angle: Any, position: dict) -> None:
         """Fold rz(angle) on `qubit` into the pending diagonal phase: a linear angle into its slopes and
@@ -142,24 +148,19 @@ class DensityProgram:
         probabilities = self._read(rho.diagonal(dim1=1, dim2=2).real)
         return probabilities @ self.observable_signs, probabilities
 
-    def _phase(self, rho: torch.Tensor, params: torch.Tensor, slopes: np.ndarray, offsets: np.ndarray,
+    def _phase(self, rho: torch.Tensor, params: torch.Tensor, slopes: torch.Tensor, offsets: torch.Tensor,
                others: list) -> torch.Tensor:
         """ρ[j,k] · exp(-i Σ_q θ_q (z_q(j) - z_q(k)) / 2): every rz since the last fixed gate at once."""
-        angles = params @ torch.as_tensor(slopes.T) + torch.as_tensor(offsets)  # (B, n)
-        if others:
-            extra = torch.zeros_like(angles)
-            for qubit, function in others:
-                extra = extra + function(params)[:, None] * (torch.arange(self.n) == qubit)
-            angles = angles + extra
+        angles = params @ slopes + offsets  # (B, n)
+        for qubit, function in others:
+            angles = angles + function(params)[:, None] * (torch.arange(self.n) == qubit)
         half = 0.5 * angles @ self.signs.T  # (B, dim): Σ_q θ_q z_q(j) / 2
         return rho * torch.polar(torch.ones_like(half), -half)[:, :, None] * torch.polar(
             torch.ones_like(half), half)[:, None, :]
 
-    def _channel(self, rho: torch.Tensor, qubits: list[int], superop: torch.Tensor) -> torch.Tensor:
-        """S applied to the (row, column) indices of `qubits`; matrix bit i is qubits[i] (Qiskit's order)."""
-        n, batch, k = self.n, len(rho), len(qubits)
-        rows = [1 + n - 1 - q for q in reversed(qubits)]
-        cols = [1 + 2 * n - 1 - q for q in reversed(qubits)]
+    def _channel(self, rho: torch.Tensor, rows: list[int], cols: list[int], superop: torch.Tensor) -> torch.Tensor:
+        """S applied to the (row, column) indices of a gate's qubits (axes from `_axes`)."""
+        n, batch, k = self.n, len(rho), len(rows)
         tensor = rho.reshape(batch, *[2] * (2 * n))
         moved = torch.movedim(tensor, rows + cols, list(range(2 * k)))
         shape = moved.shape
@@ -171,9 +172,9 @@ class DensityProgram:
         n, batch = self.n, len(probabilities)
         p = probabilities.clamp_min(0.0).reshape(batch, *[2] * n)
         for qubit, matrix in self.readout:
-            axis = 1 + n - 1 - qubit
+            axis = n - qubit
             p = torch.movedim(torch.tensordot(p, matrix, dims=([axis], [0])), -1, axis)
-        order = [1 + n - 1 - q for q in reversed(self.logical)]  # most significant logical qubit first
+        order = self._axes(self.logical)[0]  # most significant logical qubit first
         others = [a for a in range(1, n + 1) if a not in order]
         p = p.sum(dim=others) if others else p
         kept = sorted(order)
