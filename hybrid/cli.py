@@ -59,6 +59,9 @@ HELP = {
     "aux_weight": "deep supervision: add this weight x the cross-entropy of a linear classifier on dropout(f) to the "
                   "class loss while training; the classifier belongs to the training algorithm, not the saved "
                   "network, so predictions still pass only through the head (0: off)",
+    "ema_decay": "weight averaging: validate, select and save an exponential moving average of the weights "
+                 "(bias-corrected, this decay per optimizer step; 0.99 weighs about the last 100 steps) instead of "
+                 "the last iterate; 0 = off",
     "q_noise_device": "noise-aware training for a device: before training, run the circuit on this backend "
                       "(e.g. aer_noisy:fake_manila) with random inputs and weights, fit how much it shrinks each "
                       "expectation value, and train with those factors (saved as q_attenuation)",

@@ -77,6 +77,7 @@ class TrainConfig:
     q_lr_scale: float = 1.0  # learning rate of the quantum slot (circuit weights, or the twin) = lr x this
     label_smoothing: float = 0.0  # class targets: (1 - e) one-hot + e uniform (torch's); 0 = one-hot
     aux_weight: float = 0.0  # deep supervision: weight of a training-only linear classifier on the embedding; 0 = off
+    ema_decay: float = 0.0  # validate, select and save an EMA of the weights with this decay per step; 0 = off
     augment: bool = True  # small random translations
     seed: int = 0
     threads: int | None = None  # torch threads (None: torch default)
@@ -193,6 +194,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {  # field: (lowest,
     "q_lr_scale": (1e-6, 1e4, "above 0 (a multiple of --lr, at most 10000)"),
     "label_smoothing": (0, 0.5, "between 0 and 0.5"),
     "aux_weight": (0, None, "0 (off) or more"),
+    "ema_decay": (0, 0.99999, "0 (off) or a decay per step below 1 (0.99 averages about the last 100 steps)"),
     "width_mult": (0.01, None, "above 0"),
     "embed_dim": (1, None, "at least 1"),
     "dropout": (0, 0.99, "at least 0 and below 1"),

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrid.algorithms import Algorithm
+from hybrid.averaging import WeightAverage
 from hybrid.batchnorm import bn_layers, estimate_batchnorm_statistics
 from hybrid.checkpoints import load_checkpoint
 from hybrid.config import TrainConfig
@@ -99,10 +100,12 @@ class Generators:
 
 def train_epoch(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, epoch: int,
                 generators: Generators, progress: bool, ddp: Distributed | None = None,
-                runner: torch.nn.Module | None = None) -> tuple[dict, torch.Tensor]:
+                runner: torch.nn.Module | None = None,
+                average: WeightAverage | None = None) -> tuple[dict, torch.Tensor]:
     """One epoch of updates; returns the sample-weighted means of what `update` logged, and the order.
 
-    With several ranks each takes its shard of every global batch of `cfg.batch_size`.
+    With several ranks each takes its shard of every global batch of `cfg.batch_size`; `average`
+    (--ema-decay) folds in the network's weights after every step.
     """
     from tqdm import tqdm
 
@@ -124,6 +127,8 @@ def train_epoch(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, epoc
         xb, domains = make_batch(data.sampler, data.x_train, idx, generators.batch, cfg.augment)
         last = algorithm.update(xb.to(device), data.y_train[idx].to(device), domains.to(device),
                                 epoch * steps_per_epoch + step, runner=runner)
+        if average is not None:
+            average.update(algorithm.network)
         n_seen += len(idx)
         for key, value in last.items():
             sums[key] = sums.get(key, 0.0) + value * len(idx)
@@ -163,26 +168,30 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
     `meta` (architecture facts, class names, ...) is stored in best.pt beside the network.
     Returns {"auc", "loss", "epoch"} of the selected epoch. With `ddp` across several ranks,
     gradients are averaged by DistributedDataParallel, rank 0 validates and writes every file,
-    and last.pt keeps every rank's generators.
+    and last.pt keeps every rank's generators. With `cfg.ema_decay` the weight average is what
+    is validated, selected and saved (`hybrid.averaging`).
     """
     ddp = ddp or Distributed()
     out_dir = Path(out_dir)
     generators = Generators.seeded(cfg.seed, ddp)
     start_epoch, best = 0, {"auc": -1.0, "loss": math.inf, "epoch": -1}
     last_path, best_path, metrics_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
+    average = WeightAverage(algorithm.network, cfg.ema_decay) if cfg.ema_decay else None
+    selected = average.network if average is not None else algorithm.network  # validated, selected, saved
     if resume and last_path.is_file():
-        start_epoch, best = _resume(algorithm, last_path, generators, ddp)
+        start_epoch, best = _resume(algorithm, last_path, generators, ddp, average)
     if ddp.is_main:  # a kill between an epoch's metrics line and its last.pt leaves a line the rerun rewrites
         kept = [r for r in read_lines(metrics_path) if r.get("epoch", 0) <= start_epoch] if start_epoch else []
         write_text("".join(json_text(r) + "\n" for r in kept), metrics_path)
     runner = ddp.wrap(algorithm, module_device(algorithm))
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        means, order = train_epoch(algorithm, data, cfg, epoch, generators, progress and ddp.is_main, ddp, runner)
+        means, order = train_epoch(algorithm, data, cfg, epoch, generators, progress and ddp.is_main, ddp, runner,
+                                   average)
         calib = order[: min(len(order), PRECISE_BN_BATCHES * cfg.batch_size)]
         x_calib = data.sampler.shift(data.x_train[calib], data.sampler.draw(calib, generators.order), generators.order)
-        recalibrate_batchnorm(algorithm.network, x_calib, cfg.batch_size)
-        val_auc, val_loss = ddp.broadcast(validation_scores(algorithm.network, data, cfg.eval_batch_size)
+        recalibrate_batchnorm(selected, x_calib, cfg.batch_size)
+        val_auc, val_loss = ddp.broadcast(validation_scores(selected, data, cfg.eval_batch_size)
                                           if ddp.is_main else None)
         record = _record(epoch, means, algorithm, val_auc, val_loss, time.perf_counter() - t0)
         improved = _improved(best, val_auc, val_loss)
@@ -194,9 +203,10 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
             continue
         append_line(metrics_path, record)
         if improved:
-            atomic_save(meta | {"model": algorithm.network.state_dict(), "epoch": epoch + 1, "val_auc": val_auc},
-                        best_path)
+            atomic_save(meta | {"model": selected.state_dict(), "epoch": epoch + 1, "val_auc": val_auc}, best_path)
         extra = {"world_size": ddp.world_size, "rank_states": rank_states} if ddp.active else {}
+        if average is not None:
+            extra["average"] = average.state_dict()
         atomic_save(algorithm.training_state() | random_state() | extra | {
             "generator": generators.order.get_state(), "epoch": epoch, "best": best}, last_path)
         if on_epoch_end is not None:
@@ -206,9 +216,16 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
     return best
 
 
-def _resume(algorithm: Algorithm, last_path: Path, generators: Generators, ddp: Distributed) -> tuple[int, dict]:
-    """Load last.pt: modules, optimizer, schedule and every generator; returns (next epoch, best)."""
+def _resume(algorithm: Algorithm, last_path: Path, generators: Generators, ddp: Distributed,
+            average: WeightAverage | None = None) -> tuple[int, dict]:
+    """Load last.pt: modules, optimizer, schedule, every generator and the weight average; returns
+    (next epoch, best)."""
     state = load_checkpoint(last_path, "--resume: checkpoint", LAST_KEYS)
+    if (average is not None) != ("average" in state):
+        raise ValueError(f"--resume: {last_path} was written {'without' if average is not None else 'with'} a "
+                         "weight average (--ema-decay); resume with the run's own config")
+    if average is not None:
+        average.load_state_dict(state["average"])
     saved_world = state.get("world_size", 1)
     if saved_world != ddp.world_size:
         raise ValueError(f"--resume: {last_path} was written by {saved_world} training process(es); resume with "

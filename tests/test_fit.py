@@ -11,9 +11,11 @@ from hybrid.config import TrainConfig
 pytestmark = pytest.mark.slow  # trains
 
 
-def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, data_root):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["last-iterate", "weight-average"])
+def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, data_root, ema_decay):
     cfg = TrainConfig(data_root=str(data_root), epochs=2, max_train_samples=96, width_mult=0.1, stem_stride=2,
-                      input_size=16, embed_dim=16, batch_size=32, n_bootstrap=0, threads=1, eval_batch_size=128)
+                      input_size=16, embed_dim=16, batch_size=32, n_bootstrap=0, threads=1, eval_batch_size=128,
+                      ema_decay=ema_decay)
     straight = train.train(cfg, tmp_path / "straight", progress=False)
 
     def crash(record):
@@ -30,6 +32,11 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, data_root):
         states = ("algorithm", "algorithm") if name == "last.pt" else ("model", "model")
         for key, value in a[states[0]].items():
             assert torch.equal(b[states[1]][key], value), (name, key)
+    if ema_decay:  # the weight average goes on from where it was, over the same steps
+        a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True)["average"] for d in ("straight", "resumed"))
+        assert a["steps"] == b["steps"] == 2 * 3  # 2 epochs of 96 images in batches of 32
+        for key, value in a["network"].items():
+            assert torch.equal(b["network"][key], value), key
     assert resumed["domains"] == straight["domains"]
     lines = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("straight", "resumed")]
     strip = [[line.rsplit(', "seconds"', 1)[0] for line in run] for run in lines]

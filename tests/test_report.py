@@ -445,3 +445,27 @@ def test_ansatz_depth_variants_change_only_the_repetitions_and_keep_a_twin_where
     counts = [HybridNet(cfg, in_channels=1, n_classes=2).parameter_counts()["layer"] for cfg in small]
     assert counts == [20, 20]  # RealAmplitudes on 4 qubits, 4 repetitions: 4 x 5 angles; the twin matches them
     assert "dressed_angle_qlr100_zzobs_drop_reps1_twin" not in study.variants
+
+
+def test_ema_variants_average_the_adopted_recipe_and_concat_and_are_paired_with_both_concats():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report import quantum_pairs
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    for tag, decay in (("ema99", 0.99), ("ema995", 0.995)):
+        for width in ("", "8"):
+            adopted = study.config(f"dressed{width}_angle_qlr100_zzobs_drop", 0)
+            assert adopted.differences(study.config(f"dressed{width}_angle_qlr100_zzobs_drop_{tag}", 0)) == \
+                [("ema_decay", 0.0, decay)]
+        assert study.config("concat", 0).differences(study.config(f"concat_{tag}", 0)) == [("ema_decay", 0.0, decay)]
+        assert study.config(f"dressed_angle_zzobs_drop_{tag}_none", 0).ema_decay == decay
+    assert method_components(study.config("concat_ema99", 0).to_dict()) == "shift + DANN + weight EMA 0.99 + quantum"
+    variants = ["concat", "concat_ema99", "dressed_angle_qlr100_zzobs_drop_ema99", "dressed8_angle_qlr100_zzobs_drop_ema99",
+                "dressed_angle_qlr100_zzobs_drop_ema995"]
+    pairs = quantum_pairs(variants)
+    for width in ("", "8"):  # each averaged head against concat with and without the same averaging
+        assert (f"dressed{width}_angle_qlr100_zzobs_drop_ema99", "concat") in pairs
+        assert (f"dressed{width}_angle_qlr100_zzobs_drop_ema99", "concat_ema99") in pairs
+    assert ("concat_ema99", "concat") in pairs
+    assert ("dressed_angle_qlr100_zzobs_drop_ema995", "concat_ema99") not in pairs  # another decay: no such pair

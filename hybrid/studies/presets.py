@@ -112,6 +112,13 @@ QUANTUM_VARIANTS |= _past_adopted("anorm", dict(q_angle_norm=True))
 # one rep does not give (4 + 7 > 8), so _reps1 has no twin control. Without a circuit there is no depth to change.
 QUANTUM_VARIANTS |= _past_adopted("reps4", dict(q_reps=4), {})
 QUANTUM_VARIANTS |= _past_adopted("reps1", dict(q_reps=1), {}, suffixes=("", "_separable"))
+# Weight averaging (--ema-decay; results/quantum_heads/weight_average/RULE.md): the adopted recipe validated, selected
+# and saved as a bias-corrected EMA of its weights, decay 0.99 (about the last 100 of ~440 steps) or 0.995 (~200).
+# Every control gets it, and so does concat (concat_ema99, concat_ema995): the gap to concat is judged against both.
+EMA_DECAYS = {"ema99": 0.99, "ema995": 0.995}
+QUANTUM_VARIANTS |= {name: variant for tag, decay in EMA_DECAYS.items()
+                     for name, variant in _past_adopted(tag, dict(ema_decay=decay)).items()}
+QUANTUM_VARIANTS |= {f"concat_{tag}": dict(QUANTUM_VARIANTS["concat"], ema_decay=decay) for tag, decay in EMA_DECAYS.items()}
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance

@@ -48,14 +48,19 @@ SLOT_LR = re.compile(r"_qlr\d+")  # the slot learning-rate part of a variant nam
 
 def quantum_pairs(variants: list[str]) -> list[tuple[str, str]]:
     """The (with, without) pairs a study holds: the layer on/off, each circuit against its controls,
-    and each head against the concat head."""
+    and each head against the concat head (and against concat given the same training change, e.g. _ema99)."""
     pairs = [p for p in QUANTUM_PAIRS if set(p) <= set(variants)]
     pairs += [(v, v + s) for v in variants for s in CONTROL_SUFFIXES if v + s in variants]
     # a slot learning rate changes nothing without a slot: dressed_angle_qlr100's _none control is dressed_angle_none
     pairs += [(v, none) for v in variants if SLOT_LR.search(v) and not v.endswith(CONTROL_SUFFIXES)
               and (none := SLOT_LR.sub("", v) + "_none") in variants and v + "_none" not in variants]
     heads = [v for v in variants if v.startswith(HEAD_PREFIXES) and not v.endswith(CONTROL_SUFFIXES)]
-    return pairs + ([(v, "concat") for v in heads] if "concat" in variants else [])
+    pairs += [(v, "concat") for v in heads] if "concat" in variants else []
+    # a training change given to concat too (concat_ema99): each head with that change against it, and it
+    # against plain concat (what the change gives the head that can ignore the circuit)
+    changes = [v.removeprefix("concat") for v in variants if v.startswith("concat_") and not v.endswith(CONTROL_SUFFIXES)]
+    pairs += [(v, "concat" + change) for change in changes for v in heads if v.endswith(change)]
+    return pairs + ([("concat" + change, "concat") for change in changes] if "concat" in variants else [])
 
 
 def _flatten(name: str, comparison: dict) -> list[dict]:

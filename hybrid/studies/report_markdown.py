@@ -28,6 +28,7 @@ def method_components(cfg: dict) -> str:
     parts = [name for name, on in (("colour constancy", cfg.get("colour_constancy")), ("shift", cfg.get("shift")),
                                    (algorithm.upper(), algorithm != "erm"),
                                    (f"aux loss x{cfg.get('aux_weight', 0.0):g}", cfg.get("aux_weight")),
+                                   (f"weight EMA {cfg.get('ema_decay', 0.0):g}", cfg.get("ema_decay")),
                                    (_quantum_part(cfg), cfg.get("quantum")))
              if on]
     return " + ".join(parts) or "none"
