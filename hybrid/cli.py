@@ -11,7 +11,7 @@ import sys
 from dataclasses import fields
 from typing import Callable
 
-from hybrid.config import NOISE_CHANNELS, TrainConfig, field_type
+from hybrid.config import NOISE_CHANNELS, SELECTIONS, TrainConfig, field_type
 
 HELP = {
     "dataset": "MedMNIST name (pneumoniamnist, breastmnist, ...) or path to an .npz",
@@ -62,6 +62,8 @@ HELP = {
     "ema_decay": "weight averaging: validate, select and save an exponential moving average of the weights "
                  "(bias-corrected, this decay per optimizer step; 0.99 weighs about the last 100 steps) instead of "
                  "the last iterate; 0 = off",
+    "selection": "which epoch's network best.pt keeps: auc (the highest source-validation AUC, a tie to the lower "
+                 "loss) or last (the end of the one-cycle schedule; every epoch is still validated and logged)",
     "q_noise_device": "noise-aware training for a device: before training, run the circuit on this backend "
                       "(e.g. aer_noisy:fake_manila) with random inputs and weights, fit how much it shrinks each "
                       "expectation value, and train with those factors (saved as q_attenuation)",
@@ -107,7 +109,7 @@ def config_choices() -> dict[str, tuple]:
             "q_precision": tuple(PRECISIONS), "tta": tuple(TTA_METHODS), "stem_stride": (1, 2),
             "source_sampling": SOURCE_SAMPLINGS, "backend": tuple(sorted(BACKENDS)),
             "quantum_head": QUANTUM_HEADS, "quantum_layer": QUANTUM_LAYERS, "q_observables": OBSERVABLE_SETS,
-            "q_shot_noise": SHOT_NOISE, "q_noise_channel": NOISE_CHANNELS}
+            "q_shot_noise": SHOT_NOISE, "q_noise_channel": NOISE_CHANNELS, "selection": SELECTIONS}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -78,6 +78,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # class targets: (1 - e) one-hot + e uniform (torch's); 0 = one-hot
     aux_weight: float = 0.0  # deep supervision: weight of a training-only linear classifier on the embedding; 0 = off
     ema_decay: float = 0.0  # validate, select and save an EMA of the weights with this decay per step; 0 = off
+    selection: str = "auc"  # which epoch best.pt keeps: auc (best source-validation AUC) or last
     augment: bool = True  # small random translations
     seed: int = 0
     threads: int | None = None  # torch threads (None: torch default)
@@ -92,8 +93,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
-        problems += [problem for problem in (check_attenuation(self.q_attenuation), check_noise_channel(self))
-                     if problem]
+        problems += [problem for problem in (check_attenuation(self.q_attenuation), check_noise_channel(self),
+                                             check_selection(self.selection)) if problem]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -253,6 +254,14 @@ def check_attenuation(text: str) -> str | None:
     except ValueError as exc:
         return f"--q-attenuation: {exc}"
     return None
+
+
+SELECTIONS = ("auc", "last")  # model selection: the best source-validation AUC, or the end of the schedule
+
+
+def check_selection(selection: str) -> str | None:
+    """What is wrong with a `--selection` value, or None."""
+    return None if selection in SELECTIONS else f"--selection must be one of {', '.join(SELECTIONS)}, got {selection!r}"
 
 
 NOISE_CHANNELS = ("attenuation", "density")  # fitted factors per observable, or the device's noise model itself

@@ -155,15 +155,19 @@ def _record(epoch: int, means: dict, algorithm: Algorithm, val_auc: float, val_l
             "val_auc": val_auc, "val_loss": val_loss, "seconds": seconds}
 
 
-def _improved(best: dict, val_auc: float, val_loss: float) -> bool:
-    """Higher validation AUC wins; a tie (within 1e-6) goes to the lower validation loss."""
+def _improved(best: dict, val_auc: float, val_loss: float, selection: str = "auc") -> bool:
+    """Whether this epoch replaces the selected one. "auc": higher validation AUC wins, a tie (within 1e-6) goes to
+    the lower validation loss; "last": every epoch does (near 0.99 the AUC's epoch-to-epoch changes are noise)."""
+    if selection == "last":
+        return True
     return val_auc > best["auc"] + 1e-6 or (abs(val_auc - best["auc"]) <= 1e-6 and val_loss < best["loss"])
 
 
 def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Path, *, meta: dict,
         progress: bool = True, resume: bool = False,
         on_epoch_end: Callable[[dict], None] | None = None, ddp: Distributed | None = None) -> dict:
-    """Train for `cfg.epochs`, keeping the epoch with the best source-validation AUC in best.pt.
+    """Train for `cfg.epochs`, keeping the epoch with the best source-validation AUC in best.pt (the last
+    epoch with `cfg.selection` "last").
 
     `meta` (architecture facts, class names, ...) is stored in best.pt beside the network.
     Returns {"auc", "loss", "epoch"} of the selected epoch. With `ddp` across several ranks,
@@ -194,7 +198,7 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
         val_auc, val_loss = ddp.broadcast(validation_scores(selected, data, cfg.eval_batch_size)
                                           if ddp.is_main else None)
         record = _record(epoch, means, algorithm, val_auc, val_loss, time.perf_counter() - t0)
-        improved = _improved(best, val_auc, val_loss)
+        improved = _improved(best, val_auc, val_loss, cfg.selection)
         if improved:
             best = {"auc": val_auc, "loss": val_loss, "epoch": epoch + 1}
         rank_states = ddp.gather(random_state() | {"batch_generator": generators.batch.get_state()}) if ddp.active \

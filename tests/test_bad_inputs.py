@@ -130,7 +130,7 @@ TRAIN_OPTIONS = [
     (["--dropout", "1.5"], ["--dropout"]), (["--epochs", "two"], ["--epochs"]),
     (["--algorithm", "nosuch"], ["--algorithm", "erm"]), (["--tta", "nosuch"], ["--tta", "adabn"]),
     (["--backend", "nosuch"], ["--backend", "statevector"]), (["--dataset", "nosuchmnist"], ["pneumoniamnist"]),
-    (["--size", "100"], ["size 100", "28"]),
+    (["--size", "100"], ["size 100", "28"]), (["--selection", "best"], ["--selection", "last"]),
 ]
 
 
@@ -370,6 +370,8 @@ def test_python_api_raises_one_sentence_errors(bad, tiny_run, tmp_path):
 
     with pytest.raises(ValueError, match="--epochs must be at least 1"):
         TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="--selection must be one of auc, last"):
+        TrainConfig(selection="loss")
     with pytest.raises(ValueError, match="unknown config fields"):
         TrainConfig.from_dict({"epochs": 3, "colour": "blue"})
     with pytest.raises(DataError, match="empty.npz"):

@@ -5,17 +5,33 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hybrid import train
+from hybrid import fit, train
 from hybrid.config import TrainConfig
 
 pytestmark = pytest.mark.slow  # trains
 
 
+TINY = dict(epochs=2, max_train_samples=96, width_mult=0.1, stem_stride=2, input_size=16, embed_dim=16,
+            batch_size=32, n_bootstrap=0, threads=1, eval_batch_size=128)
+
+
+@pytest.mark.parametrize("selection,kept", [("auc", 1), ("last", 3)])
+def test_selection_keeps_the_best_auc_epoch_or_the_last(tmp_path, data_root, monkeypatch, selection, kept):
+    falling = iter([(0.9, 0.3), (0.8, 0.2), (0.7, 0.1)])  # validation AUC falls while its loss falls
+    monkeypatch.setattr(fit, "validation_scores", lambda *args: next(falling))
+    cfg = TrainConfig(data_root=str(data_root), **TINY | dict(epochs=3), selection=selection, eval_max_samples=8)
+    train.train(cfg, tmp_path / "run", progress=False)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert best["epoch"] == kept and last["best"]["epoch"] == kept
+    final = {key[len("network."):]: value for key, value in last["algorithm"].items() if key.startswith("network.")}
+    same = all(torch.equal(best["model"][key], value) for key, value in final.items())
+    assert same == (selection == "last")  # the saved network is the end of training only when "last" asks for it
+
+
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["last-iterate", "weight-average"])
 def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, data_root, ema_decay):
-    cfg = TrainConfig(data_root=str(data_root), epochs=2, max_train_samples=96, width_mult=0.1, stem_stride=2,
-                      input_size=16, embed_dim=16, batch_size=32, n_bootstrap=0, threads=1, eval_batch_size=128,
-                      ema_decay=ema_decay)
+    cfg = TrainConfig(data_root=str(data_root), **TINY, ema_decay=ema_decay)
     straight = train.train(cfg, tmp_path / "straight", progress=False)
 
     def crash(record):

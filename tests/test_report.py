@@ -447,25 +447,31 @@ def test_ansatz_depth_variants_change_only_the_repetitions_and_keep_a_twin_where
     assert "dressed_angle_qlr100_zzobs_drop_reps1_twin" not in study.variants
 
 
-def test_ema_variants_average_the_adopted_recipe_and_concat_and_are_paired_with_both_concats():
+TRAINING_TRIES = [("ema99", "ema_decay", 0.0, 0.99, "weight EMA 0.99"),
+                  ("ema995", "ema_decay", 0.0, 0.995, "weight EMA 0.995"),
+                  ("last", "selection", "auc", "last", "last epoch kept")]
+
+
+@pytest.mark.parametrize("tag,field,default,value,label", TRAINING_TRIES, ids=[t[0] for t in TRAINING_TRIES])
+def test_training_tries_change_the_adopted_recipe_and_concat_and_are_paired_with_both_concats(tag, field, default,
+                                                                                               value, label):
     from hybrid.studies.experiment import build_study
     from hybrid.studies.report import quantum_pairs
     from hybrid.studies.report_markdown import method_components
 
     study = build_study("quantum")
-    for tag, decay in (("ema99", 0.99), ("ema995", 0.995)):
-        for width in ("", "8"):
-            adopted = study.config(f"dressed{width}_angle_qlr100_zzobs_drop", 0)
-            assert adopted.differences(study.config(f"dressed{width}_angle_qlr100_zzobs_drop_{tag}", 0)) == \
-                [("ema_decay", 0.0, decay)]
-        assert study.config("concat", 0).differences(study.config(f"concat_{tag}", 0)) == [("ema_decay", 0.0, decay)]
-        assert study.config(f"dressed_angle_zzobs_drop_{tag}_none", 0).ema_decay == decay
-    assert method_components(study.config("concat_ema99", 0).to_dict()) == "shift + DANN + weight EMA 0.99 + quantum"
-    variants = ["concat", "concat_ema99", "dressed_angle_qlr100_zzobs_drop_ema99", "dressed8_angle_qlr100_zzobs_drop_ema99",
-                "dressed_angle_qlr100_zzobs_drop_ema995"]
+    for width in ("", "8"):
+        adopted = study.config(f"dressed{width}_angle_qlr100_zzobs_drop", 0)
+        assert adopted.differences(study.config(f"dressed{width}_angle_qlr100_zzobs_drop_{tag}", 0)) == \
+            [(field, default, value)]
+    assert study.config("concat", 0).differences(study.config(f"concat_{tag}", 0)) == [(field, default, value)]
+    assert getattr(study.config(f"dressed_angle_zzobs_drop_{tag}_none", 0), field) == value
+    assert method_components(study.config(f"concat_{tag}", 0).to_dict()) == f"shift + DANN + {label} + quantum"
+    variants = ["concat", f"concat_{tag}", f"dressed_angle_qlr100_zzobs_drop_{tag}",
+                f"dressed8_angle_qlr100_zzobs_drop_{tag}", "dressed_angle_qlr100_zzobs_drop"]
     pairs = quantum_pairs(variants)
-    for width in ("", "8"):  # each averaged head against concat with and without the same averaging
-        assert (f"dressed{width}_angle_qlr100_zzobs_drop_ema99", "concat") in pairs
-        assert (f"dressed{width}_angle_qlr100_zzobs_drop_ema99", "concat_ema99") in pairs
-    assert ("concat_ema99", "concat") in pairs
+    for width in ("", "8"):  # each changed head against concat with and without the same change
+        assert (f"dressed{width}_angle_qlr100_zzobs_drop_{tag}", "concat") in pairs
+        assert (f"dressed{width}_angle_qlr100_zzobs_drop_{tag}", f"concat_{tag}") in pairs
+    assert (f"concat_{tag}", "concat") in pairs
     assert ("dressed_angle_qlr100_zzobs_drop_ema995", "concat_ema99") not in pairs  # another decay: no such pair

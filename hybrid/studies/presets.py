@@ -119,6 +119,11 @@ EMA_DECAYS = {"ema99": 0.99, "ema995": 0.995}
 QUANTUM_VARIANTS |= {name: variant for tag, decay in EMA_DECAYS.items()
                      for name, variant in _past_adopted(tag, dict(ema_decay=decay)).items()}
 QUANTUM_VARIANTS |= {f"concat_{tag}": dict(QUANTUM_VARIANTS["concat"], ema_decay=decay) for tag, decay in EMA_DECAYS.items()}
+# Model selection (--selection last; results/quantum_heads/selection/RULE.md): the adopted recipe keeps the network at
+# the end of its one-cycle schedule instead of the epoch with the highest source-validation AUC, which saturates near
+# 0.99 and picked mid-schedule iterates for some seeds. Controls and concat (concat_last) get the same selection.
+QUANTUM_VARIANTS |= _past_adopted("last", dict(selection="last"))
+QUANTUM_VARIANTS["concat_last"] = dict(QUANTUM_VARIANTS["concat"], selection="last")
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance

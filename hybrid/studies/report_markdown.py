@@ -29,6 +29,7 @@ def method_components(cfg: dict) -> str:
                                    (algorithm.upper(), algorithm != "erm"),
                                    (f"aux loss x{cfg.get('aux_weight', 0.0):g}", cfg.get("aux_weight")),
                                    (f"weight EMA {cfg.get('ema_decay', 0.0):g}", cfg.get("ema_decay")),
+                                   ("last epoch kept", cfg.get("selection", "auc") == "last"),
                                    (_quantum_part(cfg), cfg.get("quantum")))
              if on]
     return " + ".join(parts) or "none"
