@@ -216,7 +216,7 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
         if on_epoch_end is not None:
             on_epoch_end(record)
         log.info("epoch %d/%d  loss %.4f  val AUC %.4f%s  (%.0f s)", epoch + 1, cfg.epochs, record["train_loss"],
-                 val_auc, "  *best*" if improved else "", record["seconds"])
+                 val_auc, "  *kept*" if improved else "", record["seconds"])
     return best
 
 

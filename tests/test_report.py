@@ -467,11 +467,14 @@ def test_training_tries_change_the_adopted_recipe_and_concat_and_are_paired_with
     assert study.config("concat", 0).differences(study.config(f"concat_{tag}", 0)) == [(field, default, value)]
     assert getattr(study.config(f"dressed_angle_zzobs_drop_{tag}_none", 0), field) == value
     assert method_components(study.config(f"concat_{tag}", 0).to_dict()) == f"shift + DANN + {label} + quantum"
+    other = next(t[0] for t in TRAINING_TRIES if t[0] != tag)  # another try's head must not meet this concat
     variants = ["concat", f"concat_{tag}", f"dressed_angle_qlr100_zzobs_drop_{tag}",
-                f"dressed8_angle_qlr100_zzobs_drop_{tag}", "dressed_angle_qlr100_zzobs_drop"]
+                f"dressed8_angle_qlr100_zzobs_drop_{tag}", "dressed_angle_qlr100_zzobs_drop",
+                f"dressed_angle_qlr100_zzobs_drop_{other}"]
     pairs = quantum_pairs(variants)
     for width in ("", "8"):  # each changed head against concat with and without the same change
         assert (f"dressed{width}_angle_qlr100_zzobs_drop_{tag}", "concat") in pairs
         assert (f"dressed{width}_angle_qlr100_zzobs_drop_{tag}", f"concat_{tag}") in pairs
     assert (f"concat_{tag}", "concat") in pairs
-    assert ("dressed_angle_qlr100_zzobs_drop_ema995", "concat_ema99") not in pairs  # another decay: no such pair
+    assert (f"dressed_angle_qlr100_zzobs_drop_{other}", f"concat_{tag}") not in pairs  # another change: no such pair
+    assert (f"dressed_angle_qlr100_zzobs_drop_{other}", "concat") in pairs
