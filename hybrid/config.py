@@ -46,6 +46,7 @@ class TrainConfig:
     rgb_shifts: bool = True  # colour images: colour families in the source centers, colour target centers
     n_qubits: int = 4
     feature_map: str = "zz"
+    q_feature_reps: int = 2  # repetitions of the feature map's encoding block
     q_reps: int = 2
     entanglement: str = "linear"
     q_precision: str = "float64"
@@ -158,6 +159,7 @@ class ModelConfig:
     quantum: bool = True
     n_qubits: int = 4
     feature_map: str = "zz"
+    q_feature_reps: int = 2  # repetitions of the feature map's encoding block
     q_reps: int = 2
     entanglement: str = "linear"
     q_precision: str = "float64"
@@ -203,6 +205,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {  # field: (lowest,
     "n_source_centers": (1, None, "at least 1"),
     "n_qubits": (1, MAX_QUBITS, f"between 1 and {MAX_QUBITS} (the exact engine simulates 2**n amplitudes per image)"),
     "q_reps": (1, None, "at least 1"),
+    "q_feature_reps": (1, None, "at least 1"),
     "q_reupload": (1, None, "at least 1"),
     "q_train_shots": (0, None, "0 (exact) or more"),
     "q_readout_error": (0, 0.5, "between 0 and 0.5"),

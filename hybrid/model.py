@@ -70,7 +70,8 @@ def build_encoder(in_channels: int, width_mult: float = 1.0, stem_stride: int = 
 
 def quantum_config(config: ModelConfig) -> QuantumConfig:
     observables = () if config.q_observables == "z" else pauli_observables(config.n_qubits, config.q_observables)
-    return QuantumConfig(n_qubits=config.n_qubits, feature_map=config.feature_map, reps=config.q_reps,
+    return QuantumConfig(n_qubits=config.n_qubits, feature_map=config.feature_map,
+                         feature_map_reps=config.q_feature_reps, reps=config.q_reps,
                          entanglement=config.entanglement, observables=observables, reupload=config.q_reupload,
                          separable=config.quantum_layer == "separable")
 

@@ -131,6 +131,7 @@ TRAIN_OPTIONS = [
     (["--algorithm", "nosuch"], ["--algorithm", "erm"]), (["--tta", "nosuch"], ["--tta", "adabn"]),
     (["--backend", "nosuch"], ["--backend", "statevector"]), (["--dataset", "nosuchmnist"], ["pneumoniamnist"]),
     (["--size", "100"], ["size 100", "28"]), (["--selection", "best"], ["--selection", "last"]),
+    (["--q-feature-reps", "0"], ["--q-feature-reps", "at least 1"]), (["--feature-map", "rx"], ["--feature-map", "ry"]),
 ]
 
 

@@ -87,6 +87,17 @@ def test_classical_twin_has_exactly_the_parameter_count_of_the_circuit(n, reps, 
     assert out.shape == (7, circuit_net.quantum.n_outputs) and out.abs().max() <= 1
 
 
+@pytest.mark.parametrize("feature_map, feature_reps, encoding_gates", [("angle", 2, 16), ("angle", 1, 8), ("ry", 1, 4)])
+def test_the_encoding_options_reach_the_circuit_and_leave_the_twin_its_count(feature_map, feature_reps, encoding_gates):
+    cfg = replace(SMALL, quantum_head="dressed", feature_map=feature_map, q_feature_reps=feature_reps,
+                  q_observables="z+zz")
+    circuit = HybridNet(cfg, 1, 2).quantum.spec.circuit
+    assert sum(1 for inst in circuit.data if inst.operation.name in ("ry", "rz")
+               and str(inst.operation.params[0]).startswith("x")) == encoding_gates
+    twin = HybridNet(replace(cfg, quantum_layer="classical_twin"), 1, 2)
+    assert count_parameters(twin.classical) == len(build_circuit(quantum_config(cfg)).weight_params) == 12
+
+
 def test_classical_twin_too_small_for_its_inputs_says_what_to_change():
     with pytest.raises(ValueError, match="--q-reps"):
         ClassicalTwin(4, 7, 8)

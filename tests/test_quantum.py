@@ -276,6 +276,30 @@ def test_unsupported_gate_names_the_gate():
         compile_circuit(qc, [], [], [SparsePauliOp("ZZ")])
 
 
+ENCODINGS = [("angle", 2, 4), ("angle", 1, 2), ("ry", 2, 2), ("ry", 1, 1)]  # map, encodings, highest frequency
+
+
+@pytest.mark.parametrize("feature_map, feature_reps, frequency", ENCODINGS)
+def test_fewer_encodings_lower_the_outputs_frequency_and_match_qiskit(feature_map, feature_reps, frequency):
+    """Each encoding gate adds one to the highest frequency an output has in its angle (the slot's smoothness)."""
+    cfg = QuantumConfig(n_qubits=3, feature_map=feature_map, feature_map_reps=feature_reps, observables=("IIZ", "ZZI"))
+    layer = QuantumLayer(cfg, engine="statevector", seed=1)
+    steps = 32
+    x = _random_inputs(cfg, batch=1, seed=3).repeat(steps, 1)
+    x[:, 0] = torch.arange(steps, dtype=torch.float64) * (2 * np.pi / steps)  # one period of the first angle
+    with torch.no_grad():
+        layer.weight.uniform_(-np.pi, np.pi)
+        out = layer(x).numpy()
+    np.testing.assert_allclose(out, qiskit_expectations(layer.spec, x.numpy(), layer.weight.detach().numpy()),
+                               atol=1e-10, rtol=0)
+    spectrum = np.abs(np.fft.rfft(out[:, 0])) / steps  # <Z> on qubit 0, the encoded qubit
+    assert spectrum[frequency] > 1e-6
+    assert spectrum[frequency + 1:].max() < 1e-10
+    gates = {inst.operation.name for inst in build_circuit(cfg).circuit.data if inst.operation.params
+             and any(p.name.startswith("x") for p in inst.operation.params[0].parameters)}
+    assert gates == ({"ry", "rz"} if feature_map == "angle" else {"ry"})
+
+
 def test_build_circuit_is_single_source_of_truth():
     spec = build_circuit(QuantumConfig(n_qubits=4, reps=2))
     assert spec.circuit.num_qubits == 4

@@ -478,3 +478,16 @@ def test_training_tries_change_the_adopted_recipe_and_concat_and_are_paired_with
     assert (f"concat_{tag}", "concat") in pairs
     assert (f"dressed_angle_qlr100_zzobs_drop_{other}", f"concat_{tag}") not in pairs  # another change: no such pair
     assert (f"dressed_angle_qlr100_zzobs_drop_{other}", "concat") in pairs
+
+
+def test_encoding_variants_change_only_the_encoding_and_their_none_control_is_the_adopted_one():
+    from hybrid.studies.experiment import build_study
+
+    study = build_study("quantum")
+    adopted = study.config("dressed_angle_qlr100_zzobs_drop", 0)
+    assert adopted.differences(study.config("dressed_angle_qlr100_zzobs_drop_fm1", 0)) == [("q_feature_reps", 2, 1)]
+    assert sorted(adopted.differences(study.config("dressed_angle_qlr100_zzobs_drop_ry1", 0))) == \
+        [("feature_map", "angle", "ry"), ("q_feature_reps", 2, 1)]
+    for tag in ("fm1", "ry1"):  # no circuit, no encoding: the control is the adopted recipe's own
+        assert study.config(f"dressed_angle_zzobs_drop_{tag}_none", 0).differences(
+            study.config("dressed_angle_zzobs_drop_none", 0)) == []

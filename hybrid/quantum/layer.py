@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-FEATURE_MAPS = ("angle", "zz")
+FEATURE_MAPS = ("angle", "ry", "zz")
 ENTANGLEMENTS = ("linear", "circular", "full")
 ENGINES = ("auto", "statevector", "qnn", "estimator")
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
@@ -29,7 +29,7 @@ PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 @dataclass(frozen=True)
 class QuantumConfig:
     n_qubits: int = 4  # one angle per qubit; 2**n amplitudes are simulated exactly
-    feature_map: str = "zz"  # "angle" (RY/RZ per qubit) or "zz" (Qiskit's zz_feature_map)
+    feature_map: str = "zz"  # "angle" (RY/RZ per qubit), "ry" (RY per qubit) or "zz" (Qiskit's zz_feature_map)
     feature_map_reps: int = 2  # repetitions of the encoding block (Qiskit's default for zz)
     reps: int = 2  # ansatz repetitions (RY layers + entangling CX layers)
     entanglement: str = "linear"  # "linear", "circular" or "full", for feature map and ansatz
@@ -78,7 +78,9 @@ class CircuitSpec(NamedTuple):
     observables: list  # SparsePauliOp, one per output
 
 
-def _angle_feature_map(n_qubits: int, reps: int):
+def _angle_feature_map(n_qubits: int, reps: int, with_rz: bool = True):
+    """RY(x) RZ(x) on each qubit (`with_rz=False`: RY(x) only, the dressed circuit's encoding in Mari et al.),
+    `reps` times. Each encoding gate adds one to the highest frequency the outputs have in x."""
     from qiskit import QuantumCircuit
     from qiskit.circuit import ParameterVector
 
@@ -87,7 +89,8 @@ def _angle_feature_map(n_qubits: int, reps: int):
     for _ in range(reps):
         for q in range(n_qubits):
             qc.ry(x[q], q)
-            qc.rz(x[q], q)
+            if with_rz:
+                qc.rz(x[q], q)
     return qc
 
 
@@ -115,7 +118,7 @@ def _feature_map(config: QuantumConfig):
         if n < 2 and config.entanglement != "linear":
             raise ValueError("the zz feature map needs at least 2 qubits for this entanglement")
         return zz_feature_map(n, reps=config.feature_map_reps, entanglement=config.entanglement)
-    return _angle_feature_map(n, config.feature_map_reps)
+    return _angle_feature_map(n, config.feature_map_reps, with_rz=config.feature_map == "angle")
 
 
 def without_entanglers(circuit):

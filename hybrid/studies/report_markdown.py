@@ -40,6 +40,7 @@ def _quantum_part(cfg: dict) -> str:
     head, layer, n = cfg.get("quantum_head", "concat"), cfg.get("quantum_layer", "pqc"), cfg.get("n_qubits", 4)
     circuit = "" if layer not in ("pqc", "separable") else "".join(
         [f", {cfg['feature_map']} map" if cfg.get("feature_map", "zz") != "zz" else "",
+         f", encoded x{cfg['q_feature_reps']}" if cfg.get("q_feature_reps", 2) != 2 else "",
          f", re-uploaded x{cfg['q_reupload']}" if cfg.get("q_reupload", 1) > 1 else "",
          f", {cfg['q_observables']} observables" if cfg.get("q_observables", "z") != "z" else "",
          _noise_aware(cfg)])
