@@ -99,6 +99,25 @@ def positive_int(text: str) -> int:
     return value
 
 
+def names_list(text: str) -> list[str]:
+    """argparse type for comma-separated names ("a,b"); an empty list is refused."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expects comma-separated names, got {text!r}")
+    return names
+
+
+def seeds_list(text: str) -> list[int]:
+    """argparse type for comma-separated seeds ("3,4,5"), each a whole number of 0 or more."""
+    try:
+        seeds = [int(part) for part in names_list(text)]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expects comma-separated whole numbers, got {text!r}") from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds are 0 or more, got {text!r}")
+    return seeds
+
+
 def config_choices() -> dict[str, tuple]:
     """CLI choices of the config fields that name registry entries."""
     from backends import BACKENDS

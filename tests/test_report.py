@@ -491,3 +491,52 @@ def test_encoding_variants_change_only_the_encoding_and_their_none_control_is_th
     for tag in ("fm1", "ry1"):  # no circuit, no encoding: the control is the adopted recipe's own
         assert study.config(f"dressed_angle_zzobs_drop_{tag}_none", 0).differences(
             study.config("dressed_angle_zzobs_drop_none", 0)) == []
+
+
+def test_runs_trained_in_several_folders_make_one_report_equal_to_the_single_folder_one(synthetic, tmp_path, capsys):
+    import shutil
+
+    study_report.build_report(synthetic, models=False, out_dir=tmp_path / "whole")
+    whole = json.loads((tmp_path / "whole" / "report.json").read_text())
+    part_a, part_b = tmp_path / "baseline", tmp_path / "candidates"
+    shutil.copytree(synthetic / "erm", part_a / "erm")
+    for variant in ("better", "same"):
+        shutil.copytree(synthetic / variant, part_b / variant)
+    (part_b / "study.json").write_text(json.dumps({"preset": "synthetic", "variants": {"better": {}, "same": {}},
+                                                   "invocations": [{"command": "train b"}]}))
+    assert study_report.main([str(part_b), "--include", str(part_a), "--no-models"]) == 2  # no --out: refused
+    assert "needs --out" in capsys.readouterr().err and not (part_b / "report.md").exists()
+    out = tmp_path / "joined"
+    assert study_report.main([str(part_b), "--include", str(part_a), "--no-models", "--out", str(out)]) == 0
+    joined = json.loads((out / "report.json").read_text())
+    assert sorted(joined["variants"]) == sorted(whole["variants"])
+    assert joined["groups"]["unseen centers"]["tables"] == whole["groups"]["unseen centers"]["tables"]
+    assert rows(joined) == rows(whole) and ("better", "AUC") in rows(joined)  # erm, from the other folder, is paired
+    assert f"Runs from {part_b}, {part_a}." in (out / "report.md").read_text()
+
+
+def test_a_report_of_some_variants_and_seeds_keeps_only_those_and_names_what_it_kept(synthetic, tmp_path, capsys):
+    out = tmp_path / "replication"
+    assert study_report.main([str(synthetic), "--no-models", "--variants", "erm,better", "--only-seeds", "1,2",
+                              "--out", str(out)]) == 0
+    result = json.loads((out / "report.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("erm", 1), ("erm", 2), ("better", 1), ("better", 2)]
+    better = rows(result)[("better", "AUC")]
+    assert better["n"] == 2 * len(CENTERS) and better["higher"] == 2 * len(CENTERS)
+    assert "variants erm, better; seeds 1, 2." in (out / "report.md").read_text()
+    assert study_report.main([str(synthetic), "--no-models", "--variants", "erm,worse", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no finished runs of worse" in err and "better" in err
+    with pytest.raises(SystemExit):
+        study_report.main([str(synthetic), "--only-seeds", "one", "--out", str(out)])
+    assert "comma-separated whole numbers" in capsys.readouterr().err
+
+
+def test_the_same_run_in_two_folders_is_refused_naming_both(synthetic, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic / "same", copy / "same")
+    assert study_report.main([str(synthetic), "--include", str(copy), "--no-models", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "same seed 0" in err and str(synthetic) in err and str(copy) in err

@@ -3,6 +3,8 @@
     python -m hybrid.experiment --preset ablation --seeds 3 --out runs/ablation
     python -m hybrid.report runs/ablation               # runs/ablation/report.md, report.json, figures/
     python -m hybrid.report runs/ablation --no-models   # tables and bar chart only, no checkpoint reloaded
+    python -m hybrid.report runs/candidate --include runs/baseline --only-seeds 0,1,2 --out results/X
+                                                        # runs trained in two folders, one report
 
 Reads every RUNS_DIR/<variant>/seed<k>/report.json written by `hybrid.train`. Per variant:
 mean ± std over seeds of the mean unseen-center AUC, worst-center AUC, sensitivity,
@@ -26,11 +28,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from hybrid.cli import positive_int, run_cli
+from hybrid.cli import names_list, positive_int, run_cli, seeds_list
 from hybrid.rundir import file_part, write_json, write_text
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
-from hybrid.studies.results import (BASELINE, SETTINGS, STATS, by_seed, compare, domain_groups, load_runs,
+from hybrid.studies.results import (BASELINE, SETTINGS, STATS, by_seed, compare, domain_groups, load_study_runs,
                                     source_validation_selection, variant_table, variants_of)
 
 # `shared_settings` is re-exported: tests read it from here.
@@ -68,31 +70,38 @@ def _flatten(name: str, comparison: dict) -> list[dict]:
 
 
 def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None = None, threads: int = 1,
-                 evaluation: str | None = None, out_dir: Path | None = None) -> dict:
+                 evaluation: str | None = None, out_dir: Path | None = None, include: tuple = (),
+                 variants: list[str] | None = None, seeds: list[int] | None = None) -> dict:
     """Write report.md, report.json and figures/ into `out_dir`; returns the report dict.
 
     `out_dir` defaults to `runs_dir`, or to `runs_dir/report_<evaluation>` when `evaluation`
     names the evaluation files that replace the runs' with-TTA results (see `load_runs`).
+    `include` adds the runs of other study directories, `variants` and `seeds` keep only those
+    (`load_study_runs`); such a report needs its own `out_dir`, so no study's own report is replaced.
 
     `threads` torch threads for the reloaded models: the work is small, and on a CPU shared
     with training runs two threads were measured 20x slower than one (oversubscription).
     """
     from hybrid.runtime import torch_settings
 
-    runs_dir = Path(runs_dir)
+    runs_dirs = [Path(runs_dir), *map(Path, include)]
     if evaluation:
         file_part(evaluation, "--evaluation")  # it names a folder: never one outside the study
-    out_dir = Path(out_dir) if out_dir else runs_dir / f"report_{evaluation}" if evaluation else runs_dir
+    if (include or variants is not None or seeds is not None) and not out_dir:
+        raise ValueError("a report of several study folders, or of some variants or seeds, needs --out: "
+                         "it must not replace a study's own report")
+    out_dir = Path(out_dir) if out_dir else runs_dirs[0] / f"report_{evaluation}" if evaluation else runs_dirs[0]
     with torch_settings(threads):
-        return _build_report(runs_dir, models, data_root, evaluation, out_dir)
+        study, runs = load_study_runs(runs_dirs, evaluation, variants, seeds)
+        if not runs:
+            raise FileNotFoundError(f"no finished runs (*/seed*/report.json) under {', '.join(map(str, runs_dirs))}; "
+                                    "run `python -m hybrid.experiment --out RUNS_DIR` first")
+        return _build_report(runs_dirs, study, runs, models, data_root, evaluation, out_dir)
 
 
-def _build_report(runs_dir: Path, models: bool, data_root: str | None, evaluation: str | None,
-                  out_dir: Path) -> dict:
-    study, runs = load_runs(runs_dir, evaluation)
-    if not runs:
-        raise FileNotFoundError(f"no finished runs (*/seed*/report.json) under {runs_dir}; "
-                                "run `python -m hybrid.experiment --out RUNS_DIR` first")
+def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, data_root: str | None,
+                  evaluation: str | None, out_dir: Path) -> dict:
+    runs_dir = runs_dirs[0]
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for old in fig_dir.glob("*.png"):
@@ -154,7 +163,7 @@ def _build_report(runs_dir: Path, models: bool, data_root: str | None, evaluatio
         result["figures"]["centers"] = "figures/centers.png"
     else:
         result["skipped"].append("virtual-center grid: no run with shift simulation drew one")
-    result["failures"] = _open_failures(runs_dir)
+    result["failures"] = [f for d in runs_dirs for f in _open_failures(d)]
     result["runs"] = [{"variant": r.variant, "seed": r.seed, "best_epoch": r.report["run"].get("best_epoch"),
                        "epochs": r.report.get("config", {}).get("epochs"),
                        "minutes": (r.report["run"].get("seconds") or math.nan) / 60,
@@ -177,6 +186,12 @@ def _open_failures(runs_dir: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hybrid.report", description=__doc__.split("\n")[0])
     parser.add_argument("runs_dir", help="study directory written by hybrid.experiment")
+    parser.add_argument("--include", action="append", default=[], metavar="DIR",
+                        help="also report the runs of this study directory (repeatable), e.g. a baseline trained "
+                             "in another folder; needs --out")
+    parser.add_argument("--variants", type=names_list, help="report only these variants (comma-separated); needs --out")
+    parser.add_argument("--only-seeds", type=seeds_list, metavar="S,S,...",
+                        help="report only these seeds, e.g. 3,4,5 for a replication; needs --out")
     parser.add_argument("--no-models", action="store_true", help="skip the figures that reload checkpoints")
     parser.add_argument("--data-root", help="folder holding the data (default: the runs' or $HYBRID_DATA_ROOT)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads for the reloaded models")
@@ -189,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     result = build_report(Path(args.runs_dir), models=not args.no_models, data_root=args.data_root,
-                          threads=args.threads, evaluation=args.evaluation, out_dir=args.out)
+                          threads=args.threads, evaluation=args.evaluation, out_dir=args.out,
+                          include=tuple(args.include), variants=args.variants, seeds=args.only_seeds)
     print(f"{Path(result['out_dir']) / 'report.md'}: {len(result['variants'])} variants, "
           f"{len(result['runs'])} runs, figures: {', '.join(result['figures']) or 'none'}")
     return 0

@@ -188,6 +188,11 @@ def _intro_lines(result: dict, runs: list[Run], tta: str) -> list[str]:
     out += [f"- {note}" for note in study.get("notes", [])] + [""]
     source = ("the runs' report.json files" if not result.get("evaluation") else
               f"the runs' eval_{result['evaluation']}.json files (with TTA) and report.json files (without)")
+    parts = study.get("parts")
+    if parts:
+        kept = "".join([f"; variants {', '.join(parts['variants'])}" if parts.get("variants") else "",
+                        f"; seeds {', '.join(map(str, parts['seeds']))}" if parts.get("seeds") is not None else ""])
+        out += [f"Runs from {', '.join(parts['dirs'])}{kept}.", ""]
     out += [f"Variants: {', '.join(result['variants'])}; {len(runs)} finished runs. Every number below is "
             f"computed from {source}. TTA = {tta} at test time; the decision threshold is "
             "fixed on source validation data.", ""]

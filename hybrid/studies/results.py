@@ -70,9 +70,50 @@ def load_runs(runs_dir: Path, evaluation: str | None = None) -> tuple[dict, list
     if missing:
         raise FileNotFoundError(f"{len(missing)} runs have no eval_{evaluation}.json (first: {missing[0]}); "
                                 f"make them with `python -m hybrid.evaluate --run RUN --tta METHOD --name {evaluation}`")
+    return study, _in_study_order(study, runs)
+
+
+def _in_study_order(study: dict, runs: list[Run]) -> list[Run]:
     order = list(study.get("variants", {}))
-    runs.sort(key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.variant, r.seed))
-    return study, runs
+    return sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.variant, r.seed))
+
+
+def load_study_runs(runs_dirs: list[Path], evaluation: str | None = None, variants: list[str] | None = None,
+                    seeds: list[int] | None = None) -> tuple[dict, list[Run]]:
+    """The finished runs of several study directories as one study, optionally only some variants and seeds.
+
+    Studies trained in parts (a baseline in one folder, a candidate in another) are reported together this
+    way instead of by copying runs: the first directory's study.json leads, the others add their variants'
+    configs and invocations. A (variant, seed) found in two directories is refused: which one was meant?
+    """
+    study, runs, where = {}, [], {}
+    for runs_dir in runs_dirs:
+        part, part_runs = load_runs(runs_dir, evaluation)
+        study = _merged_study(study, part) if study else dict(part)
+        for run in part_runs:
+            if (run.variant, run.seed) in where:
+                raise ValueError(f"{run.variant} seed {run.seed} is in both {where[run.variant, run.seed]} and "
+                                 f"{runs_dir}; report one of them (--variants, --seeds or fewer --include)")
+            where[run.variant, run.seed] = runs_dir
+        runs += part_runs
+    if variants is not None:
+        unknown = [v for v in variants if v not in variants_of(runs)]
+        if unknown:
+            raise ValueError(f"no finished runs of {', '.join(unknown)}; these have some: {', '.join(variants_of(runs))}")
+        runs = [r for r in runs if r.variant in variants]
+    if seeds is not None:
+        runs = [r for r in runs if r.seed in seeds]
+    if len(runs_dirs) > 1 or variants is not None or seeds is not None:
+        study["parts"] = {"dirs": [str(d) for d in runs_dirs], "variants": variants, "seeds": seeds}
+    return study, _in_study_order(study, runs)
+
+
+def _merged_study(study: dict, part: dict) -> dict:
+    merged = dict(study)
+    for key in ("variants", "configs"):
+        merged[key] = dict(study.get(key, {})) | {k: v for k, v in part.get(key, {}).items() if k not in study.get(key, {})}
+    merged["invocations"] = study.get("invocations", []) + part.get("invocations", [])
+    return merged
 
 
 def variants_of(runs: list[Run]) -> list[str]:
