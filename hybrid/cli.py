@@ -38,8 +38,8 @@ HELP = {
     "feature_map": "how the angles enter the circuit: zz (Qiskit's ZZ feature map), angle (RY(x) RZ(x) per qubit; "
                    "the map that trains in the dressed head) or ry (RY(x) per qubit, as in Mari et al.'s dressed "
                    "circuit)",
-    "q_feature_reps": "how many times the feature map encodes the angles; fewer encodings give outputs of lower "
-                      "frequency in each angle (a smoother function of the features)",
+    "q_feature_reps": "how many times the feature map encodes the angles; with the angle and ry maps fewer "
+                      "encodings give outputs of lower frequency in each angle (a smoother function of the features)",
     "q_angle_norm": "BatchNorm (affine) on the projection in front of the quantum slot: the angles keep their "
                     "spread when a center shifts the features, and domain-level TTA (adabn) re-estimates it",
     "q_input_dropout": "feed the quantum slot dropout(f) (p = --dropout) instead of the embedding f: the dressed "

@@ -44,7 +44,7 @@ def _aer_density_expectations(spec, isa, noise_model, x, w):
     return np.array(out)
 
 
-@pytest.mark.parametrize("feature_map", ["angle", "zz"])  # zz: angles that are products of inputs
+@pytest.mark.parametrize("feature_map", ["angle", "ry", "zz"])  # zz: angles that are products of inputs
 def test_noisy_expectations_match_aers_density_matrix_simulation_of_the_device(feature_map):
     from qiskit_aer.noise import NoiseModel
 

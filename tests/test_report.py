@@ -493,50 +493,91 @@ def test_encoding_variants_change_only_the_encoding_and_their_none_control_is_th
             study.config("dressed_angle_zzobs_drop_none", 0)) == []
 
 
-def test_runs_trained_in_several_folders_make_one_report_equal_to_the_single_folder_one(synthetic, tmp_path, capsys):
+def _split_study(synthetic, tmp_path):
+    """The synthetic study trained in two folders: erm in one, the other variants in another."""
     import shutil
 
-    study_report.build_report(synthetic, models=False, out_dir=tmp_path / "whole")
-    whole = json.loads((tmp_path / "whole" / "report.json").read_text())
     part_a, part_b = tmp_path / "baseline", tmp_path / "candidates"
     shutil.copytree(synthetic / "erm", part_a / "erm")
     for variant in ("better", "same"):
         shutil.copytree(synthetic / variant, part_b / variant)
-    (part_b / "study.json").write_text(json.dumps({"preset": "synthetic", "variants": {"better": {}, "same": {}},
-                                                   "invocations": [{"command": "train b"}]}))
-    assert study_report.main([str(part_b), "--include", str(part_a), "--no-models"]) == 2  # no --out: refused
-    assert "needs --out" in capsys.readouterr().err and not (part_b / "report.md").exists()
+    (part_b / "study.json").write_text(json.dumps({
+        "preset": "synthetic", "variants": {"better": {}, "same": {}}, "machine": {"cpu": "cpu B", "cores": 2},
+        "invocations": [{"started": "2026-12-05T10:00", "command": "train b"}]}))
+    (part_a / "study.json").write_text(json.dumps({
+        "variants": {"erm": {}}, "machine": {"cpu": "cpu A", "cores": 2},
+        "invocations": [{"started": "2026-12-05T09:00", "command": "train a"}]}))
+    return part_a, part_b
+
+
+def test_runs_trained_in_several_folders_make_one_report_equal_to_the_single_folder_one(synthetic, tmp_path, capsys):
+    study_report.build_report(synthetic, models=False, out_dir=tmp_path / "whole")
+    whole = json.loads((tmp_path / "whole" / "report.json").read_text())
+    part_a, part_b = _split_study(synthetic, tmp_path)
+    for out in ([], ["--out", str(part_b)]):  # no --out, or the study's own folder: its report would be replaced
+        assert study_report.main([str(part_b), "--include", str(part_a), "--no-models", *out]) == 2
+        assert "needs an --out of its own" in capsys.readouterr().err and not (part_b / "report.md").exists()
     out = tmp_path / "joined"
     assert study_report.main([str(part_b), "--include", str(part_a), "--no-models", "--out", str(out)]) == 0
     joined = json.loads((out / "report.json").read_text())
     assert sorted(joined["variants"]) == sorted(whole["variants"])
     assert joined["groups"]["unseen centers"]["tables"] == whole["groups"]["unseen centers"]["tables"]
     assert rows(joined) == rows(whole) and ("better", "AUC") in rows(joined)  # erm, from the other folder, is paired
-    assert f"Runs from {part_b}, {part_a}." in (out / "report.md").read_text()
+    assert joined["selection"] == {} and any("several study folders" in s for s in joined["skipped"])
+    md = (out / "report.md").read_text()
+    assert f"Runs from {part_b}, {part_a}." in md
+    assert f"Machine ({part_b}): cpu B" in md and f"Machine ({part_a}): cpu A" in md
+    assert md.index("`train a`") < md.index("`train b`")  # invocations in the order they started
 
 
 def test_a_report_of_some_variants_and_seeds_keeps_only_those_and_names_what_it_kept(synthetic, tmp_path, capsys):
     out = tmp_path / "replication"
+    (synthetic / "failures.jsonl").write_text("\n".join(json.dumps(f) for f in [
+        {"variant": "better", "seed": 7, "error": "killed"}, {"variant": "same", "seed": 1, "error": "killed"},
+        {"variant": "better", "seed": 9, "error": "out of memory"}]))
     assert study_report.main([str(synthetic), "--no-models", "--variants", "erm,better", "--only-seeds", "1,2",
                               "--out", str(out)]) == 0
     result = json.loads((out / "report.json").read_text())
     assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("erm", 1), ("erm", 2), ("better", 1), ("better", 2)]
     better = rows(result)[("better", "AUC")]
     assert better["n"] == 2 * len(CENTERS) and better["higher"] == 2 * len(CENTERS)
+    assert result["failures"] == []  # seeds 7 and 9, and the variant "same", are not in this report
     assert "variants erm, better; seeds 1, 2." in (out / "report.md").read_text()
-    assert study_report.main([str(synthetic), "--no-models", "--variants", "erm,worse", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "no finished runs of worse" in err and "better" in err
+    for argv, words in [(["--variants", "erm,worse"], "no finished runs of worse"),
+                        (["--only-seeds", "2,3"], "no finished run of erm seed 3")]:
+        assert study_report.main([str(synthetic), "--no-models", *argv, "--out", str(out)]) == 2
+        assert words in capsys.readouterr().err
     with pytest.raises(SystemExit):
         study_report.main([str(synthetic), "--only-seeds", "one", "--out", str(out)])
     assert "comma-separated whole numbers" in capsys.readouterr().err
 
 
-def test_the_same_run_in_two_folders_is_refused_naming_both(synthetic, tmp_path, capsys):
+def test_the_same_run_in_two_folders_is_refused_unless_one_is_left_out(synthetic, tmp_path, capsys):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(synthetic / "same", copy / "same")
-    assert study_report.main([str(synthetic), "--include", str(copy), "--no-models", "--out", str(tmp_path / "r")]) == 2
+    shutil.copytree(synthetic / "better", copy / "better")
+    out = str(tmp_path / "r")
+    assert study_report.main([str(synthetic), "--include", str(copy), "--no-models", "--out", out]) == 2
     err = capsys.readouterr().err
-    assert "same seed 0" in err and str(synthetic) in err and str(copy) in err
+    assert "seed 0 is in both" in err and str(synthetic) in err and str(copy) in err and "--only-seeds" in err
+    assert study_report.main([str(synthetic), "--include", str(copy), "--variants", "erm", "--no-models",
+                              "--out", out]) == 0  # the duplicated variants are not asked for
+    assert study_report.main([str(synthetic), "--include", str(tmp_path / "typo"), "--no-models", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "no finished runs" in err and str(tmp_path / "typo") in err  # a mistyped folder is not silently empty
+
+
+def test_a_variant_trained_differently_in_two_folders_is_refused(synthetic, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(synthetic / "same" / "seed0", other / "same" / "seed5")
+    report_path = other / "same" / "seed5" / "report.json"
+    report = json.loads(report_path.read_text())
+    report["config"] = report["config"] | {"seed": 5, "epochs": 12}
+    report_path.write_text(json.dumps(report))
+    assert study_report.main([str(synthetic), "--include", str(other), "--no-models", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "same was trained differently" in err and "epochs" in err and "seed," not in err

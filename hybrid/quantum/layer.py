@@ -79,8 +79,9 @@ class CircuitSpec(NamedTuple):
 
 
 def _angle_feature_map(n_qubits: int, reps: int, with_rz: bool = True):
-    """RY(x) RZ(x) on each qubit (`with_rz=False`: RY(x) only, the dressed circuit's encoding in Mari et al.),
-    `reps` times. Each encoding gate adds one to the highest frequency the outputs have in x."""
+    """RY(x) RZ(x) on each qubit (`with_rz=False`: RY(x) only; Mari et al.'s dressed circuit puts H before it,
+    which the ansatz's first RY layer can absorb), `reps` times. Each of these encoding gates adds one to the
+    highest frequency the outputs have in x."""
     from qiskit import QuantumCircuit
     from qiskit.circuit import ParameterVector
 
@@ -322,7 +323,8 @@ class QuantumLayer(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return (
-            f"n_qubits={c.n_qubits}, feature_map={c.feature_map}, reps={c.reps}, "
+            f"n_qubits={c.n_qubits}, feature_map={c.feature_map}, feature_map_reps={c.feature_map_reps}, "
+            f"reps={c.reps}, "
             f"entanglement={c.entanglement}, reupload={c.reupload}, separable={c.separable}, "
             f"engine={self.engine}, precision={self.precision}"
         )

@@ -126,10 +126,10 @@ QUANTUM_VARIANTS |= _past_adopted("last", dict(selection="last"))
 QUANTUM_VARIANTS["concat_last"] = dict(QUANTUM_VARIANTS["concat"], selection="last")
 # The encoding's frequency (results/quantum_heads/encoding/RULE.md): the angle map encodes each input four times
 # (RY(x) RZ(x), twice), so the outputs oscillate up to frequency 4 across the slot's [0, pi] range. _fm1 encodes once
-# (RY RZ, frequency 2), _ry1 with one RY as Mari et al.'s dressed circuit does (frequency 1); the ansatz, its weight
-# count and the twin are unchanged, and without a circuit there is no encoding to change.
-QUANTUM_VARIANTS |= _past_adopted("fm1", dict(q_feature_reps=1), {})
-QUANTUM_VARIANTS |= _past_adopted("ry1", dict(feature_map="ry", q_feature_reps=1), {})
+# (RY RZ, frequency 2), _ry1 with one RY as Mari et al.'s dressed circuit does (frequency 1); the ansatz and its weight
+# count are unchanged, and the twin and none controls have no encoding: the adopted recipe's own stand for them.
+QUANTUM_VARIANTS |= _past_adopted("fm1", dict(q_feature_reps=1), {}, suffixes=("", "_separable"))
+QUANTUM_VARIANTS |= _past_adopted("ry1", dict(feature_map="ry", q_feature_reps=1), {}, suffixes=("", "_separable"))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance

@@ -84,12 +84,14 @@ def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None =
     """
     from hybrid.runtime import torch_settings
 
+    include = (include,) if isinstance(include, (str, Path)) else tuple(include)
     runs_dirs = [Path(runs_dir), *map(Path, include)]
     if evaluation:
         file_part(evaluation, "--evaluation")  # it names a folder: never one outside the study
-    if (include or variants is not None or seeds is not None) and not out_dir:
-        raise ValueError("a report of several study folders, or of some variants or seeds, needs --out: "
-                         "it must not replace a study's own report")
+    if include or variants is not None or seeds is not None:
+        if not out_dir or Path(out_dir).resolve() in [d.resolve() for d in runs_dirs]:
+            raise ValueError("a report of several study folders, or of some variants or seeds, needs an --out of "
+                             "its own: it must not replace a study's own report")
     out_dir = Path(out_dir) if out_dir else runs_dirs[0] / f"report_{evaluation}" if evaluation else runs_dirs[0]
     with torch_settings(threads):
         study, runs = load_study_runs(runs_dirs, evaluation, variants, seeds)
@@ -111,7 +113,9 @@ def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, 
     primary = "tta" if any(r.domains("tta") for r in runs) else "no_tta"
     result = {"runs_dir": str(runs_dir), "study": study, "variants": variants, "primary_setting": primary,
               "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": [],
-              "selection": source_validation_selection(runs)}
+              "selection": source_validation_selection(runs) if len(runs_dirs) == 1 else {}}
+    if len(runs_dirs) > 1:  # its ties go to the earlier-listed variant, and folders list theirs in no common order
+        result["skipped"].append("selection on source validation: the runs come from several study folders")
     base = by_seed(runs, BASELINE)
     for title, names in groups.items():
         g = {"domains": names, "tables": {s: variant_table(runs, names, s) for s in SETTINGS}, "comparisons": {}}
@@ -163,7 +167,7 @@ def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, 
         result["figures"]["centers"] = "figures/centers.png"
     else:
         result["skipped"].append("virtual-center grid: no run with shift simulation drew one")
-    result["failures"] = [f for d in runs_dirs for f in _open_failures(d)]
+    result["failures"] = _open_failures(runs_dirs, runs, study.get("parts"))
     result["runs"] = [{"variant": r.variant, "seed": r.seed, "best_epoch": r.report["run"].get("best_epoch"),
                        "epochs": r.report.get("config", {}).get("epochs"),
                        "minutes": (r.report["run"].get("seconds") or math.nan) / 60,
@@ -173,14 +177,23 @@ def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, 
     return result
 
 
-def _open_failures(runs_dir: Path) -> list[dict]:
-    """Failures whose run has not finished since (a retried run drops out)."""
-    path = runs_dir / "failures.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    latest = {(r["variant"], r["seed"]): r for r in rows}
-    return [r for (v, s), r in latest.items() if not (runs_dir / v / f"seed{s}" / "report.json").is_file()]
+def _open_failures(runs_dirs: list[Path], runs: list, parts: dict | None) -> list[dict]:
+    """Failures whose run has not finished since (a retried run drops out), among the variants and seeds
+    reported; with several folders each names its folder."""
+    finished = {(r.variant, r.seed) for r in runs}
+    kept = parts or {}
+    open_ = []
+    for runs_dir in runs_dirs:
+        path = runs_dir / "failures.jsonl"
+        if not path.is_file():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        latest = {(r["variant"], r["seed"]): r for r in rows}
+        open_ += [r | ({"folder": str(runs_dir)} if len(runs_dirs) > 1 else {}) for (v, s), r in latest.items()
+                  if (v, s) not in finished and not (runs_dir / v / f"seed{s}" / "report.json").is_file()
+                  and (kept.get("variants") is None or v in kept["variants"])
+                  and (kept.get("seeds") is None or s in kept["seeds"])]
+    return open_
 
 
 def main(argv: list[str] | None = None) -> int:

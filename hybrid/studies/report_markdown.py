@@ -6,6 +6,7 @@ module only lays them out as Markdown tables and sentences.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -293,19 +294,24 @@ def _finding_lines(result: dict) -> list[str]:
 def _run_lines(result: dict) -> list[str]:
     """Machine, invocations, the table of runs, open failures and what was left out."""
     study = result["study"]
-    machine = study.get("machine") or {}
+    machines = study.get("machines") or {"": study.get("machine") or {}}
+    if len({json.dumps(m, sort_keys=True) for m in machines.values()}) == 1:
+        machines = {"": next(iter(machines.values()))}  # one machine for all folders: said once
     out = ["## Runs", ""]
-    if machine:
-        out += [f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory')} RAM, "
-                f"GPU: {machine.get('gpu') or 'none'}; torch {machine.get('torch')}, Python {machine.get('python')}.", ""]
+    for folder, machine in machines.items():
+        if machine:
+            where = f" ({folder})" if len(machines) > 1 else ""
+            out += [f"Machine{where}: {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory')} RAM, "
+                    f"GPU: {machine.get('gpu') or 'none'}; torch {machine.get('torch')}, Python {machine.get('python')}.", ""]
     for inv_ in study.get("invocations", []):
         out += [f"- {inv_.get('started')} (workers {inv_.get('workers')}): `{inv_.get('command')}`"]
     out += ["", "| variant | seed | epochs | best epoch | minutes | threads |", "|---|---|---|---|---|---|"]
     out += [f"| {r['variant']} | {r['seed']} | {r['epochs']} | {r['best_epoch']} | {fmt(r['minutes'], 1)} | "
             f"{r['threads']} |" for r in result["runs"]] + [""]
     if result["failures"]:
-        out += ["## Failed runs (not finished)", ""] + [f"- {f['variant']}/seed{f['seed']}: {f.get('error')}"
-                                                        for f in result["failures"]] + [""]
+        out += ["## Failed runs (not finished)", ""] + [
+            f"- {f['folder'] + '/' if 'folder' in f else ''}{f['variant']}/seed{f['seed']}: {f.get('error')}"
+            for f in result["failures"]] + [""]
     if result["skipped"]:
         out += ["## Left out", ""] + [f"- {s}" for s in result["skipped"]] + [""]
     return out

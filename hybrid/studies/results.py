@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.metrics import summarize_domains
 
 BASELINE = "erm"
@@ -83,29 +84,58 @@ def load_study_runs(runs_dirs: list[Path], evaluation: str | None = None, varian
     """The finished runs of several study directories as one study, optionally only some variants and seeds.
 
     Studies trained in parts (a baseline in one folder, a candidate in another) are reported together this
-    way instead of by copying runs: the first directory's study.json leads, the others add their variants'
-    configs and invocations. A (variant, seed) found in two directories is refused: which one was meant?
+    way instead of by copying runs: the first directory's study.json (even an absent one) leads, the others
+    add their variants' configs and invocations, and each folder's machine is kept. Refused: a folder with no
+    finished run, a (variant, seed) kept from two folders (which one was meant?), a variant trained with
+    different settings in two folders, and variants or seeds asked for that no run has.
     """
-    study, runs, where = {}, [], {}
-    for runs_dir in runs_dirs:
+    study, runs, where = None, [], {}
+    for runs_dir in map(Path, runs_dirs):
         part, part_runs = load_runs(runs_dir, evaluation)
-        study = _merged_study(study, part) if study else dict(part)
+        if not part_runs:
+            raise FileNotFoundError(f"no finished runs (*/seed*/report.json) under {runs_dir}")
+        study = dict(part) if study is None else _merged_study(study, part)
+        study.setdefault("machines", {})[str(runs_dir)] = part.get("machine") or {}
         for run in part_runs:
+            if (variants is not None and run.variant not in variants) or (seeds is not None and run.seed not in seeds):
+                continue
             if (run.variant, run.seed) in where:
                 raise ValueError(f"{run.variant} seed {run.seed} is in both {where[run.variant, run.seed]} and "
-                                 f"{runs_dir}; report one of them (--variants, --seeds or fewer --include)")
+                                 f"{runs_dir}; keep one of them with --variants, --only-seeds or fewer --include")
             where[run.variant, run.seed] = runs_dir
-        runs += part_runs
-    if variants is not None:
-        unknown = [v for v in variants if v not in variants_of(runs)]
-        if unknown:
-            raise ValueError(f"no finished runs of {', '.join(unknown)}; these have some: {', '.join(variants_of(runs))}")
-        runs = [r for r in runs if r.variant in variants]
-    if seeds is not None:
-        runs = [r for r in runs if r.seed in seeds]
+            runs.append(run)
+    _refuse_missing(runs, variants, seeds)
+    _refuse_mixed_settings(runs, where)
+    study["invocations"] = sorted(study.get("invocations", []), key=lambda inv: str(inv.get("started", "")))
     if len(runs_dirs) > 1 or variants is not None or seeds is not None:
         study["parts"] = {"dirs": [str(d) for d in runs_dirs], "variants": variants, "seeds": seeds}
     return study, _in_study_order(study, runs)
+
+
+def _refuse_missing(runs: list[Run], variants: list[str] | None, seeds: list[int] | None) -> None:
+    found = variants_of(runs)
+    unknown = [v for v in variants or [] if v not in found]
+    if unknown:
+        raise ValueError(f"no finished runs of {', '.join(unknown)} in these folders (with the seeds asked for)")
+    absent = [(v, s) for v in found for s in seeds or [] if not any(r.variant == v and r.seed == s for r in runs)]
+    if absent:
+        raise ValueError("no finished run of " + ", ".join(f"{v} seed {s}" for v, s in absent)
+                         + "; ask only for seeds every kept variant has")
+
+
+def _refuse_mixed_settings(runs: list[Run], where: dict) -> None:
+    """One variant from two folders must be the same recipe (a seed or where it ran may differ)."""
+    first: dict[str, Run] = {}
+    for run in runs:
+        other = first.setdefault(run.variant, run)
+        if where[run.variant, run.seed] == where[other.variant, other.seed] or "config" not in run.report:
+            continue
+        changed = TrainConfig.from_dict(other.report["config"]).differences(
+            TrainConfig.from_dict(run.report["config"]), ignore=("seed", *ENVIRONMENT_FIELDS))
+        if changed:
+            raise ValueError(f"{run.variant} was trained differently in {where[other.variant, other.seed]} and "
+                             f"{where[run.variant, run.seed]} ({', '.join(name for name, _, _ in changed)}); "
+                             "report one folder's runs of it")
 
 
 def _merged_study(study: dict, part: dict) -> dict:
