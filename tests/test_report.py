@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -495,8 +496,6 @@ def test_encoding_variants_change_only_the_encoding_and_their_none_control_is_th
 
 def _split_study(synthetic, tmp_path):
     """The synthetic study trained in two folders: erm in one, the other variants in another."""
-    import shutil
-
     part_a, part_b = tmp_path / "baseline", tmp_path / "candidates"
     shutil.copytree(synthetic / "erm", part_a / "erm")
     for variant in ("better", "same"):
@@ -520,7 +519,7 @@ def test_runs_trained_in_several_folders_make_one_report_equal_to_the_single_fol
     out = tmp_path / "joined"
     assert study_report.main([str(part_b), "--include", str(part_a), "--no-models", "--out", str(out)]) == 0
     joined = json.loads((out / "report.json").read_text())
-    assert sorted(joined["variants"]) == sorted(whole["variants"])
+    assert joined["variants"] == ["better", "same", "erm"]  # the leading folder's study order, then the included
     assert joined["groups"]["unseen centers"]["tables"] == whole["groups"]["unseen centers"]["tables"]
     assert rows(joined) == rows(whole) and ("better", "AUC") in rows(joined)  # erm, from the other folder, is paired
     assert joined["selection"] == {} and any("several study folders" in s for s in joined["skipped"])
@@ -544,7 +543,8 @@ def test_a_report_of_some_variants_and_seeds_keeps_only_those_and_names_what_it_
     assert result["failures"] == []  # seeds 7 and 9, and the variant "same", are not in this report
     assert "variants erm, better; seeds 1, 2." in (out / "report.md").read_text()
     for argv, words in [(["--variants", "erm,worse"], "no finished runs of worse"),
-                        (["--only-seeds", "2,3"], "no finished run of erm seed 3")]:
+                        (["--only-seeds", "2,3"], "no finished run of erm seed 3"),
+                        (["--only-seeds", "8,9"], "no finished run has any of the seeds asked for (8, 9)")]:
         assert study_report.main([str(synthetic), "--no-models", *argv, "--out", str(out)]) == 2
         assert words in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -553,8 +553,6 @@ def test_a_report_of_some_variants_and_seeds_keeps_only_those_and_names_what_it_
 
 
 def test_the_same_run_in_two_folders_is_refused_unless_one_is_left_out(synthetic, tmp_path, capsys):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(synthetic / "same", copy / "same")
     shutil.copytree(synthetic / "better", copy / "better")
@@ -570,8 +568,6 @@ def test_the_same_run_in_two_folders_is_refused_unless_one_is_left_out(synthetic
 
 
 def test_a_variant_trained_differently_in_two_folders_is_refused(synthetic, tmp_path, capsys):
-    import shutil
-
     other = tmp_path / "other"
     shutil.copytree(synthetic / "same" / "seed0", other / "same" / "seed5")
     report_path = other / "same" / "seed5" / "report.json"

@@ -32,8 +32,8 @@ from hybrid.cli import names_list, positive_int, run_cli, seeds_list
 from hybrid.rundir import file_part, write_json, write_text
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
-from hybrid.studies.results import (BASELINE, SETTINGS, STATS, by_seed, compare, domain_groups, load_study_runs,
-                                    source_validation_selection, variant_table, variants_of)
+from hybrid.studies.results import (BASELINE, SETTINGS, STATS, asked_for, by_seed, compare, domain_groups,
+                                    load_study_runs, source_validation_selection, variant_table, variants_of)
 
 # `shared_settings` is re-exported: tests read it from here.
 __all__ = ["QUANTUM_PAIRS", "build_report", "main", "quantum_pairs", "shared_settings"]
@@ -95,9 +95,6 @@ def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None =
     out_dir = Path(out_dir) if out_dir else runs_dirs[0] / f"report_{evaluation}" if evaluation else runs_dirs[0]
     with torch_settings(threads):
         study, runs = load_study_runs(runs_dirs, evaluation, variants, seeds)
-        if not runs:
-            raise FileNotFoundError(f"no finished runs (*/seed*/report.json) under {', '.join(map(str, runs_dirs))}; "
-                                    "run `python -m hybrid.experiment --out RUNS_DIR` first")
         return _build_report(runs_dirs, study, runs, models, data_root, evaluation, out_dir)
 
 
@@ -182,7 +179,7 @@ def _open_failures(runs_dirs: list[Path], runs: list, parts: dict | None) -> lis
     reported; with several folders each names its folder."""
     finished = {(r.variant, r.seed) for r in runs}
     kept = parts or {}
-    open_ = []
+    open_ = []  # a failure is open while its run is not among the finished ones reported
     for runs_dir in runs_dirs:
         path = runs_dir / "failures.jsonl"
         if not path.is_file():
@@ -190,9 +187,7 @@ def _open_failures(runs_dirs: list[Path], runs: list, parts: dict | None) -> lis
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         latest = {(r["variant"], r["seed"]): r for r in rows}
         open_ += [r | ({"folder": str(runs_dir)} if len(runs_dirs) > 1 else {}) for (v, s), r in latest.items()
-                  if (v, s) not in finished and not (runs_dir / v / f"seed{s}" / "report.json").is_file()
-                  and (kept.get("variants") is None or v in kept["variants"])
-                  and (kept.get("seeds") is None or s in kept["seeds"])]
+                  if (v, s) not in finished and asked_for(v, s, kept.get("variants"), kept.get("seeds"))]
     return open_
 
 

@@ -93,11 +93,12 @@ def load_study_runs(runs_dirs: list[Path], evaluation: str | None = None, varian
     for runs_dir in map(Path, runs_dirs):
         part, part_runs = load_runs(runs_dir, evaluation)
         if not part_runs:
-            raise FileNotFoundError(f"no finished runs (*/seed*/report.json) under {runs_dir}")
+            raise FileNotFoundError(f"no finished runs (*/seed*/report.json) under {runs_dir}; "
+                                    "run `python -m hybrid.experiment --out RUNS_DIR` first")
         study = dict(part) if study is None else _merged_study(study, part)
         study.setdefault("machines", {})[str(runs_dir)] = part.get("machine") or {}
         for run in part_runs:
-            if (variants is not None and run.variant not in variants) or (seeds is not None and run.seed not in seeds):
+            if not asked_for(run.variant, run.seed, variants, seeds):
                 continue
             if (run.variant, run.seed) in where:
                 raise ValueError(f"{run.variant} seed {run.seed} is in both {where[run.variant, run.seed]} and "
@@ -112,7 +113,14 @@ def load_study_runs(runs_dirs: list[Path], evaluation: str | None = None, varian
     return study, _in_study_order(study, runs)
 
 
+def asked_for(variant: str, seed: int, variants: list[str] | None, seeds: list[int] | None) -> bool:
+    """Whether a run is among the variants and seeds asked for (None: all)."""
+    return (variants is None or variant in variants) and (seeds is None or seed in seeds)
+
+
 def _refuse_missing(runs: list[Run], variants: list[str] | None, seeds: list[int] | None) -> None:
+    if not runs:
+        raise ValueError(f"no finished run has any of the seeds asked for ({', '.join(map(str, seeds or []))})")
     found = variants_of(runs)
     unknown = [v for v in variants or [] if v not in found]
     if unknown:
@@ -141,7 +149,8 @@ def _refuse_mixed_settings(runs: list[Run], where: dict) -> None:
 def _merged_study(study: dict, part: dict) -> dict:
     merged = dict(study)
     for key in ("variants", "configs"):
-        merged[key] = dict(study.get(key, {})) | {k: v for k, v in part.get(key, {}).items() if k not in study.get(key, {})}
+        leading = study.get(key, {})  # its entries win, and its order leads
+        merged[key] = leading | {k: v for k, v in part.get(key, {}).items() if k not in leading}
     merged["invocations"] = study.get("invocations", []) + part.get("invocations", [])
     return merged
 
