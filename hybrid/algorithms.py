@@ -111,8 +111,9 @@ class Algorithm(nn.Module):
 
     def head_loss(self, f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The class loss of the network's head on the embedding f, plus (with --aux-weight) the weighted loss
-        of the auxiliary classifier on dropout(f); logs cls_loss (the head's) and aux_loss."""
-        cls_loss = self.class_loss(self.network.head(f), y)
+        of the auxiliary classifier on dropout(f); logs cls_loss (the head's) and aux_loss. With
+        --head-grad-scale s < 1 only the share s of the head's gradient reaches the encoder."""
+        cls_loss = self.class_loss(self.network.head(scale_gradient(f, self.hparams.head_grad_scale)), y)
         if self.aux_classifier is None:
             return cls_loss, {"cls_loss": cls_loss.item()}
         aux_loss = self.class_loss(self.aux_classifier(self.network.dropout(f)), y)  # after the head's dropout draws
@@ -178,6 +179,15 @@ class ERM(Algorithm):
     def objective(self, x, y, domains, step):
         loss, logs = self.head_loss(self.network.features(x), y)
         return loss, {"loss": loss.item()} | logs
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; backward passes `scale` x the gradient (0: detached, 1: unchanged)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return x * scale + x.detach() * (1.0 - scale)
 
 
 class _ReverseGrad(torch.autograd.Function):

@@ -62,6 +62,10 @@ HELP = {
     "aux_weight": "deep supervision: add this weight x the cross-entropy of a linear classifier on dropout(f) to the "
                   "class loss while training; the classifier belongs to the training algorithm, not the saved "
                   "network, so predictions still pass only through the head (0: off)",
+    "head_grad_scale": "share of the head's class-loss gradient that reaches the encoder (1: joint training). 0 trains "
+                       "the head (the quantum slot included) on detached embeddings while --aux-weight's linear "
+                       "classifier and the algorithm's own losses shape the encoder: quantum transfer learning "
+                       "(Mari et al., 2020) in one run",
     "ema_decay": "weight averaging: validate, select and save an exponential moving average of the weights "
                  "(bias-corrected, this decay per optimizer step; 0.99 weighs about the last 100 steps) instead of "
                  "the last iterate; 0 = off",

@@ -78,6 +78,7 @@ class TrainConfig:
     q_lr_scale: float = 1.0  # learning rate of the quantum slot (circuit weights, or the twin) = lr x this
     label_smoothing: float = 0.0  # class targets: (1 - e) one-hot + e uniform (torch's); 0 = one-hot
     aux_weight: float = 0.0  # deep supervision: weight of a training-only linear classifier on the embedding; 0 = off
+    head_grad_scale: float = 1.0  # share of the head's class-loss gradient that reaches the encoder; 0 = detached
     ema_decay: float = 0.0  # validate, select and save an EMA of the weights with this decay per step; 0 = off
     selection: str = "auc"  # which epoch best.pt keeps: auc (best source-validation AUC) or last
     augment: bool = True  # small random translations
@@ -95,7 +96,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
         problems += [problem for problem in (check_attenuation(self.q_attenuation), check_noise_channel(self),
-                                             check_selection(self.selection)) if problem]
+                                             check_selection(self.selection), check_head_gradient(self)) if problem]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -197,6 +198,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {  # field: (lowest,
     "q_lr_scale": (1e-6, 1e4, "above 0 (a multiple of --lr, at most 10000)"),
     "label_smoothing": (0, 0.5, "between 0 and 0.5"),
     "aux_weight": (0, None, "0 (off) or more"),
+    "head_grad_scale": (0, 1, "between 0 (the head learns on detached embeddings) and 1 (joint training)"),
     "ema_decay": (0, 0.99999, "0 (off) or a decay per step below 1 (0.99 averages about the last 100 steps)"),
     "width_mult": (0.01, None, "above 0"),
     "embed_dim": (1, None, "at least 1"),
@@ -265,6 +267,14 @@ SELECTIONS = ("auc", "last")  # model selection: the best source-validation AUC,
 def check_selection(selection: str) -> str | None:
     """What is wrong with a `--selection` value, or None."""
     return None if selection in SELECTIONS else f"--selection must be one of {', '.join(SELECTIONS)}, got {selection!r}"
+
+
+def check_head_gradient(cfg: "TrainConfig") -> str | None:
+    """A detached head leaves the encoder no class loss unless the auxiliary classifier gives it one."""
+    if cfg.head_grad_scale == 0 and cfg.aux_weight == 0:
+        return ("--head-grad-scale 0 trains the head on detached embeddings, so the encoder would learn no class "
+                "at all; give it a class loss with --aux-weight (e.g. 1)")
+    return None
 
 
 NOISE_CHANNELS = ("attenuation", "density")  # fitted factors per observable, or the device's noise model itself

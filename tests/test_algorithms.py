@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hybrid.algorithms import ALGORITHMS, Algorithm, dann_lambda, grad_reverse, make_algorithm
+from hybrid.algorithms import ALGORITHMS, Algorithm, dann_lambda, grad_reverse, make_algorithm, scale_gradient
 from hybrid.config import TrainConfig
 from hybrid.model import HybridNet
 
@@ -281,3 +281,58 @@ def test_aux_weight_adds_a_training_only_embedding_classifier(name):
 def test_aux_weight_is_checked_when_a_config_is_made():
     with pytest.raises(ValueError, match="aux-weight"):
         TrainConfig(aux_weight=-0.1)
+
+
+def test_scale_gradient_passes_the_value_and_a_share_of_the_gradient():
+    for scale in (0.0, 0.1, 1.0):
+        x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+        out = scale_gradient(x, scale)
+        torch.testing.assert_close(out, x.detach())
+        if out.requires_grad:
+            (out * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+        grad = x.grad if x.grad is not None else torch.zeros(3)
+        torch.testing.assert_close(grad, scale * torch.tensor([1.0, 2.0, 3.0]))
+
+
+def _embedding_gradients(algorithm: Algorithm, x, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient head_loss sends into the embedding, and those of the head's and the aux classifier's losses
+    alone (eval mode: no dropout draws, so the three are comparable)."""
+    algorithm.eval()
+    f = algorithm.network.features(x).detach()
+
+    def gradient(loss_of) -> torch.Tensor:
+        leaf = f.clone().requires_grad_()
+        loss_of(leaf).backward()
+        return leaf.grad if leaf.grad is not None else torch.zeros_like(f)
+
+    ce = torch.nn.functional.cross_entropy
+    return (gradient(lambda e: algorithm.head_loss(e, y)[0]), gradient(lambda e: ce(algorithm.network.head(e), y)),
+            gradient(lambda e: ce(algorithm.aux_classifier(e), y)))
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.1])
+def test_head_grad_scale_lets_only_that_share_of_the_heads_gradient_reach_the_encoder(scale):
+    """--head-grad-scale: the encoder gets the aux classifier's gradient and `scale` x the head's; the head still
+    learns from its whole loss (at 0 it trains on detached embeddings, quantum transfer learning in one run)."""
+    x, y, domains = batch()
+    cfg = replace(CFG, quantum=True, quantum_head="dressed", aux_weight=1.0, head_grad_scale=scale)
+    algorithm = build("dann", cfg)
+    total, head, aux = _embedding_gradients(algorithm, x, y)
+    assert head.abs().sum() > 0 and aux.abs().sum() > 0
+    torch.testing.assert_close(total, aux + scale * head)
+    algorithm.train()
+    slot = [p.detach().clone() for p in algorithm.network.slot_parameters()]
+    algorithm.update(x, y, domains, 0)
+    assert all(not torch.equal(a, b) for a, b in zip(slot, algorithm.network.slot_parameters()))
+    joint = build("dann", replace(cfg, head_grad_scale=1.0))
+    total, head, aux = _embedding_gradients(joint, x, y)
+    torch.testing.assert_close(total, aux + head)
+
+
+def test_a_detached_head_needs_an_aux_classifier_and_the_scale_is_checked():
+    with pytest.raises(ValueError, match="--head-grad-scale 0 .* --aux-weight"):
+        TrainConfig(head_grad_scale=0.0)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="head-grad-scale"):
+            TrainConfig(head_grad_scale=bad, aux_weight=1.0)
+    assert TrainConfig(head_grad_scale=0.0, aux_weight=1.0).head_grad_scale == 0.0

@@ -481,6 +481,22 @@ def test_training_tries_change_the_adopted_recipe_and_concat_and_are_paired_with
     assert (f"dressed_angle_qlr100_zzobs_drop_{other}", "concat") in pairs
 
 
+def test_head_gradient_variants_add_the_aux_classifier_and_scale_the_heads_gradient_for_every_control():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    for tag, scale, label in (("detach", 0.0, "head on detached f"), ("hgrad01", 0.1, "head gradient x0.1 to the encoder")):
+        for width in ("", "8"):
+            adopted = study.config(f"dressed{width}_angle_qlr100_zzobs_drop", 0)
+            changed = study.config(f"dressed{width}_angle_qlr100_zzobs_drop_{tag}", 0)
+            assert sorted(adopted.differences(changed)) == [("aux_weight", 0.0, 1.0), ("head_grad_scale", 1.0, scale)]
+            for control in (f"dressed{width}_angle_qlr100_zzobs_drop_{tag}_separable",
+                            f"dressed{width}_angle_qlr100_zzobs_drop_{tag}_twin", f"dressed{width}_angle_zzobs_drop_{tag}_none"):
+                assert (study.config(control, 0).head_grad_scale, study.config(control, 0).aux_weight) == (scale, 1.0)
+        assert f"aux loss x1 + {label} + quantum (dressed" in method_components(changed.to_dict())
+
+
 def test_encoding_variants_change_only_the_encoding_and_their_none_control_is_the_adopted_one():
     from hybrid.studies.experiment import build_study
 

@@ -130,6 +130,12 @@ QUANTUM_VARIANTS["concat_last"] = dict(QUANTUM_VARIANTS["concat"], selection="la
 # count are unchanged, and the twin and none controls have no encoding: the adopted recipe's own stand for them.
 QUANTUM_VARIANTS |= _past_adopted("fm1", dict(q_feature_reps=1), {}, suffixes=("", "_separable"))
 QUANTUM_VARIANTS |= _past_adopted("ry1", dict(feature_map="ry", q_feature_reps=1), {}, suffixes=("", "_separable"))
+# Where the encoder learns from (results/quantum_heads/head_gradient/RULE.md): _detach trains the head (slot included)
+# on detached embeddings while a training-only linear classifier (--aux-weight 1) and DANN shape the encoder, as in
+# quantum transfer learning (Mari et al., 2020) but in one run; _hgrad01 lets a tenth of the head's gradient through.
+# The controls get the same training.
+QUANTUM_VARIANTS |= _past_adopted("detach", dict(aux_weight=1.0, head_grad_scale=0.0))
+QUANTUM_VARIANTS |= _past_adopted("hgrad01", dict(aux_weight=1.0, head_grad_scale=0.1))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance

@@ -29,11 +29,17 @@ def method_components(cfg: dict) -> str:
     parts = [name for name, on in (("colour constancy", cfg.get("colour_constancy")), ("shift", cfg.get("shift")),
                                    (algorithm.upper(), algorithm != "erm"),
                                    (f"aux loss x{cfg.get('aux_weight', 0.0):g}", cfg.get("aux_weight")),
+                                   (_head_gradient(cfg), cfg.get("head_grad_scale", 1.0) != 1.0),
                                    (f"weight EMA {cfg.get('ema_decay', 0.0):g}", cfg.get("ema_decay")),
                                    ("last epoch kept", cfg.get("selection", "auc") == "last"),
                                    (_quantum_part(cfg), cfg.get("quantum")))
              if on]
     return " + ".join(parts) or "none"
+
+
+def _head_gradient(cfg: dict) -> str:
+    scale = cfg.get("head_grad_scale", 1.0)
+    return "head on detached f" if scale == 0 else f"head gradient x{scale:g} to the encoder"
 
 
 def _quantum_part(cfg: dict) -> str:
