@@ -1,0 +1,168 @@
+"""Does a network's encoder carry more than its head uses? Linear probes, on the design-validation centers.
+
+    python -m hybrid.probe --out results/probe \\
+        --runs concat=runs/study/concat/seed0,runs/study/concat/seed1 \\
+        --runs dressed=runs/study/dressed/seed0,runs/study/dressed/seed1
+
+For every run, a logistic regression is fitted on the embedding f of the clean training split
+(source BatchNorm statistics) and, where the network has a quantum slot, another on the slot's
+inputs (the projection in front of the angles). Each design-validation center is then scored with
+adabn (the statistics of the whole center, as the studies evaluate) by the run's own head and by
+both probes. A probe that beats the head shows ranking information the head leaves unused. Only the
+virtual design-validation centers are read, never the reported centers or real held-out clinics.
+Per group: the mean over its runs of the worst center, the mean center and clean test AUC of each
+reading. Writes OUT/probe.json, OUT/probe.md and OUT/probe.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hybrid.cli import run_cli
+from hybrid.rundir import write_json, write_text
+
+log = logging.getLogger("hybrid.probe")
+
+READINGS = {"head": "its head", "probe_f": "linear probe on f", "probe_slot": "linear probe on the slot's inputs"}
+
+
+def parse_group(text: str) -> tuple[str, list[Path]]:
+    """`NAME=RUN_DIR[,RUN_DIR...]` -> (name, run dirs)."""
+    name, sep, runs = text.partition("=")
+    paths = [Path(p) for p in runs.split(",") if p]
+    if not sep or not name or not paths:
+        raise ValueError(f"--runs takes NAME=RUN_DIR[,RUN_DIR...], got {text!r}")
+    return name, paths
+
+
+@torch.no_grad()
+def readings(model, x: torch.Tensor, positive_class: int, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """The embedding, the slot's inputs (where there is a slot) and the head's positive-class score."""
+    parts: dict[str, list[torch.Tensor]] = {"f": [], "slot": [], "head": []}
+    for start in range(0, len(x), batch_size):
+        f = model.features(x[start:start + batch_size])
+        parts["f"].append(f)
+        if hasattr(model, "project"):
+            parts["slot"].append(model.slot_inputs(f))
+        parts["head"].append(torch.softmax(model.head(f).float(), dim=1)[:, positive_class])
+    return {k: torch.cat(v).numpy() for k, v in parts.items() if v}
+
+
+def fit_probe(features: np.ndarray, positive: np.ndarray):
+    """Logistic regression (L2, C = 1, lbfgs): the linear read-out of an embedding."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=1.0, max_iter=2000).fit(features, positive)
+
+
+def probe_run(run_dir: Path, data_root: str | None = None) -> dict:
+    """AUC of the head and of each probe on the clean test split and every design-validation center."""
+    from hybrid.data import resolve_data_root
+    from hybrid.domains import build_eval_domains, load_bundle, split_to_tensors
+    from hybrid.metrics import binary_auc
+    from hybrid.rundir import load_run
+    from hybrid.tta import make_tta
+
+    cfg, model, ckpt, backend = load_run(run_dir)
+    backend.close()
+    positive_class = ckpt["positive_class"]
+    bundle = load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
+    x_train, y_train = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
+    train = readings(model.eval(), x_train, positive_class)
+    positive = y_train.numpy() == positive_class
+    probes = {f"probe_{k}": fit_probe(train[k], positive) for k in ("f", "slot") if k in train}
+    domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
+               if not name.startswith("real:")}  # held-out clinics are reported ones
+    scores = {}
+    for name, (x, y) in domains.items():
+        adabn = make_tta("adabn", model)
+        adabn.prepare(x)
+        try:
+            seen = readings(model.eval(), x, positive_class)
+        finally:
+            adabn.reset()
+        labels = y.numpy() == positive_class
+        scores[name] = {"head": binary_auc(seen["head"], labels)} | {
+            key: binary_auc(probe.decision_function(seen[key.removeprefix("probe_")]), labels)
+            for key, probe in probes.items()}
+    log.info("%s: worst center, head %.3f, probe on f %.3f", run_dir,
+             *(min(s[k] for c, s in scores.items() if c != "clean") for k in ("head", "probe_f")))
+    return {"run": str(run_dir), "seed": cfg.seed, "domains": scores}
+
+
+def summarize_group(runs: list[dict]) -> dict:
+    """Mean over runs of each reading's worst center, mean center and clean AUC (readings every run has)."""
+    keys = [k for k in READINGS if all(k in r["domains"]["clean"] for r in runs)]
+    out = {}
+    for key in keys:
+        centers = [[s[key] for c, s in r["domains"].items() if c != "clean"] for r in runs]
+        out[key] = {"worst": float(np.mean([min(c) for c in centers])), "mean": float(np.mean([np.mean(c) for c in centers])),
+                    "clean": float(np.mean([r["domains"]["clean"][key] for r in runs]))}
+    return out
+
+
+def to_markdown(result: dict) -> str:
+    lines = ["# Linear probes on the design-validation centers", "",
+             "Worst center / mean center / clean test AUC, mean over each group's runs; adabn on every center. "
+             "A probe is a logistic regression fitted on the clean training split (source statistics).", "",
+             "| group | runs | " + " | ".join(READINGS.values()) + " |", "|---|---|" + "---|" * len(READINGS)]
+    for name, group in result["groups"].items():
+        cells = [" / ".join(f"{group['summary'][k][m]:.3f}" for m in ("worst", "mean", "clean"))
+                 if k in group["summary"] else "(no slot)" for k in READINGS]
+        lines.append(f"| {name} | {len(group['runs'])} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, group in result["groups"].items():
+        lines.append(f"- {name}: " + ", ".join(r["run"] for r in group["runs"]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Bars: worst design-validation-center AUC of each group's head and probes."""
+    from hybrid.reporting import new_figure, palette, save_figure
+
+    names = list(result["groups"])
+    fig = new_figure((1.8 + 1.4 * len(names), 3.4))
+    ax = fig.add_subplot()
+    width = 0.8 / len(READINGS)
+    values = []
+    for i, ((key, label), colour) in enumerate(zip(READINGS.items(), palette(len(READINGS)))):
+        heights = [result["groups"][n]["summary"].get(key, {}).get("worst", np.nan) for n in names]
+        values += [h for h in heights if np.isfinite(h)]
+        ax.bar(np.arange(len(names)) + (i - (len(READINGS) - 1) / 2) * width, heights, width, color=colour, label=label)
+    ax.set(xticks=np.arange(len(names)), ylim=(max(0.0, min(values) - 0.05), 1.0),
+           ylabel="worst validation-center AUC", title="What the head uses of the embedding")
+    ax.set_xticklabels(names)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hybrid.probe", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", action="append", required=True, help="NAME=RUN_DIR[,RUN_DIR...]; repeat per group")
+    parser.add_argument("--out", required=True, help="folder for probe.json, probe.md, probe.png")
+    parser.add_argument("--data-root", help="folder with the dataset files (default: the run's, else $HYBRID_DATA_ROOT)")
+    args = parser.parse_args(argv)
+    return run_cli(lambda: _run(args))
+
+
+def _run(args) -> int:
+    groups = dict(map(parse_group, args.runs))
+    if len(groups) != len(args.runs):
+        raise ValueError("each --runs group needs its own name")
+    result = {"centers": "validation", "groups": {}}
+    for name, paths in groups.items():
+        runs = [probe_run(p, args.data_root) for p in paths]
+        result["groups"][name] = {"runs": runs, "summary": summarize_group(runs)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / "probe.json")
+    write_text(to_markdown(result), out / "probe.md")
+    plot(result, out / "probe.png")
+    print(to_markdown(result))
+    return 0
