@@ -152,7 +152,8 @@ def _record(epoch: int, means: dict, algorithm: Algorithm, val_auc: float, val_l
     return {"epoch": epoch + 1, "train_loss": means.get("loss"), "cls_loss": means.get("cls_loss"),
             "domain_loss": means.get("domain_loss"), "domain_acc": means.get("domain_acc"),
             "lambda": means.get("lambda"), "lr": algorithm.learning_rate(),
-            "val_auc": val_auc, "val_loss": val_loss, "seconds": seconds}
+            "val_auc": val_auc, "val_loss": val_loss, "seconds": seconds} | (
+        {"aux_loss": means["aux_loss"]} if "aux_loss" in means else {})  # --aux-weight's classifier, when trained
 
 
 def _improved(best: dict, val_auc: float, val_loss: float, selection: str = "auc") -> bool:

@@ -57,3 +57,16 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, data_root, 
     lines = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("straight", "resumed")]
     strip = [[line.rsplit(', "seconds"', 1)[0] for line in run] for run in lines]
     assert strip[0] == strip[1]
+
+
+def test_the_aux_classifiers_loss_is_recorded_per_epoch_only_when_it_trains(tmp_path, data_root):
+    import json
+
+    for name, aux in (("plain", 0.0), ("aux", 0.5)):
+        cfg = TrainConfig(data_root=str(data_root), **TINY | dict(epochs=1), aux_weight=aux, eval_max_samples=8)
+        train.train(cfg, tmp_path / name, progress=False)
+        record = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
+        assert ("aux_loss" in record) == bool(aux)
+        if aux:  # the epoch's loss is the head's, the domain's and the weighted aux classifier's
+            assert record["aux_loss"] > 0
+            assert record["train_loss"] == pytest.approx(record["cls_loss"] + record["domain_loss"] + aux * record["aux_loss"])
