@@ -36,15 +36,24 @@ from hybrid.data import DataError
 log = logging.getLogger("hybrid.design")
 
 
+def named_runs(text: str, usage: str) -> tuple[str, list[Path]]:
+    """`LABEL=RUN_DIR[,RUN_DIR...]` -> (label, run dirs); `usage` says the form when the text is not it."""
+    label, sep, runs = text.partition("=")
+    paths = [Path(p) for p in runs.split(",") if p]
+    if not sep or not label or not paths:
+        raise ValueError(f"{usage}, got {text!r}")
+    return label, paths
+
+
 def parse_candidate(text: str) -> tuple[str, str | None, list[Path]]:
     """`NAME[:TTA]=RUN_DIR[,RUN_DIR...]` -> (name, TTA or None for the runs' own, run dirs)."""
     from hybrid.tta import TTA_METHODS
 
-    label, sep, runs = text.partition("=")
+    usage = "--candidate takes NAME[:TTA]=RUN_DIR[,RUN_DIR...]"
+    label, paths = named_runs(text, usage)
     name, _, tta = label.partition(":")
-    paths = [Path(p) for p in runs.split(",") if p]
-    if not sep or not name or not paths:
-        raise ValueError(f"--candidate takes NAME[:TTA]=RUN_DIR[,RUN_DIR...], got {text!r}")
+    if not name:
+        raise ValueError(f"{usage}, got {text!r}")
     if tta and tta not in TTA_METHODS:
         raise ValueError(f"unknown TTA method {tta!r} in --candidate {text!r}; valid names are: "
                          f"{', '.join(sorted(TTA_METHODS))}")

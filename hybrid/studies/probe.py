@@ -25,6 +25,7 @@ import torch
 
 from hybrid.cli import run_cli
 from hybrid.rundir import write_json, write_text
+from hybrid.studies.design import named_runs
 
 log = logging.getLogger("hybrid.probe")
 
@@ -33,11 +34,7 @@ READINGS = {"head": "its head", "probe_f": "linear probe on f", "probe_slot": "l
 
 def parse_group(text: str) -> tuple[str, list[Path]]:
     """`NAME=RUN_DIR[,RUN_DIR...]` -> (name, run dirs)."""
-    name, sep, runs = text.partition("=")
-    paths = [Path(p) for p in runs.split(",") if p]
-    if not sep or not name or not paths:
-        raise ValueError(f"--runs takes NAME=RUN_DIR[,RUN_DIR...], got {text!r}")
-    return name, paths
+    return named_runs(text, "--runs takes NAME=RUN_DIR[,RUN_DIR...]")
 
 
 @torch.no_grad()
