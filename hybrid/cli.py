@@ -11,7 +11,7 @@ import sys
 from dataclasses import fields
 from typing import Callable
 
-from hybrid.config import NOISE_CHANNELS, SELECTIONS, TrainConfig, field_type
+from hybrid.config import ANGLE_MAPS, NOISE_CHANNELS, SELECTIONS, TrainConfig, field_type
 
 HELP = {
     "dataset": "MedMNIST name (pneumoniamnist, breastmnist, ...) or path to an .npz",
@@ -42,6 +42,9 @@ HELP = {
                       "encodings give outputs of lower frequency in each angle (a smoother function of the features)",
     "q_angle_norm": "BatchNorm (affine) on the projection in front of the quantum slot: the angles keep their "
                     "spread when a center shifts the features, and domain-level TTA (adabn) re-estimates it",
+    "q_angle_map": "how the slot's inputs z become angles in (0, pi): tanh, pi/2 (1 + tanh z), or arctan, "
+                   "pi/2 + arctan z, which saturates slower: with one RY its <Z> is -z/sqrt(1 + z^2), so images far "
+                   "from the boundary keep their order instead of all reading -1 or +1",
     "q_input_dropout": "feed the quantum slot dropout(f) (p = --dropout) instead of the embedding f: the dressed "
                        "head otherwise trains with no dropout anywhere, where concat's classifier has it",
     "q_reupload": "data re-uploading: the feature map and a new ansatz block, repeated this many times",
@@ -135,7 +138,8 @@ def config_choices() -> dict[str, tuple]:
             "q_precision": tuple(PRECISIONS), "tta": tuple(TTA_METHODS), "stem_stride": (1, 2),
             "source_sampling": SOURCE_SAMPLINGS, "backend": tuple(sorted(BACKENDS)),
             "quantum_head": QUANTUM_HEADS, "quantum_layer": QUANTUM_LAYERS, "q_observables": OBSERVABLE_SETS,
-            "q_shot_noise": SHOT_NOISE, "q_noise_channel": NOISE_CHANNELS, "selection": SELECTIONS}
+            "q_shot_noise": SHOT_NOISE, "q_noise_channel": NOISE_CHANNELS, "selection": SELECTIONS,
+            "q_angle_map": ANGLE_MAPS}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -54,6 +54,7 @@ class TrainConfig:
     quantum_layer: str = "pqc"  # pqc, or a control: separable, classical_twin, none
     q_reupload: int = 1  # data re-uploading: (feature map, ansatz) blocks, each with its own weights
     q_angle_norm: bool = False  # BatchNorm on the slot's inputs before the angle map (re-estimated by TTA)
+    q_angle_map: str = "tanh"  # how the slot's inputs become angles in (0, pi): tanh, or arctan (saturates slower)
     q_input_dropout: bool = False  # the quantum slot reads dropout(f) (p = dropout), as concat's classifier does
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
@@ -96,7 +97,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
         problems += [problem for problem in (check_attenuation(self.q_attenuation), check_noise_channel(self),
-                                             check_selection(self.selection), check_head_gradient(self)) if problem]
+                                             check_selection(self.selection), check_head_gradient(self),
+                                             check_angle_map(self.q_angle_map)) if problem]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -168,6 +170,7 @@ class ModelConfig:
     quantum_layer: str = "pqc"  # pqc, or a control: separable, classical_twin, none
     q_reupload: int = 1  # data re-uploading: (feature map, ansatz) blocks, each with its own weights
     q_angle_norm: bool = False  # BatchNorm on the slot's inputs before the angle map (re-estimated by TTA)
+    q_angle_map: str = "tanh"  # how the slot's inputs become angles in (0, pi): tanh, or arctan (saturates slower)
     q_input_dropout: bool = False  # the quantum slot reads dropout(f) (p = dropout), as concat's classifier does
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
@@ -259,6 +262,14 @@ def check_attenuation(text: str) -> str | None:
     except ValueError as exc:
         return f"--q-attenuation: {exc}"
     return None
+
+
+ANGLE_MAPS = ("tanh", "arctan")  # the slot's inputs z -> angles: pi/2 (1 + tanh z), or pi/2 + arctan z
+
+
+def check_angle_map(angle_map: str) -> str | None:
+    """What is wrong with a `--q-angle-map` value, or None."""
+    return None if angle_map in ANGLE_MAPS else f"--q-angle-map must be one of {', '.join(ANGLE_MAPS)}, got {angle_map!r}"
 
 
 SELECTIONS = ("auc", "last")  # model selection: the best source-validation AUC, or the end of the schedule

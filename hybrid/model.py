@@ -172,8 +172,11 @@ class HybridNet(nn.Module):
         return self.angle_norm(z) if self.angle_norm is not None else z
 
     def quantum_angles(self, f: torch.Tensor) -> torch.Tensor:
-        """Encoder features squashed to rotation angles in [0, pi] for the feature map."""
-        return (torch.tanh(self.slot_inputs(f)) + 1.0) * (math.pi / 2)
+        """Encoder features squashed to rotation angles in (0, pi) for the feature map (--q-angle-map)."""
+        z = self.slot_inputs(f)
+        if self.config.q_angle_map == "arctan":  # saturates as 1/z, not exponentially
+            return torch.atan(z) + math.pi / 2
+        return (torch.tanh(z) + 1.0) * (math.pi / 2)
 
     def layer_outputs(self, f: torch.Tensor) -> torch.Tensor:
         """What the quantum slot gives the head: expectation values (with training noise), the classical

@@ -294,6 +294,26 @@ def test_angle_norm_normalises_the_slot_inputs_for_every_layer(layer):
     assert without.angle_norm is None and "angle_norm.weight" not in without.state_dict()  # old checkpoints load
 
 
+@pytest.mark.parametrize("layer", ["pqc", "classical_twin"])
+def test_the_arctan_angle_map_keeps_far_inputs_apart_where_tanh_saturates(layer):
+    torch.manual_seed(0)
+    config = replace(SMALL, quantum_head="dressed", feature_map="angle", quantum_layer=layer)
+    tanh_model, arctan_model = HybridNet(config, 1, 2), HybridNet(replace(config, q_angle_map="arctan"), 1, 2)
+    arctan_model.load_state_dict(tanh_model.state_dict())  # same weights: only the angle map differs
+    f = torch.randn(32, 16)
+    with torch.no_grad():
+        z = tanh_model.slot_inputs(f)
+        torch.testing.assert_close(tanh_model.quantum_angles(f), (torch.tanh(z) + 1) * torch.pi / 2)
+        torch.testing.assert_close(arctan_model.quantum_angles(f), torch.pi / 2 + torch.atan(z))
+        assert not torch.allclose(tanh_model.layer_outputs(f), arctan_model.layer_outputs(f))  # the slot reads them
+    far = torch.tensor([2.0, 4.0])  # one RY's <Z> = cos(angle): tanh's pair is 0.0016 apart, arctan's 0.076
+    tanh_z, arctan_z = torch.cos((torch.tanh(far) + 1) * torch.pi / 2), torch.cos(torch.pi / 2 + torch.atan(far))
+    assert (tanh_z[0] - tanh_z[1]).abs() < 0.002 and (arctan_z[0] - arctan_z[1]).abs() > 0.07
+    torch.testing.assert_close(arctan_z, -far / torch.sqrt(1 + far**2))
+    with pytest.raises(ValueError, match="--q-angle-map must be one of tanh, arctan"):
+        TrainConfig(q_angle_map="sigmoid")
+
+
 def test_adabn_re_estimates_the_angle_norm_without_running_the_circuit():
     from hybrid.batchnorm import use_batch_stats
     from hybrid.tta import make_tta

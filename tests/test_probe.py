@@ -22,7 +22,7 @@ def test_probes_read_only_validation_centers_and_the_head_matches_the_runs_own_a
     result = json.loads((out / "probe.json").read_text())
     scores = result["groups"]["tiny"]["runs"][0]["domains"]
     assert set(scores) == {"clean"} | {c.name for c in make_validation_centers()}
-    assert all(set(s) == {"head", "probe_f", "probe_slot"} for s in scores.values())
+    assert all(set(s) == {"head", "probe_f", "probe_slot", "probe_encoded", "probe_basis", "probe_layer"} for s in scores.values())
     evaluation = validation_eval(run, str(data_root), "adabn")  # what hybrid.design scores
     for name, s in scores.items():
         assert s["head"] == pytest.approx(evaluation["domains"][name]["auc"], abs=1e-9)
@@ -44,7 +44,7 @@ def test_a_groups_score_is_the_mean_of_each_runs_worst_center_and_a_network_with
     assert summary["head"] == pytest.approx({"worst": 0.65, "mean": 0.75, "clean": 0.85})
     assert summary["probe_f"]["worst"] == pytest.approx(0.8)
     table = probe.to_markdown({"groups": {"g": {"runs": [{"run": "r0"}, {"run": "r1"}], "summary": summary}}})
-    assert "| g | 2 | 0.650 / 0.750 / 0.850 | 0.800 / 0.830 / 0.900 | (no slot) |" in table
+    assert "| g | 2 | 0.650 / 0.750 / 0.850 | 0.800 / 0.830 / 0.900 | - | - | - | - |" in table
 
 
 @pytest.mark.parametrize("argv,message", [(["--runs", "nameonly"], "NAME=RUN_DIR"),

@@ -497,6 +497,24 @@ def test_head_gradient_variants_add_the_aux_classifier_and_scale_the_heads_gradi
         assert f"aux loss x1 + {label} + quantum (dressed" in method_components(changed.to_dict())
 
 
+def test_angle_map_variants_change_only_the_slots_reading_on_the_detached_recipe():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    for width in ("", "8"):
+        detach = study.config(f"dressed{width}_angle_qlr100_zzobs_drop_detach", 0)
+        assert detach.differences(study.config(f"dressed{width}_angle_qlr100_zzobs_drop_detach_atan", 0)) == \
+            [("q_angle_map", "tanh", "arctan")]
+        assert detach.differences(study.config(f"dressed{width}_angle_qlr100_zzobs_drop_detach_fm1", 0)) == \
+            [("q_feature_reps", 2, 1)]
+        assert study.config(f"dressed{width}_angle_qlr100_zzobs_drop_detach_atan_twin", 0).q_angle_map == "arctan"
+        assert study.config(f"dressed{width}_angle_zzobs_drop_detach_atan_none", 0).differences(
+            study.config(f"dressed{width}_angle_zzobs_drop_detach_none", 0)) == []  # no angles without a slot
+    assert ", arctan angles" in method_components(study.config("dressed_angle_qlr100_zzobs_drop_detach_atan", 0).to_dict())
+    assert "arctan" not in method_components(study.config("dressed_angle_zzobs_drop_detach_atan_none", 0).to_dict())
+
+
 def test_encoding_variants_change_only_the_encoding_and_their_none_control_is_the_adopted_one():
     from hybrid.studies.experiment import build_study
 

@@ -136,6 +136,12 @@ QUANTUM_VARIANTS |= _past_adopted("ry1", dict(feature_map="ry", q_feature_reps=1
 # The controls get the same training.
 QUANTUM_VARIANTS |= _past_adopted("detach", dict(aux_weight=1.0, head_grad_scale=0.0))
 QUANTUM_VARIANTS |= _past_adopted("hgrad01", dict(aux_weight=1.0, head_grad_scale=0.1))
+# The circuit's reading of its inputs (results/quantum_heads/angle_map/RULE.md), on the adopted _detach recipe: a probe
+# of the encoded state finds the tanh angle map loses ranking where it saturates. _detach_atan maps z to pi/2 + arctan z;
+# _detach_fm1 encodes once (lower frequency). The twin reads the same angles; the none control has no angle map.
+DETACH = dict(aux_weight=1.0, head_grad_scale=0.0)
+QUANTUM_VARIANTS |= _past_adopted("detach_atan", DETACH | dict(q_angle_map="arctan"), DETACH)
+QUANTUM_VARIANTS |= _past_adopted("detach_fm1", DETACH | dict(q_feature_reps=1), DETACH, suffixes=("", "_separable"))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance

@@ -5,10 +5,14 @@
         --runs dressed=runs/study/dressed/seed0,runs/study/dressed/seed1
 
 For every run, a logistic regression is fitted on the embedding f of the clean training split
-(source BatchNorm statistics) and, where the network has a quantum slot, another on the slot's
-inputs (the projection in front of the angles). Each design-validation center is then scored with
-adabn (the statistics of the whole center, as the studies evaluate) by the run's own head and by
-both probes. A probe that beats the head shows ranking information the head leaves unused. Only the
+(source BatchNorm statistics) and, where the network has a quantum slot, on the slot's inputs (the
+projection in front of the angles) and on the slot's outputs (what the head's classifier reads);
+where the slot is a circuit, also on its computational-basis probabilities (the best linear
+read-out of the bitstrings the same measurement gives) and on those of the circuit at zero weights
+(for RealAmplitudes a permutation of the encoded product state's: what the encoding alone keeps). Each design-validation center is then scored
+with adabn (the statistics of the whole center, as the studies evaluate) by the run's own head and
+by every probe. A probe that beats the head shows ranking information the head leaves unused; the
+chain f -> slot inputs -> encoded state -> basis probabilities -> slot outputs shows where it is lost. Only the
 virtual design-validation centers are read, never the reported centers or real held-out clinics.
 Per group: the mean over its runs of the worst center, the mean center and clean test AUC of each
 reading. Writes OUT/probe.json, OUT/probe.md and OUT/probe.png.
@@ -29,7 +33,10 @@ from hybrid.studies.design import named_runs
 
 log = logging.getLogger("hybrid.probe")
 
-READINGS = {"head": "its head", "probe_f": "linear probe on f", "probe_slot": "linear probe on the slot's inputs"}
+READINGS = {"head": "its head", "probe_f": "linear probe on f", "probe_slot": "linear probe on the slot's inputs",
+            "probe_encoded": "linear probe on the encoded state (circuit at zero weights)",
+            "probe_basis": "linear probe on the circuit's basis probabilities",
+            "probe_layer": "linear probe on the slot's outputs"}
 
 
 def parse_group(text: str) -> tuple[str, list[Path]]:
@@ -39,13 +46,20 @@ def parse_group(text: str) -> tuple[str, list[Path]]:
 
 @torch.no_grad()
 def readings(model, x: torch.Tensor, positive_class: int, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """The embedding, the slot's inputs (where there is a slot) and the head's positive-class score."""
-    parts: dict[str, list[torch.Tensor]] = {"f": [], "slot": [], "head": []}
+    """The embedding, the slot's inputs and outputs (where there is a slot), the circuit's basis
+    probabilities (where the slot is a circuit) and the head's positive-class score."""
+    parts: dict[str, list[torch.Tensor]] = {"f": [], "slot": [], "encoded": [], "basis": [], "layer": [], "head": []}
     for start in range(0, len(x), batch_size):
         f = model.features(x[start:start + batch_size])
         parts["f"].append(f)
         if hasattr(model, "project"):
             parts["slot"].append(model.slot_inputs(f))
+            parts["layer"].append(model.layer_outputs(f).to(f.dtype))
+        if getattr(model, "quantum", None) is not None:
+            angles, circuit = model.quantum_angles(f), model.quantum
+            parts["basis"].append(circuit.with_probabilities(angles)[1].to(f.dtype))
+            encoded = circuit.program.with_probabilities(angles, torch.zeros_like(circuit.weight))[1]
+            parts["encoded"].append(encoded.to(f.dtype))
         parts["head"].append(torch.softmax(model.head(f).float(), dim=1)[:, positive_class])
     return {k: torch.cat(v).numpy() for k, v in parts.items() if v}
 
@@ -72,7 +86,7 @@ def probe_run(run_dir: Path, data_root: str | None = None) -> dict:
     x_train, y_train = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
     train = readings(model.eval(), x_train, positive_class)
     positive = y_train.numpy() == positive_class
-    probes = {f"probe_{k}": fit_probe(train[k], positive) for k in ("f", "slot") if k in train}
+    probes = {f"probe_{k}": fit_probe(train[k], positive) for k in ("f", "slot", "encoded", "basis", "layer") if k in train}
     domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
                if not name.startswith("real:")}  # held-out clinics are reported ones
     scores = {}
@@ -110,7 +124,7 @@ def to_markdown(result: dict) -> str:
              "| group | runs | " + " | ".join(READINGS.values()) + " |", "|---|---|" + "---|" * len(READINGS)]
     for name, group in result["groups"].items():
         cells = [" / ".join(f"{group['summary'][k][m]:.3f}" for m in ("worst", "mean", "clean"))
-                 if k in group["summary"] else "(no slot)" for k in READINGS]
+                 if k in group["summary"] else "-" for k in READINGS]
         lines.append(f"| {name} | {len(group['runs'])} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, group in result["groups"].items():

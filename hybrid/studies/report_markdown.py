@@ -53,6 +53,7 @@ def _quantum_part(cfg: dict) -> str:
          _noise_aware(cfg)])
     slot = "".join([f", slot lr x{cfg['q_lr_scale']:g}" if cfg.get("q_lr_scale", 1.0) != 1.0 and layer != "none" else "",
                     ", angle BN" if cfg.get("q_angle_norm") else "",
+                    ", arctan angles" if cfg.get("q_angle_map", "tanh") != "tanh" and layer != "none" else "",
                     _slot_dropout(cfg),
                     f", label smoothing {cfg['label_smoothing']:g}" if cfg.get("label_smoothing", 0.0) else ""])
     if (head, layer, n, circuit, slot) == ("concat", "pqc", 4, "", ""):
