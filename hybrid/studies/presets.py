@@ -140,6 +140,7 @@ QUANTUM_VARIANTS |= _past_adopted("hgrad01", dict(aux_weight=1.0, head_grad_scal
 # of the encoded state finds the tanh angle map loses ranking where it saturates. _detach_atan maps z to pi/2 + arctan z;
 # _detach_fm1 encodes once (lower frequency). The twin reads the same angles; the none control has no angle map.
 DETACH = dict(aux_weight=1.0, head_grad_scale=0.0)
+ADOPTED_DETACH = f"dressed_angle_qlr{ADOPTED_SLOT_LR}_zzobs_drop_detach"  # adopted (../head_gradient/RULE.md)
 QUANTUM_VARIANTS |= _past_adopted("detach_atan", DETACH | dict(q_angle_map="arctan"), DETACH)
 QUANTUM_VARIANTS |= _past_adopted("detach_fm1", DETACH | dict(q_feature_reps=1), DETACH, suffixes=("", "_separable"))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
@@ -223,7 +224,9 @@ PRESETS: dict[str, Preset] = {
             f"{NOISE_AWARE_BASES[-1]}_noise_joint": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE,
                                                          q_shot_noise="joint"),
             f"{NOISE_AWARE_BASES[-1]}_noise_density": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE,
-                                                           q_shot_noise="joint", q_noise_channel="density")},
+                                                           q_shot_noise="joint", q_noise_channel="density"),
+            # the joint kind on the recipe adopted since (results/quantum_heads/noise_detach/RULE.md)
+            f"{ADOPTED_DETACH}_noise_joint": dict(QUANTUM_VARIANTS[ADOPTED_DETACH], **NOISE_DEVICE, q_shot_noise="joint")},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",
