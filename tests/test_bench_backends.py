@@ -312,7 +312,7 @@ def test_sweep_pool_averages_each_models_loss_over_seeds_before_the_share(tmp_pa
     assert "33%" in md and "75%, -50%" in md and "| 50% | 125%, -100% |" in md
 
 
-def test_sweep_pool_refuses_missing_or_single_run_sweeps(tmp_path, capsys):
+def test_sweep_pool_refuses_missing_empty_or_mixed_sweeps(tmp_path, capsys):
     from hybrid.studies import sweep_pool
 
     assert sweep_pool.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
@@ -321,7 +321,28 @@ def test_sweep_pool_refuses_missing_or_single_run_sweeps(tmp_path, capsys):
     (tmp_path / "one" / "shot_sweep.json").write_text(json.dumps({"runs": [{}], "recovery": None}))
     assert sweep_pool.main([str(tmp_path / "one"), "--out", str(tmp_path / "o")]) == 2
     assert "--compare-run" in capsys.readouterr().err
+    _sweep_file(tmp_path / "pair", 0.80, 0.76, second_exact=0.82, second_at_1024=0.81)
+    (tmp_path / "single").mkdir()
+    pair = json.loads((tmp_path / "pair" / "shot_sweep.json").read_text())
+    (tmp_path / "single" / "shot_sweep.json").write_text(json.dumps({"runs": pair["runs"][:1]}))
+    assert sweep_pool.main([str(tmp_path / "pair"), str(tmp_path / "single"), "--out", str(tmp_path / "o")]) == 2
+    assert "sweeps made the same way" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_sweep_pool_of_single_run_sweeps_averages_the_loss_alone(tmp_path):
+    from hybrid.studies import sweep_pool
+
+    for name, exact, at_1024 in (("s0", 0.80, 0.76), ("s1", 0.85, 0.84)):  # losses 0.04 and 0.01
+        _sweep_file(tmp_path / name, exact, at_1024, second_exact=0.5, second_at_1024=0.5)
+        pair = json.loads((tmp_path / name / "shot_sweep.json").read_text())
+        (tmp_path / name / "shot_sweep.json").write_text(json.dumps({"runs": pair["runs"][:1]}))  # no --compare-run
+    assert sweep_pool.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "pooled")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "recovery.json").read_text())
+    assert pooled["kind"] == "loss_pooled" and list(pooled["rows"]) == ["aer_noisy@1024"]
+    row = pooled["rows"]["aer_noisy@1024"]
+    assert row["lost_first"] == pytest.approx([0.04, 0.01]) and row["mean_lost_first"] == pytest.approx(0.025)
+    assert "| aer_noisy@1024 | +0.0250 | +0.0400, +0.0100 |" in (tmp_path / "pooled" / "recovery.md").read_text()
 
 
 def test_a_sweep_with_several_draws_seeds_each_and_averages_them():

@@ -14,6 +14,9 @@ mean(AUC_backend(second) - AUC_backend(first)) / mean loss of the first. The two
 second model is not meant to run exactly (trained for a device's attenuation, its exact AUC is not
 its reference). Writes OUT/recovery.json and OUT/recovery.md with the per-seed values beside the
 pooled ones.
+
+Sweeps of one run each (no --compare-run) are pooled too, into the loss alone: the question to ask
+before any noise-aware round is whether the exact-trained model loses enough on the device to recover.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from hybrid.rundir import write_json, write_text
 
 
 def load_sweeps(folders: list[Path]) -> list[dict]:
-    """Each folder's shot_sweep.json; every one must compare two runs at the same backends and shots."""
+    """Each folder's shot_sweep.json, at the same backends and shots: all comparing two runs, or all of one run."""
     sweeps = []
     for folder in folders:
         path = Path(folder) / "shot_sweep.json"
@@ -40,9 +43,14 @@ def load_sweeps(folders: list[Path]) -> list[dict]:
                             f"--compare-run ... --out {folder}` first")
         sweep = json.loads(path.read_text())
         if not sweep.get("recovery"):
-            raise DataError(f"{path} holds one run; recovery needs --compare-run (an exact-trained run first, "
-                            "a noise-aware one second)")
+            if len(sweep.get("runs", [])) != 1 or "curves" not in sweep["runs"][0]:
+                raise DataError(f"{path} holds no comparison and no single run's curves; make it with "
+                                "`hybrid.bench_backends --shot-sweep ...` (--compare-run for a recovery)")
+            sweep = dict(sweep, recovery=losses(sweep["runs"][0]))
         sweeps.append(sweep)
+    if len({len(s["runs"]) for s in sweeps}) > 1:
+        raise DataError("some sweeps compare two runs and some hold one; pool sweeps made the same way "
+                        "(all with --compare-run for a recovery, or all without for the loss alone)")
     keys = [sorted(s["recovery"]) for s in sweeps]
     if any(k != keys[0] for k in keys):
         raise DataError("the sweeps measured different backends or shot counts; pool sweeps made with the same "
@@ -50,8 +58,27 @@ def load_sweeps(folders: list[Path]) -> list[dict]:
     return sweeps
 
 
+def losses(run: dict) -> dict:
+    """Per backend@shots, the AUC one run loses against its own exact AUC (a sweep without --compare-run)."""
+    return {f"{base}@{point['shots']}": {"lost_first": run["exact"]["auc"] - point["auc"]}
+            for base, points in run["curves"].items() for point in points if "auc" in point}
+
+
+def pool_losses(sweeps: list[dict]) -> dict:
+    """Per backend@shots: the one run's loss per seed and its mean."""
+    rows = {key: {"lost_first": [s["recovery"][key]["lost_first"] for s in sweeps]} for key in sweeps[0]["recovery"]}
+    for row in rows.values():
+        row["mean_lost_first"] = float(np.mean(row["lost_first"]))
+    runs = [s["runs"][0] for s in sweeps]
+    return {"kind": "loss_pooled", "sweeps": len(sweeps), "first": [r["run"] for r in runs],
+            "exact_auc_first": [r["exact"]["auc"] for r in runs], "samples_per_domain": runs[0]["samples_per_domain"],
+            "domains": runs[0]["domains"], "rows": rows}
+
+
 def pool(sweeps: list[dict]) -> dict:
     """Per backend@shots: each run's loss per seed, their means, and the pooled recovered share."""
+    if len(sweeps[0]["runs"]) == 1:
+        return pool_losses(sweeps)
     rows = {}
     for key in sweeps[0]["recovery"]:
         first = np.array([s["recovery"][key]["lost_first"] for s in sweeps])
@@ -74,7 +101,21 @@ def pool(sweeps: list[dict]) -> dict:
             "rows": rows}
 
 
+def format_losses(pooled: dict) -> str:
+    lines = [f"# AUC lost on each backend, over {pooled['sweeps']} seeds", "",
+             f"{pooled['samples_per_domain']} images per unseen center x {len(pooled['domains'])} centers. Loss = the "
+             "run's own exact AUC minus its AUC on the backend (with several draws, their mean).", "",
+             "- runs: " + ", ".join(f"`{r}`" for r in pooled["first"]),
+             f"- exact AUC: {np.mean(pooled['exact_auc_first']):.4f} (mean over seeds)", "",
+             "| backend @ shots | mean loss | per seed |", "|---|---|---|"]
+    lines += [f"| {key} | {r['mean_lost_first']:+.4f} | {', '.join(f'{x:+.4f}' for x in r['lost_first'])} |"
+              for key, r in pooled["rows"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def format_markdown(pooled: dict) -> str:
+    if pooled["kind"] == "loss_pooled":
+        return format_losses(pooled)
     share = lambda v: "–" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     values = lambda xs: ", ".join(f"{x:+.4f}" for x in xs)  # noqa: E731
     lines = [f"# Noise-aware recovery over {pooled['sweeps']} seeds", "",
@@ -100,7 +141,7 @@ def format_markdown(pooled: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hybrid.sweep_pool", description=__doc__.split("\n")[0])
-    parser.add_argument("sweeps", nargs="+", help="folders holding a shot_sweep.json with two runs (one per seed)")
+    parser.add_argument("sweeps", nargs="+", help="folders holding a shot_sweep.json (one per seed), each with two runs, or each with one")
     parser.add_argument("--out", required=True, help="folder for recovery.json and recovery.md")
     args = parser.parse_args(argv)
 
