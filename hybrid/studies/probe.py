@@ -9,11 +9,12 @@ For every run, a logistic regression is fitted on the embedding f of the clean t
 projection in front of the angles) and on the slot's outputs (what the head's classifier reads);
 where the slot is a circuit, also on its computational-basis probabilities (the best linear
 read-out of the bitstrings the same measurement gives) and on those of the circuit at zero weights
-(for RealAmplitudes a permutation of the encoded product state's: what the encoding alone keeps). Each design-validation center is then scored
-with adabn (the statistics of the whole center, as the studies evaluate) by the run's own head and
-by every probe. A probe that beats the head shows ranking information the head leaves unused; the
-chain f -> slot inputs -> encoded state -> basis probabilities -> slot outputs shows where it is lost. Only the
-virtual design-validation centers are read, never the reported centers or real held-out clinics.
+(for RealAmplitudes a permutation of the encoded product state's: what the encoding alone keeps).
+Each design-validation center is then scored with adabn (the statistics of the whole center, as
+the studies evaluate) by the run's own head and by every probe. A probe that beats the head shows
+ranking information the head leaves unused; the chain f -> slot inputs -> encoded state -> basis
+probabilities -> slot outputs shows where it is lost. Only the virtual design-validation centers
+are read, never the reported centers or real held-out clinics.
 Per group: the mean over its runs of the worst center, the mean center and clean test AUC of each
 reading. Writes OUT/probe.json, OUT/probe.md and OUT/probe.png.
 """
@@ -46,8 +47,9 @@ def parse_group(text: str) -> tuple[str, list[Path]]:
 
 @torch.no_grad()
 def readings(model, x: torch.Tensor, positive_class: int, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """The embedding, the slot's inputs and outputs (where there is a slot), the circuit's basis
-    probabilities (where the slot is a circuit) and the head's positive-class score."""
+    """The embedding, the slot's inputs and outputs (where there is a slot), the basis probabilities of
+    the circuit and of the circuit at zero weights (where the slot is a circuit), and the head's
+    positive-class score."""
     parts: dict[str, list[torch.Tensor]] = {"f": [], "slot": [], "encoded": [], "basis": [], "layer": [], "head": []}
     for start in range(0, len(x), batch_size):
         f = model.features(x[start:start + batch_size])
@@ -86,7 +88,8 @@ def probe_run(run_dir: Path, data_root: str | None = None) -> dict:
     x_train, y_train = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
     train = readings(model.eval(), x_train, positive_class)
     positive = y_train.numpy() == positive_class
-    probes = {f"probe_{k}": fit_probe(train[k], positive) for k in ("f", "slot", "encoded", "basis", "layer") if k in train}
+    probes = {f"probe_{k}": fit_probe(train[k], positive)
+              for k in ("f", "slot", "encoded", "basis", "layer") if k in train}
     domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
                if not name.startswith("real:")}  # held-out clinics are reported ones
     scores = {}
