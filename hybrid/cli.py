@@ -68,7 +68,8 @@ HELP = {
     "head_grad_scale": "share of the head's class-loss gradient that reaches the encoder (1: joint training). 0 trains "
                        "the head (the quantum slot included) on detached embeddings while --aux-weight's linear "
                        "classifier and the algorithm's own losses shape the encoder: quantum transfer learning "
-                       "(Mari et al., 2020) in one run",
+                       "(Mari et al., 2020) in one run; with --aux-weight 0 --algorithm erm --init-from RUN it refits "
+                       "the head of a trained network whose encoder stays fixed (Mari et al.'s second stage)",
     "ema_decay": "weight averaging: validate, select and save an exponential moving average of the weights "
                  "(bias-corrected, this decay per optimizer step; 0.99 weighs about the last 100 steps) instead of "
                  "the last iterate; 0 = off",

@@ -280,12 +280,21 @@ def check_selection(selection: str) -> str | None:
     return None if selection in SELECTIONS else f"--selection must be one of {', '.join(SELECTIONS)}, got {selection!r}"
 
 
+def refits_head(cfg: "TrainConfig") -> bool:
+    """Nothing reaches the encoder: a detached head, no aux classifier, ERM. The run refits the head of the trained
+    network it starts from (--init-from), whose encoder stays exactly as it was (Mari et al.'s second stage)."""
+    return cfg.head_grad_scale == 0 and cfg.aux_weight == 0 and cfg.algorithm == "erm"
+
+
 def check_head_gradient(cfg: "TrainConfig") -> str | None:
-    """A detached head leaves the encoder no class loss unless the auxiliary classifier gives it one."""
-    if cfg.head_grad_scale == 0 and cfg.aux_weight == 0:
-        return ("--head-grad-scale 0 trains the head on detached embeddings, so the encoder would learn no class "
-                "at all; give it a class loss with --aux-weight (e.g. 1)")
-    return None
+    """A detached head leaves the encoder no class loss unless the auxiliary classifier gives it one; without one
+    only a head refit makes sense, which ERM guarantees (other algorithms' own losses would move the encoder with no
+    class loss to hold it). That a refit has a network to start from is checked when it trains."""
+    if cfg.head_grad_scale != 0 or cfg.aux_weight != 0 or refits_head(cfg):
+        return None
+    return ("--head-grad-scale 0 trains the head on detached embeddings, so the encoder would learn no class at all; "
+            "give it a class loss with --aux-weight (e.g. 1), or refit the head of a trained network with "
+            "--init-from RUN --algorithm erm (the encoder then stays as it was)")
 
 
 NOISE_CHANNELS = ("attenuation", "density")  # fitted factors per observable, or the device's noise model itself

@@ -30,7 +30,7 @@ import torch
 
 from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
 from hybrid.checkpoints import load_checkpoint
-from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
+from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, refits_head
 from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
 from hybrid.device_noise import attach_noise_channel, with_device_attenuation
 from hybrid.devices import resolve_device
@@ -149,6 +149,9 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     started = time.perf_counter()
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     algorithm_class(cfg.algorithm)  # an unknown name fails before any work
+    if refits_head(cfg) and not cfg.init_from:
+        raise ValueError("--head-grad-scale 0 --aux-weight 0 with ERM trains nothing but the head, on a fixed encoder: "
+                         "name the trained network to refit with --init-from RUN (e.g. runs/study/variant/seed{seed})")
     device = resolve_device(cfg.device)
     backend = get_backend(cfg.backend)
     if not backend.exact:
@@ -176,6 +179,7 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     if cfg.init_from:
         source = initialise_from(network, cfg.init_from, cfg.seed, bundle.n_channels, bundle.n_classes)
         log.info("network initialised from %s", source)
+
     network.to(device)
     attach_noise_channel(network, cfg)  # --q-noise-channel density: training runs the device's noise model
     steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)

@@ -336,3 +336,32 @@ def test_a_detached_head_needs_an_aux_classifier_and_the_scale_is_checked():
         with pytest.raises(ValueError, match="head-grad-scale"):
             TrainConfig(head_grad_scale=bad, aux_weight=1.0)
     assert TrainConfig(head_grad_scale=0.0, aux_weight=1.0).head_grad_scale == 0.0
+    with pytest.raises(ValueError, match="--init-from RUN --algorithm erm"):  # DANN alone would move the encoder
+        TrainConfig(head_grad_scale=0.0, init_from="runs/x/seed{seed}", algorithm="dann")
+
+
+def test_a_head_refit_without_a_network_to_start_from_is_refused_before_any_work(tmp_path):
+    from hybrid.train import train
+
+    cfg = replace(CFG, head_grad_scale=0.0, aux_weight=0.0, algorithm="erm")
+    with pytest.raises(ValueError, match="--init-from RUN"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_a_head_refit_trains_the_head_and_leaves_the_encoder_exactly_as_it_was():
+    """--init-from RUN --algorithm erm --head-grad-scale 0 --aux-weight 0: Mari et al.'s second stage."""
+    x, y, domains = batch()
+    cfg = replace(CFG, quantum=True, quantum_head="dressed", head_grad_scale=0.0, aux_weight=0.0, algorithm="erm",
+                  init_from="runs/trained/seed{seed}")
+    algorithm = build("erm", cfg)
+    network = algorithm.network
+    encoder = {k: v.detach().clone() for k, v in network.named_parameters() if k.startswith(("encoder.", "embed."))}
+    head = {k: v.detach().clone() for k, v in network.named_parameters() if not k.startswith(("encoder.", "embed."))}
+    algorithm.train()
+    for step in range(2):
+        algorithm.update(x, y, domains, step)
+    after = dict(network.named_parameters())
+    assert all(torch.equal(after[k], v) for k, v in encoder.items())
+    assert {"project.weight", "quantum.weight", "classifier.weight"} <= {k for k, v in head.items()
+                                                                         if not torch.equal(after[k], v)}

@@ -518,6 +518,22 @@ def test_angle_map_variants_change_only_the_slots_reading_on_the_detached_recipe
     assert "arctan" not in method_components(study.config("dressed_angle_zzobs_drop_detach_atan_none", 0).to_dict())
 
 
+def test_refit_variants_refit_the_head_of_a_trained_network_and_need_the_runs_to_start_from():
+    from hybrid.config import refits_head
+    from hybrid.studies.experiment import build_study
+
+    study = build_study("quantum")
+    for tag, lr in (("refit", 2e-4), ("refit_lr2e3", 2e-3)):
+        for base, refitted in (("dressed_angle_qlr100_zzobs_drop_detach", f"dressed_angle_qlr100_zzobs_drop_detach_{tag}"),
+                               ("dressed8_angle_qlr100_zzobs_drop_detach", f"dressed8_angle_qlr100_zzobs_drop_detach_{tag}"),
+                               ("concat", f"concat_{tag}")):
+            cfg = study.config(refitted, 0)
+            assert (cfg.algorithm, cfg.lr, cfg.epochs, cfg.aux_weight, cfg.head_grad_scale) == ("erm", lr, 3, 0.0, 0.0)
+            changed = {name for name, _, _ in study.config(base, 0).differences(cfg)}
+            assert changed <= {"algorithm", "lr", "epochs", "aux_weight", "head_grad_scale"}  # nothing else differs
+            assert refits_head(cfg)  # so it trains only with --set init_from=...
+
+
 def test_encoding_variants_change_only_the_encoding_and_their_none_control_is_the_adopted_one():
     from hybrid.studies.experiment import build_study
 

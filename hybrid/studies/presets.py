@@ -143,6 +143,15 @@ DETACH = dict(aux_weight=1.0, head_grad_scale=0.0)
 ADOPTED_DETACH = f"dressed_angle_qlr{ADOPTED_SLOT_LR}_zzobs_drop_detach"  # adopted (../head_gradient/RULE.md)
 QUANTUM_VARIANTS |= _past_adopted("detach_atan", DETACH | dict(q_angle_map="arctan"), DETACH)
 QUANTUM_VARIANTS |= _past_adopted("detach_fm1", DETACH | dict(q_feature_reps=1), DETACH, suffixes=("", "_separable"))
+# Mari et al.'s second stage (results/quantum_heads/head_refit/RULE.md): the head of a trained network refitted on its
+# fixed encoder for 3 epochs (ERM, no aux classifier, nothing reaches the encoder), at lr 2e-4 (_refit) or 2e-3
+# (_refit_lr2e3). Each needs `--set init_from=<the trained runs>/seed{seed}`; concat_refit is concat's head refitted
+# the same way, so a refitted dressed head is also judged against a concat given the same extra epochs.
+REFITS = {"refit": dict(algorithm="erm", aux_weight=0.0, head_grad_scale=0.0, epochs=3, lr=2e-4),
+          "refit_lr2e3": dict(algorithm="erm", aux_weight=0.0, head_grad_scale=0.0, epochs=3, lr=2e-3)}
+for _tag, _refit in REFITS.items():
+    QUANTUM_VARIANTS |= _past_adopted(f"detach_{_tag}", DETACH | _refit)
+    QUANTUM_VARIANTS[f"concat_{_tag}"] = dict(QUANTUM_VARIANTS["concat"], **_refit)
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
