@@ -97,8 +97,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
         problems += [problem for problem in (check_attenuation(self.q_attenuation), check_noise_channel(self),
-                                             check_selection(self.selection), check_head_gradient(self),
-                                             check_angle_map(self.q_angle_map)) if problem]
+                                             check_head_gradient(self)) if problem]
+        problems += [problem for problem in (check_choice(self, name) for name in CHOICES) if problem]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -265,19 +265,17 @@ def check_attenuation(text: str) -> str | None:
 
 
 ANGLE_MAPS = ("tanh", "arctan")  # the slot's inputs z -> angles: pi/2 (1 + tanh z), or pi/2 + arctan z
-
-
-def check_angle_map(angle_map: str) -> str | None:
-    """What is wrong with a `--q-angle-map` value, or None."""
-    return None if angle_map in ANGLE_MAPS else f"--q-angle-map must be one of {', '.join(ANGLE_MAPS)}, got {angle_map!r}"
-
-
 SELECTIONS = ("auc", "last")  # model selection: the best source-validation AUC, or the end of the schedule
+# Fields whose value names one of a few fixed choices (registry names are checked where the registries live).
+CHOICES = {"selection": SELECTIONS, "q_angle_map": ANGLE_MAPS}
 
 
-def check_selection(selection: str) -> str | None:
-    """What is wrong with a `--selection` value, or None."""
-    return None if selection in SELECTIONS else f"--selection must be one of {', '.join(SELECTIONS)}, got {selection!r}"
+def check_choice(cfg: "TrainConfig", name: str) -> str | None:
+    """What is wrong with one of CHOICES' fields, naming its flag, or None."""
+    value, allowed = getattr(cfg, name), CHOICES[name]
+    if value in allowed:
+        return None
+    return f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}"
 
 
 def refits_head(cfg: "TrainConfig") -> bool:

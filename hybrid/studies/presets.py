@@ -150,7 +150,7 @@ QUANTUM_VARIANTS |= _past_adopted("detach_fm1", DETACH | dict(q_feature_reps=1),
 REFITS = {"refit": dict(algorithm="erm", aux_weight=0.0, head_grad_scale=0.0, epochs=3, lr=2e-4),
           "refit_lr2e3": dict(algorithm="erm", aux_weight=0.0, head_grad_scale=0.0, epochs=3, lr=2e-3)}
 for _tag, _refit in REFITS.items():
-    QUANTUM_VARIANTS |= _past_adopted(f"detach_{_tag}", DETACH | _refit)
+    QUANTUM_VARIANTS |= _past_adopted(f"detach_{_tag}", _refit)  # refits the _detach networks: no aux, no DANN
     QUANTUM_VARIANTS[f"concat_{_tag}"] = dict(QUANTUM_VARIANTS["concat"], **_refit)
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
