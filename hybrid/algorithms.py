@@ -112,12 +112,22 @@ class Algorithm(nn.Module):
     def head_loss(self, f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The class loss of the network's head on the embedding f, plus (with --aux-weight) the weighted loss
         of the auxiliary classifier on dropout(f); logs cls_loss (the head's) and aux_loss. With
-        --head-grad-scale s < 1 only the share s of the head's gradient reaches the encoder."""
-        cls_loss = self.class_loss(self.network.head(scale_gradient(f, self.hparams.head_grad_scale)), y)
+        --head-grad-scale s < 1 only the share s of the head's gradient reaches the encoder. With --head-distill the
+        head is also pulled towards the aux classifier's logits on f (logs distill_loss)."""
+        logits = self.network.head(scale_gradient(f, self.hparams.head_grad_scale))
+        cls_loss = self.class_loss(logits, y)
         if self.aux_classifier is None:
             return cls_loss, {"cls_loss": cls_loss.item()}
         aux_loss = self.class_loss(self.aux_classifier(self.network.dropout(f)), y)  # after the head's dropout draws
-        return cls_loss + self.hparams.aux_weight * aux_loss, {"cls_loss": cls_loss.item(), "aux_loss": aux_loss.item()}
+        loss = cls_loss + self.hparams.aux_weight * aux_loss
+        logs = {"cls_loss": cls_loss.item(), "aux_loss": aux_loss.item()}
+        if self.hparams.head_distill > 0:
+            with torch.no_grad():  # the teacher: its own loss trains it, the distillation only the head
+                teacher = self.aux_classifier(f)
+            distill = distillation_loss(logits, teacher, self.hparams.distill_temperature)
+            loss = loss + self.hparams.head_distill * distill
+            logs["distill_loss"] = distill.item()
+        return loss, logs
 
     def objective(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
                   step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -179,6 +189,14 @@ class ERM(Algorithm):
     def objective(self, x, y, domains, step):
         loss, logs = self.head_loss(self.network.features(x), y)
         return loss, {"loss": loss.item()} | logs
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s distillation term T^2 KL(softmax(teacher / T) || softmax(student / T)), batch mean; the T^2
+    keeps its gradient on the scale of the cross-entropy's whatever T is. The teacher gets no gradient."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher.detach() / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
 
 
 def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:

@@ -70,6 +70,12 @@ HELP = {
                        "classifier and the algorithm's own losses shape the encoder: quantum transfer learning "
                        "(Mari et al., 2020) in one run; with --aux-weight 0 --algorithm erm --init-from RUN it refits "
                        "the head of a trained network whose encoder stays fixed (Mari et al.'s second stage)",
+    "head_distill": "self-distillation: add this weight x T^2 x KL(teacher || head) at temperature T "
+                    "(--distill-temperature) to the class loss, the teacher being --aux-weight's linear classifier on "
+                    "the same embedding (detached, without dropout), so the head is trained towards the teacher's "
+                    "graded ranking as well as the labels; needs --aux-weight > 0 (0: off)",
+    "distill_temperature": "temperature T of --head-distill (higher: the head matches more of the teacher's "
+                           "logit differences, less of its hard decisions)",
     "ema_decay": "weight averaging: validate, select and save an exponential moving average of the weights "
                  "(bias-corrected, this decay per optimizer step; 0.99 weighs about the last 100 steps) instead of "
                  "the last iterate; 0 = off",

@@ -80,6 +80,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # class targets: (1 - e) one-hot + e uniform (torch's); 0 = one-hot
     aux_weight: float = 0.0  # deep supervision: weight of a training-only linear classifier on the embedding; 0 = off
     head_grad_scale: float = 1.0  # share of the head's class-loss gradient that reaches the encoder; 0 = detached
+    head_distill: float = 0.0  # weight of distilling the head towards the aux classifier's logits; 0 = off
+    distill_temperature: float = 2.0  # temperature of that distillation (Hinton et al.'s T)
     ema_decay: float = 0.0  # validate, select and save an EMA of the weights with this decay per step; 0 = off
     selection: str = "auc"  # which epoch best.pt keeps: auc (best source-validation AUC) or last
     augment: bool = True  # small random translations
@@ -97,7 +99,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
         problems += [problem for problem in (check_attenuation(self.q_attenuation), check_noise_channel(self),
-                                             check_head_gradient(self)) if problem]
+                                             check_head_gradient(self), check_distill(self)) if problem]
         problems += [problem for problem in (check_choice(self, name) for name in CHOICES) if problem]
         if problems:
             raise ValueError("; ".join(problems))
@@ -202,6 +204,8 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {  # field: (lowest,
     "label_smoothing": (0, 0.5, "between 0 and 0.5"),
     "aux_weight": (0, None, "0 (off) or more"),
     "head_grad_scale": (0, 1, "between 0 (the head learns on detached embeddings) and 1 (joint training)"),
+    "head_distill": (0, None, "0 (off) or more"),
+    "distill_temperature": (0.01, 100, "between 0.01 and 100"),
     "ema_decay": (0, 0.99999, "0 (off) or a decay per step below 1 (0.99 averages about the last 100 steps)"),
     "width_mult": (0.01, None, "above 0"),
     "embed_dim": (1, None, "at least 1"),
@@ -293,6 +297,14 @@ def check_head_gradient(cfg: "TrainConfig") -> str | None:
     return ("--head-grad-scale 0 trains the head on detached embeddings, so the encoder would learn no class at all; "
             "give it a class loss with --aux-weight (e.g. 1), or refit the head of a trained network with "
             "--init-from RUN --algorithm erm (the encoder then stays as it was)")
+
+
+def check_distill(cfg: "TrainConfig") -> str | None:
+    """The head is distilled towards the training-only aux classifier, so there must be one."""
+    if cfg.head_distill == 0 or cfg.aux_weight > 0:
+        return None
+    return ("--head-distill distils the head towards the auxiliary classifier on the embedding, which --aux-weight 0 "
+            "leaves out: give it a weight (e.g. --aux-weight 1)")
 
 
 NOISE_CHANNELS = ("attenuation", "density")  # fitted factors per observable, or the device's noise model itself

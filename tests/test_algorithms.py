@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hybrid.algorithms import ALGORITHMS, Algorithm, dann_lambda, grad_reverse, make_algorithm, scale_gradient
+from hybrid.algorithms import (ALGORITHMS, Algorithm, dann_lambda, distillation_loss, grad_reverse, make_algorithm,
+                               scale_gradient)
 from hybrid.config import TrainConfig
 from hybrid.model import HybridNet
 
@@ -338,6 +339,49 @@ def test_a_detached_head_needs_an_aux_classifier_and_the_scale_is_checked():
     assert TrainConfig(head_grad_scale=0.0, aux_weight=1.0).head_grad_scale == 0.0
     with pytest.raises(ValueError, match="--init-from RUN --algorithm erm"):  # DANN alone would move the encoder
         TrainConfig(head_grad_scale=0.0, init_from="runs/x/seed{seed}", algorithm="dann")
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_trains_only_the_student():
+    teacher = torch.tensor([[2.0, -1.0], [0.5, 0.3]], requires_grad=True)
+    assert distillation_loss(teacher.detach().clone(), teacher, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+    student = torch.tensor([[0.0, 0.0], [1.0, -1.0]], requires_grad=True)
+    loss = distillation_loss(student, teacher, 4.0)
+    p = torch.softmax(teacher.detach() / 4.0, dim=1)
+    expected = (p * (p.log() - torch.log_softmax(student.detach() / 4.0, dim=1))).sum(1).mean() * 16.0
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert student.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_head_distill_pulls_only_the_head_towards_the_aux_classifier():
+    """--head-distill W: the head's loss gains W x T^2 KL(aux(f) || head(f)); with a detached head the encoder's
+    gradient and the aux classifier's own gradient are exactly those without it."""
+    x, y, domains = batch()
+    cfg = replace(CFG, quantum=True, quantum_head="dressed", aux_weight=1.0, head_grad_scale=0.0)
+    plain, distilled = build("dann", cfg), build("dann", replace(cfg, head_distill=0.5, distill_temperature=3.0))
+    distilled.load_state_dict(plain.state_dict())
+    for algorithm in (plain, distilled):
+        algorithm.eval()  # no dropout draws: the losses are comparable
+    f = plain.network.features(x).detach()
+    base, logs = plain.head_loss(f, y)
+    loss, logs = distilled.head_loss(f, y)
+    term = distillation_loss(distilled.network.head(f), distilled.aux_classifier(f), 3.0)
+    torch.testing.assert_close(loss, base + 0.5 * term)
+    assert logs["distill_loss"] == pytest.approx(term.item()) and term.item() > 0
+    torch.testing.assert_close(_embedding_gradients(distilled, x, y)[0], _embedding_gradients(plain, x, y)[0])
+    for algorithm in (plain, distilled):
+        algorithm.zero_grad()
+        algorithm.head_loss(f, y)[0].backward()
+    torch.testing.assert_close(distilled.aux_classifier.weight.grad, plain.aux_classifier.weight.grad)
+    assert not torch.equal(distilled.network.project.weight.grad, plain.network.project.weight.grad)
+
+
+def test_head_distill_needs_the_aux_classifier_as_its_teacher():
+    with pytest.raises(ValueError, match="--head-distill .* --aux-weight"):
+        TrainConfig(head_distill=1.0)
+    with pytest.raises(ValueError, match="distill-temperature"):
+        TrainConfig(head_distill=1.0, aux_weight=1.0, distill_temperature=0.0)
+    assert TrainConfig(head_distill=1.0, aux_weight=1.0).distill_temperature == 2.0
 
 
 def test_a_head_refit_without_a_network_to_start_from_is_refused_before_any_work(tmp_path):

@@ -518,6 +518,25 @@ def test_angle_map_variants_change_only_the_slots_reading_on_the_detached_recipe
     assert "arctan" not in method_components(study.config("dressed_angle_zzobs_drop_detach_atan_none", 0).to_dict())
 
 
+def test_distill_variants_add_only_the_distillation_to_the_detached_recipe_and_its_controls():
+    from hybrid.studies.experiment import build_study
+    from hybrid.studies.report_markdown import method_components
+
+    study = build_study("quantum")
+    for tag, temperature in (("kd", 2.0), ("kd4", 4.0)):
+        added = [("distill_temperature", 2.0, temperature)] if temperature != 2.0 else []
+        for width in ("", "8"):
+            for suffix in ("", "_separable", "_twin"):
+                base = study.config(f"dressed{width}_angle_qlr100_zzobs_drop_detach{suffix}", 0)
+                assert sorted(base.differences(study.config(f"dressed{width}_angle_qlr100_zzobs_drop_detach_{tag}{suffix}", 0))) \
+                    == sorted([("head_distill", 0.0, 1.0)] + added)
+            none = study.config(f"dressed{width}_angle_zzobs_drop_detach_none", 0)
+            assert sorted(none.differences(study.config(f"dressed{width}_angle_zzobs_drop_detach_{tag}_none", 0))) == \
+                sorted([("head_distill", 0.0, 1.0)] + added)
+        assert f"head distilled from the aux classifier x1 at T={temperature:g}" in method_components(
+            study.config(f"dressed_angle_qlr100_zzobs_drop_detach_{tag}", 0).to_dict())
+
+
 def test_refit_variants_refit_the_head_of_a_trained_network_and_need_the_runs_to_start_from():
     from hybrid.config import refits_head
     from hybrid.studies.experiment import build_study

@@ -152,6 +152,13 @@ REFITS = {"refit": dict(algorithm="erm", aux_weight=0.0, head_grad_scale=0.0, ep
 for _tag, _refit in REFITS.items():
     QUANTUM_VARIANTS |= _past_adopted(f"detach_{_tag}", _refit)  # refits the _detach networks: no aux, no DANN
     QUANTUM_VARIANTS[f"concat_{_tag}"] = dict(QUANTUM_VARIANTS["concat"], **_refit)
+# Self-distillation (results/quantum_heads/distill/RULE.md): in _detach the training-only linear classifier on f ranks
+# the design-validation centers better than the dressed head of the same network, while the twin's head matches it;
+# _detach_kd adds T^2 KL(teacher || head) at T = 2 (weight 1) to the head's loss, _detach_kd4 at T = 4 (more of the
+# teacher's logit differences). The encoder trains as in _detach (the term reaches only the head); controls get it too.
+DISTILLS = {"kd": dict(head_distill=1.0, distill_temperature=2.0), "kd4": dict(head_distill=1.0, distill_temperature=4.0)}
+for _tag, _distill in DISTILLS.items():
+    QUANTUM_VARIANTS |= _past_adopted(f"detach_{_tag}", DETACH | _distill)
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
