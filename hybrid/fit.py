@@ -152,8 +152,11 @@ def _record(epoch: int, means: dict, algorithm: Algorithm, val_auc: float, val_l
     return {"epoch": epoch + 1, "train_loss": means.get("loss"), "cls_loss": means.get("cls_loss"),
             "domain_loss": means.get("domain_loss"), "domain_acc": means.get("domain_acc"),
             "lambda": means.get("lambda"), "lr": algorithm.learning_rate(),
-            "val_auc": val_auc, "val_loss": val_loss, "seconds": seconds} | (
-        {"aux_loss": means["aux_loss"]} if "aux_loss" in means else {})  # --aux-weight's classifier, when trained
+            "val_auc": val_auc, "val_loss": val_loss, "seconds": seconds} | {
+        key: means[key] for key in OPTIONAL_LOSSES if key in means}
+
+
+OPTIONAL_LOSSES = ("aux_loss", "distill_loss")  # --aux-weight's classifier and --head-distill's term, when trained
 
 
 def _improved(best: dict, val_auc: float, val_loss: float, selection: str = "auc") -> bool:

@@ -59,14 +59,16 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, data_root, 
     assert strip[0] == strip[1]
 
 
-def test_the_aux_classifiers_loss_is_recorded_per_epoch_only_when_it_trains(tmp_path, data_root):
+def test_the_aux_classifiers_and_the_distillations_losses_are_recorded_per_epoch_only_when_they_train(tmp_path, data_root):
     import json
 
-    for name, aux in (("plain", 0.0), ("aux", 0.5)):
-        cfg = TrainConfig(data_root=str(data_root), **TINY | dict(epochs=1), aux_weight=aux, eval_max_samples=8)
+    for name, aux, distill in (("plain", 0.0, 0.0), ("aux", 0.5, 0.0), ("distill", 0.5, 2.0)):
+        cfg = TrainConfig(data_root=str(data_root), **TINY | dict(epochs=1), aux_weight=aux, head_distill=distill,
+                          eval_max_samples=8)
         train.train(cfg, tmp_path / name, progress=False)
         record = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
-        assert ("aux_loss" in record) == bool(aux)
-        if aux:  # the epoch's loss is the head's, the domain's and the weighted aux classifier's
-            assert record["aux_loss"] > 0
-            assert record["train_loss"] == pytest.approx(record["cls_loss"] + record["domain_loss"] + aux * record["aux_loss"])
+        assert ("aux_loss" in record) == bool(aux) and ("distill_loss" in record) == bool(distill)
+        if aux:  # the epoch's loss is the head's, the domain's, the weighted aux classifier's and the distillation's
+            assert record["aux_loss"] > 0 and record.get("distill_loss", 1.0) > 0
+            assert record["train_loss"] == pytest.approx(record["cls_loss"] + record["domain_loss"] + aux * record["aux_loss"]
+                                                         + distill * record.get("distill_loss", 0.0))
