@@ -533,6 +533,8 @@ def test_distill_variants_add_only_the_distillation_to_the_detached_recipe_and_i
             none = study.config(f"dressed{width}_angle_zzobs_drop_detach_none", 0)
             assert sorted(none.differences(study.config(f"dressed{width}_angle_zzobs_drop_detach_{tag}_none", 0))) == \
                 sorted([("head_distill", 0.0, 1.0)] + added)
+            assert study.config(f"dressed{width}_angle_qlr100_zzobs_drop_detach_kd", 0).differences(
+                study.config(f"dressed{width}_angle_qlr100_zzobs_drop_detach_kd_last", 0)) == [("selection", "auc", "last")]
         assert f"head distilled from the aux classifier x1 at T={temperature:g}" in method_components(
             study.config(f"dressed_angle_qlr100_zzobs_drop_detach_{tag}", 0).to_dict())
 

@@ -159,6 +159,9 @@ for _tag, _refit in REFITS.items():
 DISTILLS = {"kd": dict(head_distill=1.0, distill_temperature=2.0), "kd4": dict(head_distill=1.0, distill_temperature=4.0)}
 for _tag, _distill in DISTILLS.items():
     QUANTUM_VARIANTS |= _past_adopted(f"detach_{_tag}", DETACH | _distill)
+# _detach_kd_last: _detach_kd keeping the last epoch (its round 1 kept a mid-schedule epoch for one seed, before the
+# head had reached its teacher; results/quantum_heads/distill/RULE.md, round 2)
+QUANTUM_VARIANTS |= _past_adopted("detach_kd_last", DETACH | DISTILLS["kd"] | dict(selection="last"))
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
