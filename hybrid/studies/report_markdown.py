@@ -31,7 +31,7 @@ def method_components(cfg: dict) -> str:
                                    (f"aux loss x{cfg.get('aux_weight', 0.0):g}", cfg.get("aux_weight")),
                                    (_head_gradient(cfg), cfg.get("head_grad_scale", 1.0) != 1.0),
                                    (f"head distilled from the aux classifier x{cfg.get('head_distill', 0.0):g} "
-                                    f"at T={cfg.get('distill_temperature', 2.0):g}", cfg.get("head_distill")),
+                                    f"at T={cfg.get('distill_temperature', TrainConfig.distill_temperature):g}", cfg.get("head_distill")),
                                    (f"weight EMA {cfg.get('ema_decay', 0.0):g}", cfg.get("ema_decay")),
                                    ("last epoch kept", cfg.get("selection", "auc") == "last"),
                                    (_quantum_part(cfg), cfg.get("quantum")))
