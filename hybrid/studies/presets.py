@@ -162,6 +162,7 @@ for _tag, _distill in DISTILLS.items():
 # _detach_kd_last: _detach_kd keeping the last epoch (its round 1 kept a mid-schedule epoch for one seed, before the
 # head had reached its teacher; results/quantum_heads/distill/RULE.md, round 2)
 QUANTUM_VARIANTS |= _past_adopted("detach_kd_last", DETACH | DISTILLS["kd"] | dict(selection="last"))
+ADOPTED_KD_LAST = f"{ADOPTED_DETACH}_kd_last"  # adopted (../distill/RULE.md, round 2)
 # noise-aware training for the backend benchmark: 1,024-shot estimates with fake_manila-like readout error
 NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 # _noise_aware: that noise with the exact value's gradient; _noise_pathwise: differentiated through its variance
@@ -245,7 +246,9 @@ PRESETS: dict[str, Preset] = {
             f"{NOISE_AWARE_BASES[-1]}_noise_density": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE,
                                                            q_shot_noise="joint", q_noise_channel="density"),
             # the joint kind on the recipe adopted since (results/quantum_heads/noise_detach/RULE.md)
-            f"{ADOPTED_DETACH}_noise_joint": dict(QUANTUM_VARIANTS[ADOPTED_DETACH], **NOISE_DEVICE, q_shot_noise="joint")},
+            f"{ADOPTED_DETACH}_noise_joint": dict(QUANTUM_VARIANTS[ADOPTED_DETACH], **NOISE_DEVICE, q_shot_noise="joint"),
+            # and on the one adopted after it (results/quantum_heads/noise_kd_last/RULE.md)
+            f"{ADOPTED_KD_LAST}_noise_joint": dict(QUANTUM_VARIANTS[ADOPTED_KD_LAST], **NOISE_DEVICE, q_shot_noise="joint")},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",
