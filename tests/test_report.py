@@ -555,6 +555,10 @@ def test_refit_variants_refit_the_head_of_a_trained_network_and_need_the_runs_to
             changed = {name for name, _, _ in study.config(base, 0).differences(cfg)}
             assert changed <= {"algorithm", "lr", "epochs", "aux_weight", "head_grad_scale"}  # nothing else differs
             assert refits_head(cfg)  # so it trains only with --set init_from=...
+    noisy = study.config("dressed_angle_qlr100_zzobs_drop_detach_refit_noise_joint", 0)  # the paired noise-aware arm
+    assert sorted(study.config("dressed_angle_qlr100_zzobs_drop_detach_refit", 0).differences(noisy)) == [
+        ("q_noise_device", "", "aer_noisy:fake_manila"), ("q_shot_noise", "binomial", "joint"), ("q_train_shots", 0, 1024)]
+    assert refits_head(noisy)
 
 
 def test_encoding_variants_change_only_the_encoding_and_their_none_control_is_the_adopted_one():

@@ -248,7 +248,11 @@ PRESETS: dict[str, Preset] = {
             # the joint kind on the recipe adopted since (results/quantum_heads/noise_detach/RULE.md)
             f"{ADOPTED_DETACH}_noise_joint": dict(QUANTUM_VARIANTS[ADOPTED_DETACH], **NOISE_DEVICE, q_shot_noise="joint"),
             # and on the one adopted after it (results/quantum_heads/noise_kd_last/RULE.md)
-            f"{ADOPTED_KD_LAST}_noise_joint": dict(QUANTUM_VARIANTS[ADOPTED_KD_LAST], **NOISE_DEVICE, q_shot_noise="joint")},
+            f"{ADOPTED_KD_LAST}_noise_joint": dict(QUANTUM_VARIANTS[ADOPTED_KD_LAST], **NOISE_DEVICE, q_shot_noise="joint"),
+            # a paired test: the head of one trained network refitted with that noise, against the same refit without
+            # it (_detach_refit), both on the same fixed encoder (results/quantum_heads/noise_refit/RULE.md)
+            f"{ADOPTED_DETACH}_refit_noise_joint": dict(QUANTUM_VARIANTS[f"{ADOPTED_DETACH}_refit"], **NOISE_DEVICE,
+                                                        q_shot_noise="joint")},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",
