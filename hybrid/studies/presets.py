@@ -174,6 +174,11 @@ NOISE_AWARE = dict(q_train_shots=1024, q_readout_error=0.03)
 NOISE_DEVICE = dict(q_train_shots=1024, q_noise_device="aer_noisy:fake_manila")
 NOISE_AWARE_BASES = ("dressed", "dressed_angle") + tuple(f"dressed_angle_qlr{scale}" for scale in SLOT_LR_SCALES) + (
     f"dressed_angle_qlr{ADOPTED_SLOT_LR}_zzobs_drop",)  # the adopted recipe (results/quantum_heads/noise_adopted/RULE.md)
+NOISE_JOINT = NOISE_DEVICE | dict(q_shot_noise="joint")
+# the joint kind on each recipe adopted in turn (results/quantum_heads/noise_joint, noise_detach, noise_kd_last), and
+# on the head refit: refitted with that noise against the same refit without it (_detach_refit), both on one fixed
+# encoder, a paired test (results/quantum_heads/noise_refit/RULE.md)
+NOISE_JOINT_BASES = (NOISE_AWARE_BASES[-1], ADOPTED_DETACH, ADOPTED_KD_LAST, f"{ADOPTED_DETACH}_refit")
 _HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
             train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
             size=64, input_size=64, stem_stride=2)
@@ -241,18 +246,9 @@ PRESETS: dict[str, Preset] = {
             f"{name}_noise_pathwise": dict(QUANTUM_VARIANTS[name], **NOISE_AWARE, q_shot_noise="pathwise")
             for name in NOISE_AWARE_BASES if name != "dressed"} | {
             f"{NOISE_AWARE_BASES[-1]}_noise_device": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE),
-            f"{NOISE_AWARE_BASES[-1]}_noise_joint": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE,
-                                                         q_shot_noise="joint"),
-            f"{NOISE_AWARE_BASES[-1]}_noise_density": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE,
-                                                           q_shot_noise="joint", q_noise_channel="density"),
-            # the joint kind on the recipe adopted since (results/quantum_heads/noise_detach/RULE.md)
-            f"{ADOPTED_DETACH}_noise_joint": dict(QUANTUM_VARIANTS[ADOPTED_DETACH], **NOISE_DEVICE, q_shot_noise="joint"),
-            # and on the one adopted after it (results/quantum_heads/noise_kd_last/RULE.md)
-            f"{ADOPTED_KD_LAST}_noise_joint": dict(QUANTUM_VARIANTS[ADOPTED_KD_LAST], **NOISE_DEVICE, q_shot_noise="joint"),
-            # a paired test: the head of one trained network refitted with that noise, against the same refit without
-            # it (_detach_refit), both on the same fixed encoder (results/quantum_heads/noise_refit/RULE.md)
-            f"{ADOPTED_DETACH}_refit_noise_joint": dict(QUANTUM_VARIANTS[f"{ADOPTED_DETACH}_refit"], **NOISE_DEVICE,
-                                                        q_shot_noise="joint")},
+            f"{NOISE_AWARE_BASES[-1]}_noise_density": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_JOINT,
+                                                           q_noise_channel="density")} | {
+            f"{name}_noise_joint": dict(QUANTUM_VARIANTS[name], **NOISE_JOINT) for name in NOISE_JOINT_BASES},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",
