@@ -113,14 +113,19 @@ class Algorithm(nn.Module):
         """The class loss of the network's head on the embedding f, plus (with --aux-weight) the weighted loss
         of the auxiliary classifier on dropout(f); logs cls_loss (the head's) and aux_loss. With
         --head-grad-scale s < 1 only the share s of the head's gradient reaches the encoder. With --head-distill the
-        head is also pulled towards the aux classifier's logits on f (logs distill_loss)."""
-        logits = self.network.head(scale_gradient(f, self.hparams.head_grad_scale))
+        head is also pulled towards the aux classifier's logits on f (logs distill_loss). With --q-shot-noise marginal
+        the class loss includes the shots' expected extra loss (logs shot_penalty)."""
+        logits, shot_penalty = self.network.head_terms(scale_gradient(f, self.hparams.head_grad_scale))
         cls_loss = self.class_loss(logits, y)
+        logs = {"cls_loss": cls_loss.item()}
+        if shot_penalty is not None:
+            cls_loss = cls_loss + shot_penalty
+            logs["shot_penalty"] = shot_penalty.item()
         if self.aux_classifier is None:
-            return cls_loss, {"cls_loss": cls_loss.item()}
+            return cls_loss, logs
         aux_loss = self.class_loss(self.aux_classifier(self.network.dropout(f)), y)  # after the head's dropout draws
         loss = cls_loss + self.hparams.aux_weight * aux_loss
-        logs = {"cls_loss": cls_loss.item(), "aux_loss": aux_loss.item()}
+        logs["aux_loss"] = aux_loss.item()
         if self.hparams.head_distill > 0:
             with torch.no_grad():  # the teacher: its own loss trains it, the distillation only the head
                 teacher = self.aux_classifier(f)

@@ -53,7 +53,9 @@ HELP = {
     "q_shot_noise": "binomial (a mean of N ±1 outcomes) or gaussian (its normal approximation), both with the exact "
                     "value's gradient; pathwise: the normal approximation differentiated through its variance, so "
                     "training learns where shots disturb the outputs least; joint: every observable read from the "
-                    "same bitstrings drawn from the state, as a device reads Z and ZZ (their errors correlate)",
+                    "same bitstrings drawn from the state, as a device reads Z and ZZ (their errors correlate); "
+                    "marginal (dressed head): no draws, the joint shots' expected extra loss added to the class "
+                    "loss, differentiated through the state",
     "q_readout_error": "noise-aware training: each measured bit flips with this probability",
     "q_depolarizing": "noise-aware training: global depolarizing strength λ, <O> -> (1 - λ) <O>",
     "q_lr_scale": "the quantum slot's learning rate as a multiple of --lr (circuit weights are angles: at the "

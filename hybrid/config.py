@@ -58,7 +58,7 @@ class TrainConfig:
     q_input_dropout: bool = False  # the quantum slot reads dropout(f) (p = dropout), as concat's classifier does
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
-    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise, joint
+    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise, joint, marginal
     q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
     q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
     q_noise_device: str = ""  # training noise: fit each observable's attenuation on this backend ("" = none)
@@ -99,7 +99,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
         problems += [problem for problem in (check_attenuation(self.q_attenuation), check_noise_channel(self),
-                                             check_head_gradient(self), check_distill(self)) if problem]
+                                             check_head_gradient(self), check_distill(self),
+                                             check_marginal_noise(self)) if problem]
         problems += [problem for problem in (check_choice(self, name) for name in CHOICES) if problem]
         if problems:
             raise ValueError("; ".join(problems))
@@ -176,7 +177,7 @@ class ModelConfig:
     q_input_dropout: bool = False  # the quantum slot reads dropout(f) (p = dropout), as concat's classifier does
     q_observables: str = "z"  # z (one per qubit), zz (neighbour pairs) or z+zz
     q_train_shots: int = 0  # noise-aware training: expectation values estimated from this many shots; 0 exact
-    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise, joint
+    q_shot_noise: str = "binomial"  # binomial (a mean of ±1 outcomes), gaussian (same variance), pathwise, joint, marginal
     q_readout_error: float = 0.0  # training noise: probability that a measured bit flips
     q_depolarizing: float = 0.0  # training noise: global depolarizing strength (<O> -> (1 - λ) <O>)
     q_attenuation: str = ""  # training noise: per-observable factors "a1,a2,..." (fitted from q_noise_device)
@@ -308,6 +309,20 @@ def check_distill(cfg: "TrainConfig") -> str | None:
 
 
 NOISE_CHANNELS = ("attenuation", "density")  # fitted factors per observable, or the device's noise model itself
+
+
+def check_marginal_noise(cfg: "TrainConfig") -> str | None:
+    """--q-shot-noise marginal computes the shots' effect on logits read linearly from the circuit: the dressed
+    head's, on the exact engine (a density channel draws from its own probabilities), for training only."""
+    if cfg.q_shot_noise != "marginal" or cfg.q_train_shots == 0:
+        return None
+    if not cfg.quantum or cfg.quantum_head != "dressed" or cfg.quantum_layer not in ("pqc", "separable"):
+        return ("--q-shot-noise marginal adds the shot variance of logits read from the circuit alone: it needs "
+                "--quantum-head dressed with a circuit in the slot (pqc or separable)")
+    if cfg.q_noise_channel == "density" or cfg.q_noise_at_eval:
+        return ("--q-shot-noise marginal is a training objective on the exact engine: it draws nothing, so it cannot "
+                "go with --q-noise-channel density or --q-noise-at-eval (use the joint kind there)")
+    return None
 
 
 def check_noise_channel(cfg: "TrainConfig") -> str | None:

@@ -195,9 +195,22 @@ class HybridNet(nn.Module):
         return self.slot_inputs(f)
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head_terms(f)[0]
+
+    def head_terms(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The class logits and, while training with --q-shot-noise marginal, the expected extra cross-entropy the
+        shots would cause (ExpectationNoise.shot_penalty; None otherwise)."""
         if self.head_kind is None:
-            return self.classifier(self.dropout(f))
-        q = self.layer_outputs(self.dropout(f) if self.config.q_input_dropout else f)
+            return self.classifier(self.dropout(f)), None
+        slot_inputs = self.dropout(f) if self.config.q_input_dropout else f
+        if self.quantum is not None and self.noise_channel is None and self.noise.marginal:
+            # the dressed head only (TrainConfig checks): its logits are read linearly from the expectation values
+            values, probabilities = self.quantum.with_probabilities(self.quantum_angles(slot_inputs), detach=False)
+            logits = self.classifier(self.noise(values).to(f.dtype))
+            return logits, self.noise.shot_penalty(probabilities, logits, self.classifier.weight)
+        return self._logits(f, self.layer_outputs(slot_inputs)), None
+
+    def _logits(self, f: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         if self.head_kind == "dressed":
             return self.classifier(q.to(f.dtype))
         if self.head_kind == "residual":

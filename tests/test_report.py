@@ -511,10 +511,10 @@ def test_angle_map_variants_change_only_the_slots_reading_on_the_detached_recipe
         assert study.config(f"dressed{width}_angle_qlr100_zzobs_drop_detach_atan_twin", 0).q_angle_map == "arctan"
         assert study.config(f"dressed{width}_angle_zzobs_drop_detach_atan_none", 0).differences(
             study.config(f"dressed{width}_angle_zzobs_drop_detach_none", 0)) == []  # no angles without a slot
-    for recipe in ("detach", "detach_kd_last"):  # noise-aware for the device, on each recipe adopted in turn
-        joint = study.config(f"dressed_angle_qlr100_zzobs_drop_{recipe}_noise_joint", 0)
-        assert sorted(study.config(f"dressed_angle_qlr100_zzobs_drop_{recipe}", 0).differences(joint)) == [
-            ("q_noise_device", "", "aer_noisy:fake_manila"), ("q_shot_noise", "binomial", "joint"),
+    for recipe, kind in (("detach", "joint"), ("detach_kd_last", "joint"), ("detach_kd_last", "marginal")):
+        noisy = study.config(f"dressed_angle_qlr100_zzobs_drop_{recipe}_noise_{kind}", 0)  # for the device
+        assert sorted(study.config(f"dressed_angle_qlr100_zzobs_drop_{recipe}", 0).differences(noisy)) == [
+            ("q_noise_device", "", "aer_noisy:fake_manila"), ("q_shot_noise", "binomial", kind),
             ("q_train_shots", 0, 1024)]
     assert ", arctan angles" in method_components(study.config("dressed_angle_qlr100_zzobs_drop_detach_atan", 0).to_dict())
     assert "arctan" not in method_components(study.config("dressed_angle_zzobs_drop_detach_atan_none", 0).to_dict())

@@ -291,16 +291,18 @@ class QuantumLayer(nn.Module):
                     dtype=PRECISIONS[self.precision])
         return self._device_programs[device]
 
-    def with_probabilities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def with_probabilities(self, x: torch.Tensor, detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """`(forward(x), probabilities (B, 2**n))` from one simulation; the exact statevector engine only
-        (the joint shot noise of noise-aware training draws bitstrings from them)."""
+        (the joint shot noise of noise-aware training draws bitstrings from them; the marginal one differentiates
+        its shot variance through them, `detach=False`)."""
         if self.engine != "statevector":
             raise ValueError(f"basis probabilities need the statevector engine, not {self.engine!r}")
         if x.device.type == "cpu":
-            values, probabilities = self.program.with_probabilities(x, self.weight)
+            values, probabilities = self.program.with_probabilities(x, self.weight, detach)
         else:
             with torch.device(x.device):
-                values, probabilities = self._device_program(x.device).with_probabilities(x, self.weight.to(x.device))
+                values, probabilities = self._device_program(x.device).with_probabilities(x, self.weight.to(x.device),
+                                                                                          detach)
         return (values.to(x.dtype) if x.is_floating_point() else values), probabilities
 
     def _run_estimator(self, x: torch.Tensor) -> torch.Tensor:

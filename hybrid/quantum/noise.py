@@ -21,6 +21,12 @@ bitstrings, so the estimates of Z_i, Z_j and Z_iZ_j err together (correlations o
 fake_manila, results/quantum_heads/noise_device/RULE.md). The joint kind draws N bitstrings from the
 state's basis probabilities, flips each bit with the readout error and computes every observable
 from those same bitstrings, so training sees that covariance; its gradient is straight through.
+
+The marginal kind draws nothing: it trains on the (attenuated) exact values and adds the expected extra loss the
+shots would cause, to second order (the marginalized dropout of Wager et al. 2013): ½ tr(H Σ_z) for logits z read
+linearly from the estimates, H the cross-entropy's Hessian in z and Σ_z the covariance the joint N-shot estimates put
+on z (`ExpectationNoise.shot_penalty`), differentiable through the state's basis probabilities. Training then sees
+how the variance depends on the state without the draws' gradient noise.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from torch import nn
 
 from hybrid.quantum.statevector import z_string_signs
 
-SHOT_NOISE = ("binomial", "gaussian", "pathwise", "joint")
+SHOT_NOISE = ("binomial", "gaussian", "pathwise", "joint", "marginal")
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,8 @@ class NoiseModel:
     shots: int = 0  # 0: no shot noise (exact expectation values)
     kind: str = "binomial"  # "binomial" (a mean of N ±1 outcomes), "gaussian" (same mean and variance),
     # "pathwise" (the Gaussian, differentiated through its variance) or "joint" (every observable from the same
-    # N bitstrings; needs Z-string observables and the state's basis probabilities)
+    # N bitstrings; needs Z-string observables and the state's basis probabilities) or "marginal" (no draws: the
+    # joint noise's expected extra loss, ExpectationNoise.shot_penalty)
     readout_error: float = 0.0  # probability that a measured bit flips
     depolarizing: float = 0.0  # λ: <O> -> (1 - λ) <O>
     attenuation: tuple[float, ...] = ()  # per observable: <O> -> a_i <O> (fitted on a device); () = none
@@ -84,18 +91,39 @@ class ExpectationNoise(nn.Module):
         self.attenuation = (1.0 - 2.0 * model.readout_error) ** pauli_weights(labels) * (1.0 - model.depolarizing)
         if model.attenuation:
             self.attenuation = self.attenuation * torch.tensor(model.attenuation, dtype=torch.float64)
-        self.signs = ZStrings(labels) if model.kind == "joint" and model.shots > 0 else None
+        if at_eval and model.kind == "marginal" and model.shots > 0:
+            raise ValueError("marginal shot noise is a training objective and draws nothing to evaluate with; "
+                             "imitate a device at evaluation with the joint kind")
+        self.signs = ZStrings(labels) if model.kind in ("joint", "marginal") and model.shots > 0 else None
 
     @property
     def needs_probabilities(self) -> bool:
         """Whether the next call draws bitstrings, so it must be given the basis probabilities."""
         return self.model.kind == "joint" and self.model.shots > 0 and (self.training or self.at_eval)
 
+    @property
+    def marginal(self) -> bool:
+        """Whether training adds `shot_penalty` instead of drawing shots."""
+        return self.model.kind == "marginal" and self.model.shots > 0 and self.training
+
+    def shot_penalty(self, probabilities: torch.Tensor, logits: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+        """Batch mean of ½ tr(H Σ_z): the second-order extra cross-entropy when logits = readout @ q + b are computed
+        from joint `shots`-shot estimates q of the Z-strings on states with basis `probabilities` (B, 2**n).
+        H = diag(p) - p pᵀ (p = softmax(logits)); Σ_z = readout Σ_q readoutᵀ / shots, Σ_q the covariance of the
+        observables' ±1 values over the (readout-flipped) bitstrings. Differentiable in all three inputs."""
+        p = self.signs.flipped(probabilities.double(), self.model.readout_error)
+        g = self.signs.matrix.to(p.device) @ readout.double().T  # (2**n, classes): each logit's share per bitstring
+        softmax = logits.double().softmax(dim=1)
+        variance = p @ g**2 - (p @ g) ** 2  # (B, classes): Var_b of each logit
+        h = softmax @ g.T  # (B, 2**n): the softmax-weighted logit on each bitstring
+        weighted = (p * h**2).sum(dim=1) - (p * h).sum(dim=1) ** 2
+        return (0.5 * ((softmax * variance).sum(dim=1) - weighted) / self.model.shots).mean().to(logits.dtype)
+
     def forward(self, expectations: torch.Tensor, probabilities: torch.Tensor | None = None) -> torch.Tensor:
         if not self.model.active or not (self.training or self.at_eval):
             return expectations
         mean = expectations * self.attenuation.to(expectations.device, expectations.dtype)
-        if self.model.shots == 0:
+        if self.model.shots == 0 or self.model.kind == "marginal":  # marginal: the shots enter as shot_penalty
             return mean
         if self.model.kind == "joint":
             if probabilities is None:
@@ -128,6 +156,15 @@ class ZStrings:
         self.n_qubits = len(labels[0])
         self.matrix = torch.stack([z_string_signs(label) for label in labels], dim=1)  # (2**n, n_obs)
         self.weights = pauli_weights(labels)
+
+    def flipped(self, probabilities: torch.Tensor, readout_error: float) -> torch.Tensor:
+        """Basis probabilities (B, 2**n) after each bit flips independently with probability `readout_error`."""
+        if readout_error == 0:
+            return probabilities
+        t = probabilities.reshape(-1, *([2] * self.n_qubits))
+        for axis in range(1, self.n_qubits + 1):
+            t = (1.0 - readout_error) * t + readout_error * t.flip(axis)
+        return t.reshape(probabilities.shape)
 
     def bitstring_estimates(self, probabilities: torch.Tensor, shots: int, readout_error: float = 0.0,
                             generator: torch.Generator | None = None) -> torch.Tensor:

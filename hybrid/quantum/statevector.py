@@ -305,11 +305,12 @@ class StatevectorProgram:
     def __call__(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return self.expectations(self.state(x, weights))
 
-    def with_probabilities(self, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Expectation values (B, n_obs) and, detached, the computational-basis probabilities (B, dim) of
-        the same states: what shots are drawn from."""
+    def with_probabilities(self, x: torch.Tensor, weights: torch.Tensor, detach: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expectation values (B, n_obs) and the computational-basis probabilities (B, dim) of the same states:
+        what shots are drawn from (detached), or what a shot variance is computed from (`detach=False`)."""
         state = self.state(x, weights)
-        return self.expectations(state), (state.detach().abs() ** 2).T.to(self.dtype)
+        return self.expectations(state), ((state.detach() if detach else state).abs() ** 2).T.to(self.dtype)
 
 
 def compile_circuit(circuit, input_params, weight_params, observables, dtype=torch.float64,

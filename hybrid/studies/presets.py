@@ -179,6 +179,9 @@ NOISE_JOINT = NOISE_DEVICE | dict(q_shot_noise="joint")
 # on the head refit: refitted with that noise against the same refit without it (_detach_refit), both on one fixed
 # encoder, a paired test (results/quantum_heads/noise_refit/RULE.md)
 NOISE_JOINT_BASES = (NOISE_AWARE_BASES[-1], ADOPTED_DETACH, ADOPTED_KD_LAST, f"{ADOPTED_DETACH}_refit")
+# _noise_marginal: the joint noise with the draws marginalized, its expected extra loss added to the class loss
+# (results/quantum_heads/noise_marginal/RULE.md)
+NOISE_MARGINAL = NOISE_DEVICE | dict(q_shot_noise="marginal")
 _HAM = dict(dataset="ham10000_sources_64.npz", center_field="source_ids",
             train_centers="vidir_molemax,vidir_modern,vienna_dias", test_centers="rosendahl",
             size=64, input_size=64, stem_stride=2)
@@ -248,7 +251,8 @@ PRESETS: dict[str, Preset] = {
             f"{NOISE_AWARE_BASES[-1]}_noise_device": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_DEVICE),
             f"{NOISE_AWARE_BASES[-1]}_noise_density": dict(QUANTUM_VARIANTS[NOISE_AWARE_BASES[-1]], **NOISE_JOINT,
                                                            q_noise_channel="density")} | {
-            f"{name}_noise_joint": dict(QUANTUM_VARIANTS[name], **NOISE_JOINT) for name in NOISE_JOINT_BASES},
+            f"{name}_noise_joint": dict(QUANTUM_VARIANTS[name], **NOISE_JOINT) for name in NOISE_JOINT_BASES} | {
+            f"{ADOPTED_KD_LAST}_noise_marginal": dict(QUANTUM_VARIANTS[ADOPTED_KD_LAST], **NOISE_MARGINAL)},
         notes=(_VIRTUAL_NOTE, _QUANTUM_NOTE)),
     "quantum_ham10000": Preset(
         "HAM10000 malignant vs benign, Vienna to Queensland: the quantum preset's dressed and concat variants",
