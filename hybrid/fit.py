@@ -156,7 +156,7 @@ def _record(epoch: int, means: dict, algorithm: Algorithm, val_auc: float, val_l
         key: means[key] for key in OPTIONAL_LOSSES if key in means}
 
 
-OPTIONAL_LOSSES = ("aux_loss", "distill_loss")  # --aux-weight's classifier and --head-distill's term, when trained
+OPTIONAL_LOSSES = ("aux_loss", "distill_loss", "shot_penalty")  # --aux-weight, --head-distill, --q-shot-noise marginal
 
 
 def _improved(best: dict, val_auc: float, val_loss: float, selection: str = "auc") -> bool:

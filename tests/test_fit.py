@@ -59,16 +59,20 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, data_root, 
     assert strip[0] == strip[1]
 
 
-def test_the_aux_classifiers_and_the_distillations_losses_are_recorded_per_epoch_only_when_they_train(tmp_path, data_root):
+def test_the_aux_distillation_and_shot_penalty_losses_are_recorded_per_epoch_only_when_they_train(tmp_path, data_root):
     import json
 
-    for name, aux, distill in (("plain", 0.0, 0.0), ("aux", 0.5, 0.0), ("distill", 0.5, 2.0)):
-        cfg = TrainConfig(data_root=str(data_root), **TINY | dict(epochs=1), aux_weight=aux, head_distill=distill,
+    marginal = dict(quantum_head="dressed", n_qubits=3, q_observables="z+zz", q_train_shots=64, q_shot_noise="marginal")
+    for name, aux, distill, noise in (("plain", 0.0, 0.0, {}), ("aux", 0.5, 0.0, {}), ("distill", 0.5, 2.0, {}),
+                                      ("marginal", 0.5, 0.0, marginal)):
+        cfg = TrainConfig(data_root=str(data_root), **TINY | dict(epochs=1) | noise, aux_weight=aux, head_distill=distill,
                           eval_max_samples=8)
         train.train(cfg, tmp_path / name, progress=False)
         record = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
         assert ("aux_loss" in record) == bool(aux) and ("distill_loss" in record) == bool(distill)
-        if aux:  # the epoch's loss is the head's, the domain's, the weighted aux classifier's and the distillation's
+        assert ("shot_penalty" in record) == bool(noise) and record.get("shot_penalty", 1.0) > 0
+        if aux:  # the epoch's loss: the head's (and its shots' expected extra), the domain's, the aux's, the distillation's
             assert record["aux_loss"] > 0 and record.get("distill_loss", 1.0) > 0
-            assert record["train_loss"] == pytest.approx(record["cls_loss"] + record["domain_loss"] + aux * record["aux_loss"]
+            assert record["train_loss"] == pytest.approx(record["cls_loss"] + record.get("shot_penalty", 0.0)
+                                                         + record["domain_loss"] + aux * record["aux_loss"]
                                                          + distill * record.get("distill_loss", 0.0))
