@@ -203,8 +203,9 @@ class HybridNet(nn.Module):
         if self.head_kind is None:
             return self.classifier(self.dropout(f)), None
         slot_inputs = self.dropout(f) if self.config.q_input_dropout else f
-        if self.quantum is not None and self.noise_channel is None and self.noise.marginal:
-            # the dressed head only (TrainConfig checks): its logits are read linearly from the expectation values
+        marginal = self.quantum is not None and self.noise_channel is None and self.noise.marginal
+        if marginal and self.head_kind == "dressed":
+            # the dressed head only (TrainConfig says so to the user): its logits are read linearly from the circuit
             values, probabilities = self.quantum.with_probabilities(self.quantum_angles(slot_inputs), detach=False)
             logits = self.classifier(self.noise(values).to(f.dtype))
             return logits, self.noise.shot_penalty(probabilities, logits, self.classifier.weight)

@@ -304,6 +304,8 @@ def test_components_name_the_slot_learning_rate_and_the_noise_kind():
     assert "noise-aware (attenuation of aer_noisy:fake_manila)" in device
     density = name("dressed_angle_qlr100_zzobs_drop_noise_density")
     assert "noise-aware (joint, noise model of aer_noisy:fake_manila)" in density
+    marginal = name("dressed_angle_qlr100_zzobs_drop_detach_kd_last_noise_marginal")
+    assert "noise-aware (marginal, attenuation of aer_noisy:fake_manila)" in marginal
     assert name("concat") == "shift + DANN + quantum"
 
 

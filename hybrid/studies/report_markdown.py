@@ -75,7 +75,7 @@ def _noise_aware(cfg: dict) -> str:
     if not (cfg.get("q_train_shots", 0) or cfg.get("q_readout_error", 0) or cfg.get("q_attenuation")
             or cfg.get("q_noise_channel") == "density"):
         return ""
-    kinds = [cfg["q_shot_noise"]] if cfg.get("q_shot_noise") in ("pathwise", "joint") else []
+    kinds = [cfg["q_shot_noise"]] if cfg.get("q_shot_noise") in ("pathwise", "joint", "marginal") else []
     if cfg.get("q_noise_channel") == "density":
         kinds.append(f"noise model of {cfg['q_noise_device']}")
     elif cfg.get("q_noise_device") or cfg.get("q_attenuation"):
