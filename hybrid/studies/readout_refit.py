@@ -1,0 +1,259 @@
+"""Noise-aware refit of a dressed network's readout alone, judged on the design-validation centers.
+
+    python -m hybrid.readout_refit --runs runs/study/dressed/seed0,runs/study/dressed/seed1 \\
+        --weights 1,2,4,8 --out results/readout_refit
+
+The network stays as trained (encoder, projection, circuit); only the final Linear that reads the circuit's
+observables (W, b) is refitted, starting from the trained weights, for the expected loss under a device's shots:
+
+    mean CE(W q + b, y) + weight * ½ tr(H W Σ_q Wᵀ) / shots        (hybrid.quantum.noise.ExpectationNoise.shot_penalty)
+
+q and Σ_q are the observables' means and bitstring covariance under the device's noise model (torch_noisy's density
+program, readout errors included), on the clean training split with the source BatchNorm statistics. Weight 0 is the
+readout refitted exactly (what refitting alone does). Each design-validation center is then scored, with adabn as the
+studies evaluate, by the trained readout and every refitted one: exactly (statevector) and from `draws` sets of
+`shots` joint bitstrings of the device's noisy probabilities, the same draws for every readout (paired). Only virtual
+design-validation centers are read, never the reported centers or real clinics.
+Writes OUT/readout_refit.json, .md and .png: per readout the mean exact and device AUC and the share of the trained
+readout's device loss it recovers on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hybrid.cli import run_cli
+from hybrid.rundir import write_json, write_text
+
+log = logging.getLogger("hybrid.readout_refit")
+
+TRAINED = "trained"  # the readout as the network was trained
+
+
+def readout_penalty(probabilities: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor, labels: tuple[str, ...],
+                    shots: int) -> torch.Tensor:
+    """½ tr(H W Σ_q Wᵀ) / shots, batch mean, for probabilities that already include the device's readout errors."""
+    from hybrid.quantum.noise import ExpectationNoise, NoiseModel
+
+    noise = ExpectationNoise(NoiseModel(shots=shots, kind="marginal"), labels)
+    return noise.shot_penalty(probabilities, logits, weight)
+
+
+def refit_readout(values: torch.Tensor, probabilities: torch.Tensor, targets: torch.Tensor,
+                  start: tuple[torch.Tensor, torch.Tensor], labels: tuple[str, ...], weight: float, shots: int,
+                  max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) minimising mean CE(W values + b, targets) + weight * readout_penalty, by L-BFGS from `start`."""
+    w = start[0].detach().double().clone().requires_grad_(True)
+    b = start[1].detach().double().clone().requires_grad_(True)
+    values, probabilities = values.double(), probabilities.double()
+    optimizer = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        logits = values @ w.T + b
+        loss = F.cross_entropy(logits, targets)
+        if weight > 0:
+            loss = loss + weight * readout_penalty(probabilities, logits, w, labels, shots)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return w.detach(), b.detach()
+
+
+def positive_score(values: torch.Tensor, readout: tuple[torch.Tensor, torch.Tensor], positive_class: int) -> np.ndarray:
+    """The positive class's log-probability: ranks as the softmax score the studies' AUC reads, without its
+    saturation at 1."""
+    logits = values.double() @ readout[0].T + readout[1]
+    return logits.log_softmax(dim=1)[:, positive_class].numpy()
+
+
+@torch.no_grad()
+def circuit_readings(model, program, x: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Exact observables (statevector), and the device's noisy observables and basis probabilities, of images x."""
+    parts: dict[str, list[torch.Tensor]] = {"exact": [], "device": [], "probabilities": []}
+    for start in range(0, len(x), batch_size):
+        angles = model.quantum_angles(model.features(x[start:start + batch_size]))
+        parts["exact"].append(model.quantum(angles).double())
+        values, probabilities = program(angles.double().cpu(), model.quantum.weight.detach().double().cpu())
+        parts["device"].append(values.double())
+        parts["probabilities"].append(probabilities.double())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def draw_device_values(probabilities: torch.Tensor, labels: tuple[str, ...], shots: int, draws: int,
+                       seed: int) -> list[torch.Tensor]:
+    """`draws` sets of joint `shots`-shot estimates of the observables (simulator seeds seed, seed + 1, ...)."""
+    from hybrid.quantum.noise import ZStrings
+
+    signs = ZStrings(labels)
+    return [signs.bitstring_estimates(probabilities, shots, generator=torch.Generator().manual_seed(seed + d))
+            for d in range(draws)]
+
+
+def score_center(readouts: dict, readings: dict, positive: np.ndarray, positive_class: int,
+                 labels: tuple[str, ...], shots: int, draws: int, seed: int) -> dict[str, dict]:
+    """Exact AUC and the AUC of every draw, for every readout, on one center (the same draws for all)."""
+    from hybrid.metrics import binary_auc
+
+    drawn = draw_device_values(readings["probabilities"], labels, shots, draws, seed)
+    return {name: {"exact": binary_auc(positive_score(readings["exact"], readout, positive_class), positive),
+                   "device": [binary_auc(positive_score(values, readout, positive_class), positive)
+                              for values in drawn]}
+            for name, readout in readouts.items()}
+
+
+def load_dressed(run_dir: Path, device_spec: str):
+    """The run's network (exact engine), its checkpoint facts, and the device's density program for its circuit."""
+    from backends import get_backend
+    from hybrid.rundir import load_run
+
+    cfg, model, ckpt, backend = load_run(run_dir)
+    backend.close()
+    if getattr(model, "quantum", None) is None or model.head_kind != "dressed":
+        raise ValueError(f"{run_dir}: refitting the readout needs a dressed head with a circuit in its slot "
+                         f"(this run: head {model.head_kind!r}, layer {cfg.quantum_layer!r})")
+    name, _, noise_model = device_spec.partition(":")
+    if name != "torch_noisy" or not noise_model:
+        raise ValueError(f"--device takes torch_noisy:NOISE_MODEL (e.g. torch_noisy:fake_manila), got {device_spec!r}")
+    device = get_backend("torch_noisy", noise_model=noise_model, shots=0)
+    program = device.make_runner(model.quantum.spec).program
+    return cfg, model, ckpt, program
+
+
+def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: int, draws: int, samples: int,
+              train_samples: int = 0, data_root: str | None = None) -> dict:
+    """Refit one run's readout at every weight and score all readouts on its design-validation centers."""
+    from hybrid.data import resolve_data_root
+    from hybrid.domains import build_eval_domains, load_bundle, split_to_tensors
+    from hybrid.tta import make_tta
+
+    cfg, model, ckpt, program = load_dressed(run_dir, device_spec)
+    labels, positive_class = tuple(program.labels), ckpt["positive_class"]
+    bundle = load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
+    x_train, y_train = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
+    if train_samples:  # a seeded subset, for quick checks
+        keep = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(cfg.seed))[:train_samples]
+        x_train, y_train = x_train[keep], y_train[keep]
+    train = circuit_readings(model.eval(), program, x_train)
+    start = (model.classifier.weight.detach(), model.classifier.bias.detach())
+    readouts = {TRAINED: tuple(t.double() for t in start)}
+    for weight in weights:
+        readouts[f"weight {weight:g}"] = refit_readout(train["device"], train["probabilities"], y_train.long(), start,
+                                                       labels, weight, shots)
+    domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
+               if name != "clean" and not name.startswith("real:")}  # held-out clinics are reported ones
+    centers = {}
+    for name, (x, y) in domains.items():
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:samples]
+        x, y = x[keep], y[keep]
+        adabn = make_tta("adabn", model)
+        adabn.prepare(x)
+        try:
+            readings = circuit_readings(model.eval(), program, x)
+        finally:
+            adabn.reset()
+        centers[name] = score_center(readouts, readings, y.numpy() == positive_class, positive_class, labels, shots,
+                                     draws, cfg.seed)
+    log.info("%s: %d readouts on %d design-validation centers", run_dir, len(readouts), len(centers))
+    return {"run": str(run_dir), "seed": cfg.seed, "readouts": {k: [v[0].tolist(), v[1].tolist()]
+                                                                  for k, v in readouts.items()}, "centers": centers}
+
+
+def summarize(runs: list[dict]) -> dict[str, dict]:
+    """Per readout: mean exact and device AUC over runs and centers, and the share of the trained readout's device
+    loss (exact - device) it recovers on the device (its device AUC - the trained readout's), means over runs."""
+    names = list(runs[0]["centers"][next(iter(runs[0]["centers"]))])
+
+    def mean_of(name: str, key: str) -> list[float]:  # one value per run: the mean over its centers (and draws)
+        return [float(np.mean([np.mean(c[name][key]) for c in r["centers"].values()])) for r in runs]
+
+    trained_exact, trained_device = mean_of(TRAINED, "exact"), mean_of(TRAINED, "device")
+    loss = float(np.mean(trained_exact) - np.mean(trained_device))
+    out = {}
+    for name in names:
+        exact, device = mean_of(name, "exact"), mean_of(name, "device")
+        gained = [d - t for d, t in zip(device, trained_device)]
+        out[name] = {"exact": float(np.mean(exact)), "device": float(np.mean(device)),
+                     "device_loss": float(np.mean(exact) - np.mean(device)), "gained_per_run": gained,
+                     "recovered_on_device": float(np.mean(gained) / loss) if loss > 0 else float("nan")}
+    return out
+
+
+def to_markdown(result: dict) -> str:
+    lines = ["# Noise-aware refit of the readout alone, on the design-validation centers", "",
+             f"`{result['command']}`", "",
+             f"Device {result['device']} at {result['shots']} shots, {result['draws']} draws, up to {result['samples']} "
+             f"images per center, adabn; {len(result['runs'])} runs. Means over runs and centers. Recovered on the "
+             "device: the readout's device AUC minus the trained readout's, over the trained readout's device loss.",
+             "", "| readout | exact AUC | device AUC | device loss | recovered on the device | per run gained |",
+             "|---|---|---|---|---|---|"]
+    for name, row in result["summary"].items():
+        gained = ", ".join(f"{g:+.4f}" for g in row["gained_per_run"])
+        lines.append(f"| {name} | {row['exact']:.4f} | {row['device']:.4f} | {row['device_loss']:+.4f} | "
+                     f"{row['recovered_on_device']:.0%} | {gained} |")
+    lines += ["", "Runs: " + ", ".join(r["run"] for r in result["runs"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Exact against device AUC, one point per readout, the trained one's half-loss goal dashed."""
+    from hybrid.reporting import new_figure, palette, save_figure
+
+    summary = result["summary"]
+    fig = new_figure((5.2, 3.8))
+    ax = fig.add_subplot()
+    for (name, row), colour in zip(summary.items(), palette(len(summary))):
+        ax.scatter(row["exact"], row["device"], color=colour, label=name, zorder=3)
+    trained = summary[TRAINED]
+    ax.axhline(trained["device"] + trained["device_loss"] / 2, color="grey", ls="--", lw=1,
+               label="half the trained readout's loss recovered")
+    ax.set(xlabel="exact AUC (statevector)", ylabel=f"device AUC ({result['shots']} shots)",
+           title="Readout refitted for the device's shots")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", frameon=False)
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hybrid.readout_refit", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", required=True, help="comma-separated run directories of dressed networks")
+    parser.add_argument("--weights", default="1,2,4,8", help="penalty weights to refit with (0 is always added)")
+    parser.add_argument("--device", default="torch_noisy:fake_manila", help="torch_noisy:NOISE_MODEL")
+    parser.add_argument("--shots", type=int, default=1024)
+    parser.add_argument("--draws", type=int, default=8, help="shot draws per center")
+    parser.add_argument("--samples", type=int, default=400, help="images per design-validation center")
+    parser.add_argument("--train-samples", type=int, default=0,
+                        help="refit on this many training images (seeded subset; default 0: all)")
+    parser.add_argument("--out", required=True, help="folder for readout_refit.json, .md, .png")
+    parser.add_argument("--data-root", help="folder with the dataset files (default: the run's, else $HYBRID_DATA_ROOT)")
+    args = parser.parse_args(argv)
+    return run_cli(lambda: _run(args, argv))
+
+
+def _run(args, argv) -> int:
+    import shlex
+    import sys
+
+    weights = sorted({0.0} | {float(w) for w in args.weights.split(",") if w.strip()})
+    if any(w < 0 for w in weights) or args.shots < 1 or args.draws < 1 or args.samples < 2 or args.train_samples < 0:
+        raise ValueError("--weights must be >= 0, --shots and --draws positive, --samples at least 2, "
+                         "--train-samples 0 (all) or more")
+    runs = [refit_run(Path(p), weights, device_spec=args.device, shots=args.shots, draws=args.draws,
+                      samples=args.samples, train_samples=args.train_samples, data_root=args.data_root) for p in args.runs.split(",") if p.strip()]
+    command = "python -m hybrid.readout_refit " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command, "device": args.device, "shots": args.shots, "draws": args.draws,
+              "samples": args.samples, "train_samples": args.train_samples or "all", "centers": "validation", "runs": runs, "summary": summarize(runs)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / "readout_refit.json")
+    write_text(to_markdown(result), out / "readout_refit.md")
+    plot(result, out / "readout_refit.png")
+    print(to_markdown(result))
+    return 0

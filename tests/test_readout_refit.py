@@ -1,0 +1,132 @@
+"""The noise-aware readout refit: its objective, its device draws, its arithmetic, and the tool end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybrid.quantum.noise import ZStrings
+from hybrid.studies import readout_refit as rr
+
+LABELS = ("ZI", "IZ", "ZZ")
+
+
+@pytest.fixture()
+def toy():
+    """Two-qubit states whose Z, Z and ZZ means carry the class, with a readout to start from."""
+    torch.manual_seed(0)
+    probabilities = torch.distributions.Dirichlet(torch.full((4,), 0.7)).sample((400,)).double()
+    values = probabilities @ ZStrings(LABELS).matrix.double()
+    targets = (values[:, 0] + 0.3 * torch.randn(400).double() > 0).long()
+    start = (torch.tensor([[-2.0, 1.0, -1.5], [2.0, -1.0, 1.5]], dtype=torch.float64), torch.zeros(2).double())
+    return values, probabilities, targets, start
+
+
+def test_penalty_is_half_the_trace_of_the_hessian_times_the_shot_covariance(toy):
+    values, probabilities, _, (w, b) = toy
+    logits = values @ w.T + b
+    signs = ZStrings(LABELS).matrix.double()
+    expected = []
+    for p, z in zip(probabilities, logits):
+        cov_q = signs.T @ torch.diag(p) @ signs - torch.outer(p @ signs, p @ signs)
+        s = z.softmax(0)
+        hessian = torch.diag(s) - torch.outer(s, s)
+        expected.append(0.5 * torch.trace(hessian @ w @ cov_q @ w.T) / 256)
+    assert rr.readout_penalty(probabilities, logits, w, LABELS, 256).item() == pytest.approx(
+        torch.stack(expected).mean().item(), rel=1e-9)
+
+
+def test_exact_refit_reaches_the_cross_entropy_minimum(toy):
+    values, probabilities, targets, start = toy
+    w, b = rr.refit_readout(values, probabilities, targets, start, LABELS, weight=0.0, shots=1024)
+    w.requires_grad_(True), b.requires_grad_(True)
+    loss = F.cross_entropy(values @ w.T + b, targets)
+    loss.backward()
+    assert loss.item() < F.cross_entropy(values @ start[0].T + start[1], targets).item()
+    assert w.grad.abs().max().item() < 1e-4 and b.grad.abs().max().item() < 1e-4
+
+
+def test_a_heavier_penalty_trades_cross_entropy_for_less_shot_loss(toy):
+    values, probabilities, targets, start = toy
+    penalties, losses = [], []
+    for weight in (0.0, 1.0, 8.0, 64.0):
+        w, b = rr.refit_readout(values, probabilities, targets, start, LABELS, weight=weight, shots=64)
+        logits = values @ w.T + b
+        penalties.append(rr.readout_penalty(probabilities, logits, w, LABELS, 64).item())
+        losses.append(F.cross_entropy(logits, targets).item())
+    assert penalties == sorted(penalties, reverse=True) and penalties[-1] < 0.5 * penalties[0]
+    assert losses == sorted(losses)
+    assert start[0].tolist() == [[-2.0, 1.0, -1.5], [2.0, -1.0, 1.5]]  # the start is not modified
+
+
+def test_positive_score_ranks_as_the_positive_probability():
+    torch.manual_seed(1)
+    values = torch.randn(50, 3).double()
+    readout = (torch.randn(3, 3).double(), torch.randn(3).double())
+    for positive_class in range(3):
+        score = rr.positive_score(values, readout, positive_class)
+        probability = (values @ readout[0].T + readout[1]).softmax(1)[:, positive_class].numpy()
+        assert (np.argsort(score) == np.argsort(probability)).all()
+
+
+def test_device_draws_are_joint_shot_estimates_and_reproducible(toy):
+    _, probabilities, _, _ = toy
+    p = probabilities[:1].repeat(4000, 1)
+    draws = rr.draw_device_values(p, LABELS, shots=32, draws=2, seed=5)
+    mean = (probabilities[:1] @ ZStrings(LABELS).matrix.double())[0]
+    assert len(draws) == 2 and not torch.equal(draws[0], draws[1])
+    assert torch.allclose(draws[0].mean(0), mean, atol=0.02)
+    assert draws[0][:, 0].var().item() == pytest.approx((1 - mean[0] ** 2).item() / 32, rel=0.1)
+    again = rr.draw_device_values(p, LABELS, shots=32, draws=2, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(draws, again))
+
+
+def _run(seed: int, trained: tuple[float, list[float]], refit: tuple[float, list[float]]) -> dict:
+    return {"run": f"r{seed}", "seed": seed, "centers": {
+        "a": {rr.TRAINED: {"exact": trained[0], "device": trained[1]}, "weight 1": {"exact": refit[0],
+                                                                                   "device": refit[1]}}}}
+
+
+def test_summary_recovers_against_the_trained_readouts_device_loss():
+    runs = [_run(0, (0.95, [0.93, 0.93]), (0.94, [0.935, 0.935])), _run(1, (0.90, [0.89, 0.89]), (0.90, [0.90, 0.90]))]
+    summary = rr.summarize(runs)
+    assert summary[rr.TRAINED]["device_loss"] == pytest.approx(0.015)
+    assert summary[rr.TRAINED]["recovered_on_device"] == 0.0
+    assert summary["weight 1"]["gained_per_run"] == pytest.approx([0.005, 0.01])
+    assert summary["weight 1"]["recovered_on_device"] == pytest.approx(0.0075 / 0.015)
+
+
+@pytest.fixture(scope="module")
+def dressed_zz_run(tmp_path_factory, data_root):
+    from hybrid import train
+
+    out = tmp_path_factory.mktemp("readout") / "dressed"
+    assert train.main(["--epochs", "1", "--max-train-samples", "300", "--width-mult", "0.35", "--n-bootstrap", "0",
+                       "--batch-size", "64", "--quiet", "--data-root", str(data_root), "--quantum-head", "dressed",
+                       "--q-observables", "z+zz", "--eval-max-samples", "50", "--out", str(out)]) == 0
+    return out
+
+
+def test_the_tool_refits_scores_and_writes_its_table_and_plot(dressed_zz_run, data_root, tmp_path):
+    assert rr.main(["--runs", str(dressed_zz_run), "--weights", "2", "--draws", "2", "--samples", "30",
+                    "--train-samples", "200", "--data-root", str(data_root), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "readout_refit.json").read_text())
+    assert list(result["summary"]) == [rr.TRAINED, "weight 0", "weight 2"]
+    run = result["runs"][0]
+    assert run["readouts"]["weight 2"] != run["readouts"][rr.TRAINED]
+    center = next(iter(run["centers"].values()))
+    assert all(len(center[name]["device"]) == 2 for name in result["summary"])
+    assert not any(name == "clean" or name.startswith(("real:", "tgt_")) for name in run["centers"])
+    markdown = (tmp_path / "readout_refit.md").read_text()
+    assert markdown.count("\n| weight ") == 2 and "python -m hybrid.readout_refit" in markdown
+    assert (tmp_path / "readout_refit.png").stat().st_size > 0
+
+
+def test_the_tool_refuses_networks_without_a_dressed_circuit_and_unknown_devices(tiny_run, dressed_zz_run, tmp_path):
+    with pytest.raises(ValueError, match="dressed head"):
+        rr.load_dressed(tiny_run, "torch_noisy:fake_manila")
+    with pytest.raises(ValueError, match="torch_noisy:NOISE_MODEL"):
+        rr.load_dressed(dressed_zz_run, "aer:1024")
+    assert rr.main(["--runs", str(dressed_zz_run), "--weights", "-1", "--out", str(tmp_path)]) == 2
