@@ -124,6 +124,26 @@ def test_the_tool_refits_scores_and_writes_its_table_and_plot(dressed_zz_run, da
     assert (tmp_path / "readout_refit.png").stat().st_size > 0
 
 
+def test_a_saved_refit_is_the_same_network_with_the_new_readout(dressed_zz_run, data_root, tmp_path):
+    from hybrid.rundir import load_run
+
+    saved = tmp_path / "saved"
+    assert rr.main(["--runs", str(dressed_zz_run), "--weights", "4", "--draws", "1", "--samples", "20",
+                    "--train-samples", "100", "--data-root", str(data_root), "--out", str(tmp_path / "out"),
+                    "--save-to", str(saved)]) == 0
+    result = json.loads((tmp_path / "out" / "readout_refit.json").read_text())
+    refit_dir = saved / "weight4" / dressed_zz_run.name
+    original, refit = load_run(dressed_zz_run).model.state_dict(), load_run(refit_dir).model.state_dict()
+    expected = torch.tensor(result["runs"][0]["readouts"]["weight 4"][0], dtype=refit["classifier.weight"].dtype)
+    assert torch.allclose(refit["classifier.weight"], expected)
+    assert not torch.equal(refit["classifier.weight"], original["classifier.weight"])
+    assert all(torch.equal(v, refit[k]) for k, v in original.items() if not k.startswith("classifier."))
+    assert json.loads((refit_dir / "readout_refit.json").read_text())["weight"] == 4
+    assert rr.main(["--runs", str(dressed_zz_run), "--weights", "4", "--draws", "1", "--samples", "20",
+                    "--train-samples", "100", "--data-root", str(data_root), "--out", str(tmp_path / "again"),
+                    "--save-to", str(saved)]) == 2  # an existing network is not overwritten
+
+
 def test_the_tool_refuses_networks_without_a_dressed_circuit_and_unknown_devices(tiny_run, dressed_zz_run, tmp_path):
     with pytest.raises(ValueError, match="dressed head"):
         rr.load_dressed(tiny_run, "torch_noisy:fake_manila")

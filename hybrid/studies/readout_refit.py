@@ -128,8 +128,9 @@ def load_dressed(run_dir: Path, device_spec: str):
 
 
 def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: int, draws: int, samples: int,
-              train_samples: int = 0, data_root: str | None = None) -> dict:
-    """Refit one run's readout at every weight and score all readouts on its design-validation centers."""
+              train_samples: int = 0, data_root: str | None = None, save_to: Path | None = None) -> dict:
+    """Refit one run's readout at every weight and score all readouts on its design-validation centers; with
+    `save_to`, each refitted network is also saved as a run directory save_to/<weight>/<run name>."""
     from hybrid.data import resolve_data_root
     from hybrid.domains import build_eval_domains, load_bundle, split_to_tensors
     from hybrid.tta import make_tta
@@ -147,6 +148,9 @@ def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: i
     for weight in weights:
         readouts[f"weight {weight:g}"] = refit_readout(train["device"], train["probabilities"], y_train.long(), start,
                                                        labels, weight, shots)
+        if save_to is not None:
+            save_refit_run(run_dir, readouts[f"weight {weight:g}"], save_to / f"weight{weight:g}" / run_dir.name,
+                           {"weight": weight, "device": device_spec, "shots": shots, "train_samples": train_samples})
     domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
                if name != "clean" and not name.startswith("real:")}  # held-out clinics are reported ones
     centers = {}
@@ -164,6 +168,30 @@ def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: i
     log.info("%s: %d readouts on %d design-validation centers", run_dir, len(readouts), len(centers))
     return {"run": str(run_dir), "seed": cfg.seed, "readouts": {k: [v[0].tolist(), v[1].tolist()]
                                                                   for k, v in readouts.items()}, "centers": centers}
+
+
+def save_refit_run(run_dir: Path, readout: tuple[torch.Tensor, torch.Tensor], out_dir: Path, provenance: dict) -> Path:
+    """A run directory beside `run_dir` whose network is the same but for the refitted readout: its config and
+    centers copied, best.pt with the new classifier weights, and readout_refit.json saying where it came from.
+    Any tool that reads a run (hybrid.evaluate, hybrid.bench_backends --compare-run) then scores it."""
+    import shutil
+
+    from hybrid.checkpoints import load_checkpoint
+    from hybrid.rundir import BEST_KEYS, CHECKPOINT
+
+    if (out_dir / CHECKPOINT).exists():
+        raise ValueError(f"--save-to: {out_dir} already holds a network; choose another folder or remove it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "centers.json"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT, "checkpoint", BEST_KEYS)
+    model = dict(ckpt["model"])
+    for key, value in zip(("classifier.weight", "classifier.bias"), readout):
+        model[key] = value.to(model[key].dtype).clone()
+    torch.save(ckpt | {"model": model}, out_dir / CHECKPOINT)
+    write_json({"source_run": str(run_dir)} | provenance, out_dir / "readout_refit.json")
+    return out_dir
 
 
 def summarize(runs: list[dict]) -> dict[str, dict]:
@@ -231,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=400, help="images per design-validation center")
     parser.add_argument("--train-samples", type=int, default=0,
                         help="refit on this many training images (seeded subset; default 0: all)")
+    parser.add_argument("--save-to", help="also save each refitted network as a run directory "
+                                          "SAVE_TO/weight<W>/<run name> (config, centers, best.pt)")
     parser.add_argument("--out", required=True, help="folder for readout_refit.json, .md, .png")
     parser.add_argument("--data-root", help="folder with the dataset files (default: the run's, else $HYBRID_DATA_ROOT)")
     args = parser.parse_args(argv)
@@ -246,7 +276,8 @@ def _run(args, argv) -> int:
         raise ValueError("--weights must be >= 0, --shots and --draws positive, --samples at least 2, "
                          "--train-samples 0 (all) or more")
     runs = [refit_run(Path(p), weights, device_spec=args.device, shots=args.shots, draws=args.draws,
-                      samples=args.samples, train_samples=args.train_samples, data_root=args.data_root) for p in args.runs.split(",") if p.strip()]
+                      samples=args.samples, train_samples=args.train_samples, data_root=args.data_root,
+                      save_to=Path(args.save_to) if args.save_to else None) for p in args.runs.split(",") if p.strip()]
     command = "python -m hybrid.readout_refit " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "device": args.device, "shots": args.shots, "draws": args.draws,
               "samples": args.samples, "train_samples": args.train_samples or "all", "centers": "validation", "runs": runs, "summary": summarize(runs)}
