@@ -81,6 +81,13 @@ def noise_model(config: ModelConfig) -> NoiseModel:
                       depolarizing=config.q_depolarizing, attenuation=parse_attenuation(config.q_attenuation))
 
 
+def map_angles(z: torch.Tensor, kind: str) -> torch.Tensor:
+    """The slot's inputs z -> rotation angles in (0, pi): pi/2 (1 + tanh z), or (arctan) pi/2 + arctan z."""
+    if kind == "arctan":  # saturates as 1/z, not exponentially
+        return torch.atan(z) + math.pi / 2
+    return (torch.tanh(z) + 1.0) * (math.pi / 2)
+
+
 class HybridNet(nn.Module):
     """`forward(x)` returns class logits; `features` and `head` are its two halves."""
 
@@ -173,10 +180,7 @@ class HybridNet(nn.Module):
 
     def quantum_angles(self, f: torch.Tensor) -> torch.Tensor:
         """Encoder features squashed to rotation angles in (0, pi) for the feature map (--q-angle-map)."""
-        z = self.slot_inputs(f)
-        if self.config.q_angle_map == "arctan":  # saturates as 1/z, not exponentially
-            return torch.atan(z) + math.pi / 2
-        return (torch.tanh(z) + 1.0) * (math.pi / 2)
+        return map_angles(self.slot_inputs(f), self.config.q_angle_map)
 
     def layer_outputs(self, f: torch.Tensor) -> torch.Tensor:
         """What the quantum slot gives the head: expectation values (with training noise), the classical

@@ -115,7 +115,8 @@ def test_the_tool_refits_scores_and_writes_its_table_and_plot(dressed_zz_run, da
     result = json.loads((tmp_path / "readout_refit.json").read_text())
     assert list(result["summary"]) == [rr.TRAINED, "weight 0", "weight 2"]
     run = result["runs"][0]
-    assert run["readouts"]["weight 2"] != run["readouts"][rr.TRAINED]
+    assert run["heads"]["weight 2"]["weight"] != run["heads"][rr.TRAINED]["weight"]
+    assert run["heads"]["weight 2"]["circuit"] == run["heads"][rr.TRAINED]["circuit"]  # the readout alone
     center = next(iter(run["centers"].values()))
     assert all(len(center[name]["device"]) == 2 for name in result["summary"])
     assert not any(name == "clean" or name.startswith(("real:", "tgt_")) for name in run["centers"])
@@ -134,7 +135,7 @@ def test_a_saved_refit_is_the_same_network_with_the_new_readout(dressed_zz_run, 
     result = json.loads((tmp_path / "out" / "readout_refit.json").read_text())
     refit_dir = saved / "weight4" / dressed_zz_run.name
     original, refit = load_run(dressed_zz_run).model.state_dict(), load_run(refit_dir).model.state_dict()
-    expected = torch.tensor(result["runs"][0]["readouts"]["weight 4"][0], dtype=refit["classifier.weight"].dtype)
+    expected = torch.tensor(result["runs"][0]["heads"]["weight 4"]["weight"], dtype=refit["classifier.weight"].dtype)
     assert torch.allclose(refit["classifier.weight"], expected)
     assert not torch.equal(refit["classifier.weight"], original["classifier.weight"])
     assert all(torch.equal(v, refit[k]) for k, v in original.items() if not k.startswith("classifier."))
@@ -150,3 +151,70 @@ def test_the_tool_refuses_networks_without_a_dressed_circuit_and_unknown_devices
     with pytest.raises(ValueError, match="torch_noisy:NOISE_MODEL"):
         rr.load_dressed(dressed_zz_run, "aer:1024")
     assert rr.main(["--runs", str(dressed_zz_run), "--weights", "-1", "--out", str(tmp_path)]) == 2
+
+
+def _inputs(model, n: int = 48) -> torch.Tensor:
+    torch.manual_seed(3)
+    return rr.slot_inputs(model, torch.rand(n, 1, 28, 28))
+
+
+def test_head_refit_at_weight_zero_is_the_trained_head(dressed_zz_run):
+    _, model, _, programs = rr.load_dressed(dressed_zz_run, "torch_noisy:fake_manila")
+    start = rr.trained_head(model)
+    z = _inputs(model)
+    anchor = rr.head_outputs(start, z, programs)["exact"] @ start.weight.T + start.bias
+    assert all(torch.equal(a, b) for a, b in zip(rr.refit_head(z, anchor, programs, start, 0.0, 1024), start))
+
+
+def test_head_refit_lowers_the_shot_penalty_and_keeps_the_predictions(dressed_zz_run):
+    _, model, _, programs = rr.load_dressed(dressed_zz_run, "torch_noisy:fake_manila")
+    start, z = rr.trained_head(model), _inputs(model)
+    with torch.no_grad():
+        anchor = rr.head_outputs(start, z, programs)["device"] @ start.weight.T + start.bias
+
+    def penalty(head):
+        out = rr.head_outputs(head, z, programs)
+        logits = out["device"] @ head.weight.T + head.bias
+        return rr.readout_penalty(out["probabilities"], logits, head.weight, programs.labels, 64).item(), logits
+
+    refit = rr.refit_head(z, anchor, programs, start, 4.0, 64, max_iter=30)
+    (before, _), (after, logits) = penalty(start), penalty(refit)
+    assert after < 0.8 * before
+    assert not torch.equal(refit.scale, start.scale) and not torch.equal(refit.circuit, start.circuit)
+    kl = F.kl_div(logits.log_softmax(1), anchor.softmax(1), reduction="batchmean").item()
+    assert kl < before  # moved less, in KL, than the penalty it removed
+
+
+def _saved_network_matches(run_dir, tmp_path):
+    from hybrid.model import map_angles
+    from hybrid.rundir import load_run
+
+    _, model, _, programs = rr.load_dressed(run_dir, "torch_noisy:fake_manila")
+    torch.manual_seed(4)
+    start = rr.trained_head(model)
+    head = start._replace(scale=1 + 0.3 * torch.rand_like(start.scale), offset=0.2 * torch.randn_like(start.offset),
+                          circuit=start.circuit + 0.1, weight=start.weight * 2, bias=start.bias - 0.5)
+    saved = rr.save_refit_run(run_dir, head, tmp_path / "saved", {"refit": "head"})
+    new = load_run(saved).model
+    x = torch.rand(16, 1, 28, 28)
+    with torch.no_grad():
+        z, f = rr.slot_inputs(model, x), new.features(x)
+        assert torch.allclose(new.quantum_angles(f).double(), map_angles(head.scale * z + head.offset,
+                                                                         programs.angle_map), atol=1e-5)
+        expected = rr.head_outputs(head, z, programs)["exact"] @ head.weight.T + head.bias
+        assert torch.allclose(new.head(f).double(), expected, atol=1e-4)
+    return new
+
+
+def test_a_saved_head_refit_folds_the_angle_calibration_into_the_projection(dressed_zz_run, tmp_path):
+    assert _saved_network_matches(dressed_zz_run, tmp_path).angle_norm is None
+
+
+def test_a_saved_head_refit_folds_the_angle_calibration_into_the_angle_norm(data_root, tmp_path):
+    from hybrid import train
+
+    run = tmp_path / "norm"
+    assert train.main(["--epochs", "1", "--max-train-samples", "100", "--width-mult", "0.35", "--n-bootstrap", "0",
+                       "--batch-size", "50", "--quiet", "--data-root", str(data_root), "--quantum-head", "dressed",
+                       "--q-angle-norm", "--eval-max-samples", "20", "--out", str(run)]) == 0
+    assert _saved_network_matches(run, tmp_path).angle_norm is not None

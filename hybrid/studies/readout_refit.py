@@ -1,21 +1,25 @@
-"""Noise-aware refit of a dressed network's readout alone, judged on the design-validation centers.
+"""Noise-aware refit of a trained dressed head for a device's shots, judged on the design-validation centers.
 
     python -m hybrid.readout_refit --runs runs/study/dressed/seed0,runs/study/dressed/seed1 \\
-        --weights 1,2,4,8 --out results/readout_refit
+        --refit readout --weights 1,2,4,8 --out results/readout_refit
 
-The network stays as trained (encoder, projection, circuit); only the final Linear that reads the circuit's
-observables (W, b) is refitted, starting from the trained weights, for the expected loss under a device's shots:
+The encoder and embedding stay as trained. `--refit readout` refits only the final Linear that reads the circuit's
+observables (W, b), from the trained weights, for the expected loss under the device's shots:
 
     mean CE(W q + b, y) + weight * ½ tr(H W Σ_q Wᵀ) / shots        (hybrid.quantum.noise.ExpectationNoise.shot_penalty)
 
+(weight 0, always added, is the readout refitted exactly). `--refit head` also refits a scale and an offset per
+qubit in front of the angle map, and the circuit's weights, anchored on the trained head's exact predictions instead
+of the labels: KL(softmax(trained logits) || softmax(logits)) + weight * the same term (at weight 0 the trained head).
 q and Σ_q are the observables' means and bitstring covariance under the device's noise model (torch_noisy's density
-program, readout errors included), on the clean training split with the source BatchNorm statistics. Weight 0 is the
-readout refitted exactly (what refitting alone does). Each design-validation center is then scored, with adabn as the
-studies evaluate, by the trained readout and every refitted one: exactly (statevector) and from `draws` sets of
-`shots` joint bitstrings of the device's noisy probabilities, the same draws for every readout (paired). Only virtual
-design-validation centers are read, never the reported centers or real clinics.
-Writes OUT/readout_refit.json, .md and .png: per readout the mean exact and device AUC and the share of the trained
-readout's device loss it recovers on the device.
+program, readout errors included), on the clean training split with the source BatchNorm statistics; L-BFGS.
+Each design-validation center is then scored, with adabn as the studies evaluate, by the trained head and every
+refitted one: exactly (statevector) and from `draws` sets of `shots` joint bitstrings of the device's noisy
+probabilities (simulator seeds the run's seed, +1, ...). Only virtual design-validation centers are read, never the
+reported centers or real clinics. `--save-to` writes each refitted network as a run directory for the tools that
+read runs (e.g. `hybrid.bench_backends --compare-run`).
+Writes OUT/readout_refit.json, .md and .png: per head the mean exact and device AUC and the share of the trained
+head's device loss it recovers on the device.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +38,8 @@ from hybrid.rundir import write_json, write_text
 
 log = logging.getLogger("hybrid.readout_refit")
 
-TRAINED = "trained"  # the readout as the network was trained
+TRAINED = "trained"  # the head as the network was trained
+REFITS = ("readout", "head")
 
 
 def readout_penalty(probabilities: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor, labels: tuple[str, ...],
@@ -74,17 +80,79 @@ def positive_score(values: torch.Tensor, readout: tuple[torch.Tensor, torch.Tens
     return logits.log_softmax(dim=1)[:, positive_class].numpy()
 
 
+class Head(NamedTuple):
+    """What a refit may change in a dressed head, in front of the fixed slot inputs z: angles = map(scale * z +
+    offset), the circuit's weights, and the readout logits = weight @ q + bias."""
+    scale: torch.Tensor
+    offset: torch.Tensor
+    circuit: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def to_lists(self) -> dict[str, list]:
+        return {name: value.tolist() for name, value in self._asdict().items()}
+
+
+class Programs(NamedTuple):
+    """The circuit's exact engine `(angles, weights) -> values` and the device's density program
+    `(angles, weights) -> (values, basis probabilities)`, and the run's angle map."""
+    exact: Callable
+    device: Callable
+    angle_map: str
+    labels: tuple[str, ...]
+
+
+def trained_head(model) -> Head:
+    n_qubits = model.project.out_features
+    return Head(torch.ones(n_qubits, dtype=torch.float64), torch.zeros(n_qubits, dtype=torch.float64),
+                model.quantum.weight.detach().double().clone(), model.classifier.weight.detach().double().clone(),
+                model.classifier.bias.detach().double().clone())
+
+
+def head_angles(head: Head, z: torch.Tensor, angle_map: str) -> torch.Tensor:
+    from hybrid.model import map_angles
+
+    return map_angles(head.scale * z.double() + head.offset, angle_map)
+
+
+def head_outputs(head: Head, z: torch.Tensor, programs: Programs) -> dict[str, torch.Tensor]:
+    """The head's exact observables (statevector) and the device's noisy ones and basis probabilities, for inputs z."""
+    angles = head_angles(head, z, programs.angle_map)
+    values, probabilities = programs.device(angles, head.circuit)
+    return {"exact": programs.exact(angles, head.circuit).double(), "device": values.double(),
+            "probabilities": probabilities.double()}
+
+
+def refit_head(z: torch.Tensor, anchor: torch.Tensor, programs: Programs, start: Head, weight: float, shots: int,
+               max_iter: int = 50) -> Head:
+    """Angle scale and offset, circuit weights and readout minimising KL(softmax(anchor) || softmax(logits)) +
+    weight * readout_penalty on the device's noisy outputs, by L-BFGS from `start` (at weight 0, `start` itself
+    when the anchor is its own exact logits)."""
+    params = [t.detach().double().clone().requires_grad_(True) for t in start]
+    optimizer = torch.optim.LBFGS(params, max_iter=max_iter, line_search_fn="strong_wolfe")
+    target = anchor.double().softmax(dim=1)
+
+    def closure():
+        optimizer.zero_grad()
+        head = Head(*params)
+        values, probabilities = programs.device(head_angles(head, z, programs.angle_map), head.circuit)
+        logits = values.double() @ head.weight.T + head.bias
+        loss = F.kl_div(logits.log_softmax(dim=1), target, reduction="batchmean")
+        if weight > 0:
+            loss = loss + weight * readout_penalty(probabilities.double(), logits, head.weight, programs.labels, shots)
+        loss.backward()
+        return loss
+
+    if weight > 0:
+        optimizer.step(closure)
+    return Head(*(p.detach() for p in params))
+
+
 @torch.no_grad()
-def circuit_readings(model, program, x: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Exact observables (statevector), and the device's noisy observables and basis probabilities, of images x."""
-    parts: dict[str, list[torch.Tensor]] = {"exact": [], "device": [], "probabilities": []}
-    for start in range(0, len(x), batch_size):
-        angles = model.quantum_angles(model.features(x[start:start + batch_size]))
-        parts["exact"].append(model.quantum(angles).double())
-        values, probabilities = program(angles.double().cpu(), model.quantum.weight.detach().double().cpu())
-        parts["device"].append(values.double())
-        parts["probabilities"].append(probabilities.double())
-    return {k: torch.cat(v) for k, v in parts.items()}
+def slot_inputs(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The fixed inputs z of the quantum slot (the projection of the embedding) for images x."""
+    return torch.cat([model.slot_inputs(model.features(x[i:i + batch_size])).double()
+                      for i in range(0, len(x), batch_size)])
 
 
 def draw_device_values(probabilities: torch.Tensor, labels: tuple[str, ...], shots: int, draws: int,
@@ -97,20 +165,24 @@ def draw_device_values(probabilities: torch.Tensor, labels: tuple[str, ...], sho
             for d in range(draws)]
 
 
-def score_center(readouts: dict, readings: dict, positive: np.ndarray, positive_class: int,
-                 labels: tuple[str, ...], shots: int, draws: int, seed: int) -> dict[str, dict]:
-    """Exact AUC and the AUC of every draw, for every readout, on one center (the same draws for all)."""
+@torch.no_grad()
+def score_center(heads: dict[str, Head], z: torch.Tensor, positive: np.ndarray, positive_class: int,
+                 programs: Programs, shots: int, draws: int, seed: int) -> dict[str, dict]:
+    """Exact AUC and the AUC of every draw (simulator seeds seed, seed + 1, ... for every head), for every head."""
     from hybrid.metrics import binary_auc
 
-    drawn = draw_device_values(readings["probabilities"], labels, shots, draws, seed)
-    return {name: {"exact": binary_auc(positive_score(readings["exact"], readout, positive_class), positive),
-                   "device": [binary_auc(positive_score(values, readout, positive_class), positive)
-                              for values in drawn]}
-            for name, readout in readouts.items()}
+    scores = {}
+    for name, head in heads.items():
+        outputs, readout = head_outputs(head, z, programs), (head.weight, head.bias)
+        drawn = draw_device_values(outputs["probabilities"], programs.labels, shots, draws, seed)
+        scores[name] = {"exact": binary_auc(positive_score(outputs["exact"], readout, positive_class), positive),
+                        "device": [binary_auc(positive_score(values, readout, positive_class), positive)
+                                   for values in drawn]}
+    return scores
 
 
 def load_dressed(run_dir: Path, device_spec: str):
-    """The run's network (exact engine), its checkpoint facts, and the device's density program for its circuit."""
+    """The run's network (exact engine), its checkpoint facts, and its circuit's Programs."""
     from backends import get_backend
     from hybrid.rundir import load_run
 
@@ -124,56 +196,75 @@ def load_dressed(run_dir: Path, device_spec: str):
         raise ValueError(f"--device takes torch_noisy:NOISE_MODEL (e.g. torch_noisy:fake_manila), got {device_spec!r}")
     device = get_backend("torch_noisy", noise_model=noise_model, shots=0)
     program = device.make_runner(model.quantum.spec).program
-    return cfg, model, ckpt, program
+    return cfg, model, ckpt, Programs(model.quantum.program, program, cfg.q_angle_map, tuple(program.labels))
+
+
+def refit_heads(model, programs: Programs, x_train: torch.Tensor, y_train: torch.Tensor, weights: list[float],
+                refit: str, shots: int) -> dict[str, Head]:
+    """The trained head and one refit per weight: of the readout alone (cross-entropy + penalty) or of the angle
+    calibration, circuit and readout (anchored on the trained head's exact logits + penalty)."""
+    start = trained_head(model)
+    z = slot_inputs(model.eval(), x_train)
+    heads = {TRAINED: start}
+    if refit == "readout":
+        with torch.no_grad():
+            train = head_outputs(start, z, programs)
+        for weight in weights:
+            readout = refit_readout(train["device"], train["probabilities"], y_train.long(), (start.weight, start.bias),
+                                    programs.labels, weight, shots)
+            heads[f"weight {weight:g}"] = start._replace(weight=readout[0], bias=readout[1])
+        return heads
+    with torch.no_grad():
+        anchor = head_outputs(start, z, programs)["exact"] @ start.weight.T + start.bias
+    for weight in weights:
+        heads[f"weight {weight:g}"] = refit_head(z, anchor, programs, start, weight, shots)
+    return heads
 
 
 def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: int, draws: int, samples: int,
-              train_samples: int = 0, data_root: str | None = None, save_to: Path | None = None) -> dict:
-    """Refit one run's readout at every weight and score all readouts on its design-validation centers; with
-    `save_to`, each refitted network is also saved as a run directory save_to/<weight>/<run name>."""
+              refit: str = "readout", train_samples: int = 0, data_root: str | None = None,
+              save_to: Path | None = None) -> dict:
+    """Refit one run's head at every weight and score all heads on its design-validation centers; with `save_to`,
+    each refitted network is also saved as a run directory save_to/weight<W>/<run name>."""
     from hybrid.data import resolve_data_root
     from hybrid.domains import build_eval_domains, load_bundle, split_to_tensors
     from hybrid.tta import make_tta
 
-    cfg, model, ckpt, program = load_dressed(run_dir, device_spec)
-    labels, positive_class = tuple(program.labels), ckpt["positive_class"]
+    cfg, model, ckpt, programs = load_dressed(run_dir, device_spec)
     bundle = load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
     x_train, y_train = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
     if train_samples:  # a seeded subset, for quick checks
         keep = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(cfg.seed))[:train_samples]
         x_train, y_train = x_train[keep], y_train[keep]
-    train = circuit_readings(model.eval(), program, x_train)
-    start = (model.classifier.weight.detach(), model.classifier.bias.detach())
-    readouts = {TRAINED: tuple(t.double() for t in start)}
-    for weight in weights:
-        readouts[f"weight {weight:g}"] = refit_readout(train["device"], train["probabilities"], y_train.long(), start,
-                                                       labels, weight, shots)
-        if save_to is not None:
-            save_refit_run(run_dir, readouts[f"weight {weight:g}"], save_to / f"weight{weight:g}" / run_dir.name,
-                           {"weight": weight, "device": device_spec, "shots": shots, "train_samples": train_samples})
+    heads = refit_heads(model, programs, x_train, y_train, weights, refit, shots)
+    for name, head in heads.items():
+        if save_to is not None and name != TRAINED:
+            save_refit_run(run_dir, head, save_to / name.replace(" ", "") / run_dir.name,
+                           {"refit": refit, "weight": float(name.split()[1]), "device": device_spec, "shots": shots,
+                            "train_samples": train_samples})
     domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
                if name != "clean" and not name.startswith("real:")}  # held-out clinics are reported ones
     centers = {}
     for name, (x, y) in domains.items():
         keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:samples]
-        x, y = x[keep], y[keep]
         adabn = make_tta("adabn", model)
-        adabn.prepare(x)
+        adabn.prepare(x[keep])
         try:
-            readings = circuit_readings(model.eval(), program, x)
+            z = slot_inputs(model.eval(), x[keep])
         finally:
             adabn.reset()
-        centers[name] = score_center(readouts, readings, y.numpy() == positive_class, positive_class, labels, shots,
-                                     draws, cfg.seed)
-    log.info("%s: %d readouts on %d design-validation centers", run_dir, len(readouts), len(centers))
-    return {"run": str(run_dir), "seed": cfg.seed, "readouts": {k: [v[0].tolist(), v[1].tolist()]
-                                                                  for k, v in readouts.items()}, "centers": centers}
+        centers[name] = score_center(heads, z, y[keep].numpy() == ckpt["positive_class"], ckpt["positive_class"],
+                                     programs, shots, draws, cfg.seed)
+    log.info("%s: %d heads on %d design-validation centers", run_dir, len(heads), len(centers))
+    return {"run": str(run_dir), "seed": cfg.seed, "refit": refit,
+            "heads": {k: v.to_lists() for k, v in heads.items()}, "centers": centers}
 
 
-def save_refit_run(run_dir: Path, readout: tuple[torch.Tensor, torch.Tensor], out_dir: Path, provenance: dict) -> Path:
-    """A run directory beside `run_dir` whose network is the same but for the refitted readout: its config and
-    centers copied, best.pt with the new classifier weights, and readout_refit.json saying where it came from.
-    Any tool that reads a run (hybrid.evaluate, hybrid.bench_backends --compare-run) then scores it."""
+def save_refit_run(run_dir: Path, head: Head, out_dir: Path, provenance: dict) -> Path:
+    """A run directory whose network is `run_dir`'s with the refitted head: the angle calibration folded into the
+    last affine layer in front of the angles (the angle BatchNorm if any, else the projection), the circuit weights
+    and the readout replaced; config and centers copied; readout_refit.json says where it came from. Any tool that
+    reads a run (hybrid.evaluate, hybrid.bench_backends --compare-run) then scores it."""
     import shutil
 
     from hybrid.checkpoints import load_checkpoint
@@ -187,8 +278,12 @@ def save_refit_run(run_dir: Path, readout: tuple[torch.Tensor, torch.Tensor], ou
             shutil.copyfile(run_dir / name, out_dir / name)
     ckpt = load_checkpoint(run_dir / CHECKPOINT, "checkpoint", BEST_KEYS)
     model = dict(ckpt["model"])
-    for key, value in zip(("classifier.weight", "classifier.bias"), readout):
-        model[key] = value.to(model[key].dtype).clone()
+    front = "angle_norm" if "angle_norm.weight" in model else "project"
+    scale = head.scale.to(model[f"{front}.weight"].dtype)
+    new = {f"{front}.weight": model[f"{front}.weight"] * (scale[:, None] if front == "project" else scale),
+           f"{front}.bias": model[f"{front}.bias"] * scale + head.offset,
+           "quantum.weight": head.circuit, "classifier.weight": head.weight, "classifier.bias": head.bias}
+    model |= {key: value.to(model[key].dtype).clone() for key, value in new.items()}
     torch.save(ckpt | {"model": model}, out_dir / CHECKPOINT)
     write_json({"source_run": str(run_dir)} | provenance, out_dir / "readout_refit.json")
     return out_dir
@@ -215,12 +310,13 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
 
 
 def to_markdown(result: dict) -> str:
-    lines = ["# Noise-aware refit of the readout alone, on the design-validation centers", "",
+    what = "the readout alone" if result["refit"] == "readout" else "the angle calibration, circuit and readout"
+    lines = [f"# Noise-aware refit of {what}, on the design-validation centers", "",
              f"`{result['command']}`", "",
              f"Device {result['device']} at {result['shots']} shots, {result['draws']} draws, up to {result['samples']} "
              f"images per center, adabn; {len(result['runs'])} runs. Means over runs and centers. Recovered on the "
-             "device: the readout's device AUC minus the trained readout's, over the trained readout's device loss.",
-             "", "| readout | exact AUC | device AUC | device loss | recovered on the device | per run gained |",
+             "device: the head's device AUC minus the trained head's, over the trained head's device loss.",
+             "", "| head | exact AUC | device AUC | device loss | recovered on the device | per run gained |",
              "|---|---|---|---|---|---|"]
     for name, row in result["summary"].items():
         gained = ", ".join(f"{g:+.4f}" for g in row["gained_per_run"])
@@ -231,7 +327,7 @@ def to_markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> Path:
-    """Exact against device AUC, one point per readout, the trained one's half-loss goal dashed."""
+    """Exact against device AUC, one point per head, the trained one's half-loss goal dashed."""
     from hybrid.reporting import new_figure, palette, save_figure
 
     summary = result["summary"]
@@ -240,10 +336,13 @@ def plot(result: dict, path: Path) -> Path:
     for (name, row), colour in zip(summary.items(), palette(len(summary))):
         ax.scatter(row["exact"], row["device"], color=colour, label=name, zorder=3)
     trained = summary[TRAINED]
+    low = min(min(r["exact"], r["device"]) for r in summary.values())
+    high = max(r["exact"] for r in summary.values())
+    ax.plot([low, high], [low, high], color="grey", lw=1, label="device = exact (nothing lost to the shots)")
     ax.axhline(trained["device"] + trained["device_loss"] / 2, color="grey", ls="--", lw=1,
-               label="half the trained readout's loss recovered")
+               label="half the trained head's loss recovered")
     ax.set(xlabel="exact AUC (statevector)", ylabel=f"device AUC ({result['shots']} shots)",
-           title="Readout refitted for the device's shots")
+           title=f"{'Readout' if result['refit'] == 'readout' else 'Head'} refitted for the device's shots")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", frameon=False)
     return save_figure(fig, path)
@@ -252,7 +351,12 @@ def plot(result: dict, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hybrid.readout_refit", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", required=True, help="comma-separated run directories of dressed networks")
-    parser.add_argument("--weights", default="1,2,4,8", help="penalty weights to refit with (0 is always added)")
+    parser.add_argument("--refit", choices=REFITS, default="readout",
+                        help="readout: the final Linear alone, for cross-entropy + penalty; head: angle scale and "
+                             "offset per qubit, circuit weights and readout, anchored on the trained head's exact "
+                             "predictions (KL) + penalty")
+    parser.add_argument("--weights", default="1,2,4,8",
+                        help="penalty weights to refit with (with --refit readout, 0 is always added)")
     parser.add_argument("--device", default="torch_noisy:fake_manila", help="torch_noisy:NOISE_MODEL")
     parser.add_argument("--shots", type=int, default=1024)
     parser.add_argument("--draws", type=int, default=8, help="shot draws per center")
@@ -271,16 +375,17 @@ def _run(args, argv) -> int:
     import shlex
     import sys
 
-    weights = sorted({0.0} | {float(w) for w in args.weights.split(",") if w.strip()})
+    weights = sorted({float(w) for w in args.weights.split(",") if w.strip()} | ({0.0} if args.refit == "readout" else set()))
     if any(w < 0 for w in weights) or args.shots < 1 or args.draws < 1 or args.samples < 2 or args.train_samples < 0:
         raise ValueError("--weights must be >= 0, --shots and --draws positive, --samples at least 2, "
                          "--train-samples 0 (all) or more")
     runs = [refit_run(Path(p), weights, device_spec=args.device, shots=args.shots, draws=args.draws,
-                      samples=args.samples, train_samples=args.train_samples, data_root=args.data_root,
+                      samples=args.samples, refit=args.refit, train_samples=args.train_samples, data_root=args.data_root,
                       save_to=Path(args.save_to) if args.save_to else None) for p in args.runs.split(",") if p.strip()]
     command = "python -m hybrid.readout_refit " + shlex.join(sys.argv[1:] if argv is None else argv)
-    result = {"command": command, "device": args.device, "shots": args.shots, "draws": args.draws,
-              "samples": args.samples, "train_samples": args.train_samples or "all", "centers": "validation", "runs": runs, "summary": summarize(runs)}
+    result = {"command": command, "refit": args.refit, "device": args.device, "shots": args.shots,
+              "draws": args.draws, "samples": args.samples, "train_samples": args.train_samples or "all",
+              "centers": "validation", "runs": runs, "summary": summarize(runs)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / "readout_refit.json")
