@@ -13,8 +13,8 @@ qubit in front of the angle map, and the circuit's weights, anchored on the trai
 of the labels: KL(softmax(trained logits) || softmax(logits)) + weight * the same term (at weight 0 the trained head).
 q and Σ_q are the observables' means and bitstring covariance under the device's noise model (torch_noisy's density
 program, readout errors included), on the clean training split with the source BatchNorm statistics; L-BFGS.
-Each design-validation center is then scored, with adabn as the studies evaluate, by the trained head and every
-refitted one: exactly (statevector) and from `draws` sets of `shots` joint bitstrings of the device's noisy
+Each design-validation center is then scored, with adabn on the scored images as `hybrid.bench_backends` does
+(--samples per center), by the trained head and every refitted one: exactly (statevector) and from `draws` sets of `shots` joint bitstrings of the device's noisy
 probabilities (simulator seeds the run's seed, +1, ...). Only virtual design-validation centers are read, never the
 reported centers or real clinics. `--save-to` writes each refitted network as a run directory for the tools that
 read runs (e.g. `hybrid.bench_backends --compare-run`).
@@ -199,6 +199,15 @@ def load_dressed(run_dir: Path, device_spec: str):
     return cfg, model, ckpt, Programs(model.quantum.program, program, cfg.q_angle_map, tuple(program.labels))
 
 
+def head_name(weight: float) -> str:
+    return f"weight {weight:g}"
+
+
+def saved_run_dir(save_to: Path, weight: float, run_dir: Path) -> Path:
+    """Where --save-to puts the refit of `run_dir` at `weight`."""
+    return save_to / f"weight{weight:g}" / run_dir.name
+
+
 def refit_heads(model, programs: Programs, x_train: torch.Tensor, y_train: torch.Tensor, weights: list[float],
                 refit: str, shots: int) -> dict[str, Head]:
     """The trained head and one refit per weight: of the readout alone (cross-entropy + penalty) or of the angle
@@ -212,12 +221,12 @@ def refit_heads(model, programs: Programs, x_train: torch.Tensor, y_train: torch
         for weight in weights:
             readout = refit_readout(train["device"], train["probabilities"], y_train.long(), (start.weight, start.bias),
                                     programs.labels, weight, shots)
-            heads[f"weight {weight:g}"] = start._replace(weight=readout[0], bias=readout[1])
+            heads[head_name(weight)] = start._replace(weight=readout[0], bias=readout[1])
         return heads
     with torch.no_grad():
         anchor = head_outputs(start, z, programs)["exact"] @ start.weight.T + start.bias
     for weight in weights:
-        heads[f"weight {weight:g}"] = refit_head(z, anchor, programs, start, weight, shots)
+        heads[head_name(weight)] = refit_head(z, anchor, programs, start, weight, shots)
     return heads
 
 
@@ -237,11 +246,10 @@ def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: i
         keep = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(cfg.seed))[:train_samples]
         x_train, y_train = x_train[keep], y_train[keep]
     heads = refit_heads(model, programs, x_train, y_train, weights, refit, shots)
-    for name, head in heads.items():
-        if save_to is not None and name != TRAINED:
-            save_refit_run(run_dir, head, save_to / name.replace(" ", "") / run_dir.name,
-                           {"refit": refit, "weight": float(name.split()[1]), "device": device_spec, "shots": shots,
-                            "train_samples": train_samples})
+    for weight in weights if save_to is not None else ():
+        save_refit_run(run_dir, heads[head_name(weight)], saved_run_dir(save_to, weight, run_dir),
+                       {"refit": refit, "weight": weight, "device": device_spec, "shots": shots,
+                        "train_samples": train_samples}, data_root)
     domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
                if name != "clean" and not name.startswith("real:")}  # held-out clinics are reported ones
     centers = {}
@@ -260,11 +268,12 @@ def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: i
             "heads": {k: v.to_lists() for k, v in heads.items()}, "centers": centers}
 
 
-def save_refit_run(run_dir: Path, head: Head, out_dir: Path, provenance: dict) -> Path:
+def save_refit_run(run_dir: Path, head: Head, out_dir: Path, provenance: dict, data_root: str | None = None) -> Path:
     """A run directory whose network is `run_dir`'s with the refitted head: the angle calibration folded into the
     last affine layer in front of the angles (the angle BatchNorm if any, else the projection), the circuit weights
-    and the readout replaced; config and centers copied; readout_refit.json says where it came from. Any tool that
-    reads a run (hybrid.evaluate, hybrid.bench_backends --compare-run) then scores it."""
+    and the readout replaced, and the decision threshold chosen again on source validation as training does; config
+    and centers copied; readout_refit.json says where it came from. Any tool that reads a run (hybrid.evaluate,
+    hybrid.bench_backends --compare-run) then scores it."""
     import shutil
 
     from hybrid.checkpoints import load_checkpoint
@@ -284,15 +293,33 @@ def save_refit_run(run_dir: Path, head: Head, out_dir: Path, provenance: dict) -
            f"{front}.bias": model[f"{front}.bias"] * scale + head.offset,
            "quantum.weight": head.circuit, "classifier.weight": head.weight, "classifier.bias": head.bias}
     model |= {key: value.to(model[key].dtype).clone() for key, value in new.items()}
-    torch.save(ckpt | {"model": model}, out_dir / CHECKPOINT)
+    torch.save(ckpt | {"model": model}, out_dir / CHECKPOINT)  # loaded back to choose its own threshold
+    torch.save(ckpt | {"model": model, "threshold": refit_threshold(out_dir, data_root)}, out_dir / CHECKPOINT)
     write_json({"source_run": str(run_dir)} | provenance, out_dir / "readout_refit.json")
     return out_dir
+
+
+def refit_threshold(run_dir: Path, data_root: str | None) -> float:
+    """The decision threshold of the network saved in `run_dir`, from source validation with the run's TTA (as
+    hybrid.train chooses it): the trained head's threshold would not fit the refitted head's probabilities."""
+    from hybrid.data import resolve_data_root
+    from hybrid.inference import source_threshold
+    from hybrid.rundir import load_run
+    from hybrid.train import prepare_data
+
+    cfg, model, ckpt, backend = load_run(run_dir)
+    backend.close()
+    _, data = prepare_data(cfg, resolve_data_root(data_root or cfg.data_root))
+    return source_threshold(model, data.x_val, data.y_val, tta=cfg.tta, positive_class=ckpt["positive_class"],
+                            batch_size=cfg.eval_batch_size)
 
 
 def summarize(runs: list[dict]) -> dict[str, dict]:
     """Per readout: mean exact and device AUC over runs and centers, and the share of the trained readout's device
     loss (exact - device) it recovers on the device (its device AUC - the trained readout's), means over runs."""
-    names = list(runs[0]["centers"][next(iter(runs[0]["centers"]))])
+    if not all(r["centers"] for r in runs):
+        raise ValueError("a run has no design-validation centers to score (is its test split empty?)")
+    names = list(next(iter(runs[0]["centers"].values())))
 
     def mean_of(name: str, key: str) -> list[float]:  # one value per run: the mean over its centers (and draws)
         return [float(np.mean([np.mean(c[name][key]) for c in r["centers"].values()])) for r in runs]
@@ -371,17 +398,34 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: _run(args, argv))
 
 
+def parse_weights(text: str, with_zero: bool) -> list[float]:
+    """`--weights 1,4,16` -> sorted penalty weights (with 0 added for the readout refit's exact reference)."""
+    try:
+        weights = {float(w) for w in text.split(",") if w.strip()}
+    except ValueError:
+        raise ValueError(f"--weights takes comma-separated numbers >= 0, e.g. 1,4,16; got {text!r}") from None
+    if not weights or any(w < 0 for w in weights):
+        raise ValueError(f"--weights takes comma-separated numbers >= 0, e.g. 1,4,16; got {text!r}")
+    return sorted(weights | ({0.0} if with_zero else set()))
+
+
 def _run(args, argv) -> int:
     import shlex
     import sys
 
-    weights = sorted({float(w) for w in args.weights.split(",") if w.strip()} | ({0.0} if args.refit == "readout" else set()))
-    if any(w < 0 for w in weights) or args.shots < 1 or args.draws < 1 or args.samples < 2 or args.train_samples < 0:
-        raise ValueError("--weights must be >= 0, --shots and --draws positive, --samples at least 2, "
-                         "--train-samples 0 (all) or more")
-    runs = [refit_run(Path(p), weights, device_spec=args.device, shots=args.shots, draws=args.draws,
-                      samples=args.samples, refit=args.refit, train_samples=args.train_samples, data_root=args.data_root,
-                      save_to=Path(args.save_to) if args.save_to else None) for p in args.runs.split(",") if p.strip()]
+    weights = parse_weights(args.weights, with_zero=args.refit == "readout")
+    if args.shots < 1 or args.draws < 1 or args.samples < 2 or args.train_samples < 0:
+        raise ValueError("--shots and --draws must be positive, --samples at least 2, --train-samples 0 (all) or more")
+    run_dirs = [Path(p) for p in args.runs.split(",") if p.strip()]
+    save_to = Path(args.save_to) if args.save_to else None
+    if save_to is not None:  # before any refit: two runs of one name, or an earlier save, would collide halfway
+        targets = [saved_run_dir(save_to, w, r) for r in run_dirs for w in weights]
+        taken = [t for t in targets if (t / "best.pt").exists()] + [t for t in set(targets) if targets.count(t) > 1]
+        if taken:
+            raise ValueError(f"--save-to: {taken[0]} is already taken (runs need distinct folder names)")
+    runs = [refit_run(r, weights, device_spec=args.device, shots=args.shots, draws=args.draws, samples=args.samples,
+                      refit=args.refit, train_samples=args.train_samples, data_root=args.data_root, save_to=save_to)
+            for r in run_dirs]
     command = "python -m hybrid.readout_refit " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "refit": args.refit, "device": args.device, "shots": args.shots,
               "draws": args.draws, "samples": args.samples, "train_samples": args.train_samples or "all",
