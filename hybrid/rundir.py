@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -94,6 +94,15 @@ def write_text(text: str, path: Path) -> None:
 def write_json(data: Any, path: Path) -> None:
     """Write `data` as indented strict JSON, atomically (see `write_text`)."""
     write_text(json_text(data, indent=2) + "\n", path)
+
+
+def write_study_outputs(out: Path, stem: str, result: dict, markdown: str, plot: Callable[[dict, Path], Any]) -> None:
+    """A study tool's OUT/stem.json (the result), .md (its table, also printed) and .png (`plot(result, path)`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / f"{stem}.json")
+    write_text(markdown, out / f"{stem}.md")
+    plot(result, out / f"{stem}.png")
+    print(markdown)
 
 
 def append_line(path: Path, record: dict) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from hybrid.cli import run_cli
-from hybrid.rundir import write_json, write_text
+from hybrid.rundir import write_study_outputs
 from hybrid.studies.design import named_runs
 
 log = logging.getLogger("hybrid.probe")
@@ -173,10 +173,5 @@ def _run(args) -> int:
     for name, paths in groups.items():
         runs = [probe_run(p, args.data_root) for p in paths]
         result["groups"][name] = {"runs": runs, "summary": summarize_group(runs)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "probe.json")
-    write_text(to_markdown(result), out / "probe.md")
-    plot(result, out / "probe.png")
-    print(to_markdown(result))
+    write_study_outputs(Path(args.out), "probe", result, to_markdown(result), plot)
     return 0

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrid.cli import run_cli
-from hybrid.rundir import write_json, write_text
+from hybrid.rundir import write_json, write_study_outputs
 
 log = logging.getLogger("hybrid.readout_refit")
 
@@ -430,10 +430,5 @@ def _run(args, argv) -> int:
     result = {"command": command, "refit": args.refit, "device": args.device, "shots": args.shots,
               "draws": args.draws, "samples": args.samples, "train_samples": args.train_samples or "all",
               "centers": "validation", "runs": runs, "summary": summarize(runs)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "readout_refit.json")
-    write_text(to_markdown(result), out / "readout_refit.md")
-    plot(result, out / "readout_refit.png")
-    print(to_markdown(result))
+    write_study_outputs(Path(args.out), "readout_refit", result, to_markdown(result), plot)
     return 0
