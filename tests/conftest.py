@@ -10,6 +10,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in 2 xdist workers on 2 cores: one torch thread each, inherited by the processes
+    # the tests start (two threads per process stall badly when processes share the cores)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
