@@ -52,3 +52,15 @@ def test_a_groups_score_is_the_mean_of_each_runs_worst_center_and_a_network_with
 def test_bad_groups_are_refused_with_a_sentence(argv, message, tmp_path, capsys):
     assert probe.main(argv + ["--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_the_plot_lays_out_its_long_legend_for_one_group_as_for_several(groups, tmp_path):
+    import warnings
+
+    summary = {key: {"worst": 0.8 + 0.01 * i} for i, key in enumerate(probe.READINGS)}
+    result = {"groups": {f"g{i}": {"runs": [], "summary": summary} for i in range(groups)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a collapsed constrained layout only warns, and draws the axes wrong
+        path = probe.plot(result, tmp_path / "probe.png")
+    assert path.stat().st_size > 0

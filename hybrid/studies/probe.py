@@ -140,7 +140,7 @@ def plot(result: dict, path: Path) -> Path:
     from hybrid.reporting import new_figure, palette, save_figure
 
     names = list(result["groups"])
-    fig = new_figure((1.8 + 1.4 * len(names), 3.4))
+    fig = new_figure((max(5.0, 1.8 + 1.4 * len(names)), 4.4))
     ax = fig.add_subplot()
     width = 0.8 / len(READINGS)
     values = []
@@ -152,7 +152,8 @@ def plot(result: dict, path: Path) -> Path:
            ylabel="worst validation-center AUC", title="What the head uses of the embedding")
     ax.set_xticklabels(names)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
+    # below the bars: the labels are long, and beside one group's bars they left the axes no width
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     return save_figure(fig, path)
 
 
