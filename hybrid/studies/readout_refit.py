@@ -165,16 +165,25 @@ def draw_device_values(probabilities: torch.Tensor, labels: tuple[str, ...], sho
             for d in range(draws)]
 
 
+def same_front(a: Head, b: Head) -> bool:
+    """Whether two heads prepare the same states (same angle calibration and circuit; readouts may differ)."""
+    return all(torch.equal(x, y) for x, y in zip((a.scale, a.offset, a.circuit), (b.scale, b.offset, b.circuit)))
+
+
 @torch.no_grad()
 def score_center(heads: dict[str, Head], z: torch.Tensor, positive: np.ndarray, positive_class: int,
                  programs: Programs, shots: int, draws: int, seed: int) -> dict[str, dict]:
     """Exact AUC and the AUC of every draw (simulator seeds seed, seed + 1, ... for every head), for every head."""
     from hybrid.metrics import binary_auc
 
-    scores = {}
+    scores, simulated = {}, []  # (head, outputs, draws) per distinct circuit front: readout refits share one
     for name, head in heads.items():
-        outputs, readout = head_outputs(head, z, programs), (head.weight, head.bias)
-        drawn = draw_device_values(outputs["probabilities"], programs.labels, shots, draws, seed)
+        outputs, drawn = next(((o, d) for h, o, d in simulated if same_front(h, head)), (None, None))
+        if outputs is None:
+            outputs = head_outputs(head, z, programs)
+            drawn = draw_device_values(outputs["probabilities"], programs.labels, shots, draws, seed)
+            simulated.append((head, outputs, drawn))
+        readout = (head.weight, head.bias)
         scores[name] = {"exact": binary_auc(positive_score(outputs["exact"], readout, positive_class), positive),
                         "device": [binary_auc(positive_score(values, readout, positive_class), positive)
                                    for values in drawn]}
@@ -230,14 +239,33 @@ def refit_heads(model, programs: Programs, x_train: torch.Tensor, y_train: torch
     return heads
 
 
+def validation_slot_inputs(cfg, bundle, model, ckpt: dict, samples: int) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+    """Per virtual design-validation center: the slot inputs z of `samples` seeded images, with adabn on those images
+    (as hybrid.bench_backends scores), and which of them are positive. Never the reported centers or real clinics."""
+    from hybrid.domains import build_eval_domains
+    from hybrid.tta import make_tta
+
+    domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
+               if name != "clean" and not name.startswith("real:")}  # held-out clinics are reported ones
+    centers = {}
+    for name, (x, y) in domains.items():
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:samples]
+        adabn = make_tta("adabn", model)
+        adabn.prepare(x[keep])
+        try:
+            centers[name] = (slot_inputs(model.eval(), x[keep]), y[keep].numpy() == ckpt["positive_class"])
+        finally:
+            adabn.reset()
+    return centers
+
+
 def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: int, draws: int, samples: int,
               refit: str = "readout", train_samples: int = 0, data_root: str | None = None,
               save_to: Path | None = None) -> dict:
     """Refit one run's head at every weight and score all heads on its design-validation centers; with `save_to`,
     each refitted network is also saved as a run directory save_to/weight<W>/<run name>."""
     from hybrid.data import resolve_data_root
-    from hybrid.domains import build_eval_domains, load_bundle, split_to_tensors
-    from hybrid.tta import make_tta
+    from hybrid.domains import load_bundle, split_to_tensors
 
     cfg, model, ckpt, programs = load_dressed(run_dir, device_spec)
     bundle = load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
@@ -250,19 +278,8 @@ def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: i
         save_refit_run(run_dir, heads[head_name(weight)], saved_run_dir(save_to, weight, run_dir),
                        {"refit": refit, "weight": weight, "device": device_spec, "shots": shots,
                         "train_samples": train_samples}, data_root)
-    domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
-               if name != "clean" and not name.startswith("real:")}  # held-out clinics are reported ones
-    centers = {}
-    for name, (x, y) in domains.items():
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:samples]
-        adabn = make_tta("adabn", model)
-        adabn.prepare(x[keep])
-        try:
-            z = slot_inputs(model.eval(), x[keep])
-        finally:
-            adabn.reset()
-        centers[name] = score_center(heads, z, y[keep].numpy() == ckpt["positive_class"], ckpt["positive_class"],
-                                     programs, shots, draws, cfg.seed)
+    centers = {name: score_center(heads, z, positive, ckpt["positive_class"], programs, shots, draws, cfg.seed)
+               for name, (z, positive) in validation_slot_inputs(cfg, bundle, model, ckpt, samples).items()}
     log.info("%s: %d heads on %d design-validation centers", run_dir, len(heads), len(centers))
     return {"run": str(run_dir), "seed": cfg.seed, "refit": refit,
             "heads": {k: v.to_lists() for k, v in heads.items()}, "centers": centers}
@@ -293,15 +310,16 @@ def save_refit_run(run_dir: Path, head: Head, out_dir: Path, provenance: dict, d
            f"{front}.bias": model[f"{front}.bias"] * scale + head.offset,
            "quantum.weight": head.circuit, "classifier.weight": head.weight, "classifier.bias": head.bias}
     model |= {key: value.to(model[key].dtype).clone() for key, value in new.items()}
-    torch.save(ckpt | {"model": model}, out_dir / CHECKPOINT)  # loaded back to choose its own threshold
-    torch.save(ckpt | {"model": model, "threshold": refit_threshold(out_dir, data_root)}, out_dir / CHECKPOINT)
+    threshold = refit_threshold(run_dir, data_root, state=model)
+    torch.save(ckpt | {"model": model, "threshold": threshold}, out_dir / CHECKPOINT)
     write_json({"source_run": str(run_dir)} | provenance, out_dir / "readout_refit.json")
     return out_dir
 
 
-def refit_threshold(run_dir: Path, data_root: str | None) -> float:
-    """The decision threshold of the network saved in `run_dir`, from source validation with the run's TTA (as
-    hybrid.train chooses it): the trained head's threshold would not fit the refitted head's probabilities."""
+def refit_threshold(run_dir: Path, data_root: str | None, state: dict | None = None) -> float:
+    """The decision threshold of `run_dir`'s network (with its weights replaced by `state` if given), from source
+    validation with the run's TTA (as hybrid.train chooses it): the trained head's threshold would not fit the
+    refitted head's probabilities."""
     from hybrid.data import resolve_data_root
     from hybrid.inference import source_threshold
     from hybrid.rundir import load_run
@@ -309,6 +327,8 @@ def refit_threshold(run_dir: Path, data_root: str | None) -> float:
 
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()
+    if state is not None:
+        model.load_network_state(state)
     _, data = prepare_data(cfg, resolve_data_root(data_root or cfg.data_root))
     return source_threshold(model, data.x_val, data.y_val, tta=cfg.tta, positive_class=ckpt["positive_class"],
                             batch_size=cfg.eval_batch_size)

@@ -12,8 +12,7 @@ from hybrid.studies import readout_refit as rr
 from hybrid.quantum.noise import ZStrings
 from hybrid.metrics import binary_auc
 from hybrid.data import resolve_data_root
-from hybrid.domains import build_eval_domains, load_bundle, split_to_tensors
-from hybrid.tta import make_tta
+from hybrid.domains import load_bundle, split_to_tensors
 
 WEIGHTS = [0, 1, 2, 4, 8]; SHOTS, DRAWS, SAMPLES = 1024, 8, 400
 out = {}
@@ -39,30 +38,20 @@ for run in sys.argv[2:]:
     with torch.no_grad():
         z = rr.slot_inputs(model.eval(), x_train)
         pe, pn = outputs(z)
-    readouts = {"trained7": (trained.weight, trained.bias, programs.labels), "trained15": (w15, trained.bias, labels15)}
+    every = list(range(len(labels15)))  # the columns of the 15 parities each readout reads
+    readouts = {"trained7": (trained.weight, trained.bias, idx), "trained15": (w15, trained.bias, every)}
     for w in WEIGHTS:
         W, b = rr.refit_readout(pn @ signs.matrix.double(), pn, y_train.long(), (w15, trained.bias), labels15, w, SHOTS)
-        readouts[f"parity w{w}"] = (W, b, labels15)
-    domains = {k: d for k, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
-               if k != "clean" and not k.startswith("real:")}
+        readouts[f"parity w{w}"] = (W, b, every)
     res = {}
-    for name, (x, y) in domains.items():
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:SAMPLES]
-        adabn = make_tta("adabn", model); adabn.prepare(x[keep])
-        try:
-            with torch.no_grad():
-                zc = rr.slot_inputs(model.eval(), x[keep])
-        finally:
-            adabn.reset()
+    for name, (zc, positive) in rr.validation_slot_inputs(cfg, bundle, model, ckpt, SAMPLES).items():
         with torch.no_grad():
             pe, pn = outputs(zc)
-        positive = y[keep].numpy() == ckpt["positive_class"]
+        exact, drawn = pe @ signs.matrix.double(), rr.draw_device_values(pn, labels15, SHOTS, DRAWS, cfg.seed)
         res[name] = {}
-        for key, (W, b, labels) in readouts.items():
-            m = ZStrings(labels).matrix.double()
-            drawn = rr.draw_device_values(pn, labels, SHOTS, DRAWS, cfg.seed)
-            res[name][key] = {"exact": binary_auc(rr.positive_score(pe @ m, (W, b), ckpt["positive_class"]), positive),
-                              "device": float(np.mean([binary_auc(rr.positive_score(v, (W, b), ckpt["positive_class"]), positive) for v in drawn]))}
+        for key, (W, b, cols) in readouts.items():
+            res[name][key] = {"exact": binary_auc(rr.positive_score(exact[:, cols], (W, b), ckpt["positive_class"]), positive),
+                              "device": float(np.mean([binary_auc(rr.positive_score(v[:, cols], (W, b), ckpt["positive_class"]), positive) for v in drawn]))}
     out[str(run)] = res
     keys = list(readouts)
     for k in keys:
