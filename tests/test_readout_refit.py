@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from hybrid.quantum.noise import ZStrings
 from hybrid.studies import readout_refit as rr
+from hybrid.studies import refit_runs
 
 LABELS = ("ZI", "IZ", "ZZ")
 
@@ -167,7 +168,7 @@ def test_the_head_refit_saves_networks_with_their_own_threshold(dressed_zz_run, 
     provenance = json.loads((refit_dir / "readout_refit.json").read_text())
     assert provenance["refit"] == "head" and provenance["weight"] == 4.0
     threshold = load_checkpoint(refit_dir / "best.pt", "checkpoint")["threshold"]
-    assert threshold == pytest.approx(rr.refit_threshold(refit_dir, str(data_root)))
+    assert threshold == pytest.approx(refit_runs.refit_threshold(refit_dir, str(data_root)))
     assert 0.0 < threshold < 1.0
 
 
@@ -224,7 +225,7 @@ def _saved_network_matches(run_dir, tmp_path):
     start = rr.trained_head(model)
     head = start._replace(scale=1 + 0.3 * torch.rand_like(start.scale), offset=0.2 * torch.randn_like(start.offset),
                           circuit=start.circuit + 0.1, weight=start.weight * 2, bias=start.bias - 0.5)
-    saved = rr.save_refit_run(run_dir, head, tmp_path / "saved", {"refit": "head"})
+    saved = refit_runs.save_refit_run(run_dir, head, tmp_path / "saved", {"refit": "head"})
     new = load_run(saved).model
     x = torch.rand(16, 1, 28, 28)
     with torch.no_grad():

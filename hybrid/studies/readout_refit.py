@@ -14,10 +14,10 @@ of the labels: KL(softmax(trained logits) || softmax(logits)) + weight * the sam
 q and Σ_q are the observables' means and bitstring covariance under the device's noise model (torch_noisy's density
 program, readout errors included), on the clean training split with the source BatchNorm statistics; L-BFGS.
 Each design-validation center is then scored, with adabn on the scored images as `hybrid.bench_backends` does
-(--samples per center), by the trained head and every refitted one: exactly (statevector) and from `draws` sets of `shots` joint bitstrings of the device's noisy
-probabilities (simulator seeds the run's seed, +1, ...). Only virtual design-validation centers are read, never the
-reported centers or real clinics. `--save-to` writes each refitted network as a run directory for the tools that
-read runs (e.g. `hybrid.bench_backends --compare-run`).
+(--samples per center), by the trained head and every refitted one: exactly (statevector) and from `draws` sets of
+`shots` joint bitstrings of the device's noisy probabilities (simulator seeds the run's seed, +1, ...). Only virtual
+design-validation centers are read, never the reported centers or real clinics. `--save-to` writes each refitted
+network as a run directory (hybrid.studies.refit_runs) for the tools that read runs (e.g. `bench_backends --compare-run`).
 Writes OUT/readout_refit.json, .md and .png: per head the mean exact and device AUC and the share of the trained
 head's device loss it recovers on the device.
 """
@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from hybrid.cli import run_cli
-from hybrid.rundir import write_json, write_study_outputs
+from hybrid.rundir import write_study_outputs
+from hybrid.studies.refit_runs import refuse_collisions, save_refit_run, saved_run_dir
 
 log = logging.getLogger("hybrid.readout_refit")
 
@@ -212,11 +213,6 @@ def head_name(weight: float) -> str:
     return f"weight {weight:g}"
 
 
-def saved_run_dir(save_to: Path, weight: float, run_dir: Path) -> Path:
-    """Where --save-to puts the refit of `run_dir` at `weight`."""
-    return save_to / f"weight{weight:g}" / run_dir.name
-
-
 def refit_heads(model, programs: Programs, x_train: torch.Tensor, y_train: torch.Tensor, weights: list[float],
                 refit: str, shots: int) -> dict[str, Head]:
     """The trained head and one refit per weight: of the readout alone (cross-entropy + penalty) or of the angle
@@ -283,55 +279,6 @@ def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: i
     log.info("%s: %d heads on %d design-validation centers", run_dir, len(heads), len(centers))
     return {"run": str(run_dir), "seed": cfg.seed, "refit": refit,
             "heads": {k: v.to_lists() for k, v in heads.items()}, "centers": centers}
-
-
-def save_refit_run(run_dir: Path, head: Head, out_dir: Path, provenance: dict, data_root: str | None = None) -> Path:
-    """A run directory whose network is `run_dir`'s with the refitted head: the angle calibration folded into the
-    last affine layer in front of the angles (the angle BatchNorm if any, else the projection), the circuit weights
-    and the readout replaced, and the decision threshold chosen again on source validation as training does; config
-    and centers copied; readout_refit.json says where it came from. Any tool that reads a run (hybrid.evaluate,
-    hybrid.bench_backends --compare-run) then scores it."""
-    import shutil
-
-    from hybrid.checkpoints import load_checkpoint
-    from hybrid.rundir import BEST_KEYS, CHECKPOINT
-
-    if (out_dir / CHECKPOINT).exists():
-        raise ValueError(f"--save-to: {out_dir} already holds a network; choose another folder or remove it")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "centers.json"):
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, out_dir / name)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT, "checkpoint", BEST_KEYS)
-    model = dict(ckpt["model"])
-    front = "angle_norm" if "angle_norm.weight" in model else "project"
-    scale = head.scale.to(model[f"{front}.weight"].dtype)
-    new = {f"{front}.weight": model[f"{front}.weight"] * (scale[:, None] if front == "project" else scale),
-           f"{front}.bias": model[f"{front}.bias"] * scale + head.offset,
-           "quantum.weight": head.circuit, "classifier.weight": head.weight, "classifier.bias": head.bias}
-    model |= {key: value.to(model[key].dtype).clone() for key, value in new.items()}
-    threshold = refit_threshold(run_dir, data_root, state=model)
-    torch.save(ckpt | {"model": model, "threshold": threshold}, out_dir / CHECKPOINT)
-    write_json({"source_run": str(run_dir)} | provenance, out_dir / "readout_refit.json")
-    return out_dir
-
-
-def refit_threshold(run_dir: Path, data_root: str | None, state: dict | None = None) -> float:
-    """The decision threshold of `run_dir`'s network (with its weights replaced by `state` if given), from source
-    validation with the run's TTA (as hybrid.train chooses it): the trained head's threshold would not fit the
-    refitted head's probabilities."""
-    from hybrid.data import resolve_data_root
-    from hybrid.inference import source_threshold
-    from hybrid.rundir import load_run
-    from hybrid.train import prepare_data
-
-    cfg, model, ckpt, backend = load_run(run_dir)
-    backend.close()
-    if state is not None:
-        model.load_network_state(state)
-    _, data = prepare_data(cfg, resolve_data_root(data_root or cfg.data_root))
-    return source_threshold(model, data.x_val, data.y_val, tta=cfg.tta, positive_class=ckpt["positive_class"],
-                            batch_size=cfg.eval_batch_size)
 
 
 def summarize(runs: list[dict]) -> dict[str, dict]:
@@ -439,10 +386,7 @@ def _run(args, argv) -> int:
     run_dirs = [Path(p) for p in args.runs.split(",") if p.strip()]
     save_to = Path(args.save_to) if args.save_to else None
     if save_to is not None:  # before any refit: two runs of one name, or an earlier save, would collide halfway
-        targets = [saved_run_dir(save_to, w, r) for r in run_dirs for w in weights]
-        taken = [t for t in targets if (t / "best.pt").exists()] + [t for t in set(targets) if targets.count(t) > 1]
-        if taken:
-            raise ValueError(f"--save-to: {taken[0]} is already taken (runs need distinct folder names)")
+        refuse_collisions(save_to, run_dirs, weights)
     runs = [refit_run(r, weights, device_spec=args.device, shots=args.shots, draws=args.draws, samples=args.samples,
                       refit=args.refit, train_samples=args.train_samples, data_root=args.data_root, save_to=save_to)
             for r in run_dirs]
