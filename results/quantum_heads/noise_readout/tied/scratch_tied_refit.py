@@ -1,11 +1,13 @@
 """Stage 1e of ../RULE.md (a scratch script, kept so its figures can be rerun): the trained head refitted with the
 slot inputs' first principal coordinate u on every qubit, scored on the design-validation centers only.
 
-    python results/quantum_heads/noise_readout/tied/scratch_tied_refit.py OUT_JSON RUN
+    python results/quantum_heads/noise_readout/tied/scratch_tied_refit.py OUT_JSON RUN [principal|decision]
     python results/quantum_heads/noise_readout/tied/scratch_tied_refit.py --pool OUT_JSON [OUT_JSON ...]
 
 the first writes one run's heads and scores (run the seeds side by side, one thread each); --pool prints the table
-(tied_refit.txt is that output)."""
+(tied_refit.txt is that output). The coordinate u on every qubit: the slot inputs' first principal coordinate (stage
+1e, the default) or the least-squares fit of the trained head's exact logit difference on them (stage 1f,
+tied_decision.txt)."""
 import json, sys, time
 from pathlib import Path
 import numpy as np, torch
@@ -17,7 +19,23 @@ SHOTS, DRAWS, SAMPLES, TRAIN_SAMPLES, WEIGHTS = 1024, 8, 400, 500, (0, 1, 4, 16,
 ZERO = 1e-9
 
 
-def refit_and_score(out_path: Path, run: Path) -> None:
+def line_through(z_train, trained, programs, positive_class, coordinate):
+    """(a, c, scale, offset): u = a · z + c, and the line scale * u + offset through the inputs that the start sits on."""
+    mu = z_train.mean(0)
+    if coordinate == "principal":
+        e = torch.linalg.svd(z_train - mu, full_matrices=False)[2][0]
+        return e, -(mu @ e), e.clone(), mu.clone()
+    with torch.no_grad():
+        logits = rr.head_outputs(trained, z_train, programs)["exact"] @ trained.weight.T + trained.bias
+    target = logits[:, positive_class] - logits[:, 1 - positive_class]
+    design = torch.cat([z_train, torch.ones(len(z_train), 1, dtype=z_train.dtype)], dim=1)
+    fit = torch.linalg.lstsq(design, target[:, None]).solution[:, 0]
+    u = z_train @ fit[:-1] + fit[-1]
+    line = torch.linalg.lstsq(torch.stack([u, torch.ones_like(u)], dim=1), z_train).solution  # (2, n): z_i on u
+    return fit[:-1], fit[-1], line[0].clone(), line[1].clone()
+
+
+def refit_and_score(out_path: Path, run: Path, coordinate: str = "principal") -> None:
     from hybrid.data import resolve_data_root
     from hybrid.domains import load_bundle, split_to_tensors
 
@@ -25,14 +43,13 @@ def refit_and_score(out_path: Path, run: Path) -> None:
     bundle = load_bundle(cfg, resolve_data_root(cfg.data_root))
     x_train, _ = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
     z_train = rr.slot_inputs(model.eval(), x_train)
-    mu = z_train.mean(0)
-    e = torch.linalg.svd(z_train - mu, full_matrices=False)[2][0]
-
-    def tied(z):  # (u, u, u, u): the first principal coordinate on every qubit
-        return ((z - mu) @ e)[:, None].expand(-1, len(mu)).contiguous()
-
     trained = rr.trained_head(model)
-    start = trained._replace(scale=e.clone(), offset=mu.clone())  # scale * u + offset: the line through the inputs
+    a, c, scale, offset = line_through(z_train, trained, programs, ckpt["positive_class"], coordinate)
+
+    def tied(z):  # (u, u, u, u): the coordinate on every qubit
+        return (z @ a + c)[:, None].expand(-1, len(a)).contiguous()
+
+    start = trained._replace(scale=scale, offset=offset)  # scale * u + offset: the line through the inputs
     z_fit = z_train[torch.randperm(len(z_train), generator=torch.Generator().manual_seed(cfg.seed))[:TRAIN_SAMPLES]]
     with torch.no_grad():
         anchor = rr.head_outputs(trained, z_fit, programs)["exact"] @ trained.weight.T + trained.bias
@@ -45,7 +62,7 @@ def refit_and_score(out_path: Path, run: Path) -> None:
     for name, (z, positive) in rr.validation_slot_inputs(cfg, bundle, model, ckpt, SAMPLES).items():
         args = (positive, ckpt["positive_class"], programs, SHOTS, DRAWS, cfg.seed)
         centers[name] = {**rr.score_center({rr.TRAINED: trained}, z, *args), **rr.score_center(heads, tied(z), *args)}
-    out_path.write_text(json.dumps({"run": str(run), "mu": mu.tolist(), "e": e.tolist(),
+    out_path.write_text(json.dumps({"run": str(run), "coordinate": coordinate, "a": a.tolist(), "c": float(c),
                                     "heads": {k: h.to_lists() for k, h in heads.items()}, "centers": centers}, indent=1))
 
 
@@ -67,4 +84,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "--pool":
         pool([Path(p) for p in sys.argv[2:]])
     else:
-        refit_and_score(Path(sys.argv[1]), Path(sys.argv[2]))
+        refit_and_score(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4])
