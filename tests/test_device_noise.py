@@ -160,6 +160,17 @@ def test_joint_shots_have_binomial_variances_and_the_covariance_of_shared_bitstr
     assert abs(expected) > 1e-3 and covariance.item() == pytest.approx(expected, rel=0.15)
 
 
+def test_bitstring_counts_are_the_draws_the_estimates_read():
+    layer, x = _layer_and_states(batch=3)
+    _, probabilities = layer.with_probabilities(x)
+    signs = ExpectationNoise(NoiseModel(shots=8, kind="joint"), LABELS).signs
+    counts = signs.bitstring_counts(probabilities, 300, 0.1, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(counts.sum(dim=1), torch.full((3,), 300.0, dtype=torch.float64))
+    assert torch.equal(counts, counts.round()) and counts.min() >= 0
+    estimates = signs.bitstring_estimates(probabilities, 300, 0.1, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(estimates, (counts / 300) @ signs.matrix)  # the same seed reads the same bitstrings
+
+
 def test_joint_shots_flip_bits_with_the_readout_error_and_pass_the_attenuated_gradient():
     layer, x = _layer_and_states(batch=2)
     values, probabilities = layer.with_probabilities(x)

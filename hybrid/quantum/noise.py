@@ -166,17 +166,22 @@ class ZStrings:
             t = (1.0 - readout_error) * t + readout_error * t.flip(axis)
         return t.reshape(probabilities.shape)
 
-    def bitstring_estimates(self, probabilities: torch.Tensor, shots: int, readout_error: float = 0.0,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, n_obs): every observable estimated from the same `shots` bitstrings per row, drawn from
-        `probabilities` (B, 2**n), each bit flipped with probability `readout_error`."""
+    def bitstring_counts(self, probabilities: torch.Tensor, shots: int, readout_error: float = 0.0,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 2**n) float64 on the CPU: how often each basis state is read in `shots` bitstrings per row, drawn
+        from `probabilities` (B, 2**n), each bit flipped with probability `readout_error`."""
         p = probabilities.detach().double().cpu().clamp_min(0.0)
         drawn = torch.multinomial(p / p.sum(dim=1, keepdim=True), shots, replacement=True, generator=generator)
         if readout_error > 0:
             flips = torch.rand((*drawn.shape, self.n_qubits), generator=generator) < readout_error
             drawn = drawn ^ (flips.long() << torch.arange(self.n_qubits)).sum(-1)
-        counts = torch.zeros(p.shape, dtype=torch.float64).scatter_add_(1, drawn, torch.ones(drawn.shape,
-                                                                                             dtype=torch.float64))
+        return torch.zeros(p.shape, dtype=torch.float64).scatter_add_(1, drawn, torch.ones(drawn.shape,
+                                                                                          dtype=torch.float64))
+
+    def bitstring_estimates(self, probabilities: torch.Tensor, shots: int, readout_error: float = 0.0,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, n_obs): every observable estimated from the same `shots` bitstrings per row (`bitstring_counts`)."""
+        counts = self.bitstring_counts(probabilities, shots, readout_error, generator)
         return ((counts / shots) @ self.matrix).to(probabilities.device)
 
 

@@ -124,6 +124,11 @@ def head_outputs(head: Head, z: torch.Tensor, programs: Programs) -> dict[str, t
             "probabilities": probabilities.double()}
 
 
+def exact_logits(head: Head, z: torch.Tensor, programs: Programs) -> torch.Tensor:
+    """The head's class logits from its exact observables (statevector only: no device simulation)."""
+    return programs.exact(head_angles(head, z, programs.angle_map), head.circuit).double() @ head.weight.T + head.bias
+
+
 def refit_head(z: torch.Tensor, anchor: torch.Tensor, programs: Programs, start: Head, weight: float, shots: int,
                max_iter: int = 50) -> Head:
     """Angle scale and offset, circuit weights and readout minimising KL(softmax(anchor) || softmax(logits)) +
@@ -229,7 +234,7 @@ def refit_heads(model, programs: Programs, x_train: torch.Tensor, y_train: torch
             heads[head_name(weight)] = start._replace(weight=readout[0], bias=readout[1])
         return heads
     with torch.no_grad():
-        anchor = head_outputs(start, z, programs)["exact"] @ start.weight.T + start.bias
+        anchor = exact_logits(start, z, programs)
     for weight in weights:
         heads[head_name(weight)] = refit_head(z, anchor, programs, start, weight, shots)
     return heads

@@ -19,13 +19,6 @@ from hybrid.domains import load_bundle, split_to_tensors
 SHOTS, DRAWS, SAMPLES, GRID = 1024, 8, 400, 4001
 
 
-def counts_of(p, seed):  # the draws of hybrid.quantum.noise.ZStrings.bitstring_estimates, as counts
-    p = p.detach().double().cpu().clamp_min(0.0)
-    drawn = torch.multinomial(p / p.sum(dim=1, keepdim=True), SHOTS, replacement=True,
-                              generator=torch.Generator().manual_seed(seed))
-    return torch.zeros(p.shape, dtype=torch.float64).scatter_add_(1, drawn, torch.ones(drawn.shape, dtype=torch.float64))
-
-
 class Line:
     """States along μ + u e (the training slot inputs' mean and first principal direction), for a grid of u."""
 
@@ -73,9 +66,9 @@ with torch.no_grad():
             angles = rr.head_angles(head, zc, programs.angle_map)
             p = programs.device(angles, head.circuit)[1].double()
             exact = programs.exact(angles, head.circuit).double()
-            drawn = [counts_of(p, cfg.seed + d) for d in range(DRAWS)]
-            check = rr.draw_device_values(p, programs.labels, SHOTS, 1, cfg.seed)[0]
-            assert torch.allclose(check, drawn[0] / SHOTS @ signs.matrix.double()), "not stage 1's draws"
+            # the bitstrings rr.draw_device_values reads (same seeds), as counts
+            drawn = [signs.bitstring_counts(p, SHOTS, generator=torch.Generator().manual_seed(cfg.seed + d))
+                     for d in range(DRAWS)]
             res[name] = {
                 "trained": {"exact": binary_auc(rr.positive_score(exact, readout, pc), positive),
                             "device": float(np.mean([binary_auc(rr.positive_score(c / SHOTS @ signs.matrix.double(),

@@ -1,5 +1,5 @@
-"""Stage 1e of ../RULE.md (a scratch script, kept so its figures can be rerun): the trained head refitted with the
-slot inputs' first principal coordinate u on every qubit, scored on the design-validation centers only.
+"""Stage 1e of ../RULE.md (a scratch script, kept so its figures can be rerun): the trained head refitted with one
+coordinate u of its slot inputs on every qubit, scored on the design-validation centers only.
 
     python results/quantum_heads/noise_readout/tied/scratch_tied_refit.py OUT_JSON RUN [principal|decision]
     python results/quantum_heads/noise_readout/tied/scratch_tied_refit.py --pool OUT_JSON [OUT_JSON ...]
@@ -15,7 +15,8 @@ torch.set_num_threads(1)
 from hybrid.studies import readout_refit as rr
 
 SHOTS, DRAWS, SAMPLES, TRAIN_SAMPLES, WEIGHTS = 1024, 8, 400, 500, (0, 1, 4, 16, 64)
-# refit_head skips the fit at exactly 0 (there the trained head is the minimum); tied, it is not, so 0 runs as 1e-9
+# refit_head returns its start unchanged at weight 0 (meant for the trained head); tied, the start is not the trained
+# head, so 0 runs as 1e-9 (a vanishing penalty)
 ZERO = 1e-9
 
 
@@ -26,7 +27,7 @@ def line_through(z_train, trained, programs, positive_class, coordinate):
         e = torch.linalg.svd(z_train - mu, full_matrices=False)[2][0]
         return e, -(mu @ e), e.clone(), mu.clone()
     with torch.no_grad():
-        logits = rr.head_outputs(trained, z_train, programs)["exact"] @ trained.weight.T + trained.bias
+        logits = rr.exact_logits(trained, z_train, programs)
     target = logits[:, positive_class] - logits[:, 1 - positive_class]
     design = torch.cat([z_train, torch.ones(len(z_train), 1, dtype=z_train.dtype)], dim=1)
     fit = torch.linalg.lstsq(design, target[:, None]).solution[:, 0]
@@ -52,7 +53,7 @@ def refit_and_score(out_path: Path, run: Path, coordinate: str = "principal") ->
     start = trained._replace(scale=scale, offset=offset)  # scale * u + offset: the line through the inputs
     z_fit = z_train[torch.randperm(len(z_train), generator=torch.Generator().manual_seed(cfg.seed))[:TRAIN_SAMPLES]]
     with torch.no_grad():
-        anchor = rr.head_outputs(trained, z_fit, programs)["exact"] @ trained.weight.T + trained.bias
+        anchor = rr.exact_logits(trained, z_fit, programs)
     heads = {"start": start}
     for w in WEIGHTS:
         t0 = time.time()
