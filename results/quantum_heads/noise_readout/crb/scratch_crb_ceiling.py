@@ -4,7 +4,7 @@ readout of the trained heads' states on fake_manila at 1,024 shots, on the desig
     python results/quantum_heads/noise_readout/crb/scratch_crb_ceiling.py OUT_DIR RUN [RUN ...]
 
 writes OUT_DIR/crb_ceiling.json and prints the table (crb_ceiling.txt is that output)."""
-import json, math, sys
+import json, sys
 from pathlib import Path
 import numpy as np, torch
 torch.set_num_threads(1)
@@ -18,10 +18,6 @@ SHOTS, DRAWS, SAMPLES = 1024, 8, 400
 KINDS = ("linear", "ceiling A", "ceiling B")
 
 
-def angle_slope(z, kind):  # dθ/dz of hybrid.model.map_angles
-    return 1.0 / (1.0 + z**2) if kind == "arctan" else (math.pi / 2) * (1.0 - torch.tanh(z) ** 2)
-
-
 def variances(head, z, programs, signs, positive_class, direction):
     """Per image: the score g (device-expected observables, trained readout) and its variance under each kind."""
     theta = rr.head_angles(head, z, programs.angle_map).detach().requires_grad_(True)
@@ -31,6 +27,9 @@ def variances(head, z, programs, signs, positive_class, direction):
     g = (q @ head.weight.T + head.bias).log_softmax(dim=1)[:, positive_class]
     grad_theta = torch.autograd.grad(g.sum(), theta, retain_graph=True)[0]
     dp = torch.stack([torch.autograd.grad(p[:, k].sum(), theta, retain_graph=True)[0] for k in range(p.shape[1])], 1)
+    # dθ/du along the training line, differentiated through the head's own angle map
+    d = torch.func.jvp(lambda x: rr.head_angles(head, x, programs.angle_map), (z.double(),),
+                       (direction.double().expand_as(z).contiguous(),))[1].detach()
     with torch.no_grad():
         soft = (q @ head.weight.T + head.bias).softmax(dim=1)
         onehot = torch.zeros_like(soft); onehot[:, positive_class] = 1
@@ -41,7 +40,6 @@ def variances(head, z, programs, signs, positive_class, direction):
         fisher = torch.einsum("bki,bkj,bk->bij", dp, dp, 1.0 / p.clamp_min(1e-12))
         eye = torch.eye(fisher.shape[1], dtype=fisher.dtype) * 1e-9
         ceiling_a = torch.einsum("bi,bi->b", grad_theta, torch.linalg.solve(fisher + eye, grad_theta)) / SHOTS
-        d = angle_slope(z.double(), programs.angle_map) * direction  # dθ/du along the training line
         ceiling_b = (grad_theta * d).sum(1) ** 2 / torch.einsum("bi,bij,bj->b", d, fisher, d).clamp_min(1e-300) / SHOTS
     return g.detach(), {"linear": linear, "ceiling A": ceiling_a, "ceiling B": ceiling_b}
 
