@@ -12,7 +12,6 @@ torch.set_num_threads(1)
 from hybrid.studies import readout_refit as rr
 from hybrid.quantum.noise import ZStrings
 from hybrid.metrics import binary_auc
-from hybrid.model import map_angles
 from hybrid.data import resolve_data_root
 from hybrid.domains import load_bundle, split_to_tensors
 
@@ -32,7 +31,7 @@ class Line:
         self.log_p = self.probabilities(self.u).clamp_min(1e-15).log()
 
     def probabilities(self, u):
-        angles = map_angles(self.mu + u[:, None] * self.e, self.programs.angle_map)
+        angles = rr.head_angles(self.head, self.mu + u[:, None] * self.e, self.programs.angle_map)  # the head's own map
         return self.programs.device(angles, self.head.circuit)[1].double()
 
     def estimate(self, weights):
