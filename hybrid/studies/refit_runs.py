@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from hybrid.rundir import write_json
+from hybrid.rundir import BEST_KEYS, CHECKPOINT, write_json
 
 
 def saved_run_dir(save_to: Path, weight: float, run_dir: Path) -> Path:
@@ -18,7 +18,7 @@ def saved_run_dir(save_to: Path, weight: float, run_dir: Path) -> Path:
 def refuse_collisions(save_to: Path, run_dirs: list[Path], weights: list[float]) -> None:
     """Refuse, before any refit, targets that an earlier save holds or that two runs of one folder name would share."""
     targets = [saved_run_dir(save_to, w, r) for r in run_dirs for w in weights]
-    taken = [t for t in targets if (t / "best.pt").exists()] + [t for t in set(targets) if targets.count(t) > 1]
+    taken = [t for t in targets if (t / CHECKPOINT).exists()] + [t for t in set(targets) if targets.count(t) > 1]
     if taken:
         raise ValueError(f"--save-to: {taken[0]} is already taken (runs need distinct folder names)")
 
@@ -31,7 +31,6 @@ def save_refit_run(run_dir: Path, head, out_dir: Path, provenance: dict, data_ro
     import shutil
 
     from hybrid.checkpoints import load_checkpoint
-    from hybrid.rundir import BEST_KEYS, CHECKPOINT
 
     if (out_dir / CHECKPOINT).exists():
         raise ValueError(f"--save-to: {out_dir} already holds a network; choose another folder or remove it")
