@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
+from hybrid.checkpoints import load_checkpoint
 from hybrid.rundir import BEST_KEYS, CHECKPOINT, write_json
 
 
@@ -28,10 +30,6 @@ def save_refit_run(run_dir: Path, head, out_dir: Path, provenance: dict, data_ro
     calibration folded into the last affine layer in front of the angles (the angle BatchNorm if any, else the
     projection), the circuit weights and the readout replaced, and the decision threshold chosen again on source
     validation as training does; config and centers copied; readout_refit.json says where it came from."""
-    import shutil
-
-    from hybrid.checkpoints import load_checkpoint
-
     if (out_dir / CHECKPOINT).exists():
         raise ValueError(f"--save-to: {out_dir} already holds a network; choose another folder or remove it")
     out_dir.mkdir(parents=True, exist_ok=True)
