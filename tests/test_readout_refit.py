@@ -99,6 +99,17 @@ def test_summary_recovers_against_the_trained_readouts_device_loss():
     assert summary["weight 1"]["recovered_on_device"] == pytest.approx(0.0075 / 0.015)
 
 
+def test_pooled_lines_print_every_head_and_name_the_best_candidate_only():
+    runs = [_run(0, (0.95, [0.93, 0.93]), (0.94, [0.935, 0.935])), _run(1, (0.90, [0.89, 0.89]), (0.90, [0.90, 0.90]))]
+    lines = rr.pooled_lines(runs, 1024, 2, lambda name: name.startswith("weight"))
+    assert "1024 shots, 2 draws" in lines[0] and "over 2 runs" in lines[0]
+    assert lines[1].startswith(f"{rr.TRAINED}    exact 0.9250 device 0.9100 loss +0.0150 recovered +0%")
+    assert lines[2].startswith("weight 1   exact 0.9200 device 0.9175") and "recovered +50%" in lines[2]
+    assert lines[-1] == "highest device AUC among the candidates: weight 1"
+    with pytest.raises(ValueError):  # no candidate at all is an error, not a silent pick of the trained head
+        rr.pooled_lines(runs, 1024, 2, lambda name: False)
+
+
 @pytest.fixture(scope="module")
 def dressed_zz_run(tmp_path_factory, data_root):
     from hybrid import train
@@ -144,6 +155,12 @@ def test_a_saved_refit_is_the_same_network_with_the_new_readout(dressed_zz_run, 
     assert rr.main(["--runs", str(dressed_zz_run), "--weights", "4", "--draws", "1", "--samples", "20",
                     "--train-samples", "100", "--data-root", str(data_root), "--out", str(tmp_path / "again"),
                     "--save-to", str(saved)]) == 2  # an existing network is not overwritten
+
+
+def test_load_design_gives_the_dressed_network_its_programs_and_its_data(dressed_zz_run, data_root):
+    cfg, model, ckpt, programs, bundle = rr.load_design(dressed_zz_run, "torch_noisy:fake_manila", str(data_root))
+    assert model.head_kind == "dressed" and len(programs.labels) == 7  # z+zz on 4 qubits
+    assert len(bundle.train) > 0 and bundle.positive_class == ckpt["positive_class"] and cfg.quantum_head == "dressed"
 
 
 def test_the_tool_refuses_networks_without_a_dressed_circuit_and_unknown_devices(tiny_run, dressed_zz_run, tmp_path):

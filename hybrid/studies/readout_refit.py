@@ -214,6 +214,16 @@ def load_dressed(run_dir: Path, device_spec: str):
     return cfg, model, ckpt, Programs(model.quantum.program, program, cfg.q_angle_map, tuple(program.labels))
 
 
+def load_design(run_dir: Path, device_spec: str, data_root: str | None = None):
+    """`load_dressed`'s (cfg, model, checkpoint, programs) and the run's data bundle (its training split and the
+    images its design-validation centers are made from)."""
+    from hybrid.data import resolve_data_root
+    from hybrid.domains import load_bundle
+
+    cfg, model, ckpt, programs = load_dressed(run_dir, device_spec)
+    return cfg, model, ckpt, programs, load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
+
+
 def head_name(weight: float) -> str:
     return f"weight {weight:g}"
 
@@ -265,11 +275,9 @@ def refit_run(run_dir: Path, weights: list[float], *, device_spec: str, shots: i
               save_to: Path | None = None) -> dict:
     """Refit one run's head at every weight and score all heads on its design-validation centers; with `save_to`,
     each refitted network is also saved as a run directory save_to/weight<W>/<run name>."""
-    from hybrid.data import resolve_data_root
-    from hybrid.domains import load_bundle, split_to_tensors
+    from hybrid.domains import split_to_tensors
 
-    cfg, model, ckpt, programs = load_dressed(run_dir, device_spec)
-    bundle = load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
+    cfg, model, ckpt, programs, bundle = load_design(run_dir, device_spec, data_root)
     x_train, y_train = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
     if train_samples:  # a seeded subset, for quick checks
         keep = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(cfg.seed))[:train_samples]
@@ -306,6 +314,21 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
                      "device_loss": float(np.mean(exact) - np.mean(device)), "gained_per_run": gained,
                      "recovered_on_device": float(np.mean(gained) / loss) if loss > 0 else float("nan")}
     return out
+
+
+def pooled_lines(runs: list[dict], shots: int, draws: int, is_candidate: Callable[[str], bool]) -> list[str]:
+    """`summarize` as a plain-text table, one line per head, and the candidate with the highest device AUC."""
+    summary = summarize(runs)
+    width = max(map(len, summary)) + 2
+    lines = [f"exact and device AUC (fake_manila, {shots} shots, {draws} draws), means over {len(runs)} runs and their "
+             "design-validation centers; recovered on the device: the head's device AUC minus the trained head's, over "
+             "the trained head's device loss"]
+    for name, row in summary.items():
+        lines.append(f"{name:{width}s} exact {row['exact']:.4f} device {row['device']:.4f} loss "
+                     f"{row['device_loss']:+.4f} recovered {100 * row['recovered_on_device']:+.0f}%  per run "
+                     + ", ".join(f"{g:+.4f}" for g in row["gained_per_run"]))
+    best = max(filter(is_candidate, summary), key=lambda n: summary[n]["device"])
+    return lines + [f"highest device AUC among the candidates: {best}"]
 
 
 def to_markdown(result: dict) -> str:

@@ -71,11 +71,9 @@ def refit_measurement(z, anchor, programs, start: rr.Head, n_fixed: int, weight:
 
 
 def refit_and_score(out_path: Path, run: Path) -> None:
-    from hybrid.data import resolve_data_root
-    from hybrid.domains import load_bundle, split_to_tensors
+    from hybrid.domains import split_to_tensors
 
-    cfg, model, ckpt, programs = rr.load_dressed(run, "torch_noisy:fake_manila")
-    bundle = load_bundle(cfg, resolve_data_root(cfg.data_root))
+    cfg, model, ckpt, programs, bundle = rr.load_design(run, "torch_noisy:fake_manila")
     x_train, _ = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
     z_train = rr.slot_inputs(model.eval(), x_train)
     z_fit = z_train[torch.randperm(len(z_train), generator=torch.Generator().manual_seed(cfg.seed))[:TRAIN_SAMPLES]]
@@ -104,16 +102,7 @@ def refit_and_score(out_path: Path, run: Path) -> None:
 
 def pool(paths: list[Path]) -> None:
     runs = [json.loads(p.read_text()) for p in paths]
-    print(f"exact and device AUC (fake_manila, {SHOTS} shots, {DRAWS} draws), means over {len(runs)} runs and their "
-          "design-validation centers; recovered on the device: the head's device AUC minus the trained head's, over "
-          "the trained head's device loss")
-    summary = rr.summarize(runs)
-    for name, row in summary.items():
-        print(f"{name:22s} exact {row['exact']:.4f} device {row['device']:.4f} loss {row['device_loss']:+.4f} "
-              f"recovered {100 * row['recovered_on_device']:+.0f}%  per run "
-              + ", ".join(f"{g:+.4f}" for g in row["gained_per_run"]))
-    best = max((n for n in summary if "weight" in n), key=lambda n: summary[n]["device"])
-    print("highest device AUC among the candidates:", best)
+    print("\n".join(rr.pooled_lines(runs, SHOTS, DRAWS, lambda name: "weight" in name)))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ torch.set_num_threads(1)
 from hybrid.studies import readout_refit as rr
 from hybrid.quantum.noise import ZStrings
 from hybrid.metrics import binary_auc
-from hybrid.data import resolve_data_root
-from hybrid.domains import load_bundle
 
 SHOTS, DRAWS, SAMPLES = 1024, 8, 400
 KINDS = ("linear (device)", "linear (noise-free)", "ceiling A0 (Z basis)", "ceiling Q (any measurement)")
@@ -70,9 +68,8 @@ def noisy_auc(g, std, positive, seed):
 out = {}
 OUT = Path(sys.argv[1]); OUT.mkdir(parents=True, exist_ok=True)
 for run in map(Path, sys.argv[2:]):
-    cfg, model, ckpt, programs = rr.load_dressed(run, "torch_noisy:fake_manila")
+    cfg, model, ckpt, programs, bundle = rr.load_design(run, "torch_noisy:fake_manila")
     head, signs, pc = rr.trained_head(model), ZStrings(programs.labels), ckpt["positive_class"]
-    bundle = load_bundle(cfg, resolve_data_root(cfg.data_root))
     res = {}
     for name, (zc, positive) in rr.validation_slot_inputs(cfg, bundle, model, ckpt, SAMPLES).items():
         g, var = variances(head, zc, programs, signs, pc)

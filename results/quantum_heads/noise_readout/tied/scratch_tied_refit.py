@@ -10,7 +10,7 @@ the first writes one run's heads and scores (run the seeds side by side, one thr
 tied_decision.txt)."""
 import json, sys, time
 from pathlib import Path
-import numpy as np, torch
+import torch
 torch.set_num_threads(1)
 from hybrid.studies import readout_refit as rr
 
@@ -69,16 +69,7 @@ def refit_and_score(out_path: Path, run: Path, coordinate: str = "principal") ->
 
 def pool(paths: list[Path]) -> None:
     runs = [json.loads(p.read_text()) for p in paths]
-    print(f"exact and device AUC (fake_manila, {SHOTS} shots, {DRAWS} draws), means over {len(runs)} runs and their "
-          "design-validation centers; recovered on the device: the head's device AUC minus the trained head's, over "
-          "the trained head's device loss")
-    summary = rr.summarize(runs)
-    for name, row in summary.items():
-        print(f"{name:16s} exact {row['exact']:.4f} device {row['device']:.4f} loss {row['device_loss']:+.4f} "
-              f"recovered {100 * row['recovered_on_device']:+.0f}%  per run "
-              + ", ".join(f"{g:+.4f}" for g in row["gained_per_run"]))
-    best = max((n for n in summary if n.startswith("tied")), key=lambda n: summary[n]["device"])
-    print("highest device AUC among the candidates:", best)
+    print("\n".join(rr.pooled_lines(runs, SHOTS, DRAWS, lambda name: name.startswith("tied"))))
 
 
 if __name__ == "__main__":
