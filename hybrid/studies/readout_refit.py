@@ -316,11 +316,12 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def pooled_lines(runs: list[dict], shots: int, draws: int, is_candidate: Callable[[str], bool]) -> list[str]:
+def pooled_lines(runs: list[dict], shots: int, draws: int, is_candidate: Callable[[str], bool],
+                 device: str = "fake_manila") -> list[str]:
     """`summarize` as a plain-text table, one line per head, and the candidate with the highest device AUC."""
     summary = summarize(runs)
     width = max(map(len, summary)) + 2
-    lines = [f"exact and device AUC (fake_manila, {shots} shots, {draws} draws), means over {len(runs)} runs and their "
+    lines = [f"exact and device AUC ({device}, {shots} shots, {draws} draws), means over {len(runs)} runs and their "
              "design-validation centers; recovered on the device: the head's device AUC minus the trained head's, over "
              "the trained head's device loss"]
     for name, row in summary.items():

@@ -28,7 +28,8 @@ def variances(head, z, programs, signs, positive_class):
     theta = rr.head_angles(head, z, programs.angle_map).detach()
     n_in = theta.shape[1]
     theta_g = theta.clone().requires_grad_(True)
-    g = (program(theta_g, weights).double() @ head.weight.T + head.bias).log_softmax(dim=1)[:, positive_class]
+    values = program(theta_g, weights).double()
+    g = (values @ head.weight.T + head.bias).log_softmax(dim=1)[:, positive_class]
     grad = torch.autograd.grad(g.sum(), theta_g)[0]
     with torch.no_grad():
         psi = program.state(theta, weights).T  # (B, dim)
@@ -42,17 +43,14 @@ def variances(head, z, programs, signs, positive_class):
         dp0 = 2 * (psi.conj()[:, None, :] * dpsi).real  # (B, n_in, dim)
         fisher0 = torch.einsum("bid,bjd,bd->bij", dp0, dp0, 1.0 / p0.clamp_min(1e-12))
         _, p_dev = programs.device(theta, weights)
-        q = program(theta, weights).double()
-        soft = (q @ head.weight.T + head.bias).softmax(dim=1)
+        soft = (values.detach() @ head.weight.T + head.bias).softmax(dim=1)
         onehot = torch.zeros_like(soft); onehot[:, positive_class] = 1
-        grad_q = (onehot - soft) @ head.weight
-        s = signs.matrix.double()
+        # each bitstring's value of the score's linearization: its variance over p is the readout's shot variance
+        h = (onehot - soft) @ head.weight @ signs.matrix.double().T  # (B, dim)
 
         def linear(p):
             p = p.double()
-            mean = p @ s
-            cov = torch.einsum("bk,ki,kj->bij", p, s, s) - mean[:, :, None] * mean[:, None, :]
-            return torch.einsum("bi,bij,bj->b", grad_q, cov, grad_q) / SHOTS
+            return ((p * h**2).sum(1) - (p * h).sum(1) ** 2) / SHOTS
 
         var = {"linear (device)": linear(p_dev), "linear (noise-free)": linear(p0),
                "ceiling A0 (Z basis)": bound(grad, fisher0), "ceiling Q (any measurement)": bound(grad, qfi)}
