@@ -1,0 +1,89 @@
+"""Stage 1i's gate (../../RULE.md; a scratch script, kept so its figures can be rerun): the exact AUC, on the
+design-validation centers only, of two coordinates of the embedding f that a tied head could carry on every qubit,
+beside the trained head's on the same images.
+
+    python results/quantum_heads/noise_readout/tied/embedding/scratch_coordinates.py OUT_JSON RUN
+    python results/quantum_heads/noise_readout/tied/embedding/scratch_coordinates.py --pool OUT_JSON [OUT_JSON ...]
+
+T: the auxiliary classifier's logit difference (the head's distillation teacher, from the run's last.pt);
+H: the least-squares fit on f, over the clean training split, of the trained head's exact logit difference."""
+import json, sys
+from pathlib import Path
+import numpy as np
+import torch
+torch.set_num_threads(1)
+from hybrid.studies import readout_refit as rr
+
+SAMPLES = 400
+
+
+@torch.no_grad()
+def embeddings(model, x, batch_size=256):
+    return torch.cat([model.features(x[i:i + batch_size]).double() for i in range(0, len(x), batch_size)])
+
+
+def logit_difference(logits, positive_class):
+    return logits[:, positive_class] - logits[:, 1 - positive_class]
+
+
+def coordinates(run, model, programs, cfg, bundle, ckpt):
+    """{name: (a, c)} with u = f @ a + c."""
+    from hybrid.domains import split_to_tensors
+
+    state = torch.load(run / "last.pt", weights_only=False, map_location="cpu")["algorithm"]
+    w, b = state["aux_classifier.weight"].double(), state["aux_classifier.bias"].double()
+    pc = ckpt["positive_class"]
+    teacher = (w[pc] - w[1 - pc], b[pc] - b[1 - pc])
+    x_train, _ = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
+    f = embeddings(model.eval(), x_train)
+    with torch.no_grad():
+        target = logit_difference(rr.exact_logits(rr.trained_head(model), model.slot_inputs(f.float()).double(),
+                                                  programs), pc)
+    fit = torch.linalg.lstsq(torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], 1), target[:, None]).solution[:, 0]
+    u = f @ fit[:-1] + fit[-1]
+    r2 = 1 - ((u - target) ** 2).mean() / target.var(unbiased=False)
+    return {"T": teacher, "H": (fit[:-1], fit[-1])}, float(r2)
+
+
+def measure(out_path: Path, run: Path) -> None:
+    from hybrid.domains import build_eval_domains
+    from hybrid.metrics import binary_auc
+    from hybrid.tta import make_tta
+
+    cfg, model, ckpt, programs, bundle = rr.load_design(run, "torch_noisy:fake_manila")
+    coords, r2 = coordinates(run, model, programs, cfg, bundle, ckpt)
+    trained, pc = rr.trained_head(model), ckpt["positive_class"]
+    domains = {n: d for n, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
+               if n != "clean" and not n.startswith("real:")}  # never the reported centers or clinics
+    centers = {}
+    for name, (x, y) in domains.items():
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:SAMPLES]
+        adabn = make_tta("adabn", model)
+        adabn.prepare(x[keep])
+        try:
+            f = embeddings(model.eval(), x[keep])
+        finally:
+            adabn.reset()
+        positive = y[keep].numpy() == pc
+        with torch.no_grad():
+            head = logit_difference(rr.exact_logits(trained, model.slot_inputs(f.float()).double(), programs), pc)
+        centers[name] = {rr.TRAINED: binary_auc(head.numpy(), positive),
+                         **{k: binary_auc((f @ a + c).numpy(), positive) for k, (a, c) in coords.items()}}
+    out_path.write_text(json.dumps({"run": str(run), "train_r2_H": r2, "centers": centers}, indent=1))
+
+
+def pool(paths) -> None:
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    print("exact AUC on the design-validation centers (400 images each, adabn), means over centers; stage 1i's gate: 0.9333")
+    for name in (rr.TRAINED, "T", "H"):
+        per_run = [np.mean([c[name] for c in r["centers"].values()]) for r in runs]
+        print(f"{name:8s} mean {np.mean(per_run):.4f}  per run " + ", ".join(f"{v:.4f}" for v in per_run))
+    print("H's fit of the head's logit difference on the training split, R^2 per run: "
+          + ", ".join(f"{r['train_r2_H']:.3f}" for r in runs))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--pool":
+        pool(sys.argv[2:])
+    else:
+        measure(Path(sys.argv[1]), Path(sys.argv[2]))
