@@ -163,6 +163,19 @@ def test_load_design_gives_the_dressed_network_its_programs_and_its_data(dressed
     assert len(bundle.train) > 0 and bundle.positive_class == ckpt["positive_class"] and cfg.quantum_head == "dressed"
 
 
+def test_validation_inputs_are_the_design_centers_and_read_what_is_asked(dressed_zz_run, data_root):
+    cfg, model, ckpt, _, bundle = rr.load_design(dressed_zz_run, "torch_noisy:fake_manila", str(data_root))
+    slots = rr.validation_slot_inputs(cfg, bundle, model, ckpt, 12)
+    embedded = rr.validation_slot_inputs(cfg, bundle, model, ckpt, 12, read=lambda m, x: m.features(x))
+    assert slots and list(slots) == list(embedded)
+    assert not any(name == "clean" or name.startswith(("real:", "tgt_")) for name in slots)
+    for name, (z, positive) in slots.items():
+        f, same_positive = embedded[name]
+        assert z.shape == (12, 4) and f.shape == (12, cfg.embed_dim) and np.array_equal(positive, same_positive)
+        # the same seeded images under the same adabn statistics: the projection of their embeddings is z
+        assert torch.allclose(model.slot_inputs(f).double(), z, atol=1e-5)
+
+
 def test_the_tool_refuses_networks_without_a_dressed_circuit_and_unknown_devices(tiny_run, dressed_zz_run, tmp_path):
     with pytest.raises(ValueError, match="dressed head"):
         rr.load_dressed(tiny_run, "torch_noisy:fake_manila")

@@ -250,9 +250,11 @@ def refit_heads(model, programs: Programs, x_train: torch.Tensor, y_train: torch
     return heads
 
 
-def validation_slot_inputs(cfg, bundle, model, ckpt: dict, samples: int) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
-    """Per virtual design-validation center: the slot inputs z of `samples` seeded images, with adabn on those images
-    (as hybrid.bench_backends scores), and which of them are positive. Never the reported centers or real clinics."""
+def validation_slot_inputs(cfg, bundle, model, ckpt: dict, samples: int,
+                           read: Callable = slot_inputs) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+    """Per virtual design-validation center: the slot inputs z of `samples` seeded images (or what `read(model, x)`
+    returns for them instead), with adabn on those images (as hybrid.bench_backends scores), and which of them are
+    positive. Never the reported centers or real clinics."""
     from hybrid.domains import build_eval_domains
     from hybrid.tta import make_tta
 
@@ -264,7 +266,7 @@ def validation_slot_inputs(cfg, bundle, model, ckpt: dict, samples: int) -> dict
         adabn = make_tta("adabn", model)
         adabn.prepare(x[keep])
         try:
-            centers[name] = (slot_inputs(model.eval(), x[keep]), y[keep].numpy() == ckpt["positive_class"])
+            centers[name] = (read(model.eval(), x[keep]), y[keep].numpy() == ckpt["positive_class"])
         finally:
             adabn.reset()
     return centers

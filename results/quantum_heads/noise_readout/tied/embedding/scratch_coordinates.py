@@ -46,25 +46,13 @@ def coordinates(run, model, programs, cfg, bundle, ckpt):
 
 
 def measure(out_path: Path, run: Path) -> None:
-    from hybrid.domains import build_eval_domains
     from hybrid.metrics import binary_auc
-    from hybrid.tta import make_tta
 
     cfg, model, ckpt, programs, bundle = rr.load_design(run, "torch_noisy:fake_manila")
     coords, r2 = coordinates(run, model, programs, cfg, bundle, ckpt)
     trained, pc = rr.trained_head(model), ckpt["positive_class"]
-    domains = {n: d for n, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
-               if n != "clean" and not n.startswith("real:")}  # never the reported centers or clinics
     centers = {}
-    for name, (x, y) in domains.items():
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:SAMPLES]
-        adabn = make_tta("adabn", model)
-        adabn.prepare(x[keep])
-        try:
-            f = embeddings(model.eval(), x[keep])
-        finally:
-            adabn.reset()
-        positive = y[keep].numpy() == pc
+    for name, (f, positive) in rr.validation_slot_inputs(cfg, bundle, model, ckpt, SAMPLES, read=embeddings).items():
         with torch.no_grad():
             head = logit_difference(rr.exact_logits(trained, model.slot_inputs(f.float()).double(), programs), pc)
         centers[name] = {rr.TRAINED: binary_auc(head.numpy(), positive),
