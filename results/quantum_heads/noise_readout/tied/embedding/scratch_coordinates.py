@@ -22,23 +22,26 @@ def embeddings(model, x, batch_size=256):
     return torch.cat([model.features(x[i:i + batch_size]).double() for i in range(0, len(x), batch_size)])
 
 
-def logit_difference(logits, positive_class):
+@torch.no_grad()
+def head_logit_difference(model, programs, f, positive_class):
+    """The trained head's exact logit difference (positive minus negative class) on embeddings f."""
+    logits = rr.exact_logits(rr.trained_head(model), model.slot_inputs(f.float()).double(), programs)
     return logits[:, positive_class] - logits[:, 1 - positive_class]
 
 
 def coordinates(run, model, programs, cfg, bundle, ckpt):
     """{name: (a, c)} with u = f @ a + c."""
+    from hybrid.checkpoints import load_checkpoint
     from hybrid.domains import split_to_tensors
 
-    state = torch.load(run / "last.pt", weights_only=False, map_location="cpu")["algorithm"]
+    # the aux classifier is trained beside the network and kept only in last.pt (same epoch with --selection last)
+    state = load_checkpoint(run / "last.pt", "checkpoint", ("algorithm",))["algorithm"]
     w, b = state["aux_classifier.weight"].double(), state["aux_classifier.bias"].double()
     pc = ckpt["positive_class"]
     teacher = (w[pc] - w[1 - pc], b[pc] - b[1 - pc])
     x_train, _ = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
     f = embeddings(model.eval(), x_train)
-    with torch.no_grad():
-        target = logit_difference(rr.exact_logits(rr.trained_head(model), model.slot_inputs(f.float()).double(),
-                                                  programs), pc)
+    target = head_logit_difference(model, programs, f, pc)
     fit = torch.linalg.lstsq(torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], 1), target[:, None]).solution[:, 0]
     u = f @ fit[:-1] + fit[-1]
     r2 = 1 - ((u - target) ** 2).mean() / target.var(unbiased=False)
@@ -50,12 +53,10 @@ def measure(out_path: Path, run: Path) -> None:
 
     cfg, model, ckpt, programs, bundle = rr.load_design(run, "torch_noisy:fake_manila")
     coords, r2 = coordinates(run, model, programs, cfg, bundle, ckpt)
-    trained, pc = rr.trained_head(model), ckpt["positive_class"]
+    pc = ckpt["positive_class"]
     centers = {}
     for name, (f, positive) in rr.validation_slot_inputs(cfg, bundle, model, ckpt, SAMPLES, read=embeddings).items():
-        with torch.no_grad():
-            head = logit_difference(rr.exact_logits(trained, model.slot_inputs(f.float()).double(), programs), pc)
-        centers[name] = {rr.TRAINED: binary_auc(head.numpy(), positive),
+        centers[name] = {rr.TRAINED: binary_auc(head_logit_difference(model, programs, f, pc).numpy(), positive),
                          **{k: binary_auc((f @ a + c).numpy(), positive) for k, (a, c) in coords.items()}}
     out_path.write_text(json.dumps({"run": str(run), "train_r2_H": r2, "centers": centers}, indent=1))
 
