@@ -166,14 +166,28 @@ def test_load_design_gives_the_dressed_network_its_programs_and_its_data(dressed
 def test_validation_inputs_are_the_design_centers_and_read_what_is_asked(dressed_zz_run, data_root):
     cfg, model, ckpt, _, bundle = rr.load_design(dressed_zz_run, "torch_noisy:fake_manila", str(data_root))
     slots = rr.validation_slot_inputs(cfg, bundle, model, ckpt, 12)
-    embedded = rr.validation_slot_inputs(cfg, bundle, model, ckpt, 12, read=lambda m, x: m.features(x))
+    embedded = rr.validation_slot_inputs(cfg, bundle, model, ckpt, 12, read=rr.embeddings)
     assert slots and list(slots) == list(embedded)
     assert not any(name == "clean" or name.startswith(("real:", "tgt_")) for name in slots)
     for name, (z, positive) in slots.items():
         f, same_positive = embedded[name]
         assert z.shape == (12, 4) and f.shape == (12, cfg.embed_dim) and np.array_equal(positive, same_positive)
         # the same seeded images under the same adabn statistics: the projection of their embeddings is z
-        assert torch.allclose(model.slot_inputs(f).double(), z, atol=1e-5)
+        assert torch.allclose(model.slot_inputs(f.float()).double(), z, atol=1e-5)
+
+
+def test_batched_reads_match_one_pass_over_all_images(dressed_zz_run):
+    _, model, _, _ = rr.load_dressed(dressed_zz_run, "torch_noisy:fake_manila")
+    torch.manual_seed(5)
+    x = torch.rand(11, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        f = model.features(x)
+        z = model.slot_inputs(f)
+    embedded = rr.embeddings(model, x, batch_size=4)  # three batches: 4, 4, 3
+    assert embedded.dtype == torch.float64 and embedded.shape == f.shape and not embedded.requires_grad
+    assert torch.allclose(embedded, f.double(), atol=1e-5)
+    assert torch.allclose(rr.slot_inputs(model, x, batch_size=4), z.double(), atol=1e-5)
 
 
 def test_the_tool_refuses_networks_without_a_dressed_circuit_and_unknown_devices(tiny_run, dressed_zz_run, tmp_path):

@@ -155,10 +155,20 @@ def refit_head(z: torch.Tensor, anchor: torch.Tensor, programs: Programs, start:
 
 
 @torch.no_grad()
+def read_in_batches(model, x: torch.Tensor, read: Callable, batch_size: int = 256) -> torch.Tensor:
+    """`read(model, images)` for images x, a batch at a time, in float64."""
+    return torch.cat([read(model, x[i:i + batch_size]).double() for i in range(0, len(x), batch_size)])
+
+
 def slot_inputs(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The fixed inputs z of the quantum slot (the projection of the embedding) for images x."""
-    return torch.cat([model.slot_inputs(model.features(x[i:i + batch_size])).double()
-                      for i in range(0, len(x), batch_size)])
+    return read_in_batches(model, x, lambda m, images: m.slot_inputs(m.features(images)), batch_size)
+
+
+@torch.no_grad()
+def embeddings(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The embeddings f of images x (what the slot's projection reads)."""
+    return read_in_batches(model, x, lambda m, images: m.features(images), batch_size)
 
 
 def draw_device_values(probabilities: torch.Tensor, labels: tuple[str, ...], shots: int, draws: int,

@@ -18,11 +18,6 @@ SAMPLES = 400
 
 
 @torch.no_grad()
-def embeddings(model, x, batch_size=256):
-    return torch.cat([model.features(x[i:i + batch_size]).double() for i in range(0, len(x), batch_size)])
-
-
-@torch.no_grad()
 def head_logit_difference(model, programs, f, positive_class):
     """The trained head's exact logit difference (positive minus negative class) on embeddings f."""
     logits = rr.exact_logits(rr.trained_head(model), model.slot_inputs(f.float()).double(), programs)
@@ -40,7 +35,7 @@ def coordinates(run, model, programs, cfg, bundle, ckpt):
     pc = ckpt["positive_class"]
     teacher = (w[pc] - w[1 - pc], b[pc] - b[1 - pc])
     x_train, _ = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
-    f = embeddings(model.eval(), x_train)
+    f = rr.embeddings(model.eval(), x_train)
     target = head_logit_difference(model, programs, f, pc)
     fit = torch.linalg.lstsq(torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], 1), target[:, None]).solution[:, 0]
     u = f @ fit[:-1] + fit[-1]
@@ -55,7 +50,7 @@ def measure(out_path: Path, run: Path) -> None:
     coords, r2 = coordinates(run, model, programs, cfg, bundle, ckpt)
     pc = ckpt["positive_class"]
     centers = {}
-    for name, (f, positive) in rr.validation_slot_inputs(cfg, bundle, model, ckpt, SAMPLES, read=embeddings).items():
+    for name, (f, positive) in rr.validation_slot_inputs(cfg, bundle, model, ckpt, SAMPLES, read=rr.embeddings).items():
         centers[name] = {rr.TRAINED: binary_auc(head_logit_difference(model, programs, f, pc).numpy(), positive),
                          **{k: binary_auc((f @ a + c).numpy(), positive) for k, (a, c) in coords.items()}}
     out_path.write_text(json.dumps({"run": str(run), "train_r2_H": r2, "centers": centers}, indent=1))
