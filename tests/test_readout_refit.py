@@ -261,6 +261,28 @@ def test_head_refit_lowers_the_shot_penalty_and_keeps_the_ranking(dressed_zz_run
     assert torch.corrcoef(torch.stack(ranks))[0, 1].item() > 0.7  # the anchor keeps most of the images' order
 
 
+def test_active_subspace_spans_only_the_inputs_the_decision_reads(dressed_zz_run):
+    _, model, _, programs = rr.load_dressed(dressed_zz_run, "torch_noisy:fake_manila")
+    trained, z = rr.trained_head(model), _inputs(model)
+    blind = trained._replace(scale=torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64))  # ignores inputs 2 and 3
+    mean, w, eigenvalues = rr.active_subspace(blind, z, programs, positive_class=1, rank=2)
+    torch.testing.assert_close(mean, z.mean(0))
+    torch.testing.assert_close(w.T @ w, torch.eye(2, dtype=torch.float64))
+    assert w[2:].abs().max().item() < 1e-9 and eigenvalues[2:].abs().max().item() < 1e-12
+    assert eigenvalues[0] >= eigenvalues[1] > 0 and not z.requires_grad
+    # C's trace is the mean squared gradient of the logit difference: check one image's gradient by finite differences
+    _, _, full = rr.active_subspace(trained, z[:1], programs, positive_class=1, rank=2)
+
+    def g(x):
+        logits = rr.exact_logits(trained, x, programs)
+        return (logits[:, 1] - logits[:, 0]).item()
+
+    with torch.no_grad():
+        steps = torch.eye(4, dtype=torch.float64) * 1e-6
+        grad = torch.tensor([(g(z[:1] + h) - g(z[:1] - h)) / 2e-6 for h in steps])
+    assert full.sum().item() == pytest.approx((grad ** 2).sum().item(), rel=1e-5)
+
+
 def _saved_network_matches(run_dir, tmp_path):
     from hybrid.model import map_angles
     from hybrid.rundir import load_run

@@ -1,13 +1,13 @@
-"""Stage 1e of ../RULE.md (a scratch script, kept so its figures can be rerun): the trained head refitted with one
-coordinate u of its slot inputs on every qubit, scored on the design-validation centers only.
+"""Stages 1e, 1f and 1j of ../RULE.md (a scratch script, kept so its figures can be rerun): the trained head refitted
+on a low-rank projection of its slot inputs, scored on the design-validation centers only.
 
-    python results/quantum_heads/noise_readout/tied/scratch_tied_refit.py OUT_JSON RUN [principal|decision]
+    python results/quantum_heads/noise_readout/tied/scratch_tied_refit.py OUT_JSON RUN [principal|decision|plane]
     python results/quantum_heads/noise_readout/tied/scratch_tied_refit.py --pool OUT_JSON [OUT_JSON ...]
 
-the first writes one run's heads and scores (run the seeds side by side, one thread each); --pool prints the table
-(tied_refit.txt is that output). The coordinate u on every qubit: the slot inputs' first principal coordinate (stage
-1e, the default) or the least-squares fit of the trained head's exact logit difference on them (stage 1f,
-tied_decision.txt)."""
+the first writes one run's heads and scores (run the seeds side by side, one thread each); --pool prints the table.
+The projection: one coordinate u on every qubit, the slot inputs' first principal coordinate (stage 1e, the default;
+tied_refit.txt) or the least-squares fit of the trained head's exact logit difference on them (stage 1f,
+tied_decision.txt); or the slot inputs projected onto the head's rank-2 active subspace (stage 1j, plane/)."""
 import json, sys, time
 from pathlib import Path
 import torch
@@ -36,6 +36,22 @@ def line_through(z_train, trained, programs, positive_class, coordinate):
     return fit[:-1], fit[-1], line[0].clone(), line[1].clone()
 
 
+def projection(z_train, trained, programs, positive_class, coordinate):
+    """(project, start, record): what the head reads in place of the slot inputs z, the head the refit starts from
+    (the trained head on the projection), and the projection's parameters for the JSON."""
+    if coordinate == "plane":
+        mu, w, eigenvalues = rr.active_subspace(trained, z_train, programs, positive_class, rank=2)
+        record = {"mu": mu.tolist(), "W": w.tolist(), "eigenvalues": eigenvalues.tolist()}
+        return (lambda z: mu + (z - mu) @ w @ w.T), trained, record
+    a, c, scale, offset = line_through(z_train, trained, programs, positive_class, coordinate)
+
+    def tied(z):  # (u, u, u, u): the coordinate on every qubit
+        return (z @ a + c)[:, None].expand(-1, len(a)).contiguous()
+
+    # scale * u + offset: the line through the inputs
+    return tied, trained._replace(scale=scale, offset=offset), {"a": a.tolist(), "c": float(c)}
+
+
 def refit_and_score(out_path: Path, run: Path, coordinate: str = "principal") -> None:
     from hybrid.data import resolve_data_root
     from hybrid.domains import load_bundle, split_to_tensors
@@ -45,31 +61,27 @@ def refit_and_score(out_path: Path, run: Path, coordinate: str = "principal") ->
     x_train, _ = split_to_tensors(bundle.train, cfg.input_size, ckpt["in_channels"])
     z_train = rr.slot_inputs(model.eval(), x_train)
     trained = rr.trained_head(model)
-    a, c, scale, offset = line_through(z_train, trained, programs, ckpt["positive_class"], coordinate)
-
-    def tied(z):  # (u, u, u, u): the coordinate on every qubit
-        return (z @ a + c)[:, None].expand(-1, len(a)).contiguous()
-
-    start = trained._replace(scale=scale, offset=offset)  # scale * u + offset: the line through the inputs
+    tied, start, record = projection(z_train, trained, programs, ckpt["positive_class"], coordinate)
+    prefix = "plane" if coordinate == "plane" else "tied"
     z_fit = z_train[torch.randperm(len(z_train), generator=torch.Generator().manual_seed(cfg.seed))[:TRAIN_SAMPLES]]
     with torch.no_grad():
         anchor = rr.exact_logits(trained, z_fit, programs)
     heads = {"start": start}
     for w in WEIGHTS:
         t0 = time.time()
-        heads[f"tied weight {w}"] = rr.refit_head(tied(z_fit), anchor, programs, start, w or ZERO, SHOTS)
+        heads[f"{prefix} weight {w}"] = rr.refit_head(tied(z_fit), anchor, programs, start, w or ZERO, SHOTS)
         print(run.name, "weight", w, f"{time.time() - t0:.0f} s", flush=True)
     centers = {}
     for name, (z, positive) in rr.validation_slot_inputs(cfg, bundle, model, ckpt, SAMPLES).items():
         args = (positive, ckpt["positive_class"], programs, SHOTS, DRAWS, cfg.seed)
         centers[name] = {**rr.score_center({rr.TRAINED: trained}, z, *args), **rr.score_center(heads, tied(z), *args)}
-    out_path.write_text(json.dumps({"run": str(run), "coordinate": coordinate, "a": a.tolist(), "c": float(c),
+    out_path.write_text(json.dumps({"run": str(run), "coordinate": coordinate, **record,
                                     "heads": {k: h.to_lists() for k, h in heads.items()}, "centers": centers}, indent=1))
 
 
 def pool(paths: list[Path]) -> None:
     runs = [json.loads(p.read_text()) for p in paths]
-    print("\n".join(rr.pooled_lines(runs, SHOTS, DRAWS, lambda name: name.startswith("tied"))))
+    print("\n".join(rr.pooled_lines(runs, SHOTS, DRAWS, lambda name: name.startswith(("tied", "plane")))))
 
 
 if __name__ == "__main__":
