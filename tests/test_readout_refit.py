@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrid.quantum.noise import ZStrings
-from hybrid.studies import readout_refit as rr
+from hybrid.studies import head_geometry, readout_refit as rr
 from hybrid.studies import refit_runs
 
 LABELS = ("ZI", "IZ", "ZZ")
@@ -265,16 +265,17 @@ def test_active_subspace_spans_only_the_inputs_the_decision_reads(dressed_zz_run
     _, model, _, programs = rr.load_dressed(dressed_zz_run, "torch_noisy:fake_manila")
     trained, z = rr.trained_head(model), _inputs(model)
     blind = trained._replace(scale=torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64))  # ignores inputs 2 and 3
-    mean, w, eigenvalues = rr.active_subspace(blind, z, programs, positive_class=1, rank=2)
+    mean, w, eigenvalues = head_geometry.active_subspace(blind, z, programs, positive_class=1, rank=2)
     torch.testing.assert_close(mean, z.mean(0))
     torch.testing.assert_close(w.T @ w, torch.eye(2, dtype=torch.float64))
     assert w[2:].abs().max().item() < 1e-9 and eigenvalues[2:].abs().max().item() < 1e-12
     assert eigenvalues[0] >= eigenvalues[1] > 0 and not z.requires_grad
     # C's trace is the mean squared gradient of the logit difference: check one image's gradient by finite differences
-    _, _, full = rr.active_subspace(trained, z[:1], programs, positive_class=1, rank=2)
+    _, _, full = head_geometry.active_subspace(trained, z[:1], programs, positive_class=1, rank=2)
 
     def g(x):
         logits = rr.exact_logits(trained, x, programs)
+        assert torch.equal(head_geometry.logit_difference(trained, x, programs, 1), logits[:, 1] - logits[:, 0])
         return (logits[:, 1] - logits[:, 0]).item()
 
     with torch.no_grad():

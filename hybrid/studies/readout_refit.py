@@ -129,17 +129,6 @@ def exact_logits(head: Head, z: torch.Tensor, programs: Programs) -> torch.Tenso
     return programs.exact(head_angles(head, z, programs.angle_map), head.circuit).double() @ head.weight.T + head.bias
 
 
-def active_subspace(head: Head, z: torch.Tensor, programs: Programs, positive_class: int, rank: int):
-    """(mean, W, eigenvalues): the mean of inputs z, the top `rank` eigenvectors of C = mean ∇g ∇gᵀ over z (the
-    directions the head's exact logit difference g varies along), and all of C's eigenvalues, largest first."""
-    z = z.detach().double().clone().requires_grad_(True)
-    logits = exact_logits(head, z, programs)
-    # rows are independent, so the gradient of the sum is every row's own gradient
-    (logits[:, positive_class] - logits[:, 1 - positive_class]).sum().backward()
-    eigenvalues, eigenvectors = torch.linalg.eigh(z.grad.T @ z.grad / len(z))
-    return z.detach().mean(0), eigenvectors.flip(1)[:, :rank].contiguous(), eigenvalues.flip(0)
-
-
 def refit_head(z: torch.Tensor, anchor: torch.Tensor, programs: Programs, start: Head, weight: float, shots: int,
                max_iter: int = 50) -> Head:
     """Angle scale and offset, circuit weights and readout minimising KL(softmax(anchor) || softmax(logits)) +

@@ -12,7 +12,7 @@ import json, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from hybrid.studies import readout_refit as rr
+from hybrid.studies import head_geometry, readout_refit as rr
 
 SHOTS, DRAWS, SAMPLES, TRAIN_SAMPLES, WEIGHTS = 1024, 8, 400, 500, (0, 1, 4, 16, 64)
 # refit_head returns its start unchanged at weight 0 (meant for the trained head); tied, the start is not the trained
@@ -27,8 +27,7 @@ def line_through(z_train, trained, programs, positive_class, coordinate):
         e = torch.linalg.svd(z_train - mu, full_matrices=False)[2][0]
         return e, -(mu @ e), e.clone(), mu.clone()
     with torch.no_grad():
-        logits = rr.exact_logits(trained, z_train, programs)
-    target = logits[:, positive_class] - logits[:, 1 - positive_class]
+        target = head_geometry.logit_difference(trained, z_train, programs, positive_class)
     design = torch.cat([z_train, torch.ones(len(z_train), 1, dtype=z_train.dtype)], dim=1)
     fit = torch.linalg.lstsq(design, target[:, None]).solution[:, 0]
     u = z_train @ fit[:-1] + fit[-1]
@@ -40,7 +39,7 @@ def projection(z_train, trained, programs, positive_class, coordinate):
     """(project, start, record): what the head reads in place of the slot inputs z, the head the refit starts from
     (the trained head on the projection), and the projection's parameters for the JSON."""
     if coordinate == "plane":
-        mu, w, eigenvalues = rr.active_subspace(trained, z_train, programs, positive_class, rank=2)
+        mu, w, eigenvalues = head_geometry.active_subspace(trained, z_train, programs, positive_class, rank=2)
         record = {"mu": mu.tolist(), "W": w.tolist(), "eigenvalues": eigenvalues.tolist()}
         return (lambda z: mu + (z - mu) @ w @ w.T), trained, record
     a, c, scale, offset = line_through(z_train, trained, programs, positive_class, coordinate)

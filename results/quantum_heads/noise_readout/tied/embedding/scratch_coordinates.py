@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 torch.set_num_threads(1)
-from hybrid.studies import readout_refit as rr
+from hybrid.studies import head_geometry, readout_refit as rr
 
 SAMPLES = 400
 
@@ -20,8 +20,8 @@ SAMPLES = 400
 @torch.no_grad()
 def head_logit_difference(model, programs, f, positive_class):
     """The trained head's exact logit difference (positive minus negative class) on embeddings f."""
-    logits = rr.exact_logits(rr.trained_head(model), model.slot_inputs(f.float()).double(), programs)
-    return logits[:, positive_class] - logits[:, 1 - positive_class]
+    return head_geometry.logit_difference(rr.trained_head(model), model.slot_inputs(f.float()).double(), programs,
+                                          positive_class)
 
 
 def coordinates(run, model, programs, cfg, bundle, ckpt):
