@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hybrid.metrics import roc_points, summarize_domains
+from hybrid.metrics import roc_area, roc_points, summarize_domains
 from hybrid.rundir import write_text
 
 if TYPE_CHECKING:
@@ -131,8 +131,6 @@ def plot_roc_curves(
 
     The legend AUC is the area under the drawn curve (``positive_class`` against the rest).
     """
-    from sklearn.metrics import auc as area
-
     fig = new_figure((7.5, 5.5))
     ax = fig.add_subplot()
     styles = ("-", "--", ":", "-.")  # past 10 unseen curves colours repeat; dashes tell apart
@@ -148,7 +146,7 @@ def plot_roc_curves(
             continue
         fpr, tpr = roc_points(y, probs, positive_class)
         ax.plot(fpr, tpr, color=colour, ls=style, lw=2.2 if source else 1.4,
-                label=f"{name} (AUC {area(fpr, tpr):.3f})")
+                label=f"{name} (AUC {roc_area(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.005), xlabel="False positive rate",
            ylabel="True positive rate", title=title, aspect="equal")
