@@ -171,6 +171,20 @@ def test_bitstring_counts_are_the_draws_the_estimates_read():
     torch.testing.assert_close(estimates, (counts / 300) @ signs.matrix)  # the same seed reads the same bitstrings
 
 
+def test_bitstring_counts_take_shots_per_row():
+    """Adaptive allocation reads each image with its own number of shots, from the same seeded draws."""
+    layer, x = _layer_and_states(batch=3)
+    _, probabilities = layer.with_probabilities(x)
+    signs = ExpectationNoise(NoiseModel(shots=8, kind="joint"), LABELS).signs
+    shots = torch.tensor([50, 0, 300])
+    counts = signs.bitstring_counts(probabilities, shots, 0.1, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(counts.sum(dim=1), shots.double())
+    assert torch.equal(counts, counts.round()) and counts.min() >= 0
+    same = signs.bitstring_counts(probabilities, torch.full((3,), 300), 0.1, torch.Generator().manual_seed(5))
+    assert torch.equal(same, signs.bitstring_counts(probabilities, 300, 0.1, torch.Generator().manual_seed(5)))
+    assert not signs.bitstring_counts(probabilities, torch.zeros(3, dtype=torch.long)).any()
+
+
 def test_joint_shots_flip_bits_with_the_readout_error_and_pass_the_attenuated_gradient():
     layer, x = _layer_and_states(batch=2)
     values, probabilities = layer.with_probabilities(x)

@@ -57,6 +57,11 @@ def parser_of(module: str, monkeypatch) -> argparse.ArgumentParser:
     return caught.value.args[0]
 
 
+def parsers(monkeypatch) -> dict[str, argparse.ArgumentParser]:
+    """One parser per tool the README names (many commands share a tool)."""
+    return {module: parser_of(module, monkeypatch) for module in {m for m, _ in FENCED + INLINE}}
+
+
 def test_the_readme_names_many_commands():
     """Guards the extraction itself: an empty list would make the tests below pass vacuously."""
     assert len(FENCED) >= 40 and len(INLINE) >= 20
@@ -64,21 +69,21 @@ def test_the_readme_names_many_commands():
 
 
 def test_every_option_the_readme_names_exists(monkeypatch):
-    unknown = []
+    unknown, tools = [], parsers(monkeypatch)
     for module, argv in FENCED + INLINE:
-        text = parser_of(module, monkeypatch).format_help()
+        text = tools[module].format_help()
         unknown += [f"{module} {arg}" for arg in argv if arg.startswith("--")
                     and not re.search(rf"(?<![\w-]){re.escape(arg.split('=')[0])}(?![\w-])", text)]
     assert unknown == []
 
 
 def test_every_fenced_command_parses(monkeypatch):
-    failures = []
+    failures, tools = [], parsers(monkeypatch)
     for module, argv in FENCED:
         errors = io.StringIO()
         try:
             with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
-                parser_of(module, monkeypatch).parse_args(argv)
+                tools[module].parse_args(argv)
         except SystemExit:
             failures.append(f"{module} {' '.join(argv)}: {errors.getvalue().strip().splitlines()[-1]}")
     assert failures == []

@@ -166,17 +166,24 @@ class ZStrings:
             t = (1.0 - readout_error) * t + readout_error * t.flip(axis)
         return t.reshape(probabilities.shape)
 
-    def bitstring_counts(self, probabilities: torch.Tensor, shots: int, readout_error: float = 0.0,
+    def bitstring_counts(self, probabilities: torch.Tensor, shots: int | torch.Tensor, readout_error: float = 0.0,
                          generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 2**n) float64 on the CPU: how often each basis state is read in `shots` bitstrings per row, drawn
-        from `probabilities` (B, 2**n), each bit flipped with probability `readout_error`."""
+        from `probabilities` (B, 2**n), each bit flipped with probability `readout_error`. `shots` may be a (B,)
+        tensor, row i reading shots[i] bitstrings (all rows draw the most, the rest are discarded)."""
         p = probabilities.detach().double().cpu().clamp_min(0.0)
-        drawn = torch.multinomial(p / p.sum(dim=1, keepdim=True), shots, replacement=True, generator=generator)
+        per_row = shots.reshape(-1).cpu() if isinstance(shots, torch.Tensor) else None
+        most = int(per_row.max()) if per_row is not None else shots
+        counts = torch.zeros(p.shape, dtype=torch.float64)
+        if most == 0:
+            return counts
+        drawn = torch.multinomial(p / p.sum(dim=1, keepdim=True), most, replacement=True, generator=generator)
         if readout_error > 0:
             flips = torch.rand((*drawn.shape, self.n_qubits), generator=generator) < readout_error
             drawn = drawn ^ (flips.long() << torch.arange(self.n_qubits)).sum(-1)
-        return torch.zeros(p.shape, dtype=torch.float64).scatter_add_(1, drawn, torch.ones(drawn.shape,
-                                                                                          dtype=torch.float64))
+        used = (torch.ones(drawn.shape, dtype=torch.float64) if per_row is None
+                else (torch.arange(most)[None, :] < per_row[:, None]).double())
+        return counts.scatter_add_(1, drawn, used)
 
     def bitstring_estimates(self, probabilities: torch.Tensor, shots: int, readout_error: float = 0.0,
                             generator: torch.Generator | None = None) -> torch.Tensor:

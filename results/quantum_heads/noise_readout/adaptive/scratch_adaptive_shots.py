@@ -54,19 +54,6 @@ def second_round_shots(counts_a, h, c, weighing, budget):
     return torch.from_numpy(shots)
 
 
-def varying_counts(probabilities, shots, generator):
-    """(B, 2**n) counts of shots[i] bitstrings drawn from row i."""
-    p = probabilities.detach().double().cpu().clamp_min(0.0)
-    p = p / p.sum(1, keepdim=True)
-    most = int(shots.max())
-    counts = torch.zeros(p.shape, dtype=torch.float64)
-    if most == 0:
-        return counts
-    drawn = torch.multinomial(p, most, replacement=True, generator=generator)
-    used = (torch.arange(most)[None, :] < shots[:, None]).double()
-    return counts.scatter_add_(1, drawn, used)
-
-
 def adaptive_aucs(probabilities, positive, head, labels, positive_class, first, weighing, seed):
     signs = ZStrings(labels)
     h, c = score_parts(head, labels, positive_class)
@@ -75,7 +62,7 @@ def adaptive_aucs(probabilities, positive, head, labels, positive_class, first, 
         generator = torch.Generator().manual_seed(seed + d)
         counts_a = signs.bitstring_counts(probabilities, first, generator=generator)
         more = second_round_shots(counts_a, h, c, weighing, (SHOTS - first) * len(probabilities))
-        counts = counts_a + varying_counts(probabilities, more, generator)
+        counts = counts_a + signs.bitstring_counts(probabilities, more, generator=generator)
         values = (counts / counts.sum(1, keepdim=True)) @ signs.matrix.double()
         aucs.append(binary_auc(rr.positive_score(values, (head.weight, head.bias), positive_class), positive))
         total = (more + first).double() / SHOTS
