@@ -88,6 +88,8 @@ def test_cli_reuses_saved_evaluations_and_writes_table_json_and_plot(tmp_path, c
     (["--candidate", "only=x"], "at least two"),
     (["--candidate", "a=x", "--candidate", "noequals"], "NAME[:TTA]=RUN_DIR"),
     (["--candidate", "a=x", "--candidate", "b:nosuch=x"], "unknown TTA method 'nosuch'"),
+    (["--candidate", "a=x", "--candidate", "b=x", "--candidate", "a:bn=x"], "candidate name(s) a given twice"),
+    (["--candidate", "a=x", "--candidate", "a=x"], "candidate name(s) a given twice"),
 ])
 def test_cli_errors_are_one_sentence(tmp_path, capsys, argv, match):
     (tmp_path / "x").mkdir()

@@ -58,6 +58,28 @@ def test_rerun_with_another_budget_is_refused(study_dir, data_root, capsys):
     assert code == 2 and "epochs=1" in capsys.readouterr().err
 
 
+def test_a_variant_added_to_a_study_under_another_budget_is_refused(tmp_path):
+    """Paired tests compare the variants of one folder: a variant trained before at 2 epochs and a new one at 10
+    would be compared as if alike. Settings a variant sets itself may differ (that is what a variant is)."""
+    erm = experiment.build_study("quick", variants=["erm"], overrides={"epochs": 2})
+    experiment._write_study(erm, tmp_path, "first", 1)
+    full = experiment.build_study("quick", variants=["full"], overrides={"epochs": 10})
+    with pytest.raises(ValueError, match=r"variant 'erm' in .* was trained with epochs=2 \(now 10\)"):
+        experiment.check_existing(full, tmp_path)
+    experiment.check_existing(experiment.build_study("quick", variants=["full"], overrides={"epochs": 2}), tmp_path)
+    moved = experiment.build_study("quick", variants=["full"], overrides={"epochs": 2, "threads": 7})
+    experiment.check_existing(moved, tmp_path)  # where a run runs is not its budget
+
+
+def test_status_lists_only_the_runs_some_invocation_asked_for(tmp_path, capsys):
+    experiment._write_study(experiment.build_study("quick", variants=["erm"], seeds=3), tmp_path, "first", 1)
+    experiment._write_study(experiment.build_study("quick", variants=["full"], seeds=1), tmp_path, "second", 1)
+    assert experiment.print_status(tmp_path) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ["erm/seed0", "full/seed0", "erm/seed1", "erm/seed2"]
+    assert lines[-1] == "0 finished, 0 running, 0 failed, 4 pending"
+
+
 def test_unknown_names_are_clear_errors():
     with pytest.raises(ValueError, match="valid presets: ablation"):
         experiment.build_study("nosuch")

@@ -130,6 +130,27 @@ def test_paired_test_edge_cases():
     assert low["p"] < 0.05 and low["verdict"] == "lower, significant at 0.05"
 
 
+def test_the_direction_of_a_significant_difference_is_the_ranks_not_the_mean():
+    """Eleven small losses and one large gain: the signed-rank test finds the losses; the mean points up."""
+    result = paired_test([-0.010 - 0.001 * i for i in range(11)] + [0.5])
+    assert result["mean_diff"] > 0 and result["lower"] == 11 and result["p"] < 0.05
+    assert result["verdict"] == "lower, significant at 0.05 (by the ranks; the mean difference points the other way)"
+    agree = paired_test([0.010 + 0.001 * i for i in range(11)] + [-0.001])
+    assert agree["p"] < 0.05 and agree["verdict"] == "higher, significant at 0.05"
+
+
+def test_damaged_files_leave_their_run_out_instead_of_stopping_the_report(synthetic, caplog):
+    """A disk-full write can leave an empty report.json, a crash a torn failures.jsonl line; --status reads
+    both as the tool's runs directory does (the run is unfinished, the torn line is skipped)."""
+    (synthetic / "same" / "seed2" / "report.json").write_text("")
+    failure = {"variant": "same", "seed": 2, "error": "disk full", "time": "2026-12-07 10:00:00"}
+    (synthetic / "failures.jsonl").write_text(json.dumps(failure) + "\n" + '{"variant": "same", "se')
+    result = study_report.build_report(synthetic, models=False, out_dir=synthetic / "out")
+    assert [(r["variant"], r["seed"]) for r in result["runs"]].count(("same", 2)) == 0
+    assert [(f["variant"], f["seed"], f["error"]) for f in result["failures"]] == [("same", 2, "disk full")]
+    assert "does not parse" in caplog.text
+
+
 @pytest.mark.slow
 def test_report_on_a_real_quick_study(quick_study):
     study_dir = quick_study[0]
@@ -223,6 +244,19 @@ def test_an_evaluation_replaces_the_with_tta_results_in_a_report_of_its_own(synt
     assert "eval_alt.json" in md and "TTA = adabn" in md and "### With TTA (adabn)" in md
     assert "tta=bn" not in md  # the runs' own TTA is not what this report shows
     assert (synthetic / "report.md").exists() == before  # the study's own report is not touched
+
+
+def test_an_evaluation_keeps_the_no_tta_results_of_runs_trained_without_tta(synthetic):
+    from hybrid.studies.results import load_runs
+
+    for path in synthetic.glob("*/seed*/report.json"):  # trained without TTA: "domains" holds the no-TTA results
+        r = json.loads(path.read_text())
+        path.write_text(json.dumps(r | {"tta": "none", "domains": r["domains_no_tta"], "domains_no_tta": None}))
+    write_evaluation(synthetic, "alt", "adabn", 0.03)
+    _, runs = load_runs(synthetic, evaluation="alt")
+    erm = next(r for r in runs if r.variant == "erm" and r.seed == 0)
+    assert erm.domains("no_tta")["c0"]["auc"] == pytest.approx(erm_auc(0, 0) - 0.02)  # its own, kept
+    assert erm.domains("tta")["c0"]["auc"] == pytest.approx(erm_auc(0, 0) - 0.02 + 0.03)  # the evaluation's
 
 
 def test_an_evaluation_missing_from_a_run_or_without_tta_is_refused(synthetic, capsys):

@@ -195,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    specs = {name: (tta, paths) for name, tta, paths in map(parse_candidate, args.candidate)}
+    parsed = [parse_candidate(text) for text in args.candidate]
+    names = [name for name, _, _ in parsed]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # which runs were meant? (a dict would keep the first's place and the last's runs)
+        raise ValueError(f"candidate name(s) {', '.join(twice)} given twice; give every --candidate its own NAME")
+    specs = {name: (tta, paths) for name, tta, paths in parsed}
     if len(specs) < 2:
         raise ValueError("give at least two candidates (a baseline and one to compare)")
     candidates = {name: [validation_eval(p, args.data_root, tta) for p in paths]

@@ -146,7 +146,10 @@ def _cores() -> int:
 
 
 def check_existing(study: Study, out: Path) -> None:
-    """Refuse to mix budgets: a run directory already there must hold the same config."""
+    """Refuse to mix budgets: a run directory already there must hold the same config, and the variants trained
+    into `out` before must share every setting that neither they nor the new variants set themselves (the report
+    pairs them as one study)."""
+    _check_shared_settings(study, out)
     for variant, seed in study.runs():
         path = run_dir(out, variant, seed) / "config.json"
         if not path.is_file():
@@ -156,6 +159,22 @@ def check_existing(study: Study, out: Path) -> None:
         if diff:
             raise ValueError(f"{path.parent} was made with {', '.join(diff)}; a study compares runs "
                              "with one budget, so use a new --out (or the same settings) for this one")
+
+
+def _check_shared_settings(study: Study, out: Path) -> None:
+    path = Path(out) / "study.json"
+    spec = json.loads(path.read_text()) if path.is_file() else {}
+    earlier = {v: c for v, c in spec.get("configs", {}).items() if v not in study.variants}  # others: per run
+    for old, old_config in earlier.items():
+        for new in study.variants:
+            own = set(spec.get("variants", {}).get(old, {})) | set(study.variants[new]) | _ENVIRONMENT_FIELDS
+            now = study.config(new, 0).to_dict()
+            diff = [f"{k}={v!r} (now {now[k]!r})" for k, v in old_config.items()
+                    if k not in own and k in now and now[k] != v]
+            if diff:
+                raise ValueError(f"variant {old!r} in {out} was trained with {', '.join(diff)}; a study compares "
+                                 f"its variants under one budget, so use a new --out for {new!r} (or the same "
+                                 "settings); hybrid.report can still read both folders together")
 
 
 def _write_study(study: Study, out: Path, command: str | None, workers: int, launcher: str = "local") -> None:
@@ -281,16 +300,26 @@ def make_launcher(args, out: Path) -> Launcher:
                          poll_seconds=args.poll_seconds)
 
 
+def requested_runs(spec: dict) -> list[tuple[str, int]]:
+    """The (variant, seed) pairs the study's invocations asked for, seed-major in the study's variant order (older
+    study.json files without per-invocation variants and seeds: every variant with every seed)."""
+    asked = {(v, s) for i in spec.get("invocations", []) for v in i.get("variants", []) for s in i.get("seeds", [])}
+    order = list(spec.get("variants", {}))
+    every = [(v, s) for s in spec.get("seeds", []) for v in order]
+    return [run for run in every if run in asked] if asked else every
+
+
 def print_status(out: Path) -> int:
     spec_path = Path(out) / "study.json"
     if not spec_path.is_file():
         raise FileNotFoundError(f"{spec_path} does not exist; is {out} a study directory of hybrid.experiment?")
     spec = json.loads(spec_path.read_text())
-    rows = study_status(out, [(v, s) for s in spec["seeds"] for v in spec["variants"]])
+    rows = study_status(out, requested_runs(spec))
     width = max(len(f"{r['variant']}/seed{r['seed']}") for r in rows) if rows else 10
     for r in rows:
         print(f"{r['variant'] + '/seed' + str(r['seed']):{width}s}  {r['state']:8s}  {r['detail']}")
     counts = {state: sum(r["state"] == state for r in rows) for state in ("finished", "running", "failed", "pending")}
+    counts |= {"unknown": n for n in [sum(r["state"] == "unknown" for r in rows)] if n}  # squeue did not answer
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
     return 0
 
@@ -320,6 +349,10 @@ def _run(args, command: str) -> int:
     for folds, where in stages:
         run_study(folds, where, workers=args.workers, threads=args.threads, progress=not args.quiet,
                   command=command, launcher=make_launcher(args, where))
+        if args.launcher == "slurm" and args.no_wait:  # the folds are only queued: nothing to select from yet
+            print(f"leave-one-source-out fold runs submitted; once they finish (--status {shlex.quote(str(where))}) "
+                  "rerun this command to write the selection")
+            continue
         selection = select(study, where)
         write_selection(selection, out)
         print(f"leave-one-source-out selection: {selection['selected'] or 'none (fold runs missing)'} "

@@ -163,6 +163,11 @@ class SlurmLauncher(Launcher):
         """Runs whose latest submission is still pending or running: a rerun must not duplicate them."""
         records = latest_slurm_jobs(self.out)
         queue = slurm_queue([records[j.name]["job_id"] for j in jobs if j.name in records])
+        if queue is None:
+            submitted = [j.name for j in jobs if j.name in records]
+            raise RuntimeError(f"squeue did not answer, so whether {len(submitted)} run(s) submitted before "
+                               f"(first: {submitted[0]}) are still queued is unknown; not submitting them again (two "
+                               "tasks would train one run directory). Rerun when squeue answers, or scancel them")
         return {j.name: (records[j.name]["job_id"], queue[records[j.name]["job_id"]]) for j in jobs
                 if j.name in records and records[j.name]["job_id"] in queue}
 
@@ -186,8 +191,15 @@ class SlurmLauncher(Launcher):
         the queue without a result (cancelled or killed: rerunning the command resumes it)."""
         pending = dict(watched)
         gone_since: dict[str, float] = {}
+        silent = False  # whether squeue has not answered since it last did (said once, not every poll)
         while pending:
             queue = slurm_queue(pending.values())
+            if (queue is None) != silent:
+                silent = queue is None
+                if silent:
+                    log.warning("squeue did not answer; still waiting for %d run(s)", len(pending))
+                else:
+                    log.info("squeue answers again")
             for job, job_id in list(pending.items()):
                 result = self._outcome(job, job_id, queue, gone_since)
                 if result is not None:
@@ -196,9 +208,11 @@ class SlurmLauncher(Launcher):
             if pending:
                 time.sleep(self.poll_seconds)
 
-    def _outcome(self, job: RunJob, job_id: str, queue: dict, gone_since: dict) -> dict | None:
+    def _outcome(self, job: RunJob, job_id: str, queue: dict | None, gone_since: dict) -> dict | None:
         if is_finished(job.path):
             return {"ok": True, "seconds": None, "slurm_job": job_id} | _summary(job.path)
+        if queue is None:  # squeue did not answer: no verdict on a job it may still hold
+            return None
         if job_id in queue:
             gone_since.pop(job_id, None)
             return None

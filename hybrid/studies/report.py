@@ -20,7 +20,6 @@ This module assembles the report dict; `report_figures` draws the figures and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import re
@@ -29,7 +28,7 @@ import sys
 from pathlib import Path
 
 from hybrid.cli import names_list, positive_int, run_cli, seeds_list
-from hybrid.rundir import file_part, write_json, write_text
+from hybrid.rundir import file_part, read_lines, write_json, write_text
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
 from hybrid.studies.results import (BASELINE, SETTINGS, STATS, asked_for, by_seed, compare, domain_groups,
@@ -181,10 +180,7 @@ def _open_failures(runs_dirs: list[Path], runs: list, parts: dict | None) -> lis
     kept = parts or {}
     open_ = []  # a failure is open while its run is not among the finished ones reported
     for runs_dir in runs_dirs:
-        path = runs_dir / "failures.jsonl"
-        if not path.is_file():
-            continue
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_lines(runs_dir / "failures.jsonl")  # a line torn by a crash is skipped, as --status does
         latest = {(r["variant"], r["seed"]): r for r in rows}
         open_ += [r | ({"folder": str(runs_dir)} if len(runs_dirs) > 1 else {}) for (v, s), r in latest.items()
                   if (v, s) not in finished and asked_for(v, s, kept.get("variants"), kept.get("seeds"))]

@@ -7,6 +7,7 @@ so tests and notebooks can use it without matplotlib or checkpoints.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import numpy as np
 
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.metrics import summarize_domains
+
+log = logging.getLogger(__name__)
 
 BASELINE = "erm"
 ALPHA = 0.05
@@ -57,7 +60,11 @@ def load_runs(runs_dir: Path, evaluation: str | None = None) -> tuple[dict, list
         match = re.fullmatch(r"seed(\d+)", path.parent.name)
         if not match:
             continue
-        report = json.loads(path.read_text())
+        try:
+            report = json.loads(path.read_text())
+        except ValueError:  # a disk-full write can leave it empty: the run counts as unfinished (as --status says)
+            log.warning("%s does not parse: that run is left out as unfinished (rerun the study to redo it)", path)
+            continue
         if evaluation:
             eval_path = path.parent / f"eval_{evaluation}.json"
             if not eval_path.is_file():
@@ -66,7 +73,10 @@ def load_runs(runs_dir: Path, evaluation: str | None = None) -> tuple[dict, list
             ev = json.loads(eval_path.read_text())
             if ev.get("tta", "none") == "none":
                 raise ValueError(f"{eval_path} was evaluated without TTA; --evaluation replaces the with-TTA results")
-            report = report | {"domains": ev["domains"], "tta": ev["tta"], "evaluation": evaluation}
+            # a run trained without TTA holds its no-TTA results in "domains": keep them as its own
+            no_tta = report.get("domains_no_tta") or (report.get("domains") if report.get("tta") == "none" else None)
+            report = report | {"domains": ev["domains"], "tta": ev["tta"], "evaluation": evaluation,
+                               "domains_no_tta": no_tta}
         runs.append(Run(path.parent.parent.name, int(match.group(1)), path.parent, report))
     if missing:
         raise FileNotFoundError(f"{len(missing)} runs have no eval_{evaluation}.json (first: {missing[0]}); "
@@ -217,10 +227,23 @@ def paired_test(diffs) -> dict:
         tied = np.unique(np.abs(nonzero)).size < nonzero.size
         out["p"] = float(wilcoxon(nonzero, method="approx" if tied or nonzero.size > 50 else "exact").pvalue)
         if out["p"] < ALPHA:
-            out["verdict"] = f"{'higher' if out['mean_diff'] > 0 else 'lower'}, significant at {ALPHA}"
+            out["verdict"] = significant_verdict(nonzero, out["mean_diff"])
         else:
             out["verdict"] = f"not significant at {ALPHA}"
     return out
+
+
+def significant_verdict(nonzero: np.ndarray, mean_diff: float) -> str:
+    """The direction the signed-rank test found (its rank sums, not the mean: one large difference can outweigh
+    many small ones of the other sign in the mean), and a warning where the mean points the other way."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.abs(nonzero))
+    higher = ranks[nonzero > 0].sum() > ranks[nonzero < 0].sum()
+    verdict = f"{'higher' if higher else 'lower'}, significant at {ALPHA}"
+    if (mean_diff > 0) != higher:
+        verdict += " (by the ranks; the mean difference points the other way)"
+    return verdict
 
 
 def by_seed(runs: list[Run], variant: str) -> dict[int, Run]:

@@ -122,10 +122,12 @@ def record_failure(out: Path, job: RunJob, result: dict, **extra) -> None:
     log.error("%s failed: %s (details in %s)", job.name, result.get("error"), Path(out) / FAILURES)
 
 
-def slurm_queue(job_ids) -> dict[str, str]:
-    """{job id: Slurm state} of the given jobs still in the queue (PENDING, RUNNING, REQUEUED, ...).
+def slurm_queue(job_ids) -> dict[str, str] | None:
+    """{job id: Slurm state} of the given jobs still in the queue (PENDING, RUNNING, REQUEUED, ...), or None
+    when squeue did not answer (missing, timed out, controller unreachable): that is not "nothing queued", which
+    would make a rerun submit queued runs again and a watcher declare running jobs gone.
 
-    Array tasks are listed one per line (`-r`), as ARRAYID_TASK. Without Slurm, nothing is queued.
+    Array tasks are listed one per line (`-r`), as ARRAYID_TASK. No job ids: nothing is queued.
     """
     ids = sorted({str(j).split("_")[0] for j in job_ids if j})
     if not ids:
@@ -133,8 +135,15 @@ def slurm_queue(job_ids) -> dict[str, str]:
     try:
         listing = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "--jobs=" + ",".join(ids)],
                                  capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.debug("squeue did not answer: %s", error)
+        return None
+    if listing.returncode != 0:
+        # squeue refuses a list whose every id has left the controller's memory: then none is queued
+        if "Invalid job id" in listing.stderr:
+            return {}
+        log.debug("squeue failed (exit %d): %s", listing.returncode, listing.stderr.strip()[-300:])
+        return None
     states = dict(line.split("|", 1) for line in listing.stdout.split() if "|" in line)
     return {j: states[j] for j in map(str, job_ids) if j in states}
 
@@ -156,15 +165,20 @@ def latest_slurm_jobs(out: Path) -> dict[str, dict]:
     return {f"{r['variant']}/seed{r['seed']}": r for r in read_lines(Path(out) / SLURM_JOBS)}
 
 
-def run_state(out: Path, variant: str, seed: int, queue: dict[str, str], submissions: dict[str, dict],
+def run_state(out: Path, variant: str, seed: int, queue: dict[str, str] | None, submissions: dict[str, dict],
               failures: dict[str, dict]) -> tuple[str, str]:
-    """(finished | running | failed | pending, a detail) of one run, from the study directory and Slurm's queue."""
+    """(finished | running | failed | pending | unknown, a detail) of one run, from the study directory and Slurm's
+    queue (None: squeue did not answer, so a run with a Slurm job is unknown unless finished)."""
     path, name = run_dir(out, variant, seed), f"{variant}/seed{seed}"
     if is_finished(path):
         return "finished", ""
     marker = next(iter(read_lines(path / RUNNING)), None)
-    submitted = submissions.get(name)
-    job = (marker or {}).get("slurm_job") or (submitted or {}).get("job_id")
+    # the newest submission first: a killed task leaves its marker naming its dead job while a rerun's job queues
+    jobs = [str(j) for j in ((submissions.get(name) or {}).get("job_id"), (marker or {}).get("slurm_job")) if j]
+    if queue is None and jobs:
+        return "unknown", f"Slurm job {jobs[0]}: squeue did not answer, state unknown; {_progress(path)}"
+    queue = queue or {}
+    job = next((j for j in jobs if j in queue), (marker or {}).get("slurm_job") or (jobs or [None])[0])
     slurm_state = queue.get(str(job)) if job else None
     if slurm_state == "RUNNING" or (marker and not marker.get("slurm_job") and _process_alive(marker)):
         where = f"Slurm job {job}" if slurm_state else f"pid {marker['pid']} on {marker['host']}"
