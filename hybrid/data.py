@@ -106,6 +106,10 @@ def select_classes(bundle: "DatasetBundle", spec: str) -> "DatasetBundle":
     """The bundle restricted to the classes `spec` names (see `resolve_classes`); with two classes the
     first is the positive one, so `mel,nv` scores melanoma."""
     ids = resolve_classes(spec, bundle.class_names)
+    empty = [name for name, split in bundle.test_domains.items() if not np.isin(split.labels, ids).any()]
+    if empty:  # found now, not when the final evaluation scores it after all the training
+        raise DataError(f"{bundle.name}: held-out center(s) {', '.join(empty)} hold no image of the classes {spec}; "
+                        "choose other --classes or --test-centers")
     return DatasetBundle(
         name=bundle.name, train=keep_classes(bundle.train, ids), val=keep_classes(bundle.val, ids),
         test=keep_classes(bundle.test, ids), n_classes=len(ids), n_channels=bundle.n_channels,

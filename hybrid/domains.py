@@ -111,7 +111,7 @@ def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: 
         label_field, center_field = fields
         if path.resolve() == resolve_dataset_path(cfg.dataset, root).resolve():
             trained, held_out = _own_centers(cfg, root)
-            centers = centers or ",".join(held_out)
+            centers = centers or held_out  # names, not one string: a name may hold a comma
         splits = load_multicenter_domains(path, label_field, center_field, centers)
         prefix = "real:"
     elif is_npz:

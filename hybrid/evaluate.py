@@ -105,6 +105,27 @@ def evaluation_inputs(args, cfg: TrainConfig, ckpt: dict, backend) -> tuple[Doma
     return domains, file_part(args.name, "--name") if args.name else file_part(name), tta, batch_size
 
 
+def evaluation_threshold(args, run_dir: Path, cfg: TrainConfig, ckpt: dict, model, backend, tta: str) -> float:
+    """The decision threshold: the run's own (chosen on source validation under its TTA), or, for another TTA on the
+    exact engine, chosen again on the same source validation under that TTA, as hybrid.train does for its no-TTA
+    results (a threshold fits one method's probabilities). Refused before any prediction for a run whose training
+    stopped before its final evaluation chose one."""
+    if ckpt.get("threshold") is None:
+        raise ValueError(f"{run_dir}: best.pt has no decision threshold yet (training stopped before its final "
+                         f"evaluation); finish the run first: python -m hybrid.train --resume --out {run_dir}")
+    if tta == cfg.tta:
+        return ckpt["threshold"]
+    if not backend.exact:  # choosing it again would run the source validation images on the backend as well
+        log.warning("sensitivity and specificity use the run's threshold, chosen under TTA %s, not %s", cfg.tta, tta)
+        return ckpt["threshold"]
+    from hybrid.inference import source_threshold
+    from hybrid.train import prepare_data
+
+    _, data = prepare_data(cfg, resolve_data_root(args.data_root or cfg.data_root))
+    return source_threshold(model, data.x_val, data.y_val, tta=tta, positive_class=ckpt["positive_class"],
+                            batch_size=cfg.eval_batch_size)
+
+
 def record_qpu_usage(execution: dict, run_dir: Path, backend) -> None:
     """Add the rate to a QPU evaluation's execution block; calibrate it where the service reported usage."""
     from backends.budget import calibrate
@@ -123,6 +144,7 @@ def evaluate_run(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backe
 
     started = time.perf_counter()
     domains, name, tta, batch_size = evaluation_inputs(args, cfg, ckpt, backend)
+    ckpt = ckpt | {"threshold": evaluation_threshold(args, run_dir, cfg, ckpt, model, backend, tta)}
     partial = open_partial(args, run_dir, name, cfg, ckpt, backend, tta, batch_size, domains)
     try:
         per_domain, _ = evaluate_domains(

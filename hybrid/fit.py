@@ -156,7 +156,12 @@ def _record(epoch: int, means: dict, algorithm: Algorithm, val_auc: float, val_l
         key: means[key] for key in OPTIONAL_LOSSES if key in means}
 
 
-OPTIONAL_LOSSES = ("aux_loss", "distill_loss", "shot_penalty")  # --aux-weight, --head-distill, --q-shot-noise marginal
+# --aux-weight, --head-distill, --q-shot-noise marginal, the coral algorithm
+OPTIONAL_LOSSES = ("aux_loss", "distill_loss", "shot_penalty", "coral_penalty")
+
+
+class TrainingDiverged(RuntimeError):
+    """The network's outputs stopped being finite (a learning rate too high, usually)."""
 
 
 def _improved(best: dict, val_auc: float, val_loss: float, selection: str = "auc") -> bool:
@@ -201,6 +206,10 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
         recalibrate_batchnorm(selected, x_calib, cfg.batch_size)
         val_auc, val_loss = ddp.broadcast(validation_scores(selected, data, cfg.eval_batch_size)
                                           if ddp.is_main else None)
+        if not math.isfinite(val_loss):  # the same on every rank (broadcast): all stop, nothing of it is saved
+            raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the network's validation loss is "
+                                   f"{val_loss} (its outputs are not finite); {out_dir} keeps the epochs before it. "
+                                   "Lower --lr (or --q-lr-scale) and train again")
         record = _record(epoch, means, algorithm, val_auc, val_loss, time.perf_counter() - t0)
         improved = _improved(best, val_auc, val_loss, cfg.selection)
         if improved:

@@ -28,7 +28,6 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", ba
     """
     method = make_tta(tta, model)
     device = module_device(model)
-    method.prepare(x if statistics_from is None else statistics_from)
     out = []
     reused = 0
     batches = range(0, len(x), batch_size)
@@ -36,7 +35,8 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", ba
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=desc, leave=False, unit="batch")
-    try:
+    try:  # an error or Ctrl-C while the domain's statistics are taken must restore the model too
+        method.prepare(x if statistics_from is None else statistics_from)
         for start in batches:
             saved = partial.get(desc, start) if partial is not None else None
             if saved is not None:

@@ -166,6 +166,8 @@ def domain_metrics(
     n_classes = probs.shape[1]
     if y.size and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes}) to match probs with {n_classes} columns")
+    if not np.isfinite(probs).all():  # a diverged network: sorting NaN scores would invent an AUC and rates
+        return _undefined_metrics(y, n_classes, threshold, positive_class)
     auc = float(_auc(y, probs, np.ones((1, y.size)), positive_class)[0]) if y.size else math.nan
     low, high = _bootstrap_auc_ci(y, probs, positive_class, n_bootstrap, seed)
     out = {"auc": auc, "auc_ci_low": low, "auc_ci_high": high}
@@ -206,6 +208,15 @@ def domain_metrics(
                        if 0 < np.sum(y == k) < y.size else None for k in range(n_classes)],
     )
     return out
+
+
+def _undefined_metrics(y: np.ndarray, n_classes: int, threshold: float, positive_class: int) -> dict:
+    """domain_metrics' keys, every score nan: the probabilities were not all finite."""
+    out = {key: math.nan for key in ("auc", "auc_ci_low", "auc_ci_high", "sensitivity", "specificity", "accuracy",
+                                     "balanced_accuracy")} | {"n": int(y.size)}
+    if n_classes == 2:
+        return out | {"threshold": float(threshold), "n_pos": int(np.sum(y == positive_class))}
+    return out | {"auc_per_class": [None] * n_classes}
 
 
 def summarize_domains(per_domain: Mapping[str, Mapping], keys: Sequence[str] = SUMMARY_KEYS) -> dict:

@@ -110,7 +110,9 @@ def append_line(path: Path, record: dict) -> None:
     interleave, and a crash leaves whole lines only (a torn last line is dropped by `read_lines`)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.write(fd, (json_text(record) + "\n").encode())
+        line = (json_text(record) + "\n").encode()
+        if os.write(fd, line) != len(line):  # a full disk: say so, as a failed write of any other file would
+            raise OSError(f"{path}: only part of a line was written (disk full?)")
         os.fsync(fd)
     finally:
         os.close(fd)

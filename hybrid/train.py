@@ -77,6 +77,9 @@ def check_splits(bundle: DatasetBundle) -> None:
         raise DataError(f"{bundle.name}: the training split has {len(bundle.train)} image(s); training needs at "
                         "least 2 (BatchNorm); add data or lower the validation/test fractions")
     val_classes = np.unique(bundle.val.labels)
+    if not len(val_classes):
+        raise DataError(f"{bundle.name}: the validation split holds no image (of the chosen classes); model "
+                        "selection and the decision threshold need images of at least two classes there: add data")
     if len(val_classes) < 2:
         raise DataError(f"{bundle.name}: the validation split ({len(bundle.val)} images) holds only class "
                         f"{bundle.class_names[int(val_classes[0])]!r}; model selection and the decision threshold "
@@ -279,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="replace the run already in --out (its outputs are deleted once the new data has loaded)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    chosen: dict[str, Path] = {}  # the run directory, once known (a default one is named by the time it starts)
 
     def body() -> int:
         cfg = config_from_args(args)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
             raise ValueError("under torchrun, give --out: every process must write into the same run directory")
-        out = Path(args.out or f"runs/{Path(cfg.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = chosen["out"] = Path(args.out or f"runs/{Path(cfg.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.resume:
             check_resume(cfg, out)  # before anything is written into the run directory
         report = train(cfg, out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
@@ -296,11 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def how_to_continue() -> str:
-        if not args.out or not (Path(args.out) / "last.pt").is_file():
+        out = chosen.get("out")
+        if out is None or not (out / "last.pt").is_file():
             return "no epoch had finished, so nothing is saved; run the command again"
-        resume = command_line("python -m hybrid.train", [a for a in (argv or sys.argv[1:]) if a != "--overwrite"])
-        return (f"the finished epochs are saved in {Path(args.out) / 'last.pt'}; continue with: {resume}"
-                + ("" if args.resume else " --resume"))
+        again = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--overwrite"]
+        again += [] if args.out else ["--out", str(out)]  # the default directory is named by the time: keep it
+        return (f"the finished epochs are saved in {out / 'last.pt'}; continue with: "
+                f"{command_line('python -m hybrid.train', again)}" + ("" if args.resume else " --resume"))
 
     return run_cli(body, extra_errors=(RuntimeError,), on_interrupt=how_to_continue)
 

@@ -1,0 +1,164 @@
+"""Edges of training and evaluation a researcher meets: a diverged network, an interrupted run, another TTA's
+threshold, center names with commas, classes a held-out center lacks, a full disk."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from hybrid import evaluate, train
+from hybrid.data import DataError, DatasetBundle, Split, select_classes
+from hybrid.metrics import domain_metrics
+
+TINY = ["--input-size", "16", "--width-mult", "0.35", "--stem-stride", "2", "--epochs", "1", "--batch-size", "32",
+        "--n-bootstrap", "0", "--threads", "1", "--quiet"]
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_scores_of_non_finite_probabilities_are_nan_not_invented(n_classes):
+    y = np.arange(8) % n_classes
+    probs = np.full((8, n_classes), 1.0 / n_classes)
+    probs[2] = np.nan
+    m = domain_metrics(y, probs, n_bootstrap=50)
+    scores = ("auc", "auc_ci_low", "auc_ci_high", "sensitivity", "specificity", "accuracy", "balanced_accuracy")
+    assert all(math.isnan(m[k]) for k in scores) and m["n"] == 8
+    assert set(m) == set(domain_metrics(y, np.full((8, n_classes), 1.0 / n_classes), n_bootstrap=50))
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_a_sentence_and_keeps_no_non_finite_epoch(tmp_path, data_root, capsys):
+    out = tmp_path / "run"
+    code = train.main(TINY + ["--epochs", "2", "--max-train-samples", "128", "--lr", "1e12", "--no-quantum",
+                              "--data-root", str(data_root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0 and "training diverged in epoch" in err and "Lower --lr" in err and "Traceback" not in err
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        assert math.isfinite(json.loads(line)["val_loss"])  # nothing of the diverged epoch is recorded
+    if (out / "best.pt").is_file():
+        state = torch.load(out / "best.pt", weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_another_tta_gets_its_own_threshold_as_training_chose_one_for_no_tta(tiny_run, capsys):
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report["tta"] != "none" and report["domains_no_tta"]
+    assert evaluate.main(["--run", str(tiny_run), "--tta", "none", "--name", "no_tta_again"]) == 0
+    result = json.loads((tiny_run / "eval_no_tta_again.json").read_text())
+    for name, metrics in report["domains_no_tta"].items():
+        again = result["domains"][name]
+        assert again["threshold"] == pytest.approx(metrics["threshold"])
+        assert (again["sensitivity"], again["specificity"]) == pytest.approx((metrics["sensitivity"],
+                                                                              metrics["specificity"]))
+
+
+@pytest.mark.slow
+def test_a_run_stopped_before_its_final_evaluation_is_refused_before_any_prediction(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    best = torch.load(run / "best.pt", weights_only=False)
+    torch.save(best | {"threshold": None}, run / "best.pt")  # what fit writes before the final evaluation
+    assert evaluate.main(["--run", str(run), "--name", "early"]) == 2
+    err = capsys.readouterr().err
+    assert "no decision threshold yet" in err and "--resume" in err and "Traceback" not in err
+    assert not (run / "eval_early.json").exists()
+
+
+@pytest.mark.slow
+def test_the_runs_own_file_with_commas_in_center_names_defaults_to_its_held_out_center(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 180
+    labels = rng.integers(0, 2, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8)
+    images[labels == 1, 4:12, 4:12] += 120
+    names = np.array(["Vienna (ViDIR, AT)", "Vienna (modern, AT)", "Queensland (Rosendahl, AU)"])
+    np.savez(tmp_path / "clinics.npz", images=images, labels=labels, center_ids=np.arange(n) % 3, center_names=names)
+    run = tmp_path / "run"
+    assert train.main(["--dataset", str(tmp_path / "clinics.npz"), "--test-centers", "2", *TINY,
+                       "--out", str(run)]) == 0
+    assert evaluate.main(["--run", str(run), "--data", str(tmp_path / "clinics.npz"), "--name", "own"]) == 0
+    result = json.loads((run / "eval_own.json").read_text())
+    assert list(result["domains"]) == ["real:Queensland (Rosendahl, AU)"]
+
+
+def _bundle(test_labels: dict[str, list[int]], val_labels: list[int]) -> DatasetBundle:
+    def split(labels):
+        return Split(np.zeros((len(labels), 4, 4), dtype=np.uint8), np.array(labels, dtype=np.int64), None)
+
+    return DatasetBundle(name="toy", train=split([0, 1, 2, 0, 1, 2]), val=split(val_labels), test=split([0, 1, 2]),
+                         n_classes=3, n_channels=1, class_names=["a", "b", "c"], positive_class=1,
+                         test_domains={k: split(v) for k, v in test_labels.items()}, center_names=None)
+
+
+def test_classes_a_held_out_center_lacks_are_refused_before_training():
+    with pytest.raises(DataError, match=r"held-out center\(s\) far hold no image of the classes b,c"):
+        select_classes(_bundle({"near": [1, 2], "far": [0, 0]}, [0, 1, 2]), "b,c")
+    kept = select_classes(_bundle({"near": [1, 2], "far": [0, 2]}, [0, 1, 2]), "b,c")
+    assert list(kept.test_domains["far"].labels) == [1]
+
+
+def test_a_validation_split_left_empty_by_the_classes_is_one_sentence():
+    bundle = select_classes(_bundle({"near": [1, 2]}, [0, 0, 0]), "b,c")
+    with pytest.raises(DataError, match="the validation split holds no image"):
+        train.check_splits(bundle)
+
+
+def test_a_line_the_disk_takes_only_part_of_is_an_error(tmp_path, monkeypatch):
+    import os
+
+    from hybrid import rundir
+
+    monkeypatch.setattr(os, "write", lambda fd, data: len(data) - 3)
+    with pytest.raises(OSError, match="only part of a line was written"):
+        rundir.append_line(tmp_path / "results.jsonl", {"epoch": 1})
+
+
+def test_ctrl_c_of_a_run_in_its_default_directory_names_that_directory_to_resume(tmp_path, monkeypatch, capsys):
+    def one_epoch_then_ctrl_c(cfg, out, **kwargs):
+        out.mkdir(parents=True)
+        (out / "last.pt").write_bytes(b"an epoch")
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "train", one_epoch_then_ctrl_c)
+    assert train.main(["--epochs", "3", "--quiet"]) != 0
+    err = capsys.readouterr().err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert f"saved in {run.relative_to(tmp_path) / 'last.pt'}" in err and "nothing is saved" not in err
+    assert err.rstrip().endswith(f"--epochs 3 --quiet --out {run.relative_to(tmp_path)} --resume")
+
+
+def test_an_error_while_a_domain_statistics_are_taken_restores_the_model(monkeypatch):
+    from hybrid.config import ModelConfig
+    from hybrid.inference import predict_probs
+    from hybrid.model import HybridNet
+    from hybrid.tta import TTA_METHODS
+
+    model = HybridNet(ModelConfig(width_mult=0.35, stem_stride=2, embed_dim=16, quantum=False), 1, 2).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def half_prepared(self, x, forward=None):
+        for bn in (m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.add_(1.0)  # statistics half re-estimated, then the process is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TTA_METHODS["adabn"], "prepare", half_prepared)
+    with pytest.raises(KeyboardInterrupt):
+        predict_probs(model, torch.zeros(4, 1, 16, 16), "adabn", 2)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_coral_penalty_reaches_metrics_jsonl_as_the_other_optional_losses_do():
+    from types import SimpleNamespace
+
+    from hybrid.fit import _record
+
+    record = _record(0, {"loss": 1.0, "coral_penalty": 0.25}, SimpleNamespace(learning_rate=lambda: 0.1), 0.9, 0.3,
+                     1.0)
+    assert record["coral_penalty"] == 0.25
+    assert "coral_penalty" not in _record(0, {"loss": 1.0}, SimpleNamespace(learning_rate=lambda: 0.1), 0.9, 0.3, 1.0)
