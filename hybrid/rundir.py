@@ -236,15 +236,19 @@ def load_run(run_dir: Path, backend_name: str | None = None, *, device: str = "c
     cfg = load_config(cfg_path)
     ckpt = load_checkpoint(ckpt_path, "checkpoint", BEST_KEYS)
     backend = get_backend(backend_name or cfg.backend, **backend_options)
-    backend.qpu_rate = stored_rate(run_dir, backend.qpu_rate)  # before the model makes its runner
-    # the checkpoint carries its own architecture facts; weights need not be downloaded again
-    model_cfg = replace(cfg.model_config(), pretrained=False, weights_path=None)
-    model = HybridNet(model_cfg, ckpt["in_channels"], ckpt["n_classes"], layer_kwargs=backend.layer_kwargs())
-    model.load_network_state(ckpt["model"])
-    model.to(resolve_device(device))
-    model.eval()
-    if cfg.q_noise_at_eval and backend.exact:  # a run evaluated through its device's noise model stays so
-        from hybrid.device_noise import attach_noise_channel
+    try:
+        backend.qpu_rate = stored_rate(run_dir, backend.qpu_rate)  # before the model makes its runner
+        # the checkpoint carries its own architecture facts; weights need not be downloaded again
+        model_cfg = replace(cfg.model_config(), pretrained=False, weights_path=None)
+        model = HybridNet(model_cfg, ckpt["in_channels"], ckpt["n_classes"], layer_kwargs=backend.layer_kwargs())
+        model.load_network_state(ckpt["model"])
+        model.to(resolve_device(device))
+        model.eval()
+        if cfg.q_noise_at_eval and backend.exact:  # a run evaluated through its device's noise model stays so
+            from hybrid.device_noise import attach_noise_channel
 
-        attach_noise_channel(model, cfg)
+            attach_noise_channel(model, cfg)
+    except BaseException:
+        backend.close()  # a QPU batch opened for a model that could not be built must not stay open
+        raise
     return LoadedRun(cfg, model, ckpt, backend)

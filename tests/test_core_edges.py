@@ -162,3 +162,43 @@ def test_the_coral_penalty_reaches_metrics_jsonl_as_the_other_optional_losses_do
                      1.0)
     assert record["coral_penalty"] == 0.25
     assert "coral_penalty" not in _record(0, {"loss": 1.0}, SimpleNamespace(learning_rate=lambda: 0.1), 0.9, 0.3, 1.0)
+
+
+@pytest.mark.slow
+def test_the_backend_is_closed_when_the_runs_model_cannot_be_built(tiny_run, monkeypatch):
+    """On ibm_runtime get_backend opens a batch on the service; a model that fails to build must not leave it open."""
+    from types import SimpleNamespace
+
+    import backends
+    import hybrid.model
+    from hybrid.rundir import load_run
+
+    closed = []
+    monkeypatch.setattr(backends, "get_backend", lambda name, **options: SimpleNamespace(
+        qpu_rate=None, layer_kwargs=lambda: {}, close=lambda: closed.append(name), exact=True))
+
+    def broken(*args, **kwargs):
+        raise ValueError("the checkpoint needs 5 qubits and the device has 4")
+
+    monkeypatch.setattr(hybrid.model, "HybridNet", broken)
+    with pytest.raises(ValueError, match="5 qubits"):
+        load_run(tiny_run, "ibm_runtime")
+    assert closed == ["ibm_runtime"]
+
+
+def test_a_shot_sweep_scores_every_compared_run_on_the_first_runs_images(tmp_path):
+    from hybrid.studies import shot_sweep
+
+    asked = []
+
+    def bench(run, specs, seed=None, **settings):
+        asked.append(seed)
+        used = {"exact_trained": 0, "noise_aware": 1}[run.name] if seed is None else seed  # each run's own seed
+        row = {"auc": 0.9, "mae": 0.0, "sensitivity": 0.8, "seconds": 1.0}
+        return {"rows": [{"backend": "exact"} | row] + [{"backend": s} | row for s in specs],
+                "domains": ["tgt_blur"], "samples_per_domain": 10, "tta": "adabn", "seed": used}
+
+    runs = [tmp_path / "exact_trained", tmp_path / "noise_aware"]
+    result = shot_sweep.run_sweep(runs, ["aer"], [64], bench=bench)
+    assert asked == [None, 0] and [r["seed"] for r in result["runs"]] == [0, 0]
+    assert shot_sweep.run_sweep(runs, ["aer"], [64], bench=bench, seed=5)["runs"][1]["seed"] == 5

@@ -62,6 +62,11 @@ def run_sweep(runs: list[Path], bases: list[str], shots: list[int | None], *, be
     results = []
     for run in runs:
         result = bench(Path(run), [s for s, _, _ in specs], **settings)
+        if settings.get("seed") is None:  # the runs compared score the first one's images, whatever their seeds
+            settings = settings | {"seed": result["seed"]}
+        if results and result["domains"] != results[0]["domains"]:
+            raise ValueError(f"{run} is scored on other domains than {results[0]['run']} ({result['domains']} "
+                             f"against {results[0]['domains']}); compare runs of the same data and centers")
         rows = {r["backend"]: r for r in result["rows"]}
         exact = result["rows"][0]
         curves = {base: [_drawn_point([rows[spec] for spec, b, m in specs if b == base and m == n], n) for n in finite]
