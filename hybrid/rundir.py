@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -213,6 +214,15 @@ def initialise_from(network: Any, template: str, seed: int, in_channels: int, n_
         first = str(exc).strip().splitlines()
         raise ValueError(f"--init-from {run_dir}: its network is not this run's architecture "
                          f"({' '.join(first[:2])[:300]})") from None
+    try:
+        source_seed = TrainConfig.load(run_dir / "config.json").seed
+    except (OSError, ValueError, TypeError):  # no readable config to tell: nothing to warn about
+        source_seed = seed
+    if source_seed != seed:  # a fixed path where "{seed}" was meant
+        logging.getLogger("hybrid.train").warning(
+            "--init-from %s was trained with seed %d, this run has seed %d: where the data's split follows the "
+            "seed (a plain or multi-center .npz), images this run validates and tests on were in its training set; "
+            "put {seed} in the path to start each seed from its own run", run_dir, source_seed, seed)
     return run_dir
 
 

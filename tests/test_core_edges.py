@@ -202,3 +202,16 @@ def test_a_shot_sweep_scores_every_compared_run_on_the_first_runs_images(tmp_pat
     result = shot_sweep.run_sweep(runs, ["aer"], [64], bench=bench)
     assert asked == [None, 0] and [r["seed"] for r in result["runs"]] == [0, 0]
     assert shot_sweep.run_sweep(runs, ["aer"], [64], bench=bench, seed=5)["runs"][1]["seed"] == 5
+
+
+@pytest.mark.slow
+def test_starting_from_another_seeds_network_is_said(tiny_run, caplog):
+    from hybrid.rundir import initialise_from, load_run
+
+    loaded = load_run(tiny_run)
+    loaded.backend.close()
+    shape = (loaded.checkpoint["in_channels"], loaded.checkpoint["n_classes"])
+    initialise_from(loaded.model, str(tiny_run), 0, *shape)
+    assert "was trained with seed" not in caplog.text
+    initialise_from(loaded.model, str(tiny_run), 1, *shape)
+    assert "was trained with seed 0, this run has seed 1" in caplog.text and "{seed}" in caplog.text
