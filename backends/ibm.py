@@ -83,19 +83,60 @@ def ibm_plan(estimator: Any, device: Any) -> Callable[[tuple], dict]:
     return plan
 
 
-def _set_options(opts: Any, *, shots, precision, resilience_level, dd, twirling, seed, local: bool) -> None:
-    opts.resilience_level = resilience_level
+def _reason(exc: Exception) -> str:
+    """What pydantic found wrong, without its "not an instance of UnsetType" alternatives."""
+    errors = getattr(exc, "errors", lambda: [])()
+    reasons = [e.get("msg", "") for e in errors if e.get("type") != "is_instance_of"]
+    return "; ".join(dict.fromkeys(r for r in reasons if r)) or one_line(exc)
+
+
+def _set(opts: Any, path: str, value: Any, option: str) -> None:
+    """`opts.<path> = value`; IBM Runtime's refusal (a pydantic ValidationError) becomes a BackendError."""
+    *parents, attr = path.split(".")
+    for parent in parents:
+        opts = getattr(opts, parent)
+    try:
+        setattr(opts, attr, value)
+    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise BackendError(f"ibm_runtime option {option}={value!r} is not valid ({_reason(exc)})") from None
+
+
+def estimator_options(*, shots, precision, resilience_level, dd, twirling, seed, local: bool) -> Any:
+    """Validated options of the client-side Estimator, built before any batch is opened."""
+    from qiskit_ibm_runtime.options_models.estimator import EstimatorOptions
+
+    for name, value in (("dd", dd), ("twirling", twirling)):
+        if value is not None and not isinstance(value, bool):  # pydantic would take 1 or "yes" as True
+            raise BackendError(f"ibm_runtime option {name} must be true or false, got {value!r}")
+    opts = EstimatorOptions()
+    _set(opts, "resilience_level", resilience_level, "resilience_level")
     if shots is not None:
-        opts.default_shots = int(shots)
+        _set(opts, "default_shots", int(shots), "shots")
     elif precision is not None:
-        opts.default_precision = precision
+        _set(opts, "default_precision", precision, "precision")
     if dd is not None:
-        opts.dynamical_decoupling.enable = dd
+        _set(opts, "dynamical_decoupling.enable", dd, "dd")
     if twirling is not None:
-        opts.twirling.enable_gates = twirling
-        opts.twirling.enable_measure = twirling
+        _set(opts, "twirling.enable_gates", twirling, "twirling")
+        _set(opts, "twirling.enable_measure", twirling, "twirling")
     if local and seed is not None:
-        opts.simulator.seed_simulator = seed  # the executor path honours every seed, 0 included
+        _set(opts, "simulator.seed_simulator", seed, "seed")  # the executor path honours every seed, 0 included
+    return opts
+
+
+def _open_estimator(device: Any, options: Any, batch_mode: bool, dry_run: bool) -> tuple[Any, Any]:
+    """(estimator, batch or None). The batch is opened last, once nothing else can fail, and closed again if the
+    estimator cannot be made on it: a live batch left open keeps its slot on the service."""
+    from qiskit_ibm_runtime import Batch
+    from qiskit_ibm_runtime.executor_estimator import Estimator
+
+    batch = Batch(backend=device) if batch_mode and not dry_run else None
+    try:
+        return Estimator(mode=batch or device, options=options), batch
+    except BaseException:
+        if batch is not None:
+            batch.close()
+        raise
 
 
 @register_backend("ibm_runtime")
@@ -108,28 +149,32 @@ def ibm_runtime_backend(ibm_backend: str | None = None, shots: int | None = None
     With `dry_run` no batch is opened (a live batch starts on the service when it is created).
     """
     from qiskit.transpiler import generate_preset_pass_manager
-    from qiskit_ibm_runtime import Batch
-    from qiskit_ibm_runtime.executor_estimator import Estimator
 
     resilience_level = DEFAULT_RESILIENCE_LEVEL if resilience_level is None else resilience_level
-    if resilience_level not in (0, 1, 2):
+    if resilience_level not in (0, 1, 2) or isinstance(resilience_level, bool):
         raise BackendError(f"resilience_level must be 0, 1 or 2, got {resilience_level!r}")
     shots_from(shots, precision, default=None)  # validates both; IBM takes either as an option
-    local = bool(ibm_backend) and ibm_backend.lower().startswith("fake_")
-    device = fake_device(ibm_backend) if local else _device(runtime_service(), ibm_backend)
+    if ibm_backend is not None and not isinstance(ibm_backend, str):
+        raise BackendError(f"ibm_backend must be a device name such as ibm_brisbane or fake_manila, got "
+                           f"{ibm_backend!r}")
     batch_mode = True if batch_mode is None else batch_mode
-    batch = Batch(backend=device) if batch_mode and not dry_run else None
-    estimator = Estimator(mode=batch or device)
-    _set_options(estimator.options, shots=shots, precision=precision, resilience_level=resilience_level, dd=dd,
-                 twirling=twirling, seed=seed, local=local)
+    if not isinstance(batch_mode, bool):
+        raise BackendError(f"ibm_runtime option batch_mode must be true or false, got {batch_mode!r}")
+    local = bool(ibm_backend) and ibm_backend.lower().startswith("fake_")
+    estimator_opts = estimator_options(shots=shots, precision=precision, resilience_level=resilience_level, dd=dd,
+                                       twirling=twirling, seed=seed, local=local)
+    device = fake_device(ibm_backend) if local else _device(runtime_service(), ibm_backend)
+    # everything that can fail is built before the batch opens
     pass_manager = generate_preset_pass_manager(optimization_level=optimization_level, backend=device,
                                                 seed_transpiler=seed)
+    qpu_rate = default_rate(device)
     options = {"ibm_backend": device.name, "local": local, "batch_mode": batch_mode, "shots": shots,
                "precision": precision if not shots else None, "resilience_level": resilience_level, "dd": dd,
                "twirling": twirling, "seed": seed, "optimization_level": optimization_level}
     where = (f"local testing mode on {device.name} (Aer with its noise model)" if local
              else f"{device.name} ({device.num_qubits} qubits)")
     budget = f"{shots} shots" if shots else (f"precision {precision:g}" if precision else "default precision")
+    estimator, batch = _open_estimator(device, estimator_opts, batch_mode, dry_run)
     return Backend(
         name="ibm_runtime",
         description=(f"IBM Runtime Estimator (client-side, Executor jobs), {where}, "
@@ -144,5 +189,5 @@ def ibm_runtime_backend(ibm_backend: str | None = None, shots: int | None = None
         closer=batch.close if batch is not None else None,
         planner=ibm_plan(estimator, device),
         target=device.target,
-        qpu_rate=default_rate(device),
+        qpu_rate=qpu_rate,
     )

@@ -31,6 +31,9 @@ def fake_device(name: str) -> Any:
     """A fake IBM device by name, e.g. `fake_brisbane`; unknown names list the valid ones."""
     from qiskit_ibm_runtime import fake_provider
 
+    if not isinstance(name, str):  # `aer_noisy:0.01` meant a rate, not a device
+        raise BackendError(f"noise_model takes a fake device name such as fake_brisbane, got {name!r}; for "
+                           "simple noise give depolarizing=P (and readout_error=R) instead")
     key = name.lower().removeprefix("fake_").replace("_", "")
     for attr in dir(fake_provider):
         if attr.startswith("Fake") and attr not in _NOT_DEVICES:
@@ -41,20 +44,36 @@ def fake_device(name: str) -> Any:
 
 def _rates(depolarizing: Any) -> tuple[float, float]:
     """`p` (both 1- and 2-qubit gates) or `"p1,p2"` / `"p1/p2"` -> (p1, p2)."""
-    if isinstance(depolarizing, (int, float)):
-        values = [float(depolarizing)] * 2
-    elif isinstance(depolarizing, (tuple, list)):
-        values = [float(v) for v in depolarizing]
-    else:
-        try:
-            values = [float(v) for v in re.split(r"[,/]", str(depolarizing))]
-        except ValueError:
-            values = []
-        values = values * 2 if len(values) == 1 else values
+    parts = depolarizing if isinstance(depolarizing, (tuple, list)) else re.split(r"[,/]", str(depolarizing))
+    try:
+        values = [float(v) for v in parts]
+    except (TypeError, ValueError):
+        values = []
+    values = values * 2 if len(values) == 1 and not isinstance(depolarizing, (tuple, list)) else values
     if len(values) != 2 or not all(0 <= v <= 1 for v in values):
         raise BackendError(f"depolarizing must be a rate in [0, 1] or two rates 'P1,P2' for 1- and 2-qubit "
                            f"gates, got {depolarizing!r}")
     return values[0], values[1]
+
+
+def _readout(readout_error: Any) -> float:
+    """A symmetric readout error rate in [0, 0.5]."""
+    try:
+        r = float(readout_error or 0.0)
+    except (TypeError, ValueError):
+        r = -1.0
+    if isinstance(readout_error, bool) or not 0 <= r <= 0.5:
+        raise BackendError(f"readout_error must be a rate in [0, 0.5], got {readout_error!r}")
+    return r
+
+
+def simple_noise(depolarizing: Any = None, readout_error: Any = None) -> tuple[dict, str]:
+    """The simple noise as report options and a label part: `({"depolarizing": [p1, p2], "readout_error": r},
+    "p0.2-ro0.1")`, p1 shown only where it differs from p2, so that different noise never shares a label."""
+    p1, p2 = _rates(depolarizing) if depolarizing is not None else (0.0, 0.0)
+    r = _readout(readout_error)
+    rates = f"p{p2:g}" if p1 == p2 else f"p{p1:g}_{p2:g}"
+    return {"depolarizing": [p1, p2], "readout_error": r}, f"{rates}-ro{r:g}"
 
 
 def simple_noise_model(depolarizing: Any = None, readout_error: float | None = None) -> Any:
@@ -68,10 +87,8 @@ def simple_noise_model(depolarizing: Any = None, readout_error: float | None = N
             model.add_all_qubit_quantum_error(depolarizing_error(p1, 1), ["sx", "x"])
         if p2:
             model.add_all_qubit_quantum_error(depolarizing_error(p2, 2), ["cx"])
-    if readout_error:
-        if not 0 <= readout_error <= 0.5:
-            raise BackendError(f"readout_error must be in [0, 0.5], got {readout_error!r}")
-        r = float(readout_error)
+    r = _readout(readout_error)
+    if r:
         model.add_all_qubit_readout_error(ReadoutError([[1 - r, r], [r, 1 - r]]))
     return model
 
@@ -109,10 +126,11 @@ def aer_noisy_backend(noise_model: str | None = None, depolarizing: Any = None, 
     options = {"shots": shots, "seed": seed, "optimization_level": optimization_level}
     if simple:
         simulator = AerSimulator(noise_model=model, seed_simulator=seed)
-        p1, p2 = _rates(depolarizing) if depolarizing is not None else (0.0, 0.0)
-        what = f"depolarizing p1={p1:g}, p2={p2:g}, readout error {readout_error or 0:g}"
-        options |= {"depolarizing": [p1, p2], "readout_error": readout_error or 0.0}
-        label, num_qubits = f"aer_noisy-p{p2:g}-ro{readout_error or 0:g}", None
+        noise, tag = simple_noise(depolarizing, readout_error)
+        p1, p2 = noise["depolarizing"]
+        what = f"depolarizing p1={p1:g}, p2={p2:g}, readout error {noise['readout_error']:g}"
+        options |= noise
+        label, num_qubits = f"aer_noisy-{tag}", None
     else:
         simulator = AerSimulator.from_backend(device, noise_model=model, seed_simulator=seed)
         what = f"noise model and coupling map of {device.name} ({device.num_qubits} qubits)"

@@ -9,12 +9,15 @@ match; the file is removed once the evaluation's report is written.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from backends.registry import BackendError
 from backends.runner import ExecutionStats
+
+log = logging.getLogger("backends.partial")
 
 
 def _normalized(settings: dict) -> dict:
@@ -35,7 +38,7 @@ class PartialResults:
         self._last = stats.to_dict()
 
     def _load(self) -> None:
-        lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines, torn = self._read_lines()
         if not lines or lines[0].get("kind") != "header":
             raise BackendError(f"{self.path} is not a partial-results file; delete it or rerun without --resume")
         if lines[0]["settings"] != self.settings:
@@ -44,7 +47,29 @@ class PartialResults:
             raise BackendError(f"{self.path} was written with different settings ({', '.join(changed)}); rerun "
                                "with the same options, or without --resume to start over")
         for record in lines[1:]:
-            self.records[(record["domain"], record["start"])] = record
+            try:
+                self.records[(record["domain"], record["start"])] = record
+            except (KeyError, TypeError):
+                raise BackendError(f"{self.path} is damaged (a batch line lacks its domain or start); delete it or "
+                                   "rerun without --resume to start over") from None
+        if torn:  # rewritten without it, so the next batch is appended on a line of its own
+            log.warning("%s: dropped its last line, a batch cut off mid-write; it will be recomputed", self.path)
+            self.path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def _read_lines(self) -> tuple[list[dict], bool]:
+        """The file's records, and whether its last line was torn. A torn last line is a batch killed mid-append:
+        it never finished, so it is dropped; a bad line anywhere else means the file is damaged."""
+        texts = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, text in enumerate(texts, 1):
+            try:
+                records.append(json.loads(text))
+            except json.JSONDecodeError:
+                if number == len(texts) and number > 1:
+                    return records, True
+                raise BackendError(f"{self.path} is damaged (line {number} is not JSON); delete it or rerun "
+                                   "without --resume to start over") from None
+        return records, False
 
     def get(self, domain: str, start: int) -> np.ndarray | None:
         """Saved probabilities of the batch at `start` of `domain`, or None."""

@@ -115,6 +115,7 @@ def get_backend(name: str, *, job_timeout: float | None = None, dry_run: bool = 
     if wrong:
         raise BackendError(f"option(s) {', '.join(wrong)} do not apply to backend {name!r}; "
                            f"it takes: {', '.join(accepted) or 'no options'}")
+    _check_common(name, options)
     if dry_run and "dry_run" in parameters:
         options["dry_run"] = True
     backend = factory(**options)
@@ -153,17 +154,31 @@ def _number(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_common(name: str, options: dict) -> None:
+    """`seed` and `optimization_level`, which most backends take, checked here with one message each."""
+    seed = options.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise BackendError(f"backend {name!r}: seed must be a non-negative whole number, got {seed!r}")
+    level = options.get("optimization_level")
+    if level is not None and level not in (0, 1, 2, 3):
+        raise BackendError(f"backend {name!r}: optimization_level must be 0, 1, 2 or 3, got {level!r}")
+
+
 def shots_from(shots: int | None, precision: float | None, default: int | None) -> int | None:
     """Shots from either `shots` or a target `precision` (shots = ceil(1 / precision**2))."""
     if shots is not None and precision is not None:
         raise BackendError("give either shots or precision, not both")
     if shots is not None:
-        if int(shots) != shots or shots < 1:
+        if not _is_number(shots) or shots < 1 or not float(shots).is_integer():
             raise BackendError(f"shots must be a positive integer, got {shots!r}")
         return int(shots)
     if precision is not None:
-        if not 0 < precision < 1:
-            raise BackendError(f"precision must be in (0, 1), got {precision!r}")
+        if not _is_number(precision) or not 0 < precision < 1:
+            raise BackendError(f"precision must be a number in (0, 1), got {precision!r}")
         return math.ceil(round(1 / precision**2, 6))
     return default
 

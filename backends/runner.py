@@ -135,6 +135,24 @@ def shots_per_circuit(pub_result: Any, result: Any = None) -> int:
     return int(shots or 0)
 
 
+def measurement_bases(observables: list, estimator: Any) -> int:
+    """Circuits a sampling estimator runs per binding: BackendEstimatorV2 measures each qubit-wise-commuting
+    group of the observables' Pauli terms in its own basis (each distinct term, without `abelian_grouping`)."""
+    from qiskit.quantum_info import PauliList
+
+    terms = PauliList(sorted({label for obs in observables for label in obs.paulis.to_labels()}))
+    if getattr(getattr(estimator, "options", None), "abelian_grouping", True):
+        return len(terms.group_commuting(qubit_wise=True))
+    return len(terms)
+
+
+def check_fits(spec: Any, num_qubits: int | None, label: str) -> None:
+    """Refuse a layer wider than the device, before the transpiler does so less clearly."""
+    if num_qubits is not None and spec.circuit.num_qubits > num_qubits:
+        raise ValueError(f"the quantum layer needs {spec.circuit.num_qubits} qubits but {label} has "
+                         f"{num_qubits}; choose a larger device or fewer --n-qubits")
+
+
 class EstimatorRunner:
     """`(angles (B, n_in), weights (n_w,)) -> (B, n_obs)` on an estimator, one job per call.
 
@@ -147,7 +165,8 @@ class EstimatorRunner:
         report_usage: read QPU seconds from the job's metrics (IBM Runtime, live).
         num_qubits: qubits the device has, to fail early when the circuit does not fit.
         planner: `pub -> {"circuits", "shots"}` executed for that PUB (IBM Runtime: with its
-            twirling and TREX circuits); default one circuit per binding of `shots` shots.
+            twirling and TREX circuits); default one circuit of `shots` shots per binding and
+            measurement basis.
         shots: shots per circuit for the default planner (0: exact).
         target: the device's target, for the ISA circuit's duration.
         qpu_rate: estimates QPU seconds per job (None: not a QPU).
@@ -159,9 +178,7 @@ class EstimatorRunner:
                  report_usage: bool = False, num_qubits: int | None = None, label: str = "backend",
                  planner: Callable[[tuple], dict] | None = None, shots: int = 0, target: Any = None,
                  qpu_rate: QpuRate | None = None, dry_run: bool = False) -> None:
-        if num_qubits is not None and spec.circuit.num_qubits > num_qubits:
-            raise ValueError(f"the quantum layer needs {spec.circuit.num_qubits} qubits but {label} has "
-                             f"{num_qubits}; choose a larger device or fewer --n-qubits")
+        check_fits(spec, num_qubits, label)
         self.spec = spec
         self.estimator = estimator
         self.stats = stats if stats is not None else ExecutionStats()
@@ -180,6 +197,8 @@ class EstimatorRunner:
             self.circuit = spec.circuit
             self.observables = list(spec.observables)
         self.summary = circuit_summary(self.circuit, target)
+        # the default plan: exact estimators run one circuit per binding, sampling ones one per measurement basis
+        self.bases = measurement_bases(self.observables, estimator) if self.shots and planner is None else 1
         # A PUB's parameter columns follow `circuit.parameters`, which Qiskit sorts by name,
         # not the [inputs..., weights...] order of our arrays: map them explicitly.
         ours = list(spec.input_params) + list(spec.weight_params)
@@ -207,8 +226,9 @@ class EstimatorRunner:
     def plan(self, pub: tuple) -> dict:
         """What running `pub` executes: one job, one PUB, its circuits and shots, estimated QPU seconds."""
         batch = len(pub[2])
-        planned = self.planner(pub) if self.planner is not None else {"circuits": batch,
-                                                                     "shots": batch * self.shots}
+        circuits = batch * self.bases
+        planned = self.planner(pub) if self.planner is not None else {"circuits": circuits,
+                                                                     "shots": circuits * self.shots}
         estimate = None
         if self.qpu_rate is not None:
             estimate = self.qpu_rate.seconds(1, planned["shots"], self.summary["duration_seconds"] or 0.0)

@@ -188,9 +188,11 @@ def device_density_program(spec: Any, noise_model: Any, pass_manager: Any) -> De
     labels = [obs.paulis[0].to_label() for obs in spec.observables]
     if any(len(obs) != 1 or obs.coeffs[0] != 1 for obs in spec.observables):
         raise ValueError("the density engine takes single Pauli-string observables with coefficient 1")
-    return DensityProgram(circuit, spec.input_params, spec.weight_params, labels,
-                          gate_error=lambda name, qubits: aer_gate_error(noise_model, name, qubits),
-                          readout_error=lambda qubit: aer_readout_error(noise_model, qubit))
+    program = DensityProgram(circuit, spec.input_params, spec.weight_params, labels,
+                             gate_error=lambda name, qubits: aer_gate_error(noise_model, name, qubits),
+                             readout_error=lambda qubit: aer_readout_error(noise_model, qubit))
+    program.circuit = circuit  # what it simulates, for summaries (another transpilation may differ)
+    return program
 
 
 def aer_gate_error(noise_model: Any, name: str, qubits: tuple) -> Any:

@@ -116,8 +116,9 @@ def _feature_map(config: QuantumConfig):
 
     n = config.n_qubits
     if config.feature_map == "zz":
-        if n < 2 and config.entanglement != "linear":
-            raise ValueError("the zz feature map needs at least 2 qubits for this entanglement")
+        if n < 2:  # its ZZ terms need a pair of qubits; Qiskit fails deep inside with a QiskitError
+            raise ValueError("the zz feature map needs at least 2 qubits; use n_qubits >= 2, or the 'angle' or "
+                             "'ry' feature map (--feature-map angle) for a single qubit")
         return zz_feature_map(n, reps=config.feature_map_reps, entanglement=config.entanglement)
     return _angle_feature_map(n, config.feature_map_reps, with_rz=config.feature_map == "angle")
 
@@ -178,6 +179,13 @@ def build_qnn_connector(
     The default estimator is Qiskit's exact `StatevectorEstimator` with precision 0; the
     QNN's own default precision (1/64) would add Gaussian noise to an exact simulator. A
     given estimator keeps its own precision (its shots), so the QNN passes none.
+
+    With a pass manager the circuit is transpiled here, once, and the QNN gets that ISA
+    circuit with the observables laid out on it. Given the pass manager too, EstimatorQNN
+    (when the circuit has no layout) and its gradient would transpile again, and an
+    unseeded transpiler may pick another layout: observables would be read on idle qubits.
+    The ISA circuit's layout tells EstimatorQNN not to transpile, and the gradient's
+    shifted circuits differ from it only in parameter values, so they need no pass manager.
     """
     from qiskit.primitives import StatevectorEstimator
     from qiskit_machine_learning.connectors import TorchConnector
@@ -188,10 +196,8 @@ def build_qnn_connector(
     circuit = spec.circuit
     observables = spec.observables
     if pass_manager is not None:
-        # EstimatorQNN transpiles the circuit with the pass manager; observables must be
-        # laid out on the ISA circuit the same way.
-        isa = pass_manager.run(circuit)
-        observables = [obs.apply_layout(isa.layout) for obs in observables]
+        circuit = pass_manager.run(circuit)
+        observables = [obs.apply_layout(circuit.layout) for obs in observables]
     qnn = EstimatorQNN(
         circuit=circuit,
         estimator=estimator,
@@ -200,7 +206,6 @@ def build_qnn_connector(
         weight_params=spec.weight_params,
         input_gradients=True,
         default_precision=0.0 if exact else None,
-        pass_manager=pass_manager,
     )
     return TorchConnector(qnn)
 

@@ -7,7 +7,7 @@
     python -m hybrid.experiment --list                                        # presets and variants
     python -m hybrid.experiment --preset ablation --launcher slurm --partition cpu --time 240 \
         --cpus-per-task 4 --out /shared/runs/ablation                        # one Slurm job array
-    python -m hybrid.experiment --status /shared/runs/ablation                # finished/running/failed/pending
+    python -m hybrid.experiment --status /shared/runs/ablation                # finished/running/failed/pending/unknown
     python -m hybrid.report runs/ablation                                     # tables and figures
 
 OUT/<variant>/seed<k>/ is an ordinary `hybrid.train` run directory. A run is finished when
