@@ -693,3 +693,27 @@ def test_a_variant_trained_differently_in_two_folders_is_refused(synthetic, tmp_
     assert study_report.main([str(synthetic), "--include", str(other), "--no-models", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "same was trained differently" in err and "epochs" in err and "seed," not in err
+
+
+def test_the_feature_study_scores_every_variant_on_the_same_centers(tmp_path):
+    """A variant whose domains lack a center must not shrink the set for the variants after it only: every
+    center accuracy (and its chance level) is over the centers all variants have."""
+    import torch
+
+    from hybrid.studies.report_figures import feature_study
+    from hybrid.studies.results import Run
+
+    class Encoder(torch.nn.Module):
+        def features(self, x):
+            return x.flatten(1)
+
+    def domain(k):
+        return (torch.randn(40, 1, 2, 2, generator=torch.Generator().manual_seed(k)) + k, torch.zeros(40))
+
+    everything = {"clean": domain(0), "c0": domain(1), "c1": domain(2), "c2": domain(3)}
+    lacking = {k: v for k, v in everything.items() if k != "c1"}
+    have = {"first": everything, "second": lacking, "third": everything}
+    runs = [Run(v, 0, tmp_path, {"domains": {c: {"auc": 0.8} for c in CENTERS[:3]}}) for v in have]
+    result = feature_study(runs, CENTERS[:3], tmp_path / "features.png", lambda run: (None, Encoder(), have[run.variant]))
+    assert result["domains"] == ["clean", "c0", "c2"]
+    assert [v["chance"] for v in result["variants"].values()] == pytest.approx([1 / 3] * 3)

@@ -129,11 +129,13 @@ def feature_study(runs: list[Run], names: list[str], path: Path, models: ModelDa
     real = [c for c in names if c.startswith("real:")]
     virtual = sorted((c for c in names if c not in real and math.isfinite(auc[c])), key=auc.get)
     chosen = ["clean", *real, *virtual][:max(FEATURE_DOMAINS, len(real) + 1)]
+    lowest = {v: min((r for r in runs if r.variant == v), key=lambda r: r.seed) for v in variants_of(runs)}
+    loaded = {v: models(run) for v, run in lowest.items()}
+    # the domains every variant has: each variant's accuracy (and chance level) is over the same centers
+    chosen = [c for c in chosen if all(c in domains for _, _, domains in loaded.values())]
     out, panels = {}, {}
-    for variant in variants_of(runs):
-        run = min((r for r in runs if r.variant == variant), key=lambda r: r.seed)
-        cfg, model, domains = models(run)
-        chosen = [c for c in chosen if c in domains]
+    for variant, run in lowest.items():
+        cfg, model, domains = loaded[variant]
         feats, labels = [], []
         with torch.no_grad():
             for k, c in enumerate(chosen):
