@@ -43,10 +43,12 @@ def measure(command: list[str], images: int) -> dict:
     """Run one child; its wall time, peak RSS and images/s."""
     env = os.environ | {"OMP_NUM_THREADS": str(os.environ.get("OMP_NUM_THREADS", "1"))}
     started = time.perf_counter()
-    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    err = child.stderr.read()
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a long progress bar must not fill it and block
+        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        log.seek(0)
+        err = log.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{err[-2000:]}")
     peak_mb = usage.ru_maxrss / 1024  # kilobytes on Linux

@@ -52,14 +52,17 @@ class Distributed:
             return torch.device("cuda", self.local_rank)
         return device
 
-    def wrap(self, module: torch.nn.Module, device: torch.device):
+    def wrap(self, module: torch.nn.Module, device: torch.device, find_unused: bool = False):
         """DistributedDataParallel around `module` (its forward computes the loss); the module itself
-        for one process. Buffers (BatchNorm statistics) are broadcast from rank 0 at every forward."""
+        for one process. Buffers (BatchNorm statistics) are broadcast from rank 0 at every forward.
+        `find_unused`: some parameters may get no gradient in a step (an encoder behind a detached head
+        with no loss of its own), which DDP must be told or it fails at the next step."""
         if not self.active:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=find_unused)
 
     def shard(self, idx: torch.Tensor) -> torch.Tensor:
         """This rank's part of a global batch (strided, so shards differ by at most one sample)."""

@@ -196,7 +196,7 @@ def fit(algorithm: Algorithm, data: TrainingData, cfg: TrainConfig, out_dir: Pat
     if ddp.is_main:  # a kill between an epoch's metrics line and its last.pt leaves a line the rerun rewrites
         kept = [r for r in read_lines(metrics_path) if r.get("epoch", 0) <= start_epoch] if start_epoch else []
         write_text("".join(json_text(r) + "\n" for r in kept), metrics_path)
-    runner = ddp.wrap(algorithm, module_device(algorithm))
+    runner = ddp.wrap(algorithm, module_device(algorithm), find_unused=cfg.head_grad_scale == 0)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         means, order = train_epoch(algorithm, data, cfg, epoch, generators, progress and ddp.is_main, ddp, runner,

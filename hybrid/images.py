@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 ENV_DATA_ROOT = "HYBRID_DATA_ROOT"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes with one intensity channel
+_GRAY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes with one intensity channel
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 _INT_IDS = "store class ids as integers 0..K-1"
 AMBIGUOUS_SHARE = 0.01  # float images with fewer values above 1 than this share are neither 0-1 nor 0-255
@@ -189,7 +189,8 @@ def _class_ids(folders: list[str], class_names: list[str] | None, root: Path) ->
     """Class folder name -> class id: the run's class names (any case) or ids, else sorted order."""
     if class_names is None:
         return {name: k for k, name in enumerate(folders)}
-    lookup = {name.lower(): k for k, name in enumerate(class_names)} | {str(k): k for k in range(len(class_names))}
+    # a class named by a digit ("1") is that class before it is the id 1
+    lookup = {str(k): k for k in range(len(class_names))} | {name.lower(): k for k, name in enumerate(class_names)}
     unknown = [name for name in folders if name.lower() not in lookup]
     if unknown:
         raise DataError(f"Class folders {unknown} under {root} match none of the run's classes; name each class "
@@ -218,6 +219,8 @@ def _read_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            if im.mode == "LA":  # grey with an alpha channel: the grey alone (alpha is not an image channel)
+                return np.asarray(im.convert("L"))
             if im.mode in _GRAY_MODES:
                 return _gray_to_uint8(np.asarray(im), path)
             return np.asarray(im.convert("RGB"))

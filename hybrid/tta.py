@@ -167,6 +167,9 @@ class NoAdapt(TTAMethod):
         return self._source_logits(x)
 
 
+MIN_BATCH = 8  # smaller test batches are not adapted (their statistics are too noisy): source statistics instead
+
+
 @register("bn")
 class BatchNormAdapt(TTAMethod):
     """Normalise with the statistics of each test batch instead of the source statistics.
@@ -180,7 +183,7 @@ class BatchNormAdapt(TTAMethod):
 
     kinds: tuple[type, ...] = (_BatchNorm,)  # which BatchNorm layers take the batch statistics
 
-    def __init__(self, model: nn.Module, *, min_batch: int = 8):
+    def __init__(self, model: nn.Module, *, min_batch: int = MIN_BATCH):
         check_model(model, require_affine=False)
         if not any(isinstance(bn, self.kinds) for bn in bn_layers(model)):
             raise ValueError(f"{type(model).__name__} has no {' or '.join(k.__name__ for k in self.kinds)} "
@@ -298,7 +301,7 @@ class Tent(TTAMethod):
         steps: int = 1,  # gradient steps per batch
         episodic: bool = True,  # adapt each batch from the source model (see above)
         collapse_fraction: float = 0.95,
-        min_batch: int = 8,
+        min_batch: int = MIN_BATCH,
     ):
         check_model(model)
         if steps < 1:

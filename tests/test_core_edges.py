@@ -215,3 +215,78 @@ def test_starting_from_another_seeds_network_is_said(tiny_run, caplog):
     assert "was trained with seed" not in caplog.text
     initialise_from(loaded.model, str(tiny_run), 1, *shape)
     assert "was trained with seed 0, this run has seed 1" in caplog.text and "{seed}" in caplog.text
+
+
+def _png_folder(root, mode: str, classes: tuple[str, ...]) -> None:
+    from PIL import Image
+
+    for center in ("a", "b"):
+        for k, name in enumerate(classes):
+            folder = root / center / name
+            folder.mkdir(parents=True)
+            for i in range(2):
+                grey = np.full((8, 8), 40 * k + 10 * i, dtype=np.uint8)
+                image = Image.fromarray(grey).convert(mode)
+                if mode == "LA":
+                    image.putalpha(Image.fromarray(np.full((8, 8), 30 * i + 5, dtype=np.uint8)))
+                image.save(folder / f"{i}.png")
+
+
+def test_grey_images_with_alpha_load_as_grey(tmp_path):
+    from hybrid.images import load_center_folder
+
+    _png_folder(tmp_path, "LA", ("0", "1"))
+    splits = load_center_folder(tmp_path)
+    assert {name: s.images.shape for name, s in splits.items()} == {"a": (4, 8, 8, 1), "b": (4, 8, 8, 1)}
+    assert sorted(np.unique(splits["a"].images)) == [0, 10, 40, 50]  # the grey, not the alpha
+
+
+def test_a_class_named_by_a_digit_is_that_class_not_that_id(tmp_path):
+    from hybrid.images import load_center_folder
+
+    _png_folder(tmp_path, "L", ("1", "0"))
+    splits = load_center_folder(tmp_path, class_names=["1", "0"])
+    grey_of = {int(label): int(image.mean()) for image, label in zip(splits["a"].images, splits["a"].labels)}
+    assert grey_of[0] in (0, 10) and grey_of[1] in (40, 50)  # folder "1" (grey 0-10) is class 0, named "1"
+
+
+def test_statistics_with_nothing_to_estimate_from_are_kept():
+    from hybrid.batchnorm import estimate_batchnorm_statistics
+
+    bn = torch.nn.BatchNorm1d(3)
+    bn.running_mean.fill_(2.0)
+    bn.running_var.fill_(5.0)
+    bn.train()
+    estimate_batchnorm_statistics([bn], bn, torch.randn(1, 3), batch_size=4)  # one sample: no chunk can run
+    assert bn.running_mean.tolist() == [2.0] * 3 and bn.running_var.tolist() == [5.0] * 3 and bn.momentum == 0.1
+
+
+def test_distributed_training_tolerates_an_encoder_that_gets_no_gradient(monkeypatch):
+    """A detached head with no encoder loss (--head-grad-scale 0 --aux-weight 0 on a trained network) leaves the
+    encoder out of the loss; DDP without find_unused_parameters fails at the second step."""
+    import socket
+
+    import torch.distributed as dist
+
+    from hybrid.distributed import Distributed
+
+    class Detached(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x, y):
+            return torch.nn.functional.cross_entropy(self.head(self.encoder(x).detach()), y)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        runner = Distributed(rank=0, world_size=2).wrap(Detached(), torch.device("cpu"), find_unused=True)
+        for _ in range(2):
+            runner(torch.randn(8, 4), torch.randint(0, 2, (8,))).backward()
+    finally:
+        dist.destroy_process_group()

@@ -81,3 +81,23 @@ def test_cli_lists_the_fold_runs_before_the_study_and_refuses_single_source_pres
     assert lines.index(folds[-1]) < len(lines) - 2  # then the study itself (erm, full)
     assert experiment.main(["--preset", "quick", "--validation", "loso", "--dry-run", "--out", str(tmp_path / "q")]) == 2
     assert "multi-center preset" in capsys.readouterr().err
+
+
+def test_a_fold_without_an_auc_leaves_its_variant_out_instead_of_stopping_the_choice(tmp_path):
+    """A nan fold AUC (one class in the held-out source, or a network that diverged) made the mean nan: first in the
+    list it stopped the choice with a bare StopIteration, later it was dropped without a word."""
+    study = experiment.Study("toy", dict(dataset="x.npz", train_centers="a,b"), {"erm": {}, "dann": {}}, (0,))
+    for variant, aucs in (("erm", (float("nan"), 0.70)), ("dann", (0.60, 0.65))):
+        for source, auc in zip(("a", "b"), aucs):
+            path = run_dir(tmp_path, f"{variant}@{source}", 0)
+            path.mkdir(parents=True)
+            (path / "report.json").write_text(json.dumps({"domains": {f"real:{source}": {"auc": auc}}}))
+    selection = select(study, tmp_path)
+    assert selection["selected"] == "dann" and not selection["scores"]["erm"]["complete"]
+
+
+def test_the_tie_rule_ignores_scores_that_are_not_numbers():
+    from hybrid.studies.results import earliest_within_tie
+
+    assert earliest_within_tie({"erm": float("nan"), "dann": 0.7, "coral": 0.698}) == "dann"
+    assert earliest_within_tie({"erm": float("nan")}) is None

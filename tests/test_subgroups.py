@@ -102,3 +102,18 @@ def test_cli_combines_several_runs_into_out(multicenter_run, tmp_path, capsys):
     assert combined["auc"] == pytest.approx(single["auc"])  # the same run twice: the means are its figures
     assert [p["per_run"] for p in combined["pairs"]] == [[p["auc"]] * 2 for p in single["pairs"]]
     assert (tmp_path / "combined" / "subgroups_c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_runs_holding_out_other_centers_are_not_combined(multicenter_run, tmp_path, capsys, monkeypatch):
+    real = subgroups.run_subgroups
+
+    def other_center_for_the_copy(run, *args, **kwargs):
+        results = real(multicenter_run, *args, **kwargs)
+        return results if run == multicenter_run else {"b": results["c"]}
+
+    monkeypatch.setattr(subgroups, "run_subgroups", other_center_for_the_copy)
+    argv = ["--run", str(multicenter_run), "--run", str(tmp_path / "other"), "--out", str(tmp_path / "o"),
+            "--threads", "1"]
+    assert subgroups.main(argv) == 2
+    assert "holds out other centers than" in capsys.readouterr().err

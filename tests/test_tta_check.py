@@ -48,6 +48,7 @@ def test_cli_measures_every_way_of_adapting_on_the_chosen_domains(multicenter_ru
 @pytest.mark.parametrize("argv,match", [
     (["--domains", "nosuch"], "has no domain 'nosuch'"),
     (["--batch-sizes", "1"], "--batch-sizes takes"),
+    (["--batch-sizes", "4,64"], "at least 8 (per-batch bn adapts no smaller batch"),
 ])
 @pytest.mark.slow
 def test_cli_errors_are_one_sentence(multicenter_run, capsys, argv, match):

@@ -15,6 +15,7 @@ without looking at the reported center.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,8 +64,9 @@ def select(study, out: Path) -> dict:
             aucs = []
             for seed in study.seeds:
                 report = run_dir(out, fold_name(variant, source), seed) / "report.json"
-                if report.is_file():
-                    aucs.append(json.loads(report.read_text())["domains"][f"real:{source}"]["auc"])
+                auc = json.loads(report.read_text())["domains"][f"real:{source}"]["auc"] if report.is_file() else None
+                if auc is not None and math.isfinite(auc):  # a nan fold (one class there) leaves it incomplete
+                    aucs.append(auc)
             per_fold[source] = aucs
         values = [a for aucs in per_fold.values() for a in aucs if a is not None]
         complete = all(len(a) == len(study.seeds) for a in per_fold.values())

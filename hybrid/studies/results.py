@@ -284,7 +284,8 @@ SELECTION_TIE = 0.005  # AUC: within this of the best score, the earlier-listed 
 def earliest_within_tie(scores: dict[str, float]) -> str | None:
     """The selection rule every study shares: the highest score wins, but a variant within SELECTION_TIE
     of it that is listed earlier is chosen instead (the simpler baselines come first in every preset)."""
-    if not scores:
+    scores = {v: score for v, score in scores.items() if score is not None and math.isfinite(score)}
+    if not scores:  # a nan score (a diverged run, a one-class split) can be neither best nor within a tie
         return None
     best = max(scores.values())
     return next(v for v, score in scores.items() if score >= best - SELECTION_TIE)

@@ -30,6 +30,7 @@ import numpy as np
 from hybrid.cli import run_cli
 from hybrid.data import DataError, resolve_centers, resolve_data_root, resolve_dataset_path
 from hybrid.metrics import binary_auc, domain_metrics
+from hybrid.rundir import file_part
 from hybrid.tta import TTA_METHODS
 
 log = logging.getLogger("hybrid.subgroups")
@@ -249,8 +250,12 @@ def _run(args) -> int:
                                 resolve_data_root(args.data_root), args.threads)
         per_run.append(results)
         for center, r in results.items():
-            print(_summary_line(center, r) + f"; see {Path(run) / f'subgroups_{center}.md'}")
+            print(_summary_line(center, r) + f"; see {Path(run) / f'subgroups_{file_part(center)}.md'}")
     if len(per_run) > 1:
+        differ = [run for run, results in zip(args.run[1:], per_run[1:]) if set(results) != set(per_run[0])]
+        if differ:
+            raise DataError(f"{differ[0]} holds out other centers than {args.run[0]} ({sorted(per_run[0])}); "
+                            "combine runs of one held-out center, or name it with --centers")
         for center in per_run[0]:
             combined = combine_runs([results[center] for results in per_run])
             stem = write_combined(combined, center, Path(args.out), args.group_field, per_run[0][center]["tta"])

@@ -26,6 +26,7 @@ import torch
 from hybrid.cli import run_cli
 from hybrid.data import DataError, resolve_data_root
 from hybrid.rundir import write_json, write_text
+from hybrid.tta import MIN_BATCH
 from hybrid.runtime import torch_settings
 
 log = logging.getLogger("hybrid.tta_check")
@@ -131,8 +132,9 @@ def parse_batch_sizes(text: str) -> list[int]:
         batch_sizes = [int(b) for b in text.split(",") if b]
     except ValueError:
         batch_sizes = []
-    if not batch_sizes or min(batch_sizes) < 2:
-        raise ValueError(f"--batch-sizes takes comma-separated sizes of at least 2, got {text!r}")
+    if not batch_sizes or min(batch_sizes) < MIN_BATCH:  # smaller batches fall back to the source statistics
+        raise ValueError(f"--batch-sizes takes comma-separated sizes of at least {MIN_BATCH} (per-batch bn adapts "
+                         f"no smaller batch: it would score the unadapted model under bn's name), got {text!r}")
     return batch_sizes
 
 
