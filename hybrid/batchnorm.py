@@ -34,9 +34,10 @@ def estimate_batchnorm_statistics(layers: list[_BatchNorm], forward: Callable[[t
     The chunks' statistics are averaged with equal weight per chunk (``momentum=None`` is a
     cumulative average), so a short last chunk counts more than its share (e.g. 112 of 624
     images weigh a third); on images in no particular order that adds a little variance, no
-    bias, and every AdaBN figure reported was measured so. Chunks of one sample are skipped (BatchNorm1d cannot take their
-    statistics); with nothing left the layers keep the statistics they had. The caller puts the
-    layers in train mode; their momenta are restored here. Used by precise BN after each
+    bias, and every AdaBN figure reported was measured so. Chunks of one sample are skipped
+    (BatchNorm1d cannot take their statistics); with nothing left the layers keep the
+    statistics they had. The caller puts the layers in train mode; their momenta are restored
+    here. Used by precise BN after each
     training epoch and by AdaBN at test time.
     """
     momenta = [bn.momentum for bn in layers]

@@ -118,12 +118,9 @@ def evaluation_threshold(args, run_dir: Path, cfg: TrainConfig, ckpt: dict, mode
     if not backend.exact:  # choosing it again would run the source validation images on the backend as well
         log.warning("sensitivity and specificity use the run's threshold, chosen under TTA %s, not %s", cfg.tta, tta)
         return ckpt["threshold"]
-    from hybrid.inference import source_threshold
-    from hybrid.train import prepare_data
+    from hybrid.train import source_validation_threshold
 
-    _, data = prepare_data(cfg, resolve_data_root(args.data_root or cfg.data_root))
-    return source_threshold(model, data.x_val, data.y_val, tta=tta, positive_class=ckpt["positive_class"],
-                            batch_size=cfg.eval_batch_size)
+    return source_validation_threshold(model, cfg, args.data_root, tta, ckpt["positive_class"])
 
 
 def record_qpu_usage(execution: dict, run_dir: Path, backend) -> None:

@@ -71,6 +71,14 @@ def prepare_data(cfg: TrainConfig, root) -> tuple[DatasetBundle, TrainingData]:
     return bundle, TrainingData(x_train, y_train, x_val, y_val, bundle.positive_class, sampler)
 
 
+def source_validation_threshold(model, cfg: TrainConfig, data_root: str | None, tta: str, positive_class: int) -> float:
+    """The decision threshold of `model` on the run's source validation (rebuilt as training builds it) under
+    `tta`: for a network whose head was refitted, or for a TTA other than the one training chose it under."""
+    _, data = prepare_data(cfg, resolve_data_root(data_root or cfg.data_root))
+    return source_threshold(model, data.x_val, data.y_val, tta=tta, positive_class=positive_class,
+                            batch_size=cfg.eval_batch_size)
+
+
 def check_splits(bundle: DatasetBundle) -> None:
     """Refuse splits a run cannot learn or select from, before any work; warn about a one-class training split."""
     if len(bundle.train) < 2:

@@ -86,6 +86,7 @@ class DensityProgram:
             raise ValueError(f"the density engine reads observables from basis probabilities; {list(labels)} "
                              "are not all Z-strings")
         position = {p: i for i, p in enumerate(list(input_params) + list(weight_params))}
+        self.circuit = circuit  # what it simulates (summaries describe this one, not another transpilation)
         self.labels = tuple(labels)
         ops = [(inst.operation, tuple(circuit.find_bit(q).index for q in inst.qubits)) for inst in circuit.data
                if inst.operation.name not in SKIPPED]
@@ -188,11 +189,9 @@ def device_density_program(spec: Any, noise_model: Any, pass_manager: Any) -> De
     labels = [obs.paulis[0].to_label() for obs in spec.observables]
     if any(len(obs) != 1 or obs.coeffs[0] != 1 for obs in spec.observables):
         raise ValueError("the density engine takes single Pauli-string observables with coefficient 1")
-    program = DensityProgram(circuit, spec.input_params, spec.weight_params, labels,
-                             gate_error=lambda name, qubits: aer_gate_error(noise_model, name, qubits),
-                             readout_error=lambda qubit: aer_readout_error(noise_model, qubit))
-    program.circuit = circuit  # what it simulates, for summaries (another transpilation may differ)
-    return program
+    return DensityProgram(circuit, spec.input_params, spec.weight_params, labels,
+                          gate_error=lambda name, qubits: aer_gate_error(noise_model, name, qubits),
+                          readout_error=lambda qubit: aer_readout_error(noise_model, qubit))
 
 
 def aer_gate_error(noise_model: Any, name: str, qubits: tuple) -> Any:

@@ -154,8 +154,7 @@ def check_existing(study: Study, out: Path) -> None:
         path = run_dir(out, variant, seed) / "config.json"
         if not path.is_file():
             continue
-        diff = [f"{k}={old!r} (now {new!r})" for k, old, new in
-                TrainConfig.load(path).differences(study.config(variant, seed), ignore=_ENVIRONMENT_FIELDS)]
+        diff = _differences(TrainConfig.load(path), study.config(variant, seed), _ENVIRONMENT_FIELDS)
         if diff:
             raise ValueError(f"{path.parent} was made with {', '.join(diff)}; a study compares runs "
                              "with one budget, so use a new --out (or the same settings) for this one")
@@ -166,15 +165,19 @@ def _check_shared_settings(study: Study, out: Path) -> None:
     spec = json.loads(path.read_text()) if path.is_file() else {}
     earlier = {v: c for v, c in spec.get("configs", {}).items() if v not in study.variants}  # others: per run
     for old, old_config in earlier.items():
+        before = TrainConfig.from_dict(old_config)
+        unrecorded = {f.name for f in fields(TrainConfig)} - set(old_config)  # fields newer than that study.json
         for new in study.variants:
-            own = set(spec.get("variants", {}).get(old, {})) | set(study.variants[new]) | _ENVIRONMENT_FIELDS
-            now = study.config(new, 0).to_dict()
-            diff = [f"{k}={v!r} (now {now[k]!r})" for k, v in old_config.items()
-                    if k not in own and k in now and now[k] != v]
+            own = set(spec.get("variants", {}).get(old, {})) | set(study.variants[new])
+            diff = _differences(before, study.config(new, 0), own | unrecorded | _ENVIRONMENT_FIELDS)
             if diff:
                 raise ValueError(f"variant {old!r} in {out} was trained with {', '.join(diff)}; a study compares "
                                  f"its variants under one budget, so use a new --out for {new!r} (or the same "
                                  "settings); hybrid.report can still read both folders together")
+
+
+def _differences(before: TrainConfig, now: TrainConfig, ignore: set[str]) -> list[str]:
+    return [f"{k}={old!r} (now {new!r})" for k, old, new in before.differences(now, ignore=tuple(ignore))]
 
 
 def _write_study(study: Study, out: Path, command: str | None, workers: int, launcher: str = "local") -> None:

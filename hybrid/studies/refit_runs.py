@@ -54,15 +54,11 @@ def refit_threshold(run_dir: Path, data_root: str | None, state: dict | None = N
     """The decision threshold of `run_dir`'s network (with its weights replaced by `state` if given), from source
     validation with the run's TTA (as hybrid.train chooses it): the trained head's threshold would not fit the
     refitted head's probabilities."""
-    from hybrid.data import resolve_data_root
-    from hybrid.inference import source_threshold
     from hybrid.rundir import load_run
-    from hybrid.train import prepare_data
+    from hybrid.train import source_validation_threshold
 
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()
     if state is not None:
         model.load_network_state(state)
-    _, data = prepare_data(cfg, resolve_data_root(data_root or cfg.data_root))
-    return source_threshold(model, data.x_val, data.y_val, tta=cfg.tta, positive_class=ckpt["positive_class"],
-                            batch_size=cfg.eval_batch_size)
+    return source_validation_threshold(model, cfg, data_root, cfg.tta, ckpt["positive_class"])
