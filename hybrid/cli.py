@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import shlex
 import sys
+import sysconfig
+import traceback
 from dataclasses import fields
+from pathlib import Path
 from typing import Callable
 
 from hybrid.config import ANGLE_MAPS, NOISE_CHANNELS, SELECTIONS, TrainConfig, field_type
@@ -201,7 +205,9 @@ def run_cli(body: Callable[[], int | None], *, verbose: bool = True,
     `DataError`, `FileNotFoundError` and `ValueError` (and `extra_errors`) exit with 2, or with
     the code `exit_codes` gives their type; an OSError (full disk, no permission) says what to do;
     Ctrl-C stops with exit status 130 and the line `on_interrupt` gives (how to continue); anything
-    else is a bug and keeps its traceback.
+    else is a bug and keeps its traceback. Such an error raised outside this project (a library's
+    message, not one of ours, so possibly a bug) names where it was raised; $HYBRID_TRACEBACK=1 prints
+    the whole traceback of every caught error.
     """
     configure_logging(verbose)
     codes = exit_codes or {}
@@ -211,14 +217,47 @@ def run_cli(body: Callable[[], int | None], *, verbose: bool = True,
         print(f"\ninterrupted{'; ' + on_interrupt() if on_interrupt else ''}", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError, *extra_errors, *codes) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_traceback_if_asked(exc)
+        print(f"error: {exc}{raised_outside(exc)}", file=sys.stderr)
         return next((code for kind, code in codes.items() if isinstance(exc, kind)), 2)
     except OSError as exc:  # a full disk, a read-only folder: the environment, not the input
+        _print_traceback_if_asked(exc)
         where = f" {exc.filename}" if exc.filename else ""
         print(f"error: cannot write or read{where}: {exc.strerror or exc}; "
               f"{OS_ADVICE.get(exc.errno, 'check the path and its permissions')}", file=sys.stderr)
         return 2
     return 0 if result is None else result
+
+
+TRACEBACK_ENV = "HYBRID_TRACEBACK"
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+_PROJECT_PACKAGES = tuple(Path(__file__).resolve().parent.parent / name
+                          for name in ("hybrid", "backends", "benchmarks"))
+
+
+def raised_outside(exc: BaseException) -> str:
+    """' (raised in torch/nn/functional.py:2380, in conv2d; ...)' when the error comes from a library rather than
+    this project's packages, else ''. Our own errors are sentences for the user; a library's may be a bug of ours
+    whose one line alone would not say where to look. Standard-library frames (json, pathlib) are passed over:
+    they only carry out what our code asked, and a missing file names itself."""
+    if isinstance(exc, FileNotFoundError):
+        return ""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if any(path.is_relative_to(package) for package in _PROJECT_PACKAGES):
+            return ""
+        parts = path.parts
+        installed = next((k for k, part in enumerate(parts) if part in ("site-packages", "dist-packages")), None)
+        if installed is None and path.is_relative_to(_STDLIB):
+            continue
+        short = Path(*parts[installed + 1:]) if installed is not None else path
+        return f" (raised in {short}:{frame.lineno}, in {frame.name}; {TRACEBACK_ENV}=1 shows the whole traceback)"
+    return ""
+
+
+def _print_traceback_if_asked(exc: BaseException) -> None:
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 OS_ADVICE = {

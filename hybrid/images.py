@@ -169,20 +169,34 @@ def load_center_folder(root, class_names: list[str] | None = None) -> dict[str, 
         raise DataError(f"No <center>/<class>/ subfolders under {root}; lay images out as "
                         "root/<center>/<class>/*.png.")
     class_ids = _class_ids(folders, class_names, root)
-    loaded = {}
+    loaded, wide_maxima = {}, []  # wide_maxima: the largest value of each 16/32-bit image, for the warning
     for center in centers:
         files = [(f, class_ids[c.name]) for c in sorted(center.iterdir()) if c.name in class_ids
                  for f in _class_files(c)]
         if not files:
             raise DataError(f"Center folder {center} holds no .png/.jpg images in class subfolders; "
                             f"add images under {center}/<class>/ or remove it.")
-        arrays = [_read_image(f) for f, _ in files]
+        arrays = [_read_image(f, wide_maxima) for f, _ in files]
         sizes = sorted({a.shape[:2] for a in arrays})
         if len(sizes) > 1:
             raise DataError(f"Images in {center} have different sizes {sizes[:4]}; resize them to one size "
                             "first (e.g. PIL Image.resize).")
         loaded[center.name] = (arrays, [k for _, k in files])
+    _warn_if_few_bits(wide_maxima, root)
     return _stack_centers(loaded)
+
+
+def _warn_if_few_bits(maxima: list[int], root: Path) -> None:
+    """Say so when 16-bit files hold data of 12 bits or fewer (common for X-ray exports): scaled by the 16-bit
+    range, as they must be for the scale not to depend on the images, they come out nearly black."""
+    if not maxima or max(maxima) >= 4096:
+        return
+    largest = max(maxima)
+    bits = max(largest.bit_length(), 1)
+    log.warning("the %d 16-bit images under %s use at most %d bits (largest value %d of 65535), so they keep at most "
+                "%d grey levels of 256; if they hold %d-bit data, rescale them to 16 bits (each value times %d) and "
+                "load them again", len(maxima), root, bits, largest, round(largest * 255 / 65535) + 1, bits,
+                2 ** (16 - bits))
 
 
 def _class_ids(folders: list[str], class_names: list[str] | None, root: Path) -> dict[str, int]:
@@ -213,8 +227,9 @@ def _class_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """One image as uint8 (H, W) or (H, W, 3); 16-bit and float grayscale are scaled to 0-255, not clipped."""
+def _read_image(path: Path, wide_maxima: list[int]) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, 3); 16-bit and float grayscale are scaled to 0-255, not clipped
+    (a 16-bit image's largest value is appended to `wide_maxima`)."""
     from PIL import Image
 
     try:
@@ -222,13 +237,13 @@ def _read_image(path: Path) -> np.ndarray:
             if im.mode == "LA":  # grey with an alpha channel: the grey alone (alpha is not an image channel)
                 return np.asarray(im.convert("L"))
             if im.mode in _GRAY_MODES:
-                return _gray_to_uint8(np.asarray(im), path)
+                return _gray_to_uint8(np.asarray(im), path, wide_maxima)
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"Cannot read image {path} ({e}); remove or replace the file.") from None
 
 
-def _gray_to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
+def _gray_to_uint8(arr: np.ndarray, path: Path, wide_maxima: list[int]) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
@@ -237,6 +252,7 @@ def _gray_to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
         if arr.min() < 0 or arr.max() > 65535:
             raise DataError(f"{path}: integer pixel values range over [{arr.min()}, {arr.max()}], beyond 16 bits; "
                             "save it as an 8- or 16-bit image.")
+        wide_maxima.append(int(arr.max()))
         return np.rint(arr.astype(np.float64) * (255 / 65535)).astype(np.uint8)
     return as_images(arr[None], str(path))[0, ..., 0]  # float ("F"): 0-1 or 0-255, as for arrays
 

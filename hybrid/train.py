@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import resource
+import socket
 import sys
 import time
 from pathlib import Path
@@ -211,7 +212,7 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
                       "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
                       "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "best_epoch": evaluation.pop("best_epoch"), "threads": torch.get_num_threads(),
-                      "device": str(device), "processes": ddp.world_size},
+                      "device": str(device), "processes": ddp.world_size, "host": socket.gethostname()},
               "config": cfg.to_dict(), "parameters": network.parameter_counts()} | evaluation | {"data": bundle.describe()}
     report["figures"] = _figures(out_dir, report, raw, data.x_train, data.sampler.centers, target_centers)
     _write_report(out_dir, report)

@@ -327,6 +327,25 @@ def test_16_bit_png_is_scaled_not_clipped_to_white(tmp_path):
     assert image.tolist() == [[0, 10], [128, 255]]
 
 
+def test_12_bit_data_in_16_bit_pngs_is_warned_about_not_silently_darkened(tmp_path, caplog):
+    """X-ray exports often hold 12-bit values in 16-bit files: scaled by 65535 they keep 17 grey levels."""
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        path = tmp_path / "site" / "normal" / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 4096, (8, 8)).astype(np.uint16)).save(path)
+    with caplog.at_level("WARNING", logger="hybrid"):
+        image = D.load_center_folder(tmp_path)["site"].images
+    assert image.max() <= 16  # the scale itself is unchanged (it must not depend on the images)
+    (warning,) = [r.getMessage() for r in caplog.records if "16-bit images" in r.getMessage()]
+    assert "the 2 16-bit images" in warning and "at most 12 bits" in warning and "times 16" in warning
+    caplog.clear()
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "site" / "normal" / "1.png")
+    with caplog.at_level("WARNING", logger="hybrid"):
+        D.load_center_folder(tmp_path)  # one image uses the 16 bits: no warning
+    assert not [r for r in caplog.records if "16-bit images" in r.getMessage()]
+
+
 def test_float_images_are_read_on_the_scale_they_use(tmp_path):
     from hybrid.images import as_images
 

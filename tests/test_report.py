@@ -717,3 +717,20 @@ def test_the_feature_study_scores_every_variant_on_the_same_centers(tmp_path):
     result = feature_study(runs, CENTERS[:3], tmp_path / "features.png", lambda run: (None, Encoder(), have[run.variant]))
     assert result["domains"] == ["clean", "c0", "c2"]
     assert [v["chance"] for v in result["variants"].values()] == pytest.approx([1 / 3] * 3)
+
+
+def test_a_slurm_study_names_the_nodes_its_runs_trained_on_not_only_the_login_node(synthetic, tmp_path):
+    """study.json is written where the command runs: with Slurm that is the login node, not the runs' machine."""
+    study = json.loads((synthetic / "study.json").read_text())
+    login = {"host": "login1", "cpu": "login cpu", "cores": 4, "launcher": "slurm"}
+    (synthetic / "study.json").write_text(json.dumps(study | {"machine": login}))
+    for k, report_path in enumerate(sorted(synthetic.glob("*/seed*/report.json"))):
+        report = json.loads(report_path.read_text())
+        report["run"]["host"] = f"node{k % 2}"
+        report_path.write_text(json.dumps(report))
+    study_report.build_report(synthetic, models=False, out_dir=tmp_path / "slurm")
+    md = (tmp_path / "slurm" / "report.md").read_text()
+    assert "Machine: Slurm nodes (the runs' hosts: node0, node1); submitted from login1: login cpu, 4 cores" in md
+    (synthetic / "study.json").write_text(json.dumps(study | {"machine": login | {"launcher": "local"}}))
+    study_report.build_report(synthetic, models=False, out_dir=tmp_path / "local")
+    assert "Machine: login cpu, 4 cores" in (tmp_path / "local" / "report.md").read_text()

@@ -29,6 +29,7 @@ import logging
 import os
 import platform
 import shlex
+import socket
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -136,7 +137,8 @@ def machine_info() -> dict:
     with contextlib.suppress(OSError, ValueError, IndexError):
         kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
         memory = f"{kb / 2**20:.0f} GiB"
-    return {"cpu": cpu, "cores": _cores(), "memory": memory, "platform": platform.platform(),
+    return {"host": socket.gethostname(), "cpu": cpu, "cores": _cores(), "memory": memory,
+            "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -189,7 +191,8 @@ def _write_study(study: Study, out: Path, command: str | None, workers: int, lau
     spec["seeds"] = sorted(set(data.get("seeds", [])) | set(study.seeds))
     spec["configs"] = data.get("configs", {}) | {
         v: {k: x for k, x in study.config(v, 0).to_dict().items() if k != "seed"} for v in study.variants}
-    spec["machine"] = machine_info()
+    # with Slurm the runs train on the cluster's nodes (each run's report names its host), not where this runs
+    spec["machine"] = machine_info() | {"launcher": launcher}
     spec["invocations"] = data.get("invocations", []) + [
         {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "workers": workers,
          "launcher": launcher, "variants": list(study.variants), "seeds": list(study.seeds)}]

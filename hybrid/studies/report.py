@@ -167,7 +167,7 @@ def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, 
     result["runs"] = [{"variant": r.variant, "seed": r.seed, "best_epoch": r.report["run"].get("best_epoch"),
                        "epochs": r.report.get("config", {}).get("epochs"),
                        "minutes": (r.report["run"].get("seconds") or math.nan) / 60,
-                       "threads": r.report["run"].get("threads")} for r in runs]
+                       "threads": r.report["run"].get("threads"), "host": r.report["run"].get("host")} for r in runs]
     write_json(result, out_dir / "report.json")
     write_text(markdown(result, runs), out_dir / "report.md")
     return result

@@ -300,6 +300,16 @@ def _finding_lines(result: dict) -> list[str]:
     return out
 
 
+def _machine_line(machine: dict, where: str, hosts: list[str]) -> str:
+    described = (f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory')} RAM, GPU: "
+                 f"{machine.get('gpu') or 'none'}; torch {machine.get('torch')}, Python {machine.get('python')}")
+    if machine.get("launcher") == "slurm":  # study.json describes the login node; the runs trained elsewhere
+        nodes = ", ".join(hosts) if hosts else "not recorded"
+        return (f"Machine{where}: Slurm nodes (the runs' hosts: {nodes}); submitted from {machine.get('host')}: "
+                f"{described}.")
+    return f"Machine{where}: {described}."
+
+
 def _run_lines(result: dict) -> list[str]:
     """Machine, invocations, the table of runs, open failures and what was left out."""
     study = result["study"]
@@ -307,11 +317,10 @@ def _run_lines(result: dict) -> list[str]:
     if len({json.dumps(m, sort_keys=True) for m in machines.values()}) == 1:
         machines = {"": next(iter(machines.values()))}  # one machine for all folders: said once
     out = ["## Runs", ""]
+    hosts = sorted({r["host"] for r in result["runs"] if r.get("host")})
     for folder, machine in machines.items():
         if machine:
-            where = f" ({folder})" if len(machines) > 1 else ""
-            out += [f"Machine{where}: {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory')} RAM, "
-                    f"GPU: {machine.get('gpu') or 'none'}; torch {machine.get('torch')}, Python {machine.get('python')}.", ""]
+            out += [_machine_line(machine, f" ({folder})" if len(machines) > 1 else "", hosts), ""]
     for inv_ in study.get("invocations", []):
         out += [f"- {inv_.get('started')} (workers {inv_.get('workers')}): `{inv_.get('command')}`"]
     out += ["", "| variant | seed | epochs | best epoch | minutes | threads |", "|---|---|---|---|---|---|"]
