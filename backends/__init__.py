@@ -8,10 +8,11 @@ statevector, aer, aer_noisy (`backends/noisy.py`), torch_noisy (`backends/densit
 noise simulated in torch), ibm_runtime (`backends/ibm.py`).
 """
 
-from backends.registry import BACKENDS, Backend, BackendError, get_backend, parse_backend_spec, register_backend
+from backends.registry import (BACKENDS, EXACT_BY_DEFAULT, Backend, BackendError, get_backend, parse_backend_spec,
+                               register_backend)
 from backends.runner import EstimatorRunner, ExecutionStats, JobError
 
 from backends import density as _density, ibm as _ibm, noisy as _noisy  # noqa: E402,F401  (register their backends)
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "EstimatorRunner", "ExecutionStats", "JobError", "get_backend",
-           "parse_backend_spec", "register_backend"]
+__all__ = ["BACKENDS", "EXACT_BY_DEFAULT", "Backend", "BackendError", "EstimatorRunner", "ExecutionStats", "JobError",
+           "get_backend", "parse_backend_spec", "register_backend"]

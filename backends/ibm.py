@@ -184,7 +184,8 @@ def ibm_runtime_backend(ibm_backend: str | None = None, shots: int | None = None
         num_qubits=device.num_qubits,
         exact=False,
         options={k: v for k, v in options.items() if v is not None},
-        label=f"ibm_runtime-{device.name}",
+        label=f"ibm_runtime-{device.name}" + (f"-shots{shots}" if shots else f"-precision{precision:g}" if precision
+                                               else ""),  # other shots, other result files
         reports_usage=not local,
         closer=batch.close if batch is not None else None,
         planner=ibm_plan(estimator, device),

@@ -130,12 +130,12 @@ def aer_noisy_backend(noise_model: str | None = None, depolarizing: Any = None, 
         p1, p2 = noise["depolarizing"]
         what = f"depolarizing p1={p1:g}, p2={p2:g}, readout error {noise['readout_error']:g}"
         options |= noise
-        label, num_qubits = f"aer_noisy-{tag}", None
+        label, num_qubits = f"aer_noisy-{tag}-shots{shots}", None  # shots too: other counts, other files
     else:
         simulator = AerSimulator.from_backend(device, noise_model=model, seed_simulator=seed)
         what = f"noise model and coupling map of {device.name} ({device.num_qubits} qubits)"
         options["noise_model"] = device.name
-        label, num_qubits = f"aer_noisy-{device.name}", device.num_qubits
+        label, num_qubits = f"aer_noisy-{device.name}-shots{shots}", device.num_qubits
     return Backend(
         name="aer_noisy",
         description=f"Aer simulator with {what}, {shots} shots",

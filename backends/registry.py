@@ -22,6 +22,8 @@ from backends.budget import QpuRate
 from backends.runner import EstimatorRunner, ExecutionStats
 
 BACKENDS: dict[str, Callable[..., "Backend"]] = {}
+# the backends whose default (no options) is exact, so a model can train on them; the others sample or add noise
+EXACT_BY_DEFAULT = ("statevector", "aer")
 # `name:arg` in a backend spec sets this option (aer_noisy:fake_brisbane, ibm_runtime:fake_manila)
 POSITIONAL_OPTION = {"aer": "shots", "aer_noisy": "noise_model", "torch_noisy": "noise_model",
                      "ibm_runtime": "ibm_backend"}
@@ -40,7 +42,7 @@ class Backend:
     num_qubits: int | None = None  # qubits available (None: unlimited simulator)
     exact: bool = True  # exact expectation values: train and evaluate with the torch engine
     options: dict = field(default_factory=dict)  # non-secret options, safe to write into reports
-    label: str = ""  # short id for file names, e.g. "aer_noisy-fake_brisbane"
+    label: str = ""  # short id for file names, e.g. "aer_noisy-fake_brisbane-shots1024"
     job_timeout: float | None = None  # seconds to wait for one job (None: no limit)
     reports_usage: bool = False  # the service reports QPU seconds per job
     stats: ExecutionStats = field(default_factory=ExecutionStats)

@@ -185,6 +185,18 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def given_config_fields(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The config fields (and --dann) named on the command line, as opposed to left at their defaults.
+
+    argparse sets a default only where the namespace lacks the attribute, so a namespace whose every field
+    holds a marker keeps the marker exactly where no flag was given."""
+    names = [f.name for f in fields(TrainConfig)] + ["dann"]
+    marker = object()
+    namespace = argparse.Namespace(**dict.fromkeys(names, marker))
+    parser.parse_known_args(argv, namespace=namespace)
+    return {name for name in names if getattr(namespace, name) is not marker}
+
+
 def command_line(prog: str, argv: list[str] | None) -> str:
     """The command as typed, for the run's report."""
     return prog + " " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))

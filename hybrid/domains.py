@@ -57,15 +57,17 @@ def build_eval_domains(cfg: TrainConfig, bundle: DatasetBundle, channels: int, c
     """Clean test split, every unseen virtual center of `center_set`, and the real held-out centers.
 
     `validation` swaps the reported target centers for the design-validation centers, which are
-    for comparing method variants without looking at the reported ones.
+    for comparing method variants without looking at the reported ones; the real held-out centers
+    are reported ones, so that set leaves them out.
     """
     if center_set not in CENTER_SETS:
         raise ValueError(f"unknown center set {center_set!r}; valid sets are: {', '.join(CENTER_SETS)}")
     x, y = split_to_tensors(bundle.test, cfg.input_size, channels)
     centers = CENTER_SETS[center_set](rgb=uses_colour_shifts(cfg, channels))
     domains = make_target_domains(x, y, centers, cfg.seed) if len(y) else {}
-    for name, split in bundle.test_domains.items():
-        domains[f"real:{name}"] = split_to_tensors(split, cfg.input_size, channels)
+    if center_set != "validation":
+        for name, split in bundle.test_domains.items():
+            domains[f"real:{name}"] = split_to_tensors(split, cfg.input_size, channels)
     return domains
 
 
@@ -74,6 +76,11 @@ def run_domains(cfg: TrainConfig, in_channels: int, data_root=None, center_set: 
     own root or $HYBRID_DATA_ROOT) through `build_eval_domains`."""
     bundle = load_bundle(cfg, resolve_data_root(data_root or cfg.data_root))
     return build_eval_domains(cfg, bundle, in_channels, center_set)
+
+
+def first_samples(domains: Domains, n: int | None) -> Domains:
+    """Each domain's first `n` images (all with None): what --eval-max-samples and --max-samples score."""
+    return {k: (x[:n], y[:n]) for k, (x, y) in domains.items()} if n else domains
 
 
 def check_labels(labels: np.ndarray, n_classes: int, where: str) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from hybrid.config import TrainConfig
 from hybrid.data import resolve_data_root
-from hybrid.domains import Domains, build_eval_domains, domains_from_data, is_unseen, load_bundle
+from hybrid.domains import Domains, build_eval_domains, domains_from_data, first_samples, is_unseen, load_bundle
 from hybrid.inference import check_tta_on_backend, evaluate_domains
 from hybrid.metrics import summarize
 from hybrid.reporting import format_table
@@ -100,7 +100,7 @@ def evaluation_inputs(args, cfg: TrainConfig, ckpt: dict, backend) -> tuple[Doma
     if tta != cfg.tta:
         name = f"{name}_tta-{tta}"  # nor do those with another TTA method
     if args.max_samples:
-        domains = {k: (x[: args.max_samples], y[: args.max_samples]) for k, (x, y) in domains.items()}
+        domains = first_samples(domains, args.max_samples)
         name = f"{name}_max{args.max_samples}"  # nor a quick look at a few samples
     return domains, file_part(args.name, "--name") if args.name else file_part(name), tta, batch_size
 
@@ -165,7 +165,7 @@ def evaluate_run(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backe
     write_text(
         f"# Evaluation of {run_dir.name} on {result['data']}\n\nbackend: {backend.description}; "
         f"TTA: {tta}; threshold (source validation): {ckpt['threshold']:.4f}\n\n"
-        f"{format_table(per_domain, result['summary'])}\n" + (f"\n{execution_line(result)}\n" if partial else ""),
+        f"{format_table(per_domain, result['summary'], unseen=unseen)}\n" + (f"\n{execution_line(result)}\n" if partial else ""),
         run_dir / f"eval_{name}.md")
     append_result(run_dir, result)
     if partial is not None:
@@ -276,10 +276,11 @@ def _run(args) -> int:
         result = evaluate_run(args, run_dir, cfg, model, ckpt, backend)
     finally:
         backend.close()
-    print(format_table(result["domains"], result["summary"]))
+    print(format_table(result["domains"], result["summary"], unseen=result["unseen"]))
     line = execution_line(result)
     if line:
         print("\n" + line)
+    print(f"\nwritten: {run_dir / ('eval_' + result['name'] + '.md')} (and .json)")
     return 0
 
 

@@ -334,7 +334,9 @@ def write_markdown_report(report: Mapping, path) -> Path:
                 f"and {counts['head']:,} in the head.", ""]
     if report.get("source_val"):
         sv = report["source_val"]
-        out += [f"Source validation: AUC {_auc_cell(sv)}, balanced accuracy "
+        adapted = f" with test-time adaptation {report['tta']}" if report.get("tta", "none") != "none" else ""
+        # the epoch log's "val AUC" is without TTA: say which this is, or the two look inconsistent
+        out += [f"Source validation{adapted}: AUC {_auc_cell(sv)}, balanced accuracy "
                 f"{fmt(sv.get('balanced_accuracy'))}.", ""]
 
     figures = [(k, rel) for k, rel in (report.get("figures") or {}).items()

@@ -241,6 +241,9 @@ def load_run(run_dir: Path, backend_name: str | None = None, *, device: str = "c
     run_dir = Path(run_dir)
     cfg_path, ckpt_path = run_dir / "config.json", run_dir / CHECKPOINT
     for path in (cfg_path, ckpt_path):
+        if not path.is_file() and cfg_path.is_file() and (run_dir / "metrics.jsonl").is_file():
+            raise DataError(f"{path} is missing: training in {run_dir} has not saved a model yet; wait for it, or "
+                            f"continue a stopped run with: python -m hybrid.train --resume --out {run_dir}")
         if not path.is_file():
             raise DataError(f"{path} is missing; is {run_dir} a run directory written by hybrid.train?")
     cfg = load_config(cfg_path)

@@ -36,8 +36,8 @@ from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
 from hybrid.device_noise import attach_noise_channel, with_device_attenuation
 from hybrid.devices import resolve_device
 from hybrid.distributed import Distributed
-from hybrid.domains import (DomainSampler, build_eval_domains, is_unseen, load_bundle, split_to_tensors,
-                            uses_colour_shifts)
+from hybrid.domains import (DomainSampler, build_eval_domains, first_samples, is_unseen, load_bundle,
+                            split_to_tensors, uses_colour_shifts)
 from hybrid.fit import TrainingData, fit
 from hybrid.inference import evaluate_domains, predict_probs, source_threshold
 from hybrid.metrics import domain_metrics, summarize, threshold_from_probs
@@ -118,9 +118,7 @@ def evaluate_best(network, cfg: TrainConfig, bundle: DatasetBundle, data: Traini
     val_probs = predict_probs(network, data.x_val, cfg.tta, cfg.eval_batch_size)
     threshold = threshold_from_probs(data.y_val.numpy(), val_probs, bundle.positive_class)
     atomic_save(ckpt | {"threshold": threshold}, best_path)
-    domains = build_eval_domains(cfg, bundle, bundle.n_channels)
-    if cfg.eval_max_samples:
-        domains = {k: (x[: cfg.eval_max_samples], y[: cfg.eval_max_samples]) for k, (x, y) in domains.items()}
+    domains = first_samples(build_eval_domains(cfg, bundle, bundle.n_channels), cfg.eval_max_samples)
     n_images = sum(len(y) for _, y in domains.values())
     log.info("final evaluation: %d domains, %d images, with TTA %s%s and %d bootstrap resamples (fewer with "
              "--eval-max-samples / --n-bootstrap)", len(domains), n_images, cfg.tta,
@@ -156,7 +154,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, resume: boo
 
 def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, command, on_epoch_end,
            overwrite: bool = False) -> dict:
-    from backends import get_backend
+    from backends import EXACT_BY_DEFAULT, get_backend
 
     started = time.perf_counter()
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
@@ -165,15 +163,21 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
         raise ValueError("--head-grad-scale 0 --aux-weight 0 with ERM trains nothing but the head, on a fixed encoder: "
                          "name the trained network to refit with --init-from RUN (e.g. runs/study/variant/seed{seed})")
     device = resolve_device(cfg.device)
-    backend = get_backend(cfg.backend)
-    if not backend.exact:
-        raise ValueError(f"training needs an exact backend; {cfg.backend!r} samples or is noisy "
-                         "(train with aer, then evaluate with `python -m hybrid.evaluate --backend ...`)")
+    # refused before it is built: ibm_runtime would first look for an account and advise options train lacks
+    backend = get_backend(cfg.backend) if cfg.backend in EXACT_BY_DEFAULT else None
+    if backend is None or not backend.exact:
+        raise ValueError(f"training needs an exact backend ({', '.join(EXACT_BY_DEFAULT)}); {cfg.backend!r} samples "
+                         "or is noisy (train with aer, then evaluate with `python -m hybrid.evaluate --backend ...`)")
     cfg = with_device_attenuation(cfg)  # --q-noise-device: fitted once, saved in config.json below
     bundle, data = prepare_data(cfg, resolve_data_root(cfg.data_root))  # bad data fails before any file is written
     ddp = Distributed.from_env(device)  # torchrun: one process per rank, rank 0 writes
     device = ddp.device(device)
     progress = progress and ddp.is_main
+    # built before the run directory is: a missing --weights-path or --init-from run leaves no half-made run
+    network = HybridNet(cfg.model_config(), bundle.n_channels, bundle.n_classes, layer_kwargs=backend.layer_kwargs())
+    if cfg.init_from:
+        source = initialise_from(network, cfg.init_from, cfg.seed, bundle.n_channels, bundle.n_classes)
+        log.info("network initialised from %s", source)
     out_dir.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume and ddp.is_main:
         removed = clear_run(out_dir)
@@ -187,10 +191,6 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     if ddp.is_main:
         write_json({"source": [c.to_dict() for c in data.sampler.centers],
                     "target": [c.to_dict() for c in target_centers], "data": bundle.describe()}, out_dir / "centers.json")
-    network = HybridNet(cfg.model_config(), bundle.n_channels, bundle.n_classes, layer_kwargs=backend.layer_kwargs())
-    if cfg.init_from:
-        source = initialise_from(network, cfg.init_from, cfg.seed, bundle.n_channels, bundle.n_classes)
-        log.info("network initialised from %s", source)
 
     network.to(device)
     attach_noise_channel(network, cfg)  # --q-noise-channel density: training runs the device's noise model
@@ -278,10 +278,24 @@ def check_resume(cfg: TrainConfig, out_dir: Path) -> None:
                          "the saved options, or train into another --out")
 
 
+def resumed_config(cfg: TrainConfig, out_dir: Path, given: set[str]) -> TrainConfig:
+    """With --resume, the options not given on the command line are the run's own (config.json), so
+    `--resume --out RUN` alone continues it; where the run runs (threads, data root, device) keeps today's
+    defaults. A config.json that cannot be read is left for `check_resume` to refuse."""
+    try:
+        saved = TrainConfig.load(out_dir / "config.json")
+    except (OSError, ValueError, TypeError):
+        return cfg
+    if given & {"dann", "algorithm"}:
+        given = given | {"algorithm"}
+    keep = {k: v for k, v in cfg.to_dict().items() if k in given or k in RESUME_MAY_DIFFER}
+    return TrainConfig.from_dict(saved.to_dict() | keep)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from hybrid.cli import add_config_arguments, command_line, config_from_args, run_cli
+    from hybrid.cli import add_config_arguments, command_line, config_from_args, given_config_fields, run_cli
 
     parser = argparse.ArgumentParser(prog="python -m hybrid.train", description=__doc__.split("\n")[0])
     add_config_arguments(parser)
@@ -299,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("under torchrun, give --out: every process must write into the same run directory")
         out = chosen["out"] = Path(args.out or f"runs/{Path(cfg.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.resume:
+            cfg = resumed_config(cfg, out, given_config_fields(parser, argv))
             check_resume(cfg, out)  # before anything is written into the run directory
         report = train(cfg, out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
                        command=command_line("python -m hybrid.train", argv))

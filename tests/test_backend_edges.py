@@ -67,6 +67,16 @@ def test_simple_noise_is_in_the_label_and_options(name):
     assert weak.options != strong.options and split.options["depolarizing"] == [0.01, 0.2]
 
 
+@pytest.mark.parametrize("name,device_option", [("aer", None), ("aer_noisy", "noise_model"),
+                                                ("torch_noisy", "noise_model"), ("ibm_runtime", "ibm_backend")])
+def test_results_at_other_shot_counts_get_other_labels(name, device_option):
+    """The label names hybrid.evaluate's result and resume files: an evaluation at 256 shots overwrote the one at
+    64 on aer_noisy and ibm_runtime, whose labels named only the device."""
+    device = {device_option: "fake_manila"} if device_option else {}
+    labels = {shots: get_backend(name, shots=shots, seed=0, **device).label for shots in (64, 256)}
+    assert labels[64] != labels[256] and all(str(shots) in label for shots, label in labels.items())
+
+
 def test_density_runner_answers_an_empty_batch_without_a_job():
     backend = get_backend("torch_noisy", noise_model="fake_manila", shots=100, seed=0)
     spec, _, w = _batch(3)

@@ -260,7 +260,7 @@ def test_a_failing_local_job_is_reported_at_once_not_as_a_timeout(exact_layer):
 
 
 def test_circuit_too_large_for_the_device():
-    with pytest.raises(ValueError, match="needs 6 qubits but aer_noisy-fake_athens has 5"):
+    with pytest.raises(ValueError, match="needs 6 qubits but aer_noisy-fake_athens-shots16 has 5"):
         backend = get_backend("aer_noisy", noise_model="fake_athens", shots=16)
         QuantumLayer(QuantumConfig(n_qubits=6), engine="estimator", make_runner=backend.make_runner)
 

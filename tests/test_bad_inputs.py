@@ -132,6 +132,10 @@ TRAIN_OPTIONS = [
     (["--backend", "nosuch"], ["--backend", "statevector"]), (["--dataset", "nosuchmnist"], ["pneumoniamnist"]),
     (["--size", "100"], ["size 100", "28"]), (["--selection", "best"], ["--selection", "last"]),
     (["--q-feature-reps", "0"], ["--q-feature-reps", "at least 1"]), (["--feature-map", "rx"], ["--feature-map", "ry"]),
+    # refused as training needs an exact backend, before IBM Runtime looks for an account (it used to advise
+    # --ibm-backend, which train does not have)
+    (["--backend", "ibm_runtime"], ["exact backend", "hybrid.evaluate"]),
+    (["--backend", "aer_noisy"], ["exact backend"]), (["--backend", "torch_noisy"], ["exact backend"]),
 ]
 
 
@@ -209,6 +213,16 @@ def test_weights_path_with_a_pickle_payload_is_refused_before_it_runs(bad, tmp_p
     code, err = run_tool("train", argv, capsys)
     assert_refused(code, err, "planted.pt", "refused")
     assert not (bad / "PWNED").exists()
+    assert not out.exists()  # refused before the run directory is made (config.json and centers.json were left)
+
+
+def test_a_missing_weights_file_or_init_run_leaves_no_run_directory(tmp_path, capsys, data_root):
+    for flags in (["--width-mult", "1.0", "--pretrained", "--weights-path", str(tmp_path / "nosuch.pth")],
+                  ["--init-from", str(tmp_path / "nosuch_run")]):
+        out = tmp_path / "run"
+        code, err = run_tool("train", [*TINY, "--data-root", str(data_root), *flags, "--out", str(out)], capsys)
+        assert_refused(code, err, "nosuch")
+        assert not out.exists(), sorted(p.name for p in out.iterdir())
 
 
 EVAL_DATA = [

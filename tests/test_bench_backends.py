@@ -382,3 +382,14 @@ def test_the_sweep_command_runs_each_draw(dressed_run, data_root, tmp_path):
                                 "--out", str(out), "--quiet"]) == 0
     point = json.loads((out / "shot_sweep.json").read_text())["runs"][0]["curves"]["aer"][0]
     assert len(point["auc_draws"]) == 2 and point["auc"] == pytest.approx(sum(point["auc_draws"]) / 2)
+
+
+def test_sweep_labels_tell_the_runs_apart(tmp_path):
+    """Two runs in one folder were both named after that folder ('lost by journey | lost by journey')."""
+    from hybrid.studies.shot_sweep import run_labels
+
+    assert run_labels([tmp_path / "r_dressed", tmp_path / "r_aer"]) == ["r_dressed", "r_aer"]
+    study = tmp_path / "study"
+    assert run_labels([study / "dressed" / "seed0", study / "concat" / "seed1"]) == ["dressed", "concat"]
+    assert run_labels([tmp_path / "a" / "dressed" / "seed0", tmp_path / "b" / "dressed" / "seed0"]) == [
+        "a/dressed/seed0", "b/dressed/seed0"]

@@ -290,3 +290,17 @@ def test_distributed_training_tolerates_an_encoder_that_gets_no_gradient(monkeyp
             runner(torch.randn(8, 4), torch.randint(0, 2, (8,))).backward()
     finally:
         dist.destroy_process_group()
+
+
+def test_evaluating_a_run_still_in_its_first_epoch_says_so(tmp_path, capsys):
+    """config.json and metrics.jsonl are written before the first best.pt: 'is it a run directory?' misled."""
+    from hybrid.config import TrainConfig
+
+    TrainConfig().save(tmp_path / "config.json")
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert evaluate.main(["--run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has not saved a model yet" in err and f"--resume --out {tmp_path}" in err
+    (tmp_path / "metrics.jsonl").unlink()  # not a training run's folder at all
+    assert evaluate.main(["--run", str(tmp_path)]) == 2
+    assert "a run directory written by hybrid.train?" in capsys.readouterr().err

@@ -154,3 +154,25 @@ def test_a_saved_evaluation_on_a_sample_is_redone_in_full(tmp_path, monkeypatch)
     monkeypatch.setattr(evaluate, "main", fake_main)
     result = design.validation_eval(run)
     assert len(calls) == 1 and "--max-samples" not in calls[0] and result["max_samples"] is None
+
+
+def test_a_saved_evaluation_that_scored_the_held_out_clinic_is_redone(tmp_path, monkeypatch):
+    """`--centers validation` used to add a multi-center run's held-out clinic to the validation centers, so the
+    design's worst AUC could be the reported clinic's; such a saved evaluation is not reused."""
+    run = write_run(tmp_path, "r", 0, 0.9, 0.8, 0.8)
+    path = run / "eval_pneumoniamnist_validation.json"
+    old = json.loads(path.read_text())
+    old["domains"]["real:clinic"], old["unseen"] = {"auc": 0.5}, CENTERS + ["real:clinic"]
+    path.write_text(json.dumps(old))
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        path.write_text(json.dumps(fake_eval(str(run), 0, 0.9, 0.7, 0.7)))
+        return 0
+
+    from hybrid import evaluate
+    monkeypatch.setattr(evaluate, "main", fake_main)
+    result = design.validation_eval(run)
+    assert len(calls) == 1 and result["unseen"] == CENTERS
+    assert design.validation_eval(run) == result and len(calls) == 1  # the new one is reused

@@ -65,6 +65,30 @@ def test_the_runs_own_file_defaults_to_its_held_out_centers(multicenter_run, cap
     assert list(asked["domains"]) == ["train:a", "real:c"] and asked["unseen"] == ["real:c"]
 
 
+@pytest.mark.slow
+def test_the_table_counts_only_unseen_centers_and_names_the_file_it_wrote(multicenter_run, capsys):
+    from hybrid.config import TrainConfig
+
+    own = TrainConfig.load(multicenter_run / "config.json").dataset
+    assert evaluate.main(["--run", str(multicenter_run), "--data", own, "--centers", "a,c", "--name", "own_ac"]) == 0
+    out = capsys.readouterr().out
+    mean_row = next(line for line in out.splitlines() if line.startswith("| **mean**"))
+    assert "1 unseen" in mean_row  # train:a is scored but is no unseen center (it said "2 unseen")
+    assert "1 unseen" in (multicenter_run / "eval_own_ac.md").read_text()
+    assert f"written: {multicenter_run / 'eval_own_ac.md'}" in out
+
+
+@pytest.mark.slow
+def test_design_validation_centers_leave_the_held_out_clinic_out(multicenter_run):
+    """The validation set is for choosing methods; the held-out real center is a reported one (it was scored as
+    one of the 'unseen' validation centers, so hybrid.design's worst AUC could be the clinic's)."""
+    assert evaluate.main(["--run", str(multicenter_run), "--centers", "validation", "--max-samples", "20",
+                          "--name", "val"]) == 0
+    result = json.loads((multicenter_run / "eval_val.json").read_text())
+    assert result["unseen"] and all(name.startswith("val_") for name in result["unseen"])
+    assert not any(name.startswith("real:") for name in result["domains"])
+
+
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not an archive\n"], ids=["empty", "truncated",
                                                                                           "not_zip"])
 def test_an_unreadable_npz_is_one_sentence(tmp_path, capsys, content):

@@ -734,3 +734,42 @@ def test_a_slurm_study_names_the_nodes_its_runs_trained_on_not_only_the_login_no
     (synthetic / "study.json").write_text(json.dumps(study | {"machine": login | {"launcher": "local"}}))
     study_report.build_report(synthetic, models=False, out_dir=tmp_path / "local")
     assert "Machine: login cpu, 4 cores" in (tmp_path / "local" / "report.md").read_text()
+
+
+def test_the_roc_figure_scores_the_images_the_run_reported(tmp_path, caplog):
+    """A run trained with --eval-max-samples reported its first N images per center; the figure's check scored
+    them all and warned of a difference that was only the image count."""
+    import torch
+
+    from hybrid.studies.report_figures import roc_on_hardest
+    from hybrid.studies.results import Run
+
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=rng)
+    y = (x[:, 0] + torch.randn(200, generator=rng) > 0).long()
+    y[:40] = (x[:40, 0] > 0).long()  # the first 40 are easy: their AUC is 1, the whole set's is not
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-1.0, 0, 0], [1.0, 0, 0]]))
+        model.bias.zero_()
+    cfg = TrainConfig(eval_max_samples=40)
+    report = {"tta": "none", "positive_class": 1, "domains": {"tgt_a": {"auc": 1.0}}}
+    run = Run("erm", 0, tmp_path, report)
+    with caplog.at_level("WARNING"):
+        result = roc_on_hardest([run], ["tgt_a"], tmp_path / "roc.png", lambda r: (cfg, model, {"tgt_a": (x, y)}))
+    assert result["runs"]["erm"]["recomputed_auc"] == pytest.approx(1.0)
+    assert "differs from the run's" not in caplog.text and (tmp_path / "roc.png").is_file()
+
+
+def test_unfinished_runs_are_named_not_dropped_silently(synthetic, tmp_path, capsys):
+    """A run still training (or killed) has config.json but no report.json: the report used to read as if the
+    variant had never been run."""
+    (synthetic / "failures.jsonl").write_text(json.dumps({"variant": "same", "seed": 9, "error": "disk full"}) + "\n")
+    for name in ("pending/seed0", "same/seed9"):  # one still training, one that failed (listed as failed instead)
+        (synthetic / name).mkdir(parents=True)
+        TrainConfig().save(synthetic / name / "config.json")
+    assert study_report.main([str(synthetic), "--no-models", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert result["unfinished"] == ["pending/seed0"] and "left out, unfinished: pending/seed0" in out
+    assert "1 unfinished run(s), not in the tables: pending/seed0" in (tmp_path / "out" / "report.md").read_text()

@@ -151,3 +151,5 @@ def test_markdown_report(per_domain, roc_data, tmp_path):
     assert f"{summary['auc']['mean']:.3f}" in text
     assert summary["auc"]["worst_domain"] in text.split("## Per-domain")[0]  # in the summary
     assert '"n_qubits": 4' in text
+    # its source validation is under the run's TTA, unlike the epoch log's "val AUC": the line says so
+    assert "Source validation with test-time adaptation bn: AUC" in text

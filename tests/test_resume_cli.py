@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hybrid import train
+from hybrid.config import TrainConfig
 
 TINY = ["--epochs", "1", "--max-train-samples", "96", "--width-mult", "0.1", "--stem-stride", "2", "--input-size", "16",
         "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0", "--threads", "1", "--quiet"]
@@ -37,6 +40,12 @@ def test_resume_with_other_options_is_refused_and_the_run_is_kept(tmp_path, data
     assert "could not be read" in capsys.readouterr().err
     (out / "config.json").write_bytes(before["config.json"])
     assert train.main([*common, "--resume", "--threads", "2"]) == 0  # where it runs may change
+    # the command hybrid.evaluate gives for an unfinished run: the options not given are the run's own
+    assert train.main(["--resume", "--out", str(out), "--data-root", str(data_root), "--quiet"]) == 0
+    saved, resumed = (TrainConfig.from_dict(json.loads(before["config.json"])), TrainConfig.load(out / "config.json"))
+    assert saved.differences(resumed, ignore=("threads", "data_root", "device")) == []
+    assert train.main(["--resume", "--out", str(out), "--quiet", "--lr", "0.5"]) == 2  # a given one must still match
+    assert "lr (0.002 saved, 0.5 given)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag,value", [("--max-samples", "-5"), ("--max-samples", "0"), ("--batch-size", "0"),

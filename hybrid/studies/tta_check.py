@@ -148,7 +148,7 @@ def _run(args) -> int:
     write_json(result, out / "tta_check.json")
     markdown = to_markdown(result)
     write_text(markdown, out / "tta_check.md")
-    print(markdown)
+    print(markdown + f"\nwritten: {out / 'tta_check.md'} (and .json)")
     return 0
 
 
