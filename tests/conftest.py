@@ -19,19 +19,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-# The files that take longest (seconds of one worker: 154, 117, 116, 113, 108, 104, 104, 89 of the suite's 1,634,
-# measured with --junitxml on 2026-12-07). `--dist loadfile` hands whole files to the two workers in collection
-# order; in alphabetical order the last long files left one worker idle for about two minutes at the end (880 s
-# measured, 889 s simulated), longest first they finish together (817 s simulated).
-LONGEST_FIRST = ("test_slurm.py", "test_distributed.py", "test_notebooks.py", "test_benchmarks_smoke.py",
-                 "test_faults.py", "test_fit.py", "test_ibm_runtime.py", "test_bench_backends.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files and tests keep their order
-
-
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     root = Path(os.environ.get("HYBRID_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
