@@ -42,7 +42,14 @@ def test_cli_measures_every_way_of_adapting_on_the_chosen_domains(multicenter_ru
         assert row["none"] == pytest.approx(report["domains_no_tta"][name]["auc"], abs=1e-9)
     assert 0 < result["source_positive_rate"] < 1
     md = (out / "tta_check.md").read_text()
-    assert "| real:c |" in md and "bn_whole_domain" in md and md in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| real:c |" in md and "bn_whole_domain" in md and md in printed
+    assert f"written: {out / 'tta_check.md'}" in printed
+    # a quick look: each domain's first images only, and the table says so
+    assert tta_check.main(argv + ["--max-samples", "16", "--domains", "real:c"]) == 0
+    quick = json.loads((out / "tta_check.json").read_text())
+    assert quick["max_samples"] == 16 and quick["domains"]["real:c"]["n"] == 16
+    assert "(the first 16 images of each)" in (out / "tta_check.md").read_text()
 
 
 @pytest.mark.parametrize("argv,match", [

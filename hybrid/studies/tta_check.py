@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hybrid.cli import run_cli
+from hybrid.cli import positive_int, run_cli
 from hybrid.data import DataError, resolve_data_root
 from hybrid.rundir import write_json, write_text
 from hybrid.tta import MIN_BATCH
@@ -72,14 +72,16 @@ def check_domain(model, x: torch.Tensor, y: torch.Tensor, *, positive_class: int
     return row
 
 
-def run_check(run_dir: Path, domains: list[str] | None, batch_sizes: list[int], root=None, seed: int = 0) -> dict:
-    from hybrid.domains import build_eval_domains, load_bundle
+def run_check(run_dir: Path, domains: list[str] | None, batch_sizes: list[int], root=None, seed: int = 0,
+              max_samples: int | None = None) -> dict:
+    """Every TTA control on each domain; with `max_samples` on each domain's first images only (a quick look)."""
+    from hybrid.domains import build_eval_domains, first_samples, load_bundle
     from hybrid.rundir import load_run
 
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()
     bundle = load_bundle(cfg, root or resolve_data_root(cfg.data_root))  # the class-mix control needs its labels
-    available = build_eval_domains(cfg, bundle, ckpt["in_channels"])
+    available = first_samples(build_eval_domains(cfg, bundle, ckpt["in_channels"]), max_samples)
     chosen = domains or list(available)
     unknown = [d for d in chosen if d not in available]
     if unknown:
@@ -95,15 +97,16 @@ def run_check(run_dir: Path, domains: list[str] | None, batch_sizes: list[int], 
         rows[name] = check_domain(model, x, y, positive_class=bundle.positive_class, batch_sizes=batch_sizes,
                                   source_prevalence=source_prevalence, seed=seed)
     return {"run": str(run_dir), "source_positive_rate": source_prevalence, "batch_sizes": batch_sizes,
-            "seed": seed, "domains": rows}
+            "seed": seed, "max_samples": max_samples, "domains": rows}
 
 
 def to_markdown(result: dict) -> str:
     columns = ["none", *(f"bn_batch{b}" for b in result["batch_sizes"]), "bn_whole_domain", "adabn"]
     if result["source_positive_rate"] is not None:
         columns.append("adabn_prevalence_matched")
+    sample = f" (the first {result['max_samples']} images of each)" if result.get("max_samples") else ""
     lines = [f"# TTA check of {result['run']}", "",
-             "AUC per domain. bn_batchN: per-batch BatchNorm statistics in batches of N; bn_whole_domain: the "
+             f"AUC per domain{sample}. bn_batchN: per-batch BatchNorm statistics in batches of N; bn_whole_domain: the "
              "whole domain as one batch; adabn: whole-domain statistics, prediction per image; "
              "adabn_prevalence_matched: statistics from a subset resampled to the source positive rate"
              + (f" ({result['source_positive_rate']:.3f})." if result["source_positive_rate"] is not None else "."),
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="folder holding the run's data (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--out", help="folder for tta_check.json/.md (default: the run directory)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prevalence-matched subset")
+    parser.add_argument("--max-samples", type=positive_int,
+                        help="score only each domain's first N images (a quick look, as hybrid.evaluate's)")
     parser.add_argument("--threads", type=int, help="torch threads")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args), verbose=False)
@@ -142,7 +147,8 @@ def _run(args) -> int:
     batch_sizes = parse_batch_sizes(args.batch_sizes)
     domains = [d for d in args.domains.split(",") if d] if args.domains else None
     with torch_settings(args.threads):
-        result = run_check(Path(args.run), domains, batch_sizes, resolve_data_root(args.data_root), args.seed)
+        result = run_check(Path(args.run), domains, batch_sizes, resolve_data_root(args.data_root), args.seed,
+                           args.max_samples)
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / "tta_check.json")
