@@ -19,17 +19,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-# test_slurm.py is the longest file (154 of the suite's 1,634 worker-seconds, --junitxml, 2026-12-07) and sorts
-# near the end: `--dist loadfile` hands files to the two workers in collection order, so one worker ran it alone
-# while the other had finished (simulated 889 s). First, it runs beside the short files at the start (simulated
-# 818 s). Moving all eight longest files first was measured slower (920 s): the multi-process ones then overlapped.
-FIRST = "test_slurm.py"
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name != FIRST)  # stable: everything else keeps its order
-
-
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     root = Path(os.environ.get("HYBRID_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
