@@ -138,6 +138,16 @@ def append_result(run_dir: Path, record: dict) -> None:
     append_line(Path(run_dir) / RESULTS, record)
 
 
+def replace_result(run_dir: Path, record: dict) -> None:
+    """Append `record` to results.jsonl, first dropping the lines of its kind: a run killed after
+    logging its training but before report.json resumes and logs it again, and must not appear twice."""
+    path = Path(run_dir) / RESULTS
+    earlier = read_lines(path)
+    if any(r.get("kind") == record["kind"] for r in earlier):  # rare: rewrite only then, keeping every other line
+        write_text("".join(json_text(r) + "\n" for r in earlier if r.get("kind") != record["kind"]), path)
+    append_line(path, record)
+
+
 # What hybrid.train and hybrid.evaluate write into a run directory (what --overwrite clears).
 RUN_OUTPUTS = ("config.json", "centers.json", "metrics.jsonl", "last.pt", "best.pt", "report.json", "report.md",
                RESULTS, "roc_curves.png", "domain_auc.png", "training_curves.png", "centers.png", "qpu_rates.json")

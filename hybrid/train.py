@@ -43,7 +43,7 @@ from hybrid.inference import evaluate_domains, predict_probs, source_threshold
 from hybrid.metrics import domain_metrics, summarize, threshold_from_probs
 from hybrid.model import HybridNet
 from hybrid.reporting import format_table
-from hybrid.rundir import append_result, atomic_save, check_out_dir, clear_run, initialise_from, write_json
+from hybrid.rundir import atomic_save, check_out_dir, clear_run, initialise_from, replace_result, write_json
 from hybrid.runtime import torch_settings
 from hybrid.shifts import make_target_centers
 
@@ -222,10 +222,12 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
 def _write_report(out_dir: Path, report: dict) -> None:
     from hybrid.reporting import write_markdown_report
 
-    write_json(report, out_dir / "report.json")
-    write_markdown_report(report, out_dir / "report.md")
-    append_result(out_dir, {"kind": "train"} | {k: report[k] for k in (
+    # report.json marks the run finished (a study skips it from then on), so it is written last: a kill
+    # before it leaves a run that resumes, and replace_result keeps its training logged once.
+    replace_result(out_dir, {"kind": "train"} | {k: report[k] for k in (
         "run", "config", "threshold", "tta", "domains", "unseen", "summary", "domains_no_tta", "summary_no_tta")})
+    write_markdown_report(report, out_dir / "report.md")
+    write_json(report, out_dir / "report.json")
 
 
 def _figures(out_dir: Path, report: dict, raw: dict, x_train, source_centers, target_centers) -> dict:

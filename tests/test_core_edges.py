@@ -118,6 +118,31 @@ def test_a_line_the_disk_takes_only_part_of_is_an_error(tmp_path, monkeypatch):
         rundir.append_line(tmp_path / "results.jsonl", {"epoch": 1})
 
 
+def test_a_run_is_marked_finished_only_after_its_training_is_logged_and_logged_once(tmp_path, monkeypatch):
+    """A study skips a run once its report.json exists, so a kill just after it must not leave the training
+    unlogged; a run killed before it resumes, reports again and keeps one training line (and every other line)."""
+    from hybrid import rundir
+
+    rundir.append_result(tmp_path, {"kind": "eval", "label": "exact"})
+    report = {k: k for k in ("run", "config", "threshold", "tta", "domains", "unseen", "summary", "domains_no_tta",
+                             "summary_no_tta")}
+    monkeypatch.setattr("hybrid.reporting.write_markdown_report", lambda report, path: path.write_text("md"))
+
+    def killed_at_the_marker(data, path):
+        raise KeyboardInterrupt  # the kill lands where report.json would be written
+
+    monkeypatch.setattr(train, "write_json", killed_at_the_marker)
+    with pytest.raises(KeyboardInterrupt):
+        train._write_report(tmp_path, report)
+    assert not (tmp_path / "report.json").exists()
+    assert [r["kind"] for r in rundir.read_lines(tmp_path / "results.jsonl")] == ["eval", "train"]
+    monkeypatch.setattr(train, "write_json", rundir.write_json)
+    train._write_report(tmp_path, report | {"summary": "resumed"})
+    lines = rundir.read_lines(tmp_path / "results.jsonl")
+    assert [(r["kind"], r.get("summary")) for r in lines] == [("eval", None), ("train", "resumed")]
+    assert json.loads((tmp_path / "report.json").read_text())["summary"] == "resumed"
+
+
 def test_ctrl_c_of_a_run_in_its_default_directory_names_that_directory_to_resume(tmp_path, monkeypatch, capsys):
     def one_epoch_then_ctrl_c(cfg, out, **kwargs):
         out.mkdir(parents=True)

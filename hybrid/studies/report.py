@@ -31,6 +31,7 @@ from hybrid.cli import names_list, positive_int, run_cli, seeds_list
 from hybrid.rundir import file_part, read_lines, write_json, write_text
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
+from hybrid.studies.runs import seed_of
 from hybrid.studies.results import (BASELINE, SETTINGS, STATS, asked_for, by_seed, compare, domain_groups,
                                     load_study_runs, source_validation_selection, variant_table, variants_of)
 
@@ -199,10 +200,9 @@ def _unfinished(runs_dirs: list[Path], runs: list, failures: list[dict], parts: 
     names = []
     for runs_dir in runs_dirs:
         for config in sorted(runs_dir.glob("*/seed*/config.json")):
-            match = re.fullmatch(r"seed(\d+)", config.parent.name)
-            variant = config.parent.parent.name
-            if match and (variant, int(match.group(1))) not in done and asked_for(
-                    variant, int(match.group(1)), kept.get("variants"), kept.get("seeds")):
+            seed, variant = seed_of(config.parent.name), config.parent.parent.name
+            if seed is not None and (variant, seed) not in done and asked_for(
+                    variant, seed, kept.get("variants"), kept.get("seeds")):
                 names.append(f"{variant}/{config.parent.name}")
     return names
 

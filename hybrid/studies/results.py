@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.metrics import summarize_domains
+from hybrid.studies.runs import seed_of
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def load_runs(runs_dir: Path, evaluation: str | None = None) -> tuple[dict, list
     study = json.loads(study_path.read_text()) if study_path.is_file() else {}
     runs, missing = [], []
     for path in sorted(runs_dir.glob("*/seed*/report.json")):
-        match = re.fullmatch(r"seed(\d+)", path.parent.name)
-        if not match:
+        seed = seed_of(path.parent.name)
+        if seed is None:
             continue
         try:
             report = json.loads(path.read_text())
@@ -77,7 +77,7 @@ def load_runs(runs_dir: Path, evaluation: str | None = None) -> tuple[dict, list
             no_tta = report.get("domains_no_tta") or (report.get("domains") if report.get("tta") == "none" else None)
             report = report | {"domains": ev["domains"], "tta": ev["tta"], "evaluation": evaluation,
                                "domains_no_tta": no_tta}
-        runs.append(Run(path.parent.parent.name, int(match.group(1)), path.parent, report))
+        runs.append(Run(path.parent.parent.name, seed, path.parent, report))
     if missing:
         raise FileNotFoundError(f"{len(missing)} runs have no eval_{evaluation}.json (first: {missing[0]}); "
                                 f"make them with `python -m hybrid.evaluate --run RUN --tta METHOD --name {evaluation}`")

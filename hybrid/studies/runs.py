@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import time
@@ -48,6 +49,12 @@ class RunJob:
 
 def run_dir(out: Path, variant: str, seed: int) -> Path:
     return Path(out) / variant / f"seed{seed}"
+
+
+def seed_of(folder: str) -> int | None:
+    """The seed of a run folder named as run_dir names it (seed3 -> 3); None for any other name."""
+    match = re.fullmatch(r"seed(\d+)", folder)
+    return int(match.group(1)) if match else None
 
 
 def is_finished(path: Path) -> bool:

@@ -16,11 +16,12 @@ the second avoids. One draw of 1,024 shots moves the AUC by several thousandths
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from hybrid.studies.runs import seed_of
 
 EXACT = "exact"
 DEFAULT_SHOTS = "32,128,512,1024,2048,exact"
@@ -58,7 +59,7 @@ def run_labels(runs: list[Path]) -> list[str]:
     """Names that tell the runs apart in the table and the figure: a study run (variant/seedN) by its variant,
     another run by its folder's name, and by more of its path where two would read the same."""
     paths = [Path(run).resolve() for run in runs]
-    own = [p.parent.name if re.fullmatch(r"seed\d+", p.name) else p.name for p in paths]
+    own = [p.parent.name if seed_of(p.name) is not None else p.name for p in paths]
     if len(set(own)) == len(own):
         return own
     for depth in range(2, max(len(p.parts) for p in paths) + 1):
