@@ -46,6 +46,11 @@ def fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 center`, `3 centers`: a count with its noun, for captions."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _auc_cell(m: Mapping) -> str:
     low, high = _num(m.get("auc_ci_low")), _num(m.get("auc_ci_high"))
     ci = f" [{fmt(low)}, {fmt(high)}]" if math.isfinite(low) and math.isfinite(high) else ""

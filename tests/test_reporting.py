@@ -153,3 +153,14 @@ def test_markdown_report(per_domain, roc_data, tmp_path):
     assert '"n_qubits": 4' in text
     # its source validation is under the run's TTA, unlike the epoch log's "val AUC": the line says so
     assert "Source validation with test-time adaptation bn: AUC" in text
+
+
+def test_captions_count_one_center_and_one_seed_in_the_singular():
+    from hybrid.reporting import counted
+    from hybrid.studies.sweep_pool import format_losses
+
+    assert (counted(1, "center"), counted(0, "center"), counted(3, "seed")) == ("1 center", "0 centers", "3 seeds")
+    pooled = {"sweeps": 1, "samples_per_domain": 64, "domains": ["tgt_blur"], "first": ["runs/a/seed0"],
+              "exact_auc_first": [0.9], "rows": {"aer @ 1024": {"mean_lost_first": 0.01, "lost_first": [0.01]}}}
+    text = format_losses(pooled)
+    assert "over 1 seed\n" in text and "x 1 center." in text and "1 centers" not in text

@@ -31,6 +31,7 @@ import torch
 from hybrid.cli import command_line, positive_int, run_cli
 from hybrid.inference import gradient_free_tta, refuse_gradient_tta
 from hybrid.qpu_budget import check_budget, plan_forward, quantum_layer_through
+from hybrid.reporting import counted
 from hybrid.rundir import append_result, write_json, write_text
 from hybrid.studies import shot_sweep
 
@@ -283,7 +284,7 @@ def format_markdown(result: dict) -> str:
                      f"{r['jobs']} | {r['circuits']} | {r['shots']} | {_fmt(r['qpu_seconds'], '.1f')} "
                      f"({_fmt(r.get('estimated_qpu_seconds'), '.1f')}) |")
     notes = "\n".join(f"- `{r['backend']}`: {r.get('description', '')}" for r in result["rows"] if "error" not in r)
-    return (f"{result['samples_per_domain']} samples per unseen center × {len(result['domains'])} centers "
+    return (f"{result['samples_per_domain']} samples per unseen center × {counted(len(result['domains']), 'center')} "
             f"({', '.join(result['domains'])}); TTA {result['tta']}; batch {result['batch_size']} "
             f"(one job per batch); seed {result['seed']}; run `{result['run']}`. AUC and sensitivity: mean "
             "over the centers; layer MAE: mean |<Z>| error of the quantum layer's outputs against the exact "
@@ -295,7 +296,7 @@ def format_markdown(result: dict) -> str:
 def format_plan(result: dict) -> str:
     """The dry run's table: what each backend would be sent, and the QPU seconds it would cost."""
     lines = [f"dry run, nothing submitted: {result['samples_per_domain']} samples per unseen center × "
-             f"{len(result['domains'])} centers, batch {result['batch_size']} (one job, one PUB per batch)\n",
+             f"{counted(len(result['domains']), 'center')}, batch {result['batch_size']} (one job, one PUB per batch)\n",
              "| backend | jobs | PUBs | circuits | shots | ISA depth | two-qubit gates | estimated QPU s |",
              "|---|---|---|---|---|---|---|---|"]
     for plan in result["plans"]:

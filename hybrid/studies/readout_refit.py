@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrid.cli import run_cli
+from hybrid.reporting import counted
 from hybrid.rundir import write_study_outputs
 from hybrid.studies.refit_runs import refuse_collisions, save_refit_run, saved_run_dir
 
@@ -333,7 +334,7 @@ def pooled_lines(runs: list[dict], shots: int, draws: int, is_candidate: Callabl
     """`summarize` as a plain-text table, one line per head, and the candidate with the highest device AUC."""
     summary = summarize(runs)
     width = max(map(len, summary)) + 2
-    lines = [f"exact and device AUC ({device}, {shots} shots, {draws} draws), means over {len(runs)} runs and their "
+    lines = [f"exact and device AUC ({device}, {shots} shots, {draws} draws), means over {counted(len(runs), 'run')} and their "
              "design-validation centers; recovered on the device: the head's device AUC minus the trained head's, over "
              "the trained head's device loss"]
     for name, row in summary.items():
@@ -349,7 +350,7 @@ def to_markdown(result: dict) -> str:
     lines = [f"# Noise-aware refit of {what}, on the design-validation centers", "",
              f"`{result['command']}`", "",
              f"Device {result['device']} at {result['shots']} shots, {result['draws']} draws, up to {result['samples']} "
-             f"images per center, adabn; {len(result['runs'])} runs. Means over runs and centers. Recovered on the "
+             f"images per center, adabn; {counted(len(result['runs']), 'run')}. Means over runs and centers. Recovered on the "
              "device: the head's device AUC minus the trained head's, over the trained head's device loss.",
              "", "| head | exact AUC | device AUC | device loss | recovered on the device | per run gained |",
              "|---|---|---|---|---|---|"]

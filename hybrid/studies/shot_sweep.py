@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from hybrid.reporting import counted
 from hybrid.studies.runs import seed_of
 
 EXACT = "exact"
@@ -145,7 +146,7 @@ def format_markdown(result: dict) -> str:
     draws = result.get("draws", 1)
     spread = (f"each shot count the mean ± standard deviation over {draws} shot draws (simulator seeds 0-{draws - 1})"
               if draws > 1 else "[95% bootstrap interval]")
-    lines = [f"{first['samples_per_domain']} images per unseen center × {len(first['domains'])} centers, TTA "
+    lines = [f"{first['samples_per_domain']} images per unseen center × {counted(len(first['domains']), 'center')}, TTA "
              f"{first['tta']}, seed {first['seed']}; mean AUC over the centers, {spread}.", ""]
     for run in result["runs"]:
         lines += [f"### {run['label']} (`{run['run']}`)", "", "| backend | " + " | ".join(

@@ -30,6 +30,7 @@ import numpy as np
 
 from hybrid.cli import run_cli
 from hybrid.data import DataError
+from hybrid.reporting import counted
 from hybrid.rundir import write_json, write_text
 
 
@@ -102,8 +103,8 @@ def pool(sweeps: list[dict]) -> dict:
 
 
 def format_losses(pooled: dict) -> str:
-    lines = [f"# AUC lost on each backend, over {pooled['sweeps']} seeds", "",
-             f"{pooled['samples_per_domain']} images per unseen center x {len(pooled['domains'])} centers. Loss = the "
+    lines = [f"# AUC lost on each backend, over {counted(pooled['sweeps'], 'seed')}", "",
+             f"{pooled['samples_per_domain']} images per unseen center x {counted(len(pooled['domains']), 'center')}. Loss = the "
              "run's own exact AUC minus its AUC on the backend (with several draws, their mean).", "",
              "- runs: " + ", ".join(f"`{r}`" for r in pooled["first"]),
              f"- exact AUC: {np.mean(pooled['exact_auc_first']):.4f} (mean over seeds)", "",
@@ -118,8 +119,8 @@ def format_markdown(pooled: dict) -> str:
         return format_losses(pooled)
     share = lambda v: "–" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     values = lambda xs: ", ".join(f"{x:+.4f}" for x in xs)  # noqa: E731
-    lines = [f"# Noise-aware recovery over {pooled['sweeps']} seeds", "",
-             f"{pooled['samples_per_domain']} images per unseen center x {len(pooled['domains'])} centers. Loss = a "
+    lines = [f"# Noise-aware recovery over {counted(pooled['sweeps'], 'seed')}", "",
+             f"{pooled['samples_per_domain']} images per unseen center x {counted(len(pooled['domains']), 'center')}. Loss = a "
              "run's own exact AUC minus its AUC on the backend; recovered = 1 - mean loss of the noise-aware run / "
              "mean loss of the exact-trained run (own exact); recovered on the device = mean (AUC of the noise-aware "
              "run - AUC of the exact-trained run, both on the backend) / mean loss of the exact-trained run.", "",
