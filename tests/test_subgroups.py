@@ -43,6 +43,17 @@ def test_a_group_field_that_does_not_refine_the_target_is_refused():
 
 
 @pytest.mark.slow
+def test_without_tta_the_threshold_is_the_one_training_chose_for_its_no_tta_results(multicenter_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(multicenter_run, tmp_path / "run")
+    assert subgroups.main(["--run", str(run), "--tta", "none", "--threads", "1"]) == 0
+    result = json.loads((run / "subgroups_c.json").read_text())
+    no_tta = json.loads((run / "report.json").read_text())["domains_no_tta"]["real:c"]
+    for key in ("auc", "sensitivity", "specificity"):
+        assert result[key] == pytest.approx(no_tta[key], abs=1e-9)
+
+
 def test_cli_writes_reports_consistent_with_the_run_evaluation(multicenter_run, capsys):
     assert subgroups.main(["--run", str(multicenter_run), "--threads", "1"]) == 0
     assert "c: AUC" in capsys.readouterr().out
@@ -50,6 +61,10 @@ def test_cli_writes_reports_consistent_with_the_run_evaluation(multicenter_run, 
     report = json.loads((multicenter_run / "report.json").read_text())
     # the same images, the same TTA batches: the overall AUC is the evaluation's
     assert result["auc"] == pytest.approx(report["domains"]["real:c"]["auc"], abs=1e-9)
+    # and the run's threshold (chosen on shifted source validation), so the same sensitivity and specificity
+    assert report["config"]["shift"] and result["threshold"] == report["threshold"]
+    for key in ("sensitivity", "specificity"):
+        assert result[key] == pytest.approx(report["domains"]["real:c"][key], abs=1e-9)
     assert {g["group"] for g in result["groups"]} == set(DX)
     assert sum(g["n"] for g in result["groups"]) == result["n"] == 80
     assert {(p["positive"], p["negative"]) for p in result["pairs"]} == {

@@ -168,8 +168,9 @@ def run_subgroups(run_dir: Path, group_field: str, centers=None, tta: str | None
 
 def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, root) -> dict[str, dict]:
     from hybrid.domains import load_bundle, split_to_tensors
-    from hybrid.inference import predict_probs, source_threshold
+    from hybrid.inference import predict_probs
     from hybrid.rundir import file_part, load_run, write_json, write_text
+    from hybrid.train import source_validation_threshold
 
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()
@@ -199,9 +200,10 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
         names_key = group_field.removesuffix("s") + "_names"
         names = [str(x) for x in npz[names_key]] if names_key in npz.files else None
     channels = ckpt["in_channels"]
-    x_val, y_val = split_to_tensors(bundle.val, cfg.input_size, channels)
-    threshold = source_threshold(model, x_val, y_val, tta=tta, positive_class=bundle.positive_class,
-                                 batch_size=cfg.eval_batch_size)
+    if ckpt.get("threshold") is not None and tta == cfg.tta:
+        threshold = ckpt["threshold"]  # the run's own, as its report and hybrid.evaluate use
+    else:  # chosen again as training chose it: on source validation under the run's shifts, not the plain split
+        threshold = source_validation_threshold(model, cfg, root, tta, bundle.positive_class)
     results = {}
     for center in chosen:
         split = bundle.test_domains[center]
