@@ -26,6 +26,8 @@ HELP = {
     "classes": "train and evaluate on these classes only (names, any case, or ids; comma-separated), relabelled "
                "0..k-1 in the order given; with two, the first is the positive class (e.g. mel,nv)",
     "pretrained": "start from ImageNet weights (torchvision, or --weights-path)",
+    "weights_path": "with --pretrained: a local file holding torchvision's mobilenet_v2 ImageNet state_dict (no "
+                    "download; e.g. torch.save(mobilenet_v2(weights='IMAGENET1K_V1').state_dict(), path))",
     "algorithm": "domain-generalization training algorithm",
     "algorithm_hparams": "NAME=VALUE,... for the algorithm's own hyperparameters (an unknown NAME is answered with the list)",
     "tta": "test-time adaptation at evaluation",

@@ -100,7 +100,7 @@ class TrainConfig:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
         problems += [problem for problem in (check_attenuation(self.q_attenuation), check_noise_channel(self),
                                              check_head_gradient(self), check_distill(self),
-                                             check_marginal_noise(self)) if problem]
+                                             check_marginal_noise(self), check_weights_path(self)) if problem]
         problems += [problem for problem in (check_choice(self, name) for name in CHOICES) if problem]
         if problems:
             raise ValueError("; ".join(problems))
@@ -298,6 +298,14 @@ def check_head_gradient(cfg: "TrainConfig") -> str | None:
     return ("--head-grad-scale 0 trains the head on detached embeddings, so the encoder would learn no class at all; "
             "give it a class loss with --aux-weight (e.g. 1), or refit the head of a trained network with "
             "--init-from RUN --algorithm erm (the encoder then stays as it was)")
+
+
+def check_weights_path(cfg: "TrainConfig") -> str | None:
+    """A weights file is only read with --pretrained: without it the run would silently train from scratch."""
+    if cfg.weights_path is None or cfg.pretrained:
+        return None
+    return (f"--weights-path {cfg.weights_path} is read only with --pretrained; add --pretrained to start from it, "
+            "or drop --weights-path to train from scratch")
 
 
 def check_distill(cfg: "TrainConfig") -> str | None:

@@ -46,6 +46,22 @@ def _load_pretrained(weights_path: str | None) -> dict:
         ) from exc
 
 
+def _load_into(net: nn.Module, state, weights_path: str | None) -> None:
+    """Load ImageNet weights, or say in one sentence that the file holds another model's (torch lists every key)."""
+    expected = net.state_dict()
+    if not isinstance(state, dict):
+        raise ValueError(f"--weights-path {weights_path}: holds a {type(state).__name__}, not a state_dict; save "
+                         "torchvision's mobilenet_v2 with torch.save(model.state_dict(), path)")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"--weights-path {weights_path}: not a torchvision mobilenet_v2 (width 1.0) state_dict: "
+                         f"{len(missing)} of its {len(expected)} tensors missing (first: {missing[:1]}), "
+                         f"{len(unexpected)} unexpected (first: {unexpected[:1]}), {len(wrong)} of another shape "
+                         f"(first: {wrong[:1]})")
+    net.load_state_dict(state)
+
+
 def build_encoder(in_channels: int, width_mult: float = 1.0, stem_stride: int = 2,
                   pretrained: bool = False, weights_path: str | None = None) -> tuple[nn.Module, int]:
     """torchvision MobileNetV2 features + global pooling; returns (module, feature width)."""
@@ -57,7 +73,7 @@ def build_encoder(in_channels: int, width_mult: float = 1.0, stem_stride: int = 
         raise ValueError("ImageNet weights exist only for width_mult=1.0")
     net = mobilenet_v2(weights=None, width_mult=width_mult)
     if pretrained:
-        net.load_state_dict(_load_pretrained(weights_path))
+        _load_into(net, _load_pretrained(weights_path), weights_path)
     stem = net.features[0][0]
     if in_channels != 3 or stem_stride != stem.stride[0]:
         new = nn.Conv2d(in_channels, stem.out_channels, 3, stride=stem_stride, padding=1, bias=False)

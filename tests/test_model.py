@@ -13,6 +13,28 @@ from hybrid.model import HybridNet, build_encoder
 SMALL = ModelConfig(width_mult=0.35, stem_stride=2, embed_dim=16)
 
 
+def test_another_models_weights_or_a_weights_file_without_pretrained_are_one_sentence(tmp_path, capsys, data_root):
+    from torchvision.models import mobilenet_v2, resnet18
+
+    from hybrid import train
+    from hybrid.config import TrainConfig
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet18().state_dict(), path)
+    with pytest.raises(ValueError, match="not a torchvision mobilenet_v2") as refused:
+        build_encoder(3, pretrained=True, weights_path=str(path))
+    assert len(str(refused.value)) < 400  # torch's own message lists every key (about 12 KB)
+    narrow = tmp_path / "narrow.pth"
+    torch.save(mobilenet_v2(width_mult=0.5).state_dict(), narrow)
+    with pytest.raises(ValueError, match=r"of another shape"):
+        build_encoder(3, pretrained=True, weights_path=str(narrow))
+    with pytest.raises(ValueError, match="read only with --pretrained"):
+        TrainConfig(weights_path=str(path))  # it would otherwise train from scratch without a word
+    assert train.main(["--weights-path", str(path), "--data-root", str(data_root), "--out", str(tmp_path / "run"),
+                       "--quiet"]) == 2
+    assert "add --pretrained" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("quantum", [True, False])
 def test_hybrid_net_shapes_and_gradients_reach_encoder(channels, quantum):
