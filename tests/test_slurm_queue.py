@@ -111,3 +111,21 @@ def test_loso_with_no_wait_leaves_the_selection_for_the_rerun(tmp_path, monkeypa
     out = capsys.readouterr().out
     assert trained == ["ham10000_loso", "ham10000"] and "rerun this command to write the selection" in out
     assert not (tmp_path / "selection.json").exists()
+
+
+def test_a_submission_sbatch_refuses_is_one_sentence_and_leaves_no_pickled_calls(squeue, tmp_path, capsys, data_root):
+    sbatch = tmp_path / "bin" / "sbatch"  # on the fixture's PATH: a login node whose controller is unreachable
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+    sbatch.chmod(0o755)
+    out = tmp_path / "study"
+    argv = ["--preset", "quick", "--variants", "erm", "--seeds", "1", "--launcher", "slurm", "--time", "10",
+            "--data-root", str(data_root), "--out", str(out), "--quiet"]
+    assert experiment.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") <= 1  # at most sbatch's own line above ours
+    last = err.splitlines()[-1]
+    assert last.startswith("error: sbatch refused the job array, nothing was submitted:")
+    assert "Could not establish a configuration source" in last
+    assert not [p for p in (out / "slurm").rglob("*") if p.is_file()]
+    assert experiment.main(argv) == 2  # a retry adds nothing either
+    assert not [p for p in (out / "slurm").rglob("*") if p.is_file()]

@@ -39,7 +39,7 @@ from hybrid.cli import command_line, positive_int, run_cli
 from hybrid.algorithms import algorithm_class
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, field_type, upgrade_fields
 from hybrid.rundir import write_json
-from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmLauncher
+from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmError, SlurmLauncher
 from hybrid.studies.loso import FOLDS, loso_study, select, write_selection
 from hybrid.studies.presets import PRESETS
 from hybrid.studies.runs import RunJob, is_finished, record_failure, run_dir, study_status
@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list presets and their variants")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    return run_cli(lambda: _run(args, command_line("python -m hybrid.experiment", argv)), verbose=False)
+    return run_cli(lambda: _run(args, command_line("python -m hybrid.experiment", argv)), verbose=False,
+                   extra_errors=(SlurmError,))
 
 
 def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,6 +40,10 @@ def launcher_class(name: str) -> type["Launcher"]:
     return lookup(LAUNCHERS, name, "launcher")
 
 
+class SlurmError(RuntimeError):
+    """Slurm could not be asked or refused a submission: one sentence for the user, not a traceback."""
+
+
 class Launcher:
     name = "base"
 
@@ -165,17 +169,27 @@ class SlurmLauncher(Launcher):
         queue = slurm_queue([records[j.name]["job_id"] for j in jobs if j.name in records])
         if queue is None:
             submitted = [j.name for j in jobs if j.name in records]
-            raise RuntimeError(f"squeue did not answer, so whether {len(submitted)} run(s) submitted before "
+            raise SlurmError(f"squeue did not answer, so whether {len(submitted)} run(s) submitted before "
                                f"(first: {submitted[0]}) are still queued is unknown; not submitting them again (two "
                                "tasks would train one run directory). Rerun when squeue answers, or scancel them")
         return {j.name: (records[j.name]["job_id"], queue[records[j.name]["job_id"]]) for j in jobs
                 if j.name in records and records[j.name]["job_id"] in queue}
 
     def submit(self, jobs: list[RunJob]) -> list[tuple[RunJob, str]]:
+        from submitit.core.utils import FailedJobError
+
         executor = self.executor()
         task = SlurmTask()
-        with executor.batch():
-            handles = [executor.submit(task, job, str(self.out)) for job in jobs]
+        folder = Path(self.out) / "slurm"
+        before = set(folder.rglob("*")) if folder.is_dir() else set()
+        try:
+            with executor.batch():
+                handles = [executor.submit(task, job, str(self.out)) for job in jobs]
+        except FailedJobError as exc:  # sbatch refused: no controller, a bad partition, a limit; nothing was queued
+            for leftover in sorted(set(folder.rglob("*")) - before, reverse=True):  # the pickled calls it left
+                leftover.unlink() if leftover.is_file() else leftover.rmdir()
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise SlurmError(f"sbatch refused the job array, nothing was submitted: {reason}") from None
         pairs = []
         for job, handle in zip(jobs, handles):
             append_line(Path(self.out) / SLURM_JOBS, {
