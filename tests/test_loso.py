@@ -94,6 +94,10 @@ def test_a_fold_without_an_auc_leaves_its_variant_out_instead_of_stopping_the_ch
             (path / "report.json").write_text(json.dumps({"domains": {f"real:{source}": {"auc": auc}}}))
     selection = select(study, tmp_path)
     assert selection["selected"] == "dann" and not selection["scores"]["erm"]["complete"]
+    assert selection["gaps"] == ["erm@a/seed0 scored no AUC on its held-out source (one class among the images "
+                                 "scored; more images, e.g. a larger eval_max_samples, give it both)"]
+    (run_dir(tmp_path, "dann@b", 0) / "report.json").unlink()  # the selection line then says which run is missing
+    assert select(study, tmp_path)["gaps"][1] == "dann@b/seed0 has not finished"
 
 
 def test_the_tie_rule_ignores_scores_that_are_not_numbers():

@@ -362,8 +362,9 @@ def _run(args, command: str) -> int:
             continue
         selection = select(study, where)
         write_selection(selection, out)
-        print(f"leave-one-source-out selection: {selection['selected'] or 'none (fold runs missing)'} "
-              f"(scores in {out / 'selection.md'})")
+        gaps = selection["gaps"]
+        why = f"none: {gaps[0]}" + (f" (and {len(gaps) - 1} more)" if len(gaps) > 1 else "")
+        print(f"leave-one-source-out selection: {selection['selected'] or why} (scores in {out / 'selection.md'})")
     summary = run_study(study, out, workers=args.workers, threads=args.threads, progress=not args.quiet,
                         command=command, launcher=launcher)
     if args.launcher == "slurm" and args.no_wait:

@@ -58,6 +58,7 @@ def select(study, out: Path) -> dict:
     """Scores of the finished fold runs under `out` and the variant the rule selects."""
     sources = sources_of(study)
     scores: dict[str, dict] = {}
+    gaps = []  # why a variant is incomplete, for the line that says no variant was selected
     for variant in study.variants:
         per_fold = {}
         for source in sources:
@@ -67,6 +68,10 @@ def select(study, out: Path) -> dict:
                 auc = json.loads(report.read_text())["domains"][f"real:{source}"]["auc"] if report.is_file() else None
                 if auc is not None and math.isfinite(auc):  # a nan fold (one class there) leaves it incomplete
                     aucs.append(auc)
+                else:
+                    gaps.append(f"{fold_name(variant, source)}/seed{seed} " + (
+                        "scored no AUC on its held-out source (one class among the images scored; more images, "
+                        "e.g. a larger eval_max_samples, give it both)" if report.is_file() else "has not finished"))
             per_fold[source] = aucs
         values = [a for aucs in per_fold.values() for a in aucs if a is not None]
         complete = all(len(a) == len(study.seeds) for a in per_fold.values())
@@ -76,7 +81,7 @@ def select(study, out: Path) -> dict:
                                   if scores[v]["mean"] is not None and scores[v]["complete"]})
     return {"rule": f"highest mean leave-one-source-out AUC over sources and seeds; within {SELECTION_TIE} of the best, "
                     "the earlier-listed variant", "sources": sources, "seeds": list(study.seeds),
-            "scores": scores, "selected": chosen}
+            "scores": scores, "selected": chosen, "gaps": gaps}
 
 
 def write_selection(selection: dict, out: Path) -> None:
