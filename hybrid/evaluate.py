@@ -24,6 +24,8 @@ and submits nothing; `--max-qpu-seconds` refuses a plan whose estimate is over b
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import time
 from dataclasses import replace
@@ -31,11 +33,12 @@ from pathlib import Path
 
 from hybrid.config import TrainConfig
 from hybrid.data import resolve_data_root
-from hybrid.domains import Domains, build_eval_domains, domains_from_data, first_samples, is_unseen, load_bundle
+from hybrid.domains import (Domains, build_eval_domains, check_labels, domains_from_data, first_samples, is_unseen,
+                            load_bundle)
 from hybrid.inference import check_tta_on_backend, evaluate_domains
 from hybrid.metrics import summarize
 from hybrid.reporting import format_table
-from hybrid.rundir import append_result, file_part, load_run, write_json, write_text
+from hybrid.rundir import append_result, file_part, json_text, load_run, write_json, write_text
 from hybrid.shifts import CENTER_SETS
 from hybrid.tta import TTA_METHODS
 
@@ -61,6 +64,8 @@ def select_domains(args, cfg: TrainConfig, ckpt: dict, root) -> tuple[Domains, s
                          "center names are for a multi-center --data file")
     dataset = args.dataset or cfg.dataset
     bundle = load_bundle(replace(cfg, dataset=dataset), root)
+    if args.dataset:  # another dataset's classes must be the run's, before any image is scored
+        check_labels(bundle.test.labels, ckpt["n_classes"], f"--dataset {dataset}")
     domains = build_eval_domains(cfg, bundle, ckpt["in_channels"], center_set)
     return domains, Path(dataset).stem + ("" if center_set == "target" else f"_{center_set}")
 
@@ -135,12 +140,38 @@ def record_qpu_usage(execution: dict, run_dir: Path, backend) -> None:
                                                  execution["estimated_qpu_seconds"])
 
 
+def scored_inputs(args) -> dict:
+    """What an evaluation scored, comparable between commands: a file or folder by its absolute path."""
+    if args.data:
+        return {"data": str(Path(args.data).resolve()) if Path(args.data).exists() else args.data,
+                "centers": args.centers}
+    return {"dataset": args.dataset, "centers": args.centers}
+
+
+def unclaimed_name(run_dir: Path, name: str, inputs: dict) -> str:
+    """`name`, or `name` and a digest of `inputs` when eval_<name>.json holds the results of other data or
+    centers (the same folder name elsewhere, --data X after --dataset X, other --centers): never overwrite them."""
+    try:
+        earlier = json.loads((run_dir / f"eval_{name}.json").read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        return name
+    if earlier is None or earlier == inputs:  # the same evaluation again (or one written before inputs were kept)
+        return name
+    unique = f"{name}_{hashlib.sha1(json_text(inputs).encode()).hexdigest()[:6]}"
+    log.warning("eval_%s.json holds the evaluation of other data or centers (%s); this one is eval_%s",
+                name, ", ".join(f"{k} {v}" for k, v in earlier.items() if v), unique)
+    return unique
+
+
 def evaluate_run(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backend) -> dict:
     """Score the run on the chosen domains and write eval_<name>.json/.md and a results.jsonl line."""
     from backends import JobError
 
     started = time.perf_counter()
     domains, name, tta, batch_size = evaluation_inputs(args, cfg, ckpt, backend)
+    inputs = scored_inputs(args)
+    if not args.name:
+        name = unclaimed_name(run_dir, name, inputs)
     ckpt = ckpt | {"threshold": evaluation_threshold(args, run_dir, cfg, ckpt, model, backend, tta)}
     partial = open_partial(args, run_dir, name, cfg, ckpt, backend, tta, batch_size, domains)
     try:
@@ -157,7 +188,7 @@ def evaluate_run(args, run_dir: Path, cfg: TrainConfig, model, ckpt: dict, backe
         "backend": backend.name, "backend_description": backend.description, "backend_options": backend.options,
         "tta": tta, "max_samples": args.max_samples, "threshold": ckpt["threshold"], "positive_class": ckpt["positive_class"],
         "domains": per_domain, "unseen": unseen, "summary": summarize(per_domain, unseen),
-        "quantum_execution": execution_summary(partial, domains, batch_size),
+        "inputs": inputs, "quantum_execution": execution_summary(partial, domains, batch_size),
         "seconds": time.perf_counter() - started, "config": cfg.to_dict(),
     }
     record_qpu_usage(result["quantum_execution"], run_dir, backend)
@@ -204,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --dataset or the run's own data: the virtual center set "
                              f"({' or '.join(CENTER_SETS)}; default target: the reported unseen centers; validation: "
                              "for comparing method variants); with a multi-center --data file: the centers to "
-                             "score (comma-separated names or ids; default: every center in it)")
+                             "score (comma-separated names or ids; default: every center in it, except the run's own file, "
+                             "where it is the run's held-out centers)")
     parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="default: the run's backend")
     parser.add_argument("--max-samples", type=positive_int, help="evaluate at most this many samples per domain")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,28 @@ def test_an_unreadable_npz_is_one_sentence(tmp_path, capsys, content):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.npz" in err and err.count("\n") == 1 and "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == before  # nothing written
+
+
+def test_evaluations_of_other_data_or_centers_never_overwrite_each_other(multicenter_run, tmp_path, caplog):
+    import shutil
+
+    from hybrid.config import TrainConfig
+
+    run = shutil.copytree(multicenter_run, tmp_path / "run")
+    own = TrainConfig.load(run / "config.json").dataset
+    stem = f"eval_{Path(own).stem}"
+    assert evaluate.main(["--run", str(run), "--data", own, "--centers", "a"]) == 0
+    first = json.loads((run / f"{stem}.json").read_text())
+    assert first["inputs"] == {"data": str(Path(own).resolve()), "centers": "a"} and list(first["domains"]) == ["train:a"]
+    assert evaluate.main(["--run", str(run), "--data", own, "--centers", "c"]) == 0  # it said the same file before
+    assert json.loads((run / f"{stem}.json").read_text()) == first
+    (other,) = [p for p in run.glob(f"{stem}_*.json")]
+    assert list(json.loads(other.read_text())["domains"]) == ["real:c"] and "holds the evaluation of other" in caplog.text
+    assert evaluate.main(["--run", str(run), "--data", own, "--centers", "c"]) == 0  # the same again: the same file
+    assert sorted(p.name for p in run.glob(f"{stem}*.json")) == sorted([f"{stem}.json", other.name])
+
+
+def test_another_dataset_with_more_classes_is_refused_before_scoring(tiny_run, capsys):
+    assert evaluate.main(["--run", str(tiny_run), "--dataset", "retinamnist", "--max-samples", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--dataset retinamnist has labels [0, 1, 2, 3, 4] but the model was trained on 2 classes" in err

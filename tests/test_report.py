@@ -264,7 +264,7 @@ def test_an_evaluation_missing_from_a_run_or_without_tta_is_refused(synthetic, c
     (synthetic / "erm" / "seed1" / "eval_alt.json").unlink()
     assert study_report.main([str(synthetic), "--no-models", "--evaluation", "alt"]) == 2
     err = capsys.readouterr().err
-    assert "1 runs have no eval_alt.json" in err and "--name alt" in err and err.count("\n") == 1
+    assert "1 run has no eval_alt.json" in err and "--name alt" in err and err.count("\n") == 1
     write_evaluation(synthetic, "plain", "none", 0.0)
     assert study_report.main([str(synthetic), "--no-models", "--evaluation", "plain"]) == 2
     assert "without TTA" in capsys.readouterr().err

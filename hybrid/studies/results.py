@@ -16,6 +16,7 @@ import numpy as np
 
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.metrics import summarize_domains
+from hybrid.reporting import counted
 from hybrid.studies.runs import seed_of
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def load_runs(runs_dir: Path, evaluation: str | None = None) -> tuple[dict, list
                                "domains_no_tta": no_tta}
         runs.append(Run(path.parent.parent.name, seed, path.parent, report))
     if missing:
-        raise FileNotFoundError(f"{len(missing)} runs have no eval_{evaluation}.json (first: {missing[0]}); "
+        raise FileNotFoundError(f"{counted(len(missing), 'run')} ha{'s' if len(missing) == 1 else 've'} no eval_{evaluation}.json (first: {missing[0]}); "
                                 f"make them with `python -m hybrid.evaluate --run RUN --tta METHOD --name {evaluation}`")
     return study, _in_study_order(study, runs)
 
