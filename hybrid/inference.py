@@ -68,7 +68,9 @@ def evaluate_domains(model, domains: dict[str, tuple[torch.Tensor, torch.Tensor]
         probs = predict_probs(model, x, tta, batch_size, progress, desc=name, partial=partial, counters=counters)
         labels = y.numpy()
         if len(np.unique(labels)) < 2:
-            log.warning("%s holds images of one class only: its AUC is undefined (null in the report)", name)
+            log.warning("%s holds images of one class only: its AUC and the other class's rate are undefined (n/a; "
+                        "the mean rows say how many centers they cover), and its balanced accuracy is the one rate "
+                        "defined (as scikit-learn's)", name)
         per_domain[name] = domain_metrics(labels, probs, threshold=threshold, positive_class=positive_class,
                                           n_bootstrap=n_bootstrap, seed=seed)
         if tta != "none":

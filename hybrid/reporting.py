@@ -92,6 +92,8 @@ def format_table(
             cell = fmt(s.get(stat))
             if stat == "worst" and s.get("worst_domain") is not None:
                 cell += f" ({s['worst_domain']})"
+            if stat == "mean" and 0 < s.get("n_domains", len(names)) < len(names):  # undefined on some centers
+                cell += f" ({s['n_domains']} of {len(names)})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -164,3 +164,15 @@ def test_captions_count_one_center_and_one_seed_in_the_singular():
               "exact_auc_first": [0.9], "rows": {"aer @ 1024": {"mean_lost_first": 0.01, "lost_first": [0.01]}}}
     text = format_losses(pooled)
     assert "over 1 seed\n" in text and "x 1 center." in text and "1 centers" not in text
+
+
+def test_the_mean_rows_say_how_many_centers_they_cover_when_a_center_has_one_class():
+    one_class = domain_metrics(np.zeros(12, int), np.tile([0.7, 0.3], (12, 1)), threshold=0.5, n_bootstrap=0)
+    assert one_class["specificity"] == 1.0 and math.isnan(one_class["auc"])
+    both = domain_metrics(np.array([0, 1, 0, 1]), np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]]),
+                          threshold=0.5, n_bootstrap=0)
+    table = format_table({"hospA": both, "hospB": one_class})
+    mean_row = next(line for line in table.splitlines() if line.startswith("| **mean**"))
+    cells = [c.strip() for c in mean_row.strip("|").split("|")]
+    assert cells[1] == "2 unseen" and cells[2].endswith("(1 of 2)")  # AUC: hospA's alone
+    assert "(1 of 2)" not in cells[4]  # specificity is defined at both
