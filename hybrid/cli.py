@@ -31,6 +31,8 @@ HELP = {
     "algorithm": "domain-generalization training algorithm",
     "algorithm_hparams": "NAME=VALUE,... for the algorithm's own hyperparameters (an unknown NAME is answered with the list)",
     "tta": "test-time adaptation at evaluation",
+    "figures": "draw the run's figures (ROC curves, AUC per domain, training curves, centers); --no-figures saves "
+               "a few seconds per run, for sweeps of tiny runs (the numbers are the same)",
     "backend": "where the quantum layer runs; exact backends train with the torch engine",
     "colour_constancy": "Shades of Gray colour constancy on RGB images: the p-norm of the illuminant estimate "
                         "(6 is the usual choice, 1 grey world), applied in the network at training and evaluation; "

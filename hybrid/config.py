@@ -95,6 +95,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     n_bootstrap: int = 1000
     eval_max_samples: int | None = None  # final evaluation: at most this many images per domain (quick runs)
+    figures: bool = True  # draw the run's PNG figures (off: seconds saved per run in sweeps of tiny runs)
 
     def __post_init__(self) -> None:
         problems = [problem for problem in (check(self, name) for name in LIMITS) if problem]
@@ -185,8 +186,9 @@ class ModelConfig:
     seed: int = 0  # seeds the quantum layer's initial weights
 
 
-# Where a run runs, not what it is: a resumed run or a study rerun may change these.
-ENVIRONMENT_FIELDS = ("threads", "data_root", "device")
+# Where a run runs and whether it draws figures, not what it is (never its numbers): a resumed run or a study
+# rerun may change these.
+ENVIRONMENT_FIELDS = ("threads", "data_root", "device", "figures")
 
 # Value of a field in configs saved before the field existed (the behaviour those runs had).
 ABSENT_MEANS: dict[str, Any] = {"input_smoothing": 0.0, "source_sampling": "random", "channels_last": False,

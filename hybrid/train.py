@@ -214,7 +214,8 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
                       "best_epoch": evaluation.pop("best_epoch"), "threads": torch.get_num_threads(),
                       "device": str(device), "processes": ddp.world_size, "host": socket.gethostname()},
               "config": cfg.to_dict(), "parameters": network.parameter_counts()} | evaluation | {"data": bundle.describe()}
-    report["figures"] = _figures(out_dir, report, raw, data.x_train, data.sampler.centers, target_centers)
+    report["figures"] = (_figures(out_dir, report, raw, data.x_train, data.sampler.centers, target_centers)
+                         if cfg.figures else {})
     _write_report(out_dir, report)
     return report
 

@@ -37,8 +37,8 @@ def tiny_run(tmp_path_factory, data_root) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_run")
     assert train.main(["--epochs", "1", "--max-train-samples", "300", "--width-mult", "0.35", "--stem-stride", "2",
-                       "--n-bootstrap", "0", "--batch-size", "64", "--quiet", "--data-root", str(data_root),
-                       "--out", str(out)]) == 0
+                       "--n-bootstrap", "0", "--batch-size", "64", "--no-figures", "--quiet",
+                       "--data-root", str(data_root), "--out", str(out)]) == 0
     return out
 
 
@@ -62,7 +62,7 @@ def multicenter_run(tmp_path_factory):
     out = root / "run"
     argv = ["--dataset", str(root / "mc.npz"), "--label-field", "malignant", "--test-centers", "c",
             "--input-size", "16", "--width-mult", "0.35", "--stem-stride", "2", "--epochs", "1",
-            "--batch-size", "32", "--n-bootstrap", "20", "--threads", "1", "--out", str(out), "--quiet"]
+            "--batch-size", "32", "--n-bootstrap", "20", "--threads", "1", "--no-figures", "--out", str(out), "--quiet"]
     assert train.main(argv) == 0
     return out
 

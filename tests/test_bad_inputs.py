@@ -20,7 +20,8 @@ from hybrid import bench_backends, evaluate, experiment, report, train
 TOOLS = {"train": train, "evaluate": evaluate, "experiment": experiment, "report": report,
          "bench_backends": bench_backends}
 TINY = ["--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.1", "--stem-stride", "2", "--input-size", "16",
-        "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0", "--threads", "1", "--quiet"]
+        "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0", "--eval-max-samples", "32", "--no-figures",
+        "--threads", "1", "--quiet"]
 
 
 class Planted:

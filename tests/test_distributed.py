@@ -26,8 +26,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+# --tta none: one evaluation pass
 BUDGET = ["--epochs", "2", "--max-train-samples", "300", "--width-mult", "0.35", "--stem-stride", "2",
-          "--batch-size", "64", "--n-bootstrap", "0", "--threads", "1", "--tta", "none", "--quiet"]  # one evaluation pass
+          "--batch-size", "64", "--n-bootstrap", "0", "--threads", "1", "--tta", "none", "--no-figures", "--quiet"]
 
 
 def torchrun(out: Path, data_root: Path, *extra: str, nproc: int = 2) -> list[str]:

@@ -23,8 +23,8 @@ from hybrid import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "3", "--max-train-samples", "64", "--width-mult", "0.1", "--stem-stride", "2", "--input-size", "16",
-        "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0", "--eval-max-samples", "48", "--threads", "1",
-        "--quiet"]
+        "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0", "--eval-max-samples", "48", "--no-figures",
+        "--threads", "1", "--quiet"]
 STEPS_PER_EPOCH = 2  # 64 images in batches of 32
 
 

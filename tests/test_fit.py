@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow  # trains
 
 
 TINY = dict(epochs=2, max_train_samples=96, width_mult=0.1, stem_stride=2, input_size=16, embed_dim=16,
-            batch_size=32, n_bootstrap=0, threads=1, eval_batch_size=128)
+            batch_size=32, n_bootstrap=0, threads=1, eval_batch_size=128, figures=False)
 
 
 @pytest.mark.parametrize("selection,kept", [("auc", 1), ("last", 3)])

@@ -30,7 +30,7 @@ def clinic_file(tmp_path_factory):
 def _study(path):
     base = dict(dataset=str(path), train_centers="s1,s2,s3", test_centers="other_clinic", input_size=16,
                 width_mult=0.1, stem_stride=2, embed_dim=16, epochs=1, batch_size=32, n_bootstrap=0,
-                eval_max_samples=16, quantum=False)
+                eval_max_samples=16, quantum=False, figures=False)
     return experiment.Study("toy", base, {"erm": dict(algorithm="erm", shift=False), "dann": {}}, (0,))
 
 

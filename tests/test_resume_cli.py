@@ -7,10 +7,11 @@ import json
 import pytest
 
 from hybrid import train
-from hybrid.config import TrainConfig
+from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 
 TINY = ["--epochs", "1", "--max-train-samples", "96", "--width-mult", "0.1", "--stem-stride", "2", "--input-size", "16",
-        "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0", "--threads", "1", "--quiet"]
+        "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0", "--eval-max-samples", "32", "--no-figures",
+        "--threads", "1", "--quiet"]
 
 
 def _files(folder):
@@ -39,11 +40,19 @@ def test_resume_with_other_options_is_refused_and_the_run_is_kept(tmp_path, data
     assert train.main([*common, "--resume"]) == 2
     assert "could not be read" in capsys.readouterr().err
     (out / "config.json").write_bytes(before["config.json"])
-    assert train.main([*common, "--resume", "--threads", "2"]) == 0  # where it runs may change
+    assert not list(out.glob("*.png")) and json.loads(before["report.json"])["figures"] == {}  # --no-figures
+    assert "![" not in before["report.md"].decode()
+    # where it runs may change, and whether it draws figures (the numbers stay)
+    assert train.main([*common, "--resume", "--threads", "2", "--figures"]) == 0
+    drawn = json.loads((out / "report.json").read_text())
+    assert set(drawn["figures"]) == {"roc", "domain_auc", "training", "centers"}
+    assert all((out / name).is_file() for name in drawn["figures"].values()) and "![" in (out / "report.md").read_text()
+    assert {d: m["auc"] for d, m in drawn["domains"].items()} == pytest.approx(
+        {d: m["auc"] for d, m in json.loads(before["report.json"])["domains"].items()}, abs=1e-12)
     # the command hybrid.evaluate gives for an unfinished run: the options not given are the run's own
     assert train.main(["--resume", "--out", str(out), "--data-root", str(data_root), "--quiet"]) == 0
     saved, resumed = (TrainConfig.from_dict(json.loads(before["config.json"])), TrainConfig.load(out / "config.json"))
-    assert saved.differences(resumed, ignore=("threads", "data_root", "device")) == []
+    assert saved.differences(resumed, ignore=ENVIRONMENT_FIELDS) == []
     assert train.main(["--resume", "--out", str(out), "--quiet", "--lr", "0.5"]) == 2  # a given one must still match
     assert "lr (0.002 saved, 0.5 given)" in capsys.readouterr().err
 
