@@ -67,6 +67,11 @@ def multicenter_run(tmp_path_factory):
     return out
 
 
+# the quick preset scores 624 images per center with 100 bootstraps; the tests need the path it takes, not precise AUCs
+QUICK_STUDY_EVALUATION = {"eval_max_samples": 200, "n_bootstrap": 20}
+QUICK_STUDY_SETS = [arg for key, value in QUICK_STUDY_EVALUATION.items() for arg in ("--set", f"{key}={value}")]
+
+
 @pytest.fixture(scope="session")
 def quick_study(tmp_path_factory, data_root):
     """The quick preset's erm and full plus a variant that fails, one seed, two worker processes.
@@ -79,7 +84,8 @@ def quick_study(tmp_path_factory, data_root):
     from hybrid.studies import experiment
 
     out = tmp_path_factory.mktemp("quick_study")
-    study = experiment.build_study("quick", seeds=1, variants=["erm", "full"], overrides={"data_root": str(data_root)})
+    study = experiment.build_study("quick", seeds=1, variants=["erm", "full"],
+                                   overrides={"data_root": str(data_root)} | QUICK_STUDY_EVALUATION)
     # the broken variant is submitted first; the others must still finish
     study = replace(study, variants={"broken": {"dataset": "nosuchmnist"}} | study.variants)
     return out, experiment.run_study(study, out, workers=2, progress=False)

@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-from hybrid.studies import experiment
+from conftest import QUICK_STUDY_SETS
 from hybrid.config import TrainConfig
+from hybrid.studies import experiment
 
-QUICK = ["--preset", "quick", "--variants", "erm,full", "--seeds", "1", "--quiet"]
+# the quick_study fixture's study: its preset and evaluation budget
+QUICK = ["--preset", "quick", "--variants", "erm,full", "--seeds", "1", "--quiet", *QUICK_STUDY_SETS]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import slurm_cluster  # noqa: E402
+from conftest import QUICK_STUDY_SETS  # noqa: E402
 
 from hybrid.studies import experiment  # noqa: E402
 from hybrid.studies.runs import read_lines  # noqa: E402
@@ -59,7 +60,7 @@ def domain_aucs(report: dict) -> dict:
 def test_slurm_study_matches_the_local_one(slurm, quick_study, data_root, tmp_path):
     local_out = quick_study[0]
     out = tmp_path / "study"
-    done = run(study_command(out, data_root, "--variants", "erm,full"))
+    done = run(study_command(out, data_root, "--variants", "erm,full", *QUICK_STUDY_SETS))
     assert done.returncode == 0, done.stderr
     assert "2 trained, 0 already finished, 0 failed" in done.stdout
     submissions = read_lines(out / "slurm_jobs.jsonl")
@@ -70,7 +71,7 @@ def test_slurm_study_matches_the_local_one(slurm, quick_study, data_root, tmp_pa
     assert json.loads((out / "study.json").read_text())["invocations"][-1]["launcher"] == "slurm"
     status = run([sys.executable, "-m", "hybrid.experiment", "--status", str(out)])
     assert "2 finished, 0 running, 0 failed, 0 pending" in status.stdout
-    again = run(study_command(out, data_root, "--variants", "erm,full"))  # nothing left to submit
+    again = run(study_command(out, data_root, "--variants", "erm,full", *QUICK_STUDY_SETS))  # nothing left to submit
     assert again.returncode == 0 and "0 trained, 2 already finished" in again.stdout
     assert len(read_lines(out / "slurm_jobs.jsonl")) == 2
 
