@@ -227,7 +227,7 @@ def test_new_algorithms_compose_with_shifts_and_the_quantum_layer(name, tmp_path
     out = tmp_path / name
     assert train.main(["--algorithm", name, "--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.1",
                        "--stem-stride", "2", "--input-size", "16", "--embed-dim", "16", "--batch-size", "32",
-                       "--n-bootstrap", "0", "--eval-max-samples", "32", "--threads", "1", "--quiet",
+                       "--n-bootstrap", "0", "--eval-max-samples", "32", "--threads", "1", "--no-figures", "--quiet",
                        "--data-root", str(data_root), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["run"]["algorithm"] == name and report["config"]["quantum"] and report["config"]["shift"]

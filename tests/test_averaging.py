@@ -81,7 +81,7 @@ def test_resuming_with_a_different_averaging_is_refused(tmp_path: Path):
 def test_a_run_with_averaging_selects_and_saves_the_average(tmp_path, data_root):
     cfg = TrainConfig(data_root=str(data_root), epochs=2, max_train_samples=96, width_mult=0.1, stem_stride=2,
                       input_size=16, embed_dim=16, batch_size=32, n_bootstrap=0, threads=1, eval_batch_size=128,
-                      quantum_head="dressed", feature_map="angle", ema_decay=0.9)
+                      quantum_head="dressed", feature_map="angle", ema_decay=0.9, figures=False)
     train.train(cfg, tmp_path / "run", progress=False)
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)

@@ -24,8 +24,8 @@ def test_a_class_subset_trains_evaluates_and_analyses_on_the_same_images(tmp_pat
     run = tmp_path / "run"
     assert train.main(["--dataset", str(tmp_path / "mc.npz"), "--classes", "mel,nv", "--test-centers", "c",
                        "--input-size", "16", "--width-mult", "0.1", "--stem-stride", "2", "--embed-dim", "16",
-                       "--epochs", "1", "--batch-size", "32", "--n-bootstrap", "0", "--threads", "1", "--quiet",
-                       "--out", str(run)]) == 0
+                       "--epochs", "1", "--batch-size", "32", "--n-bootstrap", "0", "--threads", "1", "--no-figures",
+                       "--quiet", "--out", str(run)]) == 0
     report = json.loads((run / "report.json").read_text())
     assert report["data"]["class_names"] == ["mel", "nv"] and report["positive_class"] == 0
     held_out = (centers == 2) & np.isin(labels, [0, 2])

@@ -175,7 +175,7 @@ def test_a_run_trained_through_the_device_channel_records_it_and_reloads_with_it
                        "--quantum-head", "dressed", "--feature-map", "angle", "--n-qubits", "3",
                        "--q-train-shots", "256", "--q-shot-noise", "joint", "--q-noise-device", "aer_noisy:fake_manila",
                        "--q-noise-channel", "density", "--q-noise-at-eval", "--n-bootstrap", "0", "--eval-max-samples", "16",
-                       "--batch-size", "32", "--quiet", "--data-root", str(data_root), "--out", str(out)]) == 0
+                       "--batch-size", "32", "--no-figures", "--quiet", "--data-root", str(data_root), "--out", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["q_noise_channel"] == "density" and saved["q_attenuation"] == ""
     assert json.loads((out / "report.json").read_text())["config"]["q_noise_channel"] == "density"

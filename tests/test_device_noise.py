@@ -112,8 +112,8 @@ def test_a_run_trained_for_a_device_saves_the_factors_it_trained_with(tmp_path, 
     assert train.main(["--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.35", "--stem-stride", "2",
                        "--quantum-head", "dressed", "--feature-map", "angle", "--n-qubits", "3",
                        "--q-train-shots", "256", "--q-noise-device", READOUT, "--n-bootstrap", "0",
-                       "--eval-max-samples", "16", "--batch-size", "32", "--quiet", "--data-root", str(data_root),
-                       "--out", str(out)]) == 0
+                       "--eval-max-samples", "16", "--batch-size", "32", "--no-figures", "--quiet",
+                       "--data-root", str(data_root), "--out", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["q_noise_device"] == READOUT
     factors = [float(a) for a in saved["q_attenuation"].split(",")]

@@ -44,7 +44,7 @@ def test_a_run_fine_tunes_from_another_and_records_where_it_started(tiny_run, tm
     out = tmp_path / "tuned"
     assert train.main(["--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.35", "--stem-stride", "2",
                        "--init-from", str(tiny_run), "--q-train-shots", "64", "--lr", "1e-4", "--n-bootstrap", "0",
-                       "--eval-max-samples", "16", "--batch-size", "32", "--quiet", "--data-root", str(data_root),
-                       "--out", str(out)]) == 0
+                       "--eval-max-samples", "16", "--batch-size", "32", "--no-figures", "--quiet",
+                       "--data-root", str(data_root), "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["init_from"] == str(tiny_run)
     assert f"network initialised from {tiny_run}" in caplog.text

@@ -117,7 +117,7 @@ def dressed_zz_run(tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("readout") / "dressed"
     assert train.main(["--epochs", "1", "--max-train-samples", "300", "--width-mult", "0.35", "--n-bootstrap", "0",
                        "--batch-size", "64", "--quiet", "--data-root", str(data_root), "--quantum-head", "dressed",
-                       "--q-observables", "z+zz", "--eval-max-samples", "50", "--out", str(out)]) == 0
+                       "--q-observables", "z+zz", "--eval-max-samples", "50", "--no-figures", "--out", str(out)]) == 0
     return out
 
 
@@ -315,5 +315,5 @@ def test_a_saved_head_refit_folds_the_angle_calibration_into_the_angle_norm(data
     run = tmp_path / "norm"
     assert train.main(["--epochs", "1", "--max-train-samples", "100", "--width-mult", "0.35", "--n-bootstrap", "0",
                        "--batch-size", "50", "--quiet", "--data-root", str(data_root), "--quantum-head", "dressed",
-                       "--q-angle-norm", "--eval-max-samples", "20", "--out", str(run)]) == 0
+                       "--q-angle-norm", "--eval-max-samples", "20", "--no-figures", "--out", str(run)]) == 0
     assert _saved_network_matches(run, tmp_path).angle_norm is not None
