@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid import bench_backends, evaluate, experiment, report, train
+from hybrid import bench_backends, design, evaluate, experiment, probe, report, subgroups, train, tta_check
 
 TOOLS = {"train": train, "evaluate": evaluate, "experiment": experiment, "report": report,
-         "bench_backends": bench_backends}
+         "bench_backends": bench_backends, "design": design, "probe": probe, "subgroups": subgroups,
+         "tta_check": tta_check}
 TINY = ["--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.1", "--stem-stride", "2", "--input-size", "16",
         "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0", "--eval-max-samples", "32", "--no-figures",
         "--threads", "1", "--quiet"]
@@ -347,6 +348,11 @@ STUDY_OPTIONS = [
     ("experiment", ["--preset", "quick", "--launcher", "nosuch"], ["--launcher", "slurm"]),
     ("report", ["NOSTUDY"], ["NOSTUDY"]),
     ("report", ["NOSTUDY", "--threads", "0"], ["--threads"]),
+    ("design", ["--candidate", "a=NOSTUDY", "--candidate", "b=NOSTUDY", "--out", "NOSTUDY", "--threads", "0"],
+     ["--threads"]),
+    ("probe", ["--runs", "a=NOSTUDY", "--out", "NOSTUDY", "--threads", "0"], ["--threads"]),
+    ("subgroups", ["--run", "NOSTUDY", "--threads", "-1"], ["--threads"]),
+    ("tta_check", ["--run", "NOSTUDY", "--threads", "0"], ["--threads"]),
 ]
 
 

@@ -68,13 +68,17 @@ def test_runs_on_different_centers_are_refused():
         design.compare({"base": [fake_eval("b", 0, 0.9, 0.8, 0.8)], "x": [other]})
 
 
-def test_cli_reuses_saved_evaluations_and_writes_table_json_and_plot(tmp_path, capsys):
+def test_cli_reuses_saved_evaluations_and_writes_table_json_and_plot(tmp_path, capsys, monkeypatch):
+    from hybrid.runtime import torch_settings
+
     base = [write_run(tmp_path, f"base{s}", s, 0.90, 0.80, 0.78) for s in (0, 1)]
     cand = [write_run(tmp_path, f"cand{s}", s, 0.91, 0.86, 0.84) for s in (0, 1)]
     out = tmp_path / "out"
     argv = ["--out", str(out), "--candidate", "baseline=" + ",".join(map(str, base)),
             "--candidate", "smooth=" + ",".join(map(str, cand))]
-    assert design.main(argv) == 0
+    threads = []
+    monkeypatch.setattr(design, "torch_settings", lambda n: threads.append(n) or torch_settings(n))
+    assert design.main(argv + ["--threads", "1"]) == 0 and threads == [1]
     result = json.loads((out / "design.json").read_text())
     assert result["best"] == "smooth" and result["candidates"]["smooth"]["qualifies"]
     assert result["candidates"]["smooth"]["score"] == pytest.approx(0.84)

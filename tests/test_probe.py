@@ -12,18 +12,24 @@ from hybrid.studies import probe
 
 
 def test_probes_read_only_validation_centers_and_the_head_matches_the_runs_own_adabn_evaluation(tiny_run, data_root,
-                                                                                                  tmp_path):
+                                                                                                  tmp_path, monkeypatch):
+    from hybrid.runtime import torch_settings
     from hybrid.studies.design import validation_eval
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     out = tmp_path / "probe"
-    assert probe.main(["--runs", f"tiny={run}", "--out", str(out), "--data-root", str(data_root)]) == 0
+    threads = []
+    monkeypatch.setattr(probe, "torch_settings", lambda n: threads.append(n) or torch_settings(n))
+    assert probe.main(["--runs", f"tiny={run}", "--out", str(out), "--data-root", str(data_root),
+                       "--threads", "1"]) == 0
+    assert threads == [1]  # the probes ran with the threads asked for
     result = json.loads((out / "probe.json").read_text())
     scores = result["groups"]["tiny"]["runs"][0]["domains"]
     assert set(scores) == {"clean"} | {c.name for c in make_validation_centers()}
     assert all(set(s) == {"head", "probe_f", "probe_slot", "probe_encoded", "probe_basis", "probe_layer"} for s in scores.values())
-    evaluation = validation_eval(run, str(data_root), "adabn")  # what hybrid.design scores
+    with torch_settings(1):  # as the probes ran: other thread counts sum in other orders
+        evaluation = validation_eval(run, str(data_root), "adabn")  # what hybrid.design scores
     for name, s in scores.items():
         assert s["head"] == pytest.approx(evaluation["domains"][name]["auc"], abs=1e-9)
         assert 0.5 < s["probe_f"] <= 1.0  # a trained embedding ranks better than chance

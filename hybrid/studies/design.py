@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid.cli import run_cli
+from hybrid.cli import positive_int, run_cli
 from hybrid.rundir import write_json, write_text
+from hybrid.runtime import torch_settings
 from hybrid.data import DataError
 
 log = logging.getLogger("hybrid.design")
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="folder with MedMNIST files (default: $HYBRID_DATA_ROOT)")
     parser.add_argument("--min-gain", type=float, default=0.01, help="score gain needed to qualify")
     parser.add_argument("--max-clean-drop", type=float, default=0.01, help="clean AUC a candidate may lose")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args))
 
@@ -207,8 +209,9 @@ def _run(args) -> int:
     specs = {name: (tta, paths) for name, tta, paths in parsed}
     if len(specs) < 2:
         raise ValueError("give at least two candidates (a baseline and one to compare)")
-    candidates = {name: [validation_eval(p, args.data_root, tta) for p in paths]
-                  for name, (tta, paths) in specs.items()}
+    with torch_settings(args.threads):
+        candidates = {name: [validation_eval(p, args.data_root, tta) for p in paths]
+                      for name, (tta, paths) in specs.items()}
     result = compare(candidates, args.min_gain, args.max_clean_drop)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hybrid.cli import run_cli
+from hybrid.cli import positive_int, run_cli
 from hybrid.rundir import write_study_outputs
+from hybrid.runtime import torch_settings
 from hybrid.studies.design import named_runs
 
 log = logging.getLogger("hybrid.probe")
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", action="append", required=True, help="NAME=RUN_DIR[,RUN_DIR...]; repeat per group")
     parser.add_argument("--out", required=True, help="folder for probe.json, probe.md, probe.png")
     parser.add_argument("--data-root", help="folder with the dataset files (default: the run's, else $HYBRID_DATA_ROOT)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args))
 
@@ -171,7 +173,8 @@ def _run(args) -> int:
         raise ValueError("each --runs group needs its own name")
     result = {"centers": "validation", "groups": {}}
     for name, paths in groups.items():
-        runs = [probe_run(p, args.data_root) for p in paths]
+        with torch_settings(args.threads):
+            runs = [probe_run(p, args.data_root) for p in paths]
         result["groups"][name] = {"runs": runs, "summary": summarize_group(runs)}
     write_study_outputs(Path(args.out), "probe", result, to_markdown(result), plot)
     return 0

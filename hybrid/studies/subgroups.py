@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid.cli import run_cli
+from hybrid.cli import positive_int, run_cli
 from hybrid.data import DataError, resolve_centers, resolve_data_root, resolve_dataset_path
 from hybrid.metrics import binary_auc, domain_metrics
 from hybrid.rundir import file_part
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--centers", help="held-out centers to analyse (default: all the run held out)")
     parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")
     parser.add_argument("--data-root", help="folder holding the run's .npz (default: $HYBRID_DATA_ROOT)")
-    parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args), verbose=False)
 

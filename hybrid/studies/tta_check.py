@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the prevalence-matched subset")
     parser.add_argument("--max-samples", type=positive_int,
                         help="score only each domain's first N images (a quick look, as hybrid.evaluate's)")
-    parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args), verbose=False)
 
