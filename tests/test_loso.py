@@ -105,3 +105,55 @@ def test_the_tie_rule_ignores_scores_that_are_not_numbers():
 
     assert earliest_within_tie({"erm": float("nan"), "dann": 0.7, "coral": 0.698}) == "dann"
     assert earliest_within_tie({"erm": float("nan")}) is None
+
+
+@pytest.fixture(scope="module")
+def ham_like_file(tmp_path_factory):
+    """A tiny file in the HAM10000 preset's layout: three Vienna sources and rosendahl."""
+    path = tmp_path_factory.mktemp("ham_like") / "ham_like.npz"
+    rng = np.random.default_rng(0)
+    n = 320
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, (n, 16, 16), dtype=np.uint8)
+    images[labels == 1, 4:12, 4:12] += 120
+    np.savez(path, images=images, labels=labels, malignant=labels, source_ids=(np.arange(n) // 2) % 4,
+             source_names=np.array(["vidir_molemax", "vidir_modern", "vienna_dias", "rosendahl"]))
+    return path
+
+
+def _ham_like_study(path, out) -> list[str]:
+    tiny = dict(dataset=path, size=28, input_size=16, width_mult=0.1, embed_dim=16, epochs=1, batch_size=32,
+                n_bootstrap=0, eval_max_samples=16, figures="false")
+    return ["--preset", "ham10000", "--validation", "loso", "--variants", "erm", "--seeds", "1", "--threads", "1",
+            "--out", str(out), "--quiet", *(a for k, v in tiny.items() for a in ("--set", f"{k}={v}"))]
+
+
+def test_the_cli_counts_the_folds_selects_trains_the_study_and_shows_both_in_its_status(ham_like_file, tmp_path,
+                                                                                        capsys):
+    """A finished LOSO study used to stop with an IndexError right after its selection line."""
+    out = tmp_path / "study"
+    assert experiment.main(_ham_like_study(ham_like_file, out)) == 0
+    printed = capsys.readouterr().out
+    assert "leave-one-source-out folds: 3 trained, 0 already finished, 0 failed" in printed
+    assert "leave-one-source-out selection: erm (scores in" in printed and "1 trained, 0 already finished" in printed
+    assert experiment.print_status(out) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert status[0] == f"leave-one-source-out fold runs ({out / 'loso'}):"
+    assert [line.split()[:2] for line in status[1:4]] == [[f"erm@{s}/seed0", "finished"]
+                                                          for s in ("vidir_molemax", "vidir_modern", "vienna_dias")]
+    assert status[4:8] == ["3 finished, 0 running, 0 failed, 0 pending", "selection: erm", "", "the study's runs:"]
+    assert status[8].split()[:2] == ["erm/seed0", "finished"] and status[9].startswith("1 finished")
+
+
+def test_failed_fold_runs_fail_the_command_and_are_named(tmp_path, capsys):
+    wrong_names = tmp_path / "wrong.npz"  # its sources are not named: the preset's center names are unknown
+    n = 64
+    np.savez(wrong_names, images=np.zeros((n, 16, 16), np.uint8), labels=np.arange(n) % 2,
+             malignant=np.arange(n) % 2, source_ids=np.arange(n) % 4)
+    out = tmp_path / "study"
+    assert experiment.main(_ham_like_study(wrong_names, out)) == 1
+    captured = capsys.readouterr()
+    assert "leave-one-source-out folds: 0 trained, 0 already finished, 3 failed" in captured.out
+    assert "leave-one-source-out selection: none: erm@vidir_molemax/seed0 has not finished (and 2 more)" in captured.out
+    assert "failed runs: loso/erm@vidir_molemax/seed0, loso/erm@vidir_modern/seed0, loso/erm@vienna_dias/seed0, " \
+           "erm/seed0" in captured.err and str(out / "loso") in captured.err

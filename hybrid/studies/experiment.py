@@ -317,18 +317,30 @@ def requested_runs(spec: dict) -> list[tuple[str, int]]:
 
 
 def print_status(out: Path) -> int:
-    spec_path = Path(out) / "study.json"
+    """Each run's state; a study with leave-one-source-out validation lists its fold runs first."""
+    out = Path(out)
+    spec_path = out / "study.json"
     if not spec_path.is_file():
         raise FileNotFoundError(f"{spec_path} does not exist; is {out} a study directory of hybrid.experiment?")
-    spec = json.loads(spec_path.read_text())
-    rows = study_status(out, requested_runs(spec))
+    folds = out / FOLDS
+    if (folds / "study.json").is_file():
+        print(f"leave-one-source-out fold runs ({folds}):")
+        _print_states(folds)
+        selection = out / "selection.json"
+        chosen = json.loads(selection.read_text()).get("selected") if selection.is_file() else None
+        print(f"selection: {chosen or 'none yet'}\n\nthe study's runs:")
+    _print_states(out)
+    return 0
+
+
+def _print_states(out: Path) -> None:
+    rows = study_status(out, requested_runs(json.loads((out / "study.json").read_text())))
     width = max(len(f"{r['variant']}/seed{r['seed']}") for r in rows) if rows else 10
     for r in rows:
         print(f"{r['variant'] + '/seed' + str(r['seed']):{width}s}  {r['state']:8s}  {r['detail']}")
     counts = {state: sum(r["state"] == state for r in rows) for state in ("finished", "running", "failed", "pending")}
     counts |= {"unknown": n for n in [sum(r["state"] == "unknown" for r in rows)] if n}  # squeue did not answer
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
-    return 0
 
 
 def _run(args, command: str) -> int:
@@ -353,30 +365,43 @@ def _run(args, command: str) -> int:
                 print(f"{'finished' if is_finished(run_dir(where, v, s)) else 'to do':9s} {run_dir(where, v, s)}")
         return 0
     launcher = make_launcher(args, out)
+    fold_failures = []
     for folds, where in stages:
-        run_study(folds, where, workers=args.workers, threads=args.threads, progress=not args.quiet,
-                  command=command, launcher=make_launcher(args, where))
+        fold_summary = run_study(folds, where, workers=args.workers, threads=args.threads, progress=not args.quiet,
+                                 command=command, launcher=make_launcher(args, where))
         if args.launcher == "slurm" and args.no_wait:  # the folds are only queued: nothing to select from yet
-            print(f"leave-one-source-out fold runs submitted; once they finish (--status {shlex.quote(str(where))}) "
+            print(f"leave-one-source-out fold runs submitted; once they finish (--status {shlex.quote(str(out))}) "
                   "rerun this command to write the selection")
             continue
+        fold_failures = [f"{FOLDS}/{name}" for name in fold_summary["failed"]]
+        print(f"leave-one-source-out folds: {_counts_line(fold_summary)}")
         selection = select(study, where)
         write_selection(selection, out)
-        gaps = selection["gaps"]
-        why = f"none: {gaps[0]}" + (f" (and {len(gaps) - 1} more)" if len(gaps) > 1 else "")
-        print(f"leave-one-source-out selection: {selection['selected'] or why} (scores in {out / 'selection.md'})")
+        print(f"leave-one-source-out selection: {selection['selected'] or _why_none(selection['gaps'])} "
+              f"(scores in {out / 'selection.md'})")
     summary = run_study(study, out, workers=args.workers, threads=args.threads, progress=not args.quiet,
                         command=command, launcher=launcher)
     if args.launcher == "slurm" and args.no_wait:
         print(f"submitted; follow with: python -m hybrid.experiment --status {shlex.quote(str(out))}")
         return 0
-    print(f"{len(summary['finished'])} trained, {len(summary['skipped'])} already finished, "
-          f"{len(summary['failed'])} failed; next: python -m hybrid.report {shlex.quote(str(out))}")
-    if summary["failed"]:
-        print(f"failed runs: {', '.join(summary['failed'])} (see {out / 'failures.jsonl'}; rerun to retry)",
-              file=sys.stderr)
+    print(f"{_counts_line(summary)}; next: python -m hybrid.report {shlex.quote(str(out))}")
+    if summary["failed"] or fold_failures:
+        print(f"failed runs: {', '.join(fold_failures + summary['failed'])} (see failures.jsonl in "
+              f"{out}{' and ' + str(out / FOLDS) if fold_failures else ''}; rerun to retry)", file=sys.stderr)
         return 1
     return 0
+
+
+def _why_none(gaps: list[str]) -> str:
+    """Why no variant was selected: the first incomplete fold run, and how many more there are."""
+    if not gaps:  # every fold scored, and still none (no variant listed)
+        return "none"
+    return f"none: {gaps[0]}" + (f" (and {len(gaps) - 1} more)" if len(gaps) > 1 else "")
+
+
+def _counts_line(summary: dict) -> str:
+    return (f"{len(summary['finished'])} trained, {len(summary['skipped'])} already finished, "
+            f"{len(summary['failed'])} failed")
 
 
 if __name__ == "__main__":
