@@ -20,9 +20,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 setup: $(VENV)/.installed
 
-# two xdist workers, one test file each at a time (one torch thread each: tests/conftest.py); about 1.6x faster on 2 cores
+# two xdist workers, one test file each at a time (one torch thread each: tests/conftest.py); about 1.6x faster on 2 cores;
+# files in the order tests/conftest.py gives them (the longest first)
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 run: setup
 	$(PY) -m hybrid.train --backend aer --out runs/default

@@ -130,6 +130,7 @@ def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: 
         prefix = ""
     if centers and prefix != "real:":
         raise DataError(f"--centers {centers} names centers of a multi-center .npz, and {spec} is not one")
+    _warn_of_channel_conversion(splits, in_channels, spec)
     domains = {}
     for name, split in splits.items():
         if class_ids and not path.is_dir():  # a folder's classes are already the run's
@@ -145,6 +146,18 @@ def domains_from_data(spec: str, cfg: TrainConfig, in_channels: int, n_classes: 
         domains[("train:" if name in trained else prefix) + name] = (
             LazyImages(split.images, cfg.input_size, in_channels), torch.as_tensor(split.labels))
     return domains
+
+
+def _warn_of_channel_conversion(splits: dict, in_channels: int, spec: str) -> None:
+    """Say so when the images are converted to the run's channels: scores of colour images averaged to grey (or
+    of grey ones repeated on three channels) say nothing about how the run would do on what they show."""
+    stored = {name: 3 if split.images.ndim == 4 and split.images.shape[-1] == 3 else 1
+              for name, split in splits.items()}
+    converted = [name for name, channels in stored.items() if channels != in_channels]
+    if converted:
+        how = ("colour images are averaged to grey: the run was trained on grayscale" if in_channels == 1 else
+               "grayscale images are repeated on three channels: the run was trained on colour")
+        log.warning("%s (%s): its %s", spec, ", ".join(converted), how)
 
 
 def _own_centers(cfg: TrainConfig, root) -> tuple[set[str], list[str]]:

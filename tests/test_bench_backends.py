@@ -14,6 +14,7 @@ from hybrid.studies import bench_backends
 pytestmark = pytest.mark.slow  # every test uses a trained run
 
 N_DOMAINS = 10  # clean + 9 virtual target centers
+VALIDATION_DOMAINS = 6  # clean + 5 design-validation centers (--centers validation): fewer simulated jobs
 TOKEN = "tok-7d1e5b-must-never-be-written"
 
 
@@ -42,9 +43,9 @@ def test_evaluate_on_a_sampling_backend_counts_jobs(run_dir, data_root):
 def test_evaluate_ibm_runtime_local_mode(run_dir, data_root):
     assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila", "--shots",
                      "128", "--job-mode", "--dd", "--twirling", "--resilience-level", "1", "--tta", "none",
-                     "--name", "ibm_local") == 0
+                     "--centers", "validation", "--name", "ibm_local") == 0
     result = json.loads((run_dir / "eval_ibm_local.json").read_text())
-    assert result["quantum_execution"]["jobs"] == N_DOMAINS * 2
+    assert result["quantum_execution"]["jobs"] == VALIDATION_DOMAINS * 2
     assert result["backend_options"]["batch_mode"] is False and result["backend_options"]["dd"] is True
 
 
@@ -125,11 +126,12 @@ def test_token_never_reaches_logs_reports_or_run_directory(run_dir, data_root, m
     # the live path fails fast, without network; the local path and the benchmark succeed with the token set
     assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "ibm_brisbane") == 2
     assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila", "--shots",
-                     "64", "--tta", "none", "--name", "with_token") == 0
+                     "64", "--tta", "none", "--centers", "validation", "--name", "with_token") == 0
     # the budget paths: a dry run, a refusal over budget, and the benchmark's dry run
-    assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila", "--dry-run") == 0
+    assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila", "--dry-run",
+                     "--centers", "validation") == 0
     assert _evaluate(run_dir, data_root, "--backend", "ibm_runtime", "--ibm-backend", "fake_manila",
-                     "--max-qpu-seconds", "0.01") == 2
+                     "--max-qpu-seconds", "0.01", "--centers", "validation") == 2
     assert bench_backends.main(["--run", str(run_dir), "--data-root", str(data_root), "--dry-run", "--samples", "4",
                                 "--domains", "tgt_blur", "--quiet", "--backends", "ibm_runtime:fake_manila"]) == 0
     assert bench_backends.main(["--run", str(run_dir), "--data-root", str(data_root),

@@ -130,3 +130,20 @@ def test_another_dataset_with_more_classes_is_refused_before_scoring(tiny_run, c
     assert evaluate.main(["--run", str(tiny_run), "--dataset", "retinamnist", "--max-samples", "8"]) == 2
     err = capsys.readouterr().err
     assert "--dataset retinamnist has labels [0, 1, 2, 3, 4] but the model was trained on 2 classes" in err
+
+
+@pytest.mark.slow  # uses the trained multi-center fixture
+def test_images_converted_to_the_runs_channels_are_named_in_a_warning(multicenter_run, clinics, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        _evaluate(multicenter_run, clinics, "ext_colour", "--centers", "east")
+    assert "channels" not in caplog.text  # a colour run on colour images: nothing to say
+    grey = tmp_path / "grey.npz"
+    data = dict(np.load(clinics))
+    np.savez(grey, **(data | {"images": data["images"].mean(axis=-1).astype(np.uint8)}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _evaluate(multicenter_run, grey, "ext_grey", "--centers", "east,west")
+    assert (f"{grey} (east, west): its grayscale images are repeated on three channels: the run was "
+            "trained on colour") in caplog.text

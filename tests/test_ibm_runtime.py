@@ -218,8 +218,10 @@ pytest_slow = pytest.mark.slow
 
 
 def _cli(run, data_root, *extra):
-    return evaluate.main(["--run", str(run), "--data-root", str(data_root), "--max-samples", "12", "--batch-size",
-                          "8", "--backend", "ibm_runtime", "--ibm-backend", "fake_manila", "--tta", "none", *extra])
+    # the design-validation centers: 6 domains instead of 10, each a job per batch in the local simulation
+    return evaluate.main(["--run", str(run), "--data-root", str(data_root), "--centers", "validation", "--max-samples",
+                          "12", "--batch-size", "8", "--backend", "ibm_runtime", "--ibm-backend", "fake_manila",
+                          "--tta", "none", *extra])
 
 
 @pytest_slow
@@ -237,7 +239,7 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(tiny_run, data_root, mon
     jobs, pubs, circuits, shots, samples = (int(v.replace(",", "")) for v in planned.groups())
     assert (execution["jobs"], execution["circuits"], execution["shots"], execution["samples"]) == (
         jobs, circuits, shots, samples)
-    assert pubs == jobs == 20  # 10 domains, batches of 8 and 4
+    assert pubs == jobs == 12  # 6 domains, batches of 8 and 4
     assert f"about {execution['estimated_qpu_seconds']:.1f} QPU seconds" in out
 
 
@@ -297,7 +299,8 @@ def test_evaluate_runs_clean_with_deprecation_warnings_as_errors(tiny_run, data_
 
     shutil.copytree(tiny_run, run)
     command = [sys.executable, "-W", "error::DeprecationWarning", "-m", "hybrid.evaluate", "--run", str(run),
-               "--data-root", str(data_root), "--max-samples", "8", "--backend", "ibm_runtime", "--ibm-backend",
+               "--data-root", str(data_root), "--centers", "validation", "--max-samples", "8", "--backend",
+               "ibm_runtime", "--ibm-backend",
                "fake_manila", "--shots", "128", "--seed", "0", "--tta", "none"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
