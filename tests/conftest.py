@@ -78,7 +78,14 @@ def multicenter_run(tmp_path_factory):
 
 # the quick preset scores 624 images per center with 100 bootstraps; the tests need the path it takes, not precise AUCs
 QUICK_STUDY_EVALUATION = {"eval_max_samples": 200, "n_bootstrap": 20}
-QUICK_STUDY_SETS = [arg for key, value in QUICK_STUDY_EVALUATION.items() for arg in ("--set", f"{key}={value}")]
+
+
+def set_flags(overrides: dict) -> list[str]:
+    """`hybrid.experiment --set KEY=VALUE` arguments for each override."""
+    return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+
+
+QUICK_STUDY_SETS = set_flags(QUICK_STUDY_EVALUATION)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import set_flags
 from hybrid.studies import experiment
 from hybrid.studies.loso import loso_study, select, sources_of
 from hybrid.studies.runs import run_dir
@@ -125,7 +126,7 @@ def _ham_like_study(path, out) -> list[str]:
     tiny = dict(dataset=path, size=28, input_size=16, width_mult=0.1, embed_dim=16, epochs=1, batch_size=32,
                 n_bootstrap=0, eval_max_samples=16, figures="false")
     return ["--preset", "ham10000", "--validation", "loso", "--variants", "erm", "--seeds", "1", "--threads", "1",
-            "--out", str(out), "--quiet", *(a for k, v in tiny.items() for a in ("--set", f"{k}={v}"))]
+            "--out", str(out), "--quiet", *set_flags(tiny)]
 
 
 def test_the_cli_counts_the_folds_selects_trains_the_study_and_shows_both_in_its_status(ham_like_file, tmp_path,
