@@ -28,6 +28,9 @@ from hybrid.shifts import gaussian_blur
 # Checkpoints written before the training algorithms owned their extra modules kept the DANN
 # discriminator inside the network's state_dict; the network never used it for predictions.
 LEGACY_TRAINING_KEYS = ("discriminator.",)
+# torchvision's ImageNet statistics per RGB channel; a grey image meets the RGB filters summed, so their averages
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GREY_IMAGENET_MEAN, GREY_IMAGENET_STD = 0.449, 0.226
 
 
 def _load_pretrained(weights_path: str | None) -> dict:
@@ -84,6 +87,18 @@ def build_encoder(in_channels: int, width_mult: float = 1.0, stem_stride: int = 
     return nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()), net.last_channel
 
 
+def pixel_statistics(in_channels: int, pretrained: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel input mean and std, shaped (channels, 1, 1): ImageNet's for pretrained filters, else [0, 1]
+    images centred (0.5, 0.25 on every channel)."""
+    if not pretrained:
+        mean, std = (0.5,) * in_channels, (0.25,) * in_channels
+    elif in_channels == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = (GREY_IMAGENET_MEAN,), (GREY_IMAGENET_STD,)
+    return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+
 def quantum_config(config: ModelConfig) -> QuantumConfig:
     observables = () if config.q_observables == "z" else pauli_observables(config.n_qubits, config.q_observables)
     return QuantumConfig(n_qubits=config.n_qubits, feature_map=config.feature_map,
@@ -114,10 +129,9 @@ class HybridNet(nn.Module):
         self.encoder, width = build_encoder(
             in_channels, config.width_mult, config.stem_stride, config.pretrained, config.weights_path
         )
-        # pretrained filters expect ImageNet statistics; otherwise centre [0, 1] images
-        mean, std = ((0.449, 0.226) if config.pretrained else (0.5, 0.25))
-        self.register_buffer("pixel_mean", torch.tensor(mean))
-        self.register_buffer("pixel_std", torch.tensor(std))
+        mean, std = pixel_statistics(in_channels, config.pretrained)
+        self.register_buffer("pixel_mean", mean)
+        self.register_buffer("pixel_std", std)
         if config.channels_last:
             self.encoder.to(memory_format=torch.channels_last)
         self.embed = nn.Sequential(
@@ -252,6 +266,15 @@ class HybridNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # networks saved before the statistics were per channel hold one scalar mean and std (0.449/0.226 for
+        # pretrained RGB too): repeated on every channel they compute what those networks were trained with
+        for name in ("pixel_mean", "pixel_std"):
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, torch.Tensor) and saved.dim() == 0:
+                state_dict[prefix + name] = saved.expand_as(getattr(self, name)).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def load_network_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a saved network, dropping the training-only modules older checkpoints carried."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hybrid.config import ModelConfig
-from hybrid.model import HybridNet, build_encoder
+from hybrid.model import HybridNet, build_encoder, pixel_statistics
 
 SMALL = ModelConfig(width_mult=0.35, stem_stride=2, embed_dim=16)
 
@@ -113,6 +113,45 @@ def test_pretrained_weights_from_local_file(tmp_path):
         build_encoder(3, pretrained=True, weights_path=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="width_mult"):
         build_encoder(3, width_mult=0.5, pretrained=True, weights_path=str(path))
+
+
+def test_pretrained_rgb_is_normalised_with_imagenets_per_channel_statistics():
+    from hybrid.model import IMAGENET_MEAN, IMAGENET_STD
+
+    rgb = HybridNet(replace(SMALL, quantum=False), in_channels=3, n_classes=2)
+    assert rgb.pixel_mean.shape == (3, 1, 1) and torch.all(rgb.pixel_mean == 0.5)
+    pretrained = pixel_statistics(3, pretrained=True)
+    torch.testing.assert_close(pretrained[0].flatten(), torch.tensor(IMAGENET_MEAN))
+    torch.testing.assert_close(pretrained[1].flatten(), torch.tensor(IMAGENET_STD))
+    grey_mean, grey_std = pixel_statistics(1, pretrained=True)  # the RGB filters summed: ImageNet's averages
+    assert grey_mean.shape == (1, 1, 1)
+    assert grey_mean.item() == pytest.approx(sum(IMAGENET_MEAN) / 3, abs=1e-3)
+    assert grey_std.item() == pytest.approx(sum(IMAGENET_STD) / 3, abs=1e-3)
+    # what the network sees: each channel of a mid-grey image moved by its own mean and std
+    seen = []
+    net = HybridNet(replace(SMALL, quantum=False), in_channels=3, n_classes=2)
+    net.pixel_mean.copy_(pretrained[0]), net.pixel_std.copy_(pretrained[1])
+    net.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    net.eval()(torch.full((1, 3, 8, 8), 0.5))
+    expected = (0.5 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(seen[0][0, :, 0, 0], expected)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_networks_saved_with_one_scalar_mean_and_std_predict_as_they_were_trained(channels):
+    """Checkpoints written before the per-channel statistics hold scalars (0.449/0.226 for pretrained RGB too):
+    they load into today's network and give the predictions of that scalar normalisation."""
+    torch.manual_seed(0)
+    model = HybridNet(replace(SMALL, quantum=False), channels, 2).eval()
+    old = dict(model.state_dict()) | {"pixel_mean": torch.tensor(0.449), "pixel_std": torch.tensor(0.226)}
+    fresh = HybridNet(replace(SMALL, quantum=False), channels, 2).eval()
+    fresh.load_network_state(old)
+    assert fresh.pixel_mean.shape == (channels, 1, 1) and torch.all(fresh.pixel_mean == torch.tensor(0.449))
+    x = torch.rand(2, channels, 28, 28)
+    model.pixel_mean.fill_(0.449), model.pixel_std.fill_(0.226)
+    torch.testing.assert_close(fresh(x), model(x))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a per-channel tensor of another width is refused
+        fresh.load_network_state(dict(old) | {"pixel_mean": torch.zeros(channels + 1, 1, 1)})
 
 
 @pytest.mark.parametrize("channels", [1, 3])
