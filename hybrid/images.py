@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 ENV_DATA_ROOT = "HYBRID_DATA_ROOT"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# what file managers and archivers leave in folders (Windows thumbnails, macOS zip forks): not data, skipped
+# like hidden files rather than refused
+OS_METADATA = {"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx"}
 _GRAY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes with one intensity channel
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 _INT_IDS = "store class ids as integers 0..K-1"
@@ -163,15 +166,15 @@ def load_center_folder(root, class_names: list[str] | None = None) -> dict[str, 
     if not root.is_dir():
         raise DataError(f"Image folder {root} not found; expected a folder laid out as "
                         "root/<center>/<class>/*.png.")
-    centers = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    folders = sorted({c.name for p in centers for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")})
+    centers = sorted(p for p in _entries(root) if p.is_dir())
+    folders = sorted({c.name for p in centers for c in _entries(p) if c.is_dir()})
     if not folders:
         raise DataError(f"No <center>/<class>/ subfolders under {root}; lay images out as "
                         "root/<center>/<class>/*.png.")
     class_ids = _class_ids(folders, class_names, root)
     loaded, wide_maxima = {}, []  # wide_maxima: the largest value of each 16/32-bit image, for the warning
     for center in centers:
-        files = [(f, class_ids[c.name]) for c in sorted(center.iterdir()) if c.name in class_ids
+        files = [(f, class_ids[c.name]) for c in _entries(center) if c.name in class_ids
                  for f in _class_files(c)]
         if not files:
             raise DataError(f"Center folder {center} holds no .png/.jpg images in class subfolders; "
@@ -212,12 +215,15 @@ def _class_ids(folders: list[str], class_names: list[str] | None, root: Path) ->
     return {name: lookup[name.lower()] for name in folders}
 
 
+def _entries(folder: Path) -> list[Path]:
+    """A folder's entries, sorted, without hidden files and what the operating system leaves there."""
+    return sorted(f for f in folder.iterdir() if not f.name.startswith(".") and f.name.lower() not in OS_METADATA)
+
+
 def _class_files(folder: Path) -> list[Path]:
     """The image files of one class folder; anything else there is refused rather than skipped."""
     files, other = [], []
-    for f in sorted(folder.iterdir()):
-        if f.name.startswith("."):
-            continue
+    for f in _entries(folder):
         (files if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() else other).append(f)
     if other:
         kind = "is not a regular file" if other[0].suffix.lower() in IMAGE_SUFFIXES else "is not a .png/.jpg image"

@@ -227,6 +227,24 @@ def test_load_center_folder(tmp_path):
         D.load_center_folder(tmp_path)
 
 
+def test_center_folders_skip_what_the_operating_system_leaves_there(tmp_path):
+    """Windows thumbnails, desktop.ini and a macOS zip's __MACOSX forks are not data: skipped like hidden files,
+    while any other stray file in a class folder is still refused."""
+    rng = np.random.default_rng(0)
+    for center in ("a", "b"):
+        for cls in ("benign", "malignant"):
+            _write_png(tmp_path / center / cls / "0.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+            (tmp_path / center / cls / "Thumbs.db").write_bytes(b"\x00" * 16)
+        (tmp_path / center / "desktop.ini").write_text("[.ShellClassInfo]")
+    (tmp_path / "__MACOSX" / "a" / "benign").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "a" / "benign" / "._0.png").write_bytes(b"\x00" * 16)
+    out = D.load_center_folder(tmp_path)
+    assert list(out) == ["a", "b"] and out["a"].labels.tolist() == [0, 1]
+    (tmp_path / "a" / "benign" / "scan.dcm").write_bytes(b"\x00")
+    with pytest.raises(DataError, match="scan.dcm is not a .png/.jpg image"):
+        D.load_center_folder(tmp_path)
+
+
 def test_load_dataset_rejects_folders(tmp_path):
     with pytest.raises(DataError, match="load_center_folder"):
         D.load_dataset(str(tmp_path))
