@@ -144,6 +144,16 @@ def test_the_cli_counts_the_folds_selects_trains_the_study_and_shows_both_in_its
                                                           for s in ("vidir_molemax", "vidir_modern", "vienna_dias")]
     assert status[4:8] == ["3 finished, 0 running, 0 failed, 0 pending", "selection: erm", "", "the study's runs:"]
     assert status[8].split()[:2] == ["erm/seed0", "finished"] and status[9].startswith("1 finished")
+    # the study's report says how its variant was chosen: the fold scores and the choice, before the results
+    from hybrid.studies import report
+
+    assert report.main([str(out), "--no-models"]) == 0
+    text = (out / "report.md").read_text()
+    section = text[text.index("## Leave-one-source-out selection"):]
+    assert section.index("| variant | vidir_molemax | vidir_modern | vienna_dias | mean |") > 0
+    assert "| erm (selected) |" in section and "- erm: mean AUC over seeds (with the run's TTA): real:rosendahl" in section
+    selection = json.loads((out / "selection.json").read_text())
+    assert f"{selection['scores']['erm']['mean']:.3f} |" in section
 
 
 def test_failed_fold_runs_fail_the_command_and_are_named(tmp_path, capsys):

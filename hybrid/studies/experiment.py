@@ -40,7 +40,7 @@ from hybrid.algorithms import algorithm_class
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, field_type, upgrade_fields
 from hybrid.rundir import write_json
 from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmError, SlurmLauncher
-from hybrid.studies.loso import FOLDS, loso_study, select, write_selection
+from hybrid.studies.loso import FOLDS, loso_study, read_selection, select, write_selection
 from hybrid.studies.presets import PRESETS
 from hybrid.studies.runs import RunJob, is_finished, record_failure, run_dir, study_status
 
@@ -326,8 +326,7 @@ def print_status(out: Path) -> int:
     if (folds / "study.json").is_file():
         print(f"leave-one-source-out fold runs ({folds}):")
         _print_states(folds)
-        selection = out / "selection.json"
-        chosen = json.loads(selection.read_text()).get("selected") if selection.is_file() else None
+        chosen = (read_selection(out) or {}).get("selected")
         print(f"selection: {chosen or 'none yet'}\n\nthe study's runs:")
     _print_states(out)
     return 0

@@ -26,6 +26,7 @@ from hybrid.studies.results import SELECTION_TIE, earliest_within_tie
 from hybrid.studies.runs import run_dir
 
 FOLDS = "loso"  # sub-folder of the study directory holding the fold runs
+SELECTION = "selection.json"  # in the study directory: every fold score and the choice
 
 
 def sources_of(study) -> list[str]:
@@ -85,13 +86,25 @@ def select(study, out: Path) -> dict:
 
 
 def write_selection(selection: dict, out: Path) -> None:
-    write_json(selection, Path(out) / "selection.json")
-    lines = ["# Leave-one-source-out selection", "", f"Rule: {selection['rule']}.", "",
-             "| variant | " + " | ".join(selection["sources"]) + " | mean |",
+    write_json(selection, Path(out) / SELECTION)
+    lines = ["# Leave-one-source-out selection", "", f"Rule: {selection['rule']}.", "", *selection_table(selection)]
+    write_text("\n".join(lines) + "\n", Path(out) / "selection.md")
+
+
+def read_selection(study_dir: Path) -> dict | None:
+    """The leave-one-source-out selection a study directory holds, or None (a study selected on source
+    validation, or its folds not finished)."""
+    path = Path(study_dir) / SELECTION
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def selection_table(selection: dict) -> list[str]:
+    """Markdown rows: each variant's mean AUC on every held-out source and over all of them."""
+    lines = ["| variant | " + " | ".join(selection["sources"]) + " | mean |",
              "|---|" + "---|" * (len(selection["sources"]) + 1)]
     for variant, score in selection["scores"].items():
         cells = [f"{np.mean(a):.3f}" if a else "–" for a in score["per_source"].values()]
         mean = f"{score['mean']:.3f}" if score["mean"] is not None else "–"
         lines.append(f"| {variant}{' (selected)' if variant == selection['selected'] else ''} | "
                      + " | ".join(cells) + f" | {mean} |")
-    write_text("\n".join(lines) + "\n", Path(out) / "selection.md")
+    return lines

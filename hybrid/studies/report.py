@@ -29,6 +29,7 @@ from pathlib import Path
 
 from hybrid.cli import names_list, positive_int, run_cli, seeds_list
 from hybrid.rundir import file_part, read_lines, write_json, write_text
+from hybrid.studies.loso import read_selection
 from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_study, plot_center_auc, roc_on_hardest
 from hybrid.studies.report_markdown import markdown, shared_settings
 from hybrid.studies.runs import seed_of
@@ -110,7 +111,8 @@ def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, 
     primary = "tta" if any(r.domains("tta") for r in runs) else "no_tta"
     result = {"runs_dir": str(runs_dir), "study": study, "variants": variants, "primary_setting": primary,
               "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": [],
-              "selection": source_validation_selection(runs) if len(runs_dirs) == 1 else {}}
+              "selection": source_validation_selection(runs) if len(runs_dirs) == 1 else {},
+              "loso_selection": read_selection(runs_dir) if len(runs_dirs) == 1 else None}
     if len(runs_dirs) > 1:  # its ties go to the earlier-listed variant, and folders list theirs in no common order
         result["skipped"].append("selection on source validation: the runs come from several study folders")
     base = by_seed(runs, BASELINE)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hybrid.config import TrainConfig, upgrade_fields
 from hybrid.reporting import fmt
+from hybrid.studies.loso import FOLDS, selection_table
 from hybrid.studies.results import ALPHA, BASELINE, MIN_PAIRS, SETTINGS, STATS, Run, mean_std
 
 
@@ -169,7 +170,7 @@ def markdown(result: dict, runs: list[Run]) -> str:
     """The whole report.md: settings, per-group tables and tests, findings, figures, data and runs."""
     first = runs[0].report
     tta = first.get("tta") or "none"
-    out = _intro_lines(result, runs, tta) + selection_lines(result, runs)
+    out = _intro_lines(result, runs, tta) + loso_selection_lines(result, runs) + selection_lines(result, runs)
     for title, g in result["groups"].items():
         out += _group_lines(title, g, result["primary_setting"], tta, runs)
     out += [f"A difference with p ≥ {ALPHA} is not significant; 'too few pairs' means the test cannot reach "
@@ -244,15 +245,36 @@ def selection_lines(result: dict, runs: list[Run]) -> list[str]:
     for variant, s in sel["scores"].items():
         mark = " (selected)" if variant == sel["selected"] else ""
         out.append(f"| {variant}{mark} | {_pm(s)} | {s['n']} |")
+    return out + [""] + _held_out_lines(runs, sel["selected"]) + [""]
+
+
+def loso_selection_lines(result: dict, runs: list[Run]) -> list[str]:
+    """The leave-one-source-out choice made before this study's runs (--validation loso): its fold scores, and
+    the chosen variant's held-out figures beside erm's."""
+    sel = result.get("loso_selection")
+    if not sel:
+        return []
+    chosen = sel.get("selected")
+    out = ["## Leave-one-source-out selection", "",
+           f"Chosen before the study's runs, from fold runs that each leave one training source out "
+           f"(`{FOLDS}/`; the held-out centers are not loaded). Rule: {sel['rule']}.", "", *selection_table(sel), ""]
+    if not chosen:
+        return out + ["No variant was selected: some folds have not finished or scored no AUC "
+                      "(`python -m hybrid.experiment --status` on this folder lists them).", ""]
+    return out + _held_out_lines(runs, chosen) + [""]
+
+
+def _held_out_lines(runs: list[Run], selected: str) -> list[str]:
+    """Mean AUC over seeds on the real held-out centers and the in-domain test split: the selected variant, erm."""
     held_out = [d for d in runs[0].report.get("unseen", []) if d.startswith("real:")] + ["clean"]
-    out += [""]
-    for variant in dict.fromkeys([sel["selected"], BASELINE]):
+    out = []
+    for variant in dict.fromkeys([selected, BASELINE]):
         means = {domain: mean_std([r.report["domains"][domain].get("auc") for r in runs
                                    if r.variant == variant and domain in r.report["domains"]]) for domain in held_out}
         cells = [f"{domain} {fmt(m['mean'])}" for domain, m in means.items() if m["n"]]
         if cells:
             out.append(f"- {variant}: mean AUC over seeds (with the run's TTA): " + ", ".join(cells) + ".")
-    return out + [""]
+    return out
 
 
 def per_class_lines(runs: list[Run]) -> list[str]:
