@@ -137,6 +137,30 @@ def test_pretrained_rgb_is_normalised_with_imagenets_per_channel_statistics():
     torch.testing.assert_close(seen[0][0, :, 0, 0], expected)
 
 
+def test_a_pretrained_colour_run_keeps_imagenets_statistics_when_it_is_loaded_again(tmp_path, data_root):
+    """Evaluation rebuilds the network without reading the weights file again: the saved per-channel
+    statistics must come back from the checkpoint, not the untrained defaults."""
+    from torchvision.models import mobilenet_v2
+
+    from hybrid import train
+    from hybrid.model import IMAGENET_MEAN
+    from hybrid.rundir import load_run
+
+    weights = tmp_path / "mobilenet_v2.pth"
+    torch.save(mobilenet_v2().state_dict(), weights)
+    out = tmp_path / "run"
+    assert train.main(["--dataset", "retinamnist", "--pretrained", "--weights-path", str(weights), "--epochs", "1",
+                       "--max-train-samples", "64", "--stem-stride", "2", "--input-size", "16", "--embed-dim", "16",
+                       "--batch-size", "32", "--n-bootstrap", "0", "--eval-max-samples", "32", "--no-figures",
+                       "--threads", "1", "--quiet", "--no-quantum", "--data-root", str(data_root),
+                       "--out", str(out)]) == 0
+    loaded = load_run(out)
+    try:
+        torch.testing.assert_close(loaded.model.pixel_mean.flatten(), torch.tensor(IMAGENET_MEAN))
+    finally:
+        loaded.backend.close()
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_networks_saved_with_one_scalar_mean_and_std_predict_as_they_were_trained(channels):
     """Checkpoints written before the per-channel statistics hold scalars (0.449/0.226 for pretrained RGB too):
