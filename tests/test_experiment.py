@@ -101,6 +101,25 @@ def test_overrides_take_the_field_type():
         experiment.parse_override("epochs=many")
 
 
+def test_a_setting_that_variants_set_themselves_is_refused_not_silently_dropped(caplog, capsys):
+    """The variants win over --set (base | variant | seed): --set quantum=false used to leave the quantum variant
+    quantum, with rc 0 and no word."""
+    with pytest.raises(ValueError, match=r"--set quantum=False would not reach the variants quantum, full, which"):
+        experiment.build_study("quick", overrides={"quantum": False})
+    with pytest.raises(ValueError, match="seeds are 0..N-1 from --seeds"):
+        experiment.build_study("quick", variants=["erm"], overrides={"seed": 7})
+    # a value every chosen variant already has is no conflict; nor is a key no chosen variant sets
+    study = experiment.build_study("quick", variants=["erm"], overrides={"quantum": False, "lr": 2e-3})
+    assert study.config("erm", 0).lr == 2e-3
+    # the budget flags of a smoke test reach every variant but those with their own budget, which are named
+    with caplog.at_level("WARNING", logger="hybrid.experiment"):
+        study = experiment.build_study("quantum", variants=["concat", "concat_refit"], overrides={"epochs": 1})
+    assert (study.config("concat", 0).epochs, study.config("concat_refit", 0).epochs) == (1, 3)
+    assert "epochs=1 does not reach concat_refit, which set epochs themselves (3)" in caplog.text
+    assert experiment.main(["--preset", "quick", "--epochs", "2", "--set", "epochs=3", "--dry-run"]) == 2
+    assert "--epochs 2 and --set epochs=3 disagree" in capsys.readouterr().err
+
+
 def test_presets_build_valid_configs():
     for name in experiment.PRESETS:
         study = experiment.build_study(name)

@@ -85,6 +85,7 @@ def build_study(preset: str, *, seeds: int | None = None, variants: list[str] | 
         if unknown:
             raise ValueError(f"preset {preset!r} has no variant {unknown}; valid: {', '.join(chosen)}")
         chosen = {v: chosen[v] for v in variants}
+    _check_overrides_reach_variants(overrides or {}, chosen)
     base = p.base | (overrides or {})
     known = {f.name for f in fields(TrainConfig)}
     bad = sorted({k for o in (base, *chosen.values()) for k in o} - known)
@@ -95,6 +96,29 @@ def build_study(preset: str, *, seeds: int | None = None, variants: list[str] | 
     for v in study.variants:
         algorithm_class(study.config(v, 0).algorithm)  # fail now, not an hour into the study
     return study
+
+
+# flags a smoke test sets for a whole study: a variant's own value (e.g. a refit's 3 epochs) wins with a warning
+BUDGET_FLAGS = ("epochs", "max_train_samples", "data_root")
+
+
+def _check_overrides_reach_variants(overrides: dict, variants: dict[str, dict]) -> None:
+    """A setting for every variant that some variants set themselves would not reach them (the variant's value
+    wins): refuse it, or for the budget flags say which variants keep their own value."""
+    if "seed" in overrides:
+        raise ValueError("--set seed: a study's seeds are 0..N-1 from --seeds N (each run's seed is part of its "
+                         "folder name); leave seed out of --set")
+    for key, value in overrides.items():
+        own = [name for name, settings in variants.items() if key in settings and settings[key] != value]
+        if not own:
+            continue
+        if key in BUDGET_FLAGS:
+            log.warning("%s=%s does not reach %s, which set %s themselves (%s)", key, value, ", ".join(own), key,
+                        ", ".join(sorted({repr(variants[n][key]) for n in own})))
+            continue
+        raise ValueError(f"--set {key}={value} would not reach the variants {', '.join(own)}, which set {key} "
+                         f"themselves (a variant's settings win over --set); leave {key} out of --set, or choose "
+                         f"other variants with --variants")
 
 
 def _parse_bool(key: str, value: str) -> bool:
@@ -350,9 +374,13 @@ def _run(args, command: str) -> int:
     if args.status:
         return print_status(Path(args.status))
     overrides = dict(parse_override(s) for s in args.set)
-    for key in ("epochs", "max_train_samples", "data_root"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+    for key in BUDGET_FLAGS:
+        flag = getattr(args, key)
+        if flag is not None and key in overrides and overrides[key] != flag:
+            raise ValueError(f"--{key.replace('_', '-')} {flag} and --set {key}={overrides[key]} disagree; "
+                             "give one of them")
+        if flag is not None:
+            overrides[key] = flag
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     study = build_study(args.preset, seeds=args.seeds, variants=variants, overrides=overrides)
     out = Path(args.out or f"runs/{args.preset}")
