@@ -339,6 +339,10 @@ def write_markdown_report(report: Mapping, path) -> Path:
         counts = report["parameters"]
         out += [f"Trainable parameters: {counts['total']:,}, of which {counts['layer']} in the quantum layer's slot "
                 f"and {counts['head']:,} in the head.", ""]
+    asked, trained = (report.get("config") or {}).get("algorithm"), run.get("algorithm")
+    if asked and trained and asked != trained:
+        out += [f"Trained with **{trained}**: the config asks for {asked}, which needs at least two training domains "
+                "(virtual or real centers), and this run had one.", ""]
     if report.get("source_val"):
         sv = report["source_val"]
         adapted = f" with test-time adaptation {report['tta']}" if report.get("tta", "none") != "none" else ""

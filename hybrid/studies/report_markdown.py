@@ -24,9 +24,10 @@ def _p(p) -> str:
     return "n/a" if p is None else (f"{p:.2g}" if p < 0.001 else f"{p:.3f}")
 
 
-def method_components(cfg: dict) -> str:
-    """The method's components, e.g. "shift + DANN + quantum"; ERM is the absence of an algorithm."""
-    algorithm = upgrade_fields(cfg).get("algorithm", "erm")
+def method_components(cfg: dict, trained_with: str | None = None) -> str:
+    """The method's components, e.g. "shift + DANN + quantum"; ERM is the absence of an algorithm.
+    `trained_with`: the algorithm the run trained with (ERM where the configured one needs domains it lacked)."""
+    algorithm = trained_with or upgrade_fields(cfg).get("algorithm", "erm")
     parts = [name for name, on in (("colour constancy", cfg.get("colour_constancy")), ("shift", cfg.get("shift")),
                                    (algorithm.upper(), algorithm != "erm"),
                                    (f"aux loss x{cfg.get('aux_weight', 0.0):g}", cfg.get("aux_weight")),
@@ -96,7 +97,8 @@ def _table(table: dict, runs: list[Run]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, stats in table.items():
         seeds = stats["auc_mean"]["n"]
-        cells = [v, method_components(reports[v].get("config", {})), _parameters(reports[v]), str(seeds)]
+        trained_with = reports[v].get("run", {}).get("algorithm")
+        cells = [v, method_components(reports[v].get("config", {}), trained_with), _parameters(reports[v]), str(seeds)]
         lines.append("| " + " | ".join([*cells, *(_pm(stats[k]) for k in STATS)]) + " |")
     return lines
 
