@@ -154,6 +154,12 @@ RUN_OUTPUTS = ("config.json", "centers.json", "metrics.jsonl", "last.pt", "best.
 RUN_OUTPUT_PATTERNS = ("eval_*.json", "eval_*.md", "partial_*.jsonl", "*.tmp")
 
 
+def refuse_study_dir(out: Path) -> None:
+    if (Path(out) / "study.json").exists():
+        raise ValueError(f"--out {out} is a study directory of hybrid.experiment (study.json), not a run; train "
+                         f"into another --out (its runs are {out}/<variant>/seed<N>, which the study trains)")
+
+
 def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse an --out that cannot hold a new run, before anything is read or written: a file, a
     folder that cannot be written, or one that holds a run (unless resuming or overwriting it)."""
@@ -163,8 +169,14 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out}: {existing} cannot be written to; choose a folder you can write to")
+    refuse_study_dir(out)
     if resume or overwrite:
         return
+    if not (out / "config.json").exists():  # not a run's folder: files of the same names are someone else's
+        taken = [name for name in RUN_OUTPUTS if (out / name).exists()]
+        if taken:
+            raise ValueError(f"--out {out} holds {', '.join(taken)} but no run (config.json); training would "
+                             "replace them: train into a new or empty folder, or add --overwrite to replace them")
     if (out / "report.json").exists():
         held = "a finished run (report.json)"
     elif (out / "last.pt").exists() or (out / "best.pt").exists():

@@ -43,7 +43,8 @@ from hybrid.inference import evaluate_domains, predict_probs, source_threshold
 from hybrid.metrics import domain_metrics, summarize, threshold_from_probs
 from hybrid.model import HybridNet
 from hybrid.reporting import format_table
-from hybrid.rundir import atomic_save, check_out_dir, clear_run, initialise_from, replace_result, write_json
+from hybrid.rundir import (atomic_save, check_out_dir, clear_run, initialise_from, refuse_study_dir, replace_result,
+                           write_json)
 from hybrid.runtime import torch_settings
 from hybrid.shifts import make_target_centers
 
@@ -262,6 +263,7 @@ RESUME_MAY_DIFFER = ENVIRONMENT_FIELDS
 
 def check_resume(cfg: TrainConfig, out_dir: Path) -> None:
     """Refuse a --resume that would silently start afresh or turn the run into another one."""
+    refuse_study_dir(out_dir)
     last = out_dir / "last.pt"
     if not last.is_file():
         raise ValueError(f"--resume: {last} does not exist, so there is nothing to resume; "

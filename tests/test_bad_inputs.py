@@ -180,6 +180,25 @@ def test_a_finished_run_is_never_clobbered_without_overwrite(tiny_run, tmp_path,
     assert snapshot(run).keys() == before.keys() | {run / "eval_old.json"}
 
 
+def test_a_folder_of_other_files_or_a_study_is_never_trained_into(tmp_path, capsys):
+    """A report.md that is not a run's (no config.json) used to be replaced without a word; a study directory was
+    called "a finished run" and --overwrite then replaced the study's report with one run's."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "report.md").write_text("my draft")
+    code, err = run_tool("train", [*TINY, "--out", str(folder)], capsys)
+    assert_refused(code, err, "holds report.md but no run", "--overwrite")
+    assert sorted(p.name for p in folder.iterdir()) == ["report.md"] and (folder / "report.md").read_text() == "my draft"
+    study = tmp_path / "study"
+    study.mkdir()
+    for name in ("study.json", "report.json", "report.md"):
+        (study / name).write_text("{}")
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        code, err = run_tool("train", [*TINY, "--out", str(study), *flags], capsys)
+        assert_refused(code, err, "is a study directory")
+        assert sorted(p.name for p in study.iterdir()) == ["report.json", "report.md", "study.json"]
+
+
 def test_resume_refuses_a_tampered_config(tiny_run, tmp_path, capsys):
     import json
 
