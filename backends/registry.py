@@ -108,7 +108,8 @@ def get_backend(name: str, *, job_timeout: float | None = None, dry_run: bool = 
     With `dry_run`, its runners plan every job and submit none (and IBM Runtime opens no batch).
     """
     if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}")
+        raise BackendError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}"
+                           + _device_hint(name))
     factory = BACKENDS[name]
     parameters = inspect.signature(factory).parameters
     accepted = [p for p in parameters if p not in ("self", "dry_run")]  # dry_run is get_backend's own
@@ -126,6 +127,14 @@ def get_backend(name: str, *, job_timeout: float | None = None, dry_run: bool = 
     return backend
 
 
+def _device_hint(name: str) -> str:
+    """A device named where a backend belongs (fake_manila, ibm_brisbane): the spec that runs it."""
+    if not name.startswith(("fake_", "ibm_")):
+        return ""
+    return (f"; {name} looks like a device: name a backend before it, e.g. aer_noisy:{name} (its noise model "
+            f"simulated), torch_noisy:{name} or ibm_runtime:{name}")
+
+
 def parse_backend_spec(spec: str) -> tuple[str, dict]:
     """`name[:arg][:key=value...]` -> (name, options); numbers are converted.
 
@@ -134,7 +143,7 @@ def parse_backend_spec(spec: str) -> tuple[str, dict]:
     name, *parts = spec.strip().split(":")
     if name not in BACKENDS:  # before any work: a benchmark row that fails late helps nobody
         raise BackendError(f"backend spec {spec!r}: unknown backend {name!r}; valid backends: "
-                           f"{', '.join(sorted(BACKENDS))}")
+                           f"{', '.join(sorted(BACKENDS))}" + _device_hint(name))
     options: dict[str, Any] = {}
     for part in parts:
         if "=" in part:

@@ -103,6 +103,13 @@ def test_unknown_calibration_backend_fails_before_any_work():
 
     with pytest.raises(BackendError, match="unknown backend"):
         with_device_attenuation(TrainConfig(**SMALL, q_noise_device="nosuch:device"))
+    # a device where the backend belongs: the message gives the spec that runs it
+    with pytest.raises(BackendError, match="fake_manila looks like a device: name a backend before it, e.g. "
+                                           "aer_noisy:fake_manila"):
+        with_device_attenuation(TrainConfig(**SMALL, q_noise_device="fake_manila"))
+    with pytest.raises(BackendError) as plain:
+        with_device_attenuation(TrainConfig(**SMALL, q_noise_device="nosuch:device"))
+    assert "looks like a device" not in str(plain.value)
 
 
 def test_a_run_trained_for_a_device_saves_the_factors_it_trained_with(tmp_path, data_root):
