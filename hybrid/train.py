@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = config_from_args(args)
+        if args.resume and not args.out:  # the default run directory is named by the time, so it never exists
+            raise ValueError("--resume continues a run: name its directory with --out RUN_DIR")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
             raise ValueError("under torchrun, give --out: every process must write into the same run directory")
         out = chosen["out"] = Path(args.out or f"runs/{Path(cfg.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -197,6 +197,9 @@ def test_a_folder_of_other_files_or_a_study_is_never_trained_into(tmp_path, caps
         code, err = run_tool("train", [*TINY, "--out", str(study), *flags], capsys)
         assert_refused(code, err, "is a study directory")
         assert sorted(p.name for p in study.iterdir()) == ["report.json", "report.md", "study.json"]
+    # --resume without --out used to name a fresh time-stamped folder that could not exist
+    code, err = run_tool("train", [*TINY, "--resume"], capsys)
+    assert_refused(code, err, "--resume continues a run: name its directory with --out RUN_DIR")
 
 
 def test_resume_refuses_a_tampered_config(tiny_run, tmp_path, capsys):
