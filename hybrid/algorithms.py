@@ -28,6 +28,12 @@ def algorithm_class(name: str) -> type["Algorithm"]:
     return lookup(ALGORITHMS, name, "training algorithm")
 
 
+def check_algorithm(cfg: TrainConfig) -> None:
+    """An unknown algorithm or hyperparameter fails before any work (and before a run directory is made)."""
+    cls = algorithm_class(cfg.algorithm)
+    parse_hparams(cfg.algorithm_hparams, cls.HPARAMS, cls.name)
+
+
 def make_algorithm(name: str, network: nn.Module, hparams: TrainConfig, *, n_domains: int,
                    total_steps: int) -> "Algorithm":
     """The algorithm registered as ``name``, training ``network`` for ``total_steps`` steps."""

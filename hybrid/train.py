@@ -24,12 +24,13 @@ import resource
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hybrid.algorithms import ALGORITHMS, algorithm_class, make_algorithm
+from hybrid.algorithms import ALGORITHMS, check_algorithm, make_algorithm
 from hybrid.checkpoints import load_checkpoint
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, refits_head
 from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
@@ -159,7 +160,7 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
 
     started = time.perf_counter()
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
-    algorithm_class(cfg.algorithm)  # an unknown name fails before any work
+    check_algorithm(cfg)
     if refits_head(cfg) and not cfg.init_from:
         raise ValueError("--head-grad-scale 0 --aux-weight 0 with ERM trains nothing but the head, on a fixed encoder: "
                          "name the trained network to refit with --init-from RUN (e.g. runs/study/variant/seed{seed})")
@@ -196,7 +197,9 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     network.to(device)
     attach_noise_channel(network, cfg)  # --q-noise-channel density: training runs the device's noise model
     steps = cfg.epochs * math.ceil(len(data.y_train) / cfg.batch_size)
-    algorithm = make_algorithm(algorithm_name, network, cfg, n_domains=n_domains, total_steps=steps)
+    # ERM in place of a method that lacked domains: that method's hyperparameters are not ERM's
+    hparams = cfg if algorithm_name == cfg.algorithm else replace(cfg, algorithm_hparams="")
+    algorithm = make_algorithm(algorithm_name, network, hparams, n_domains=n_domains, total_steps=steps)
     meta = {"in_channels": bundle.n_channels, "n_classes": bundle.n_classes, "n_domains": n_domains,
             "positive_class": bundle.positive_class, "class_names": bundle.class_names, "threshold": None,
             "class_ids": bundle.class_ids,

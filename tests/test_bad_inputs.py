@@ -138,6 +138,9 @@ TRAIN_OPTIONS = [
     # --ibm-backend, which train does not have)
     (["--backend", "ibm_runtime"], ["exact backend", "hybrid.evaluate"]),
     (["--backend", "aer_noisy"], ["exact backend"]), (["--backend", "torch_noisy"], ["exact backend"]),
+    # refused before the run directory is made (it used to be left holding config.json and centers.json)
+    (["--algorithm-hparams", "foo=1"], ["'foo=1'", "its hyperparameters are: none"]),
+    (["--algorithm", "coral", "--algorithm-hparams", "coral_weight=lots"], ["coral_weight expects a number"]),
 ]
 
 

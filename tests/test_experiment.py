@@ -89,6 +89,8 @@ def test_unknown_names_are_clear_errors():
         experiment.build_study("quick", variants=["erm", "nosuch"])
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         experiment.build_study("quick", overrides={"epoch": 3})
+    with pytest.raises(ValueError, match="algorithm_hparams entry 'foo=1'"):  # before any run (and its folder)
+        experiment.build_study("quick", overrides={"algorithm_hparams": "foo=1"})
 
 
 def test_overrides_take_the_field_type():

@@ -319,24 +319,25 @@ def test_components_name_colour_constancy():
 
 
 def test_a_run_that_fell_back_to_erm_is_reported_as_erm(tmp_path, data_root, caplog):
-    """DANN with one training domain (no virtual centers) trains ERM: the run's report and a study's components
-    must say so, not the configured DANN."""
+    """CORAL (like DANN) with one training domain (no virtual centers) trains ERM: the run's report and a study's
+    components must say so, not the configured method; its own hyperparameters, which ERM does not take, used to
+    stop that fallback with an error."""
     from hybrid import train
     from hybrid.studies.report_markdown import method_components
 
     out = tmp_path / "run"
     with caplog.at_level("WARNING"):
-        assert train.main(["--algorithm", "dann", "--no-shift", "--no-quantum", "--epochs", "1",
-                           "--max-train-samples", "64", "--width-mult", "0.1", "--stem-stride", "2", "--input-size",
-                           "16", "--embed-dim", "16", "--batch-size", "32", "--n-bootstrap", "0",
-                           "--eval-max-samples", "32", "--no-figures", "--threads", "1", "--quiet",
-                           "--data-root", str(data_root), "--out", str(out)]) == 0
-    assert "training with erm instead" in caplog.text
+        assert train.main(["--algorithm", "coral", "--algorithm-hparams", "coral_weight=2", "--no-shift",
+                           "--no-quantum", "--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.1",
+                           "--stem-stride", "2", "--input-size", "16", "--embed-dim", "16", "--batch-size", "32",
+                           "--n-bootstrap", "0", "--eval-max-samples", "32", "--no-figures", "--threads", "1",
+                           "--quiet", "--data-root", str(data_root), "--out", str(out)]) == 0
+    assert "coral needs at least two training domains" in caplog.text and "training with erm instead" in caplog.text
     report = json.loads((out / "report.json").read_text())
-    assert (report["config"]["algorithm"], report["run"]["algorithm"]) == ("dann", "erm")
-    assert "Trained with **erm**: the config asks for dann" in (out / "report.md").read_text()
+    assert (report["config"]["algorithm"], report["run"]["algorithm"]) == ("coral", "erm")
+    assert "Trained with **erm**: the config asks for coral" in (out / "report.md").read_text()
     assert method_components(report["config"], report["run"]["algorithm"]) == "none"
-    assert method_components(report["config"]) == "DANN"
+    assert method_components(report["config"]) == "CORAL"
 
 
 def test_runs_without_source_validation_select_nothing(synthetic):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from hybrid.cli import command_line, positive_int, run_cli
-from hybrid.algorithms import algorithm_class
+from hybrid.algorithms import check_algorithm
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, field_type, upgrade_fields
 from hybrid.rundir import write_json
 from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmError, SlurmLauncher
@@ -94,7 +94,7 @@ def build_study(preset: str, *, seeds: int | None = None, variants: list[str] | 
     study = Study(preset, base, chosen, tuple(range(p.seeds if seeds is None else seeds)), p.notes,
                   p.description)
     for v in study.variants:
-        algorithm_class(study.config(v, 0).algorithm)  # fail now, not an hour into the study
+        check_algorithm(study.config(v, 0))  # fail now, not an hour into the study
     return study
 
 
