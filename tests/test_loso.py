@@ -166,5 +166,6 @@ def test_failed_fold_runs_fail_the_command_and_are_named(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "leave-one-source-out folds: 0 trained, 0 already finished, 3 failed" in captured.out
     assert "leave-one-source-out selection: none: erm@vidir_molemax/seed0 has not finished (and 2 more)" in captured.out
+    assert "0 trained, 0 already finished, 1 failed\n" in captured.out  # no "next: hybrid.report" with nothing to report
     assert "failed runs: loso/erm@vidir_molemax/seed0, loso/erm@vidir_modern/seed0, loso/erm@vienna_dias/seed0, " \
            "erm/seed0" in captured.err and str(out / "loso") in captured.err

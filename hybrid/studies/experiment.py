@@ -411,7 +411,8 @@ def _run(args, command: str) -> int:
     if args.launcher == "slurm" and args.no_wait:
         print(f"submitted; follow with: python -m hybrid.experiment --status {shlex.quote(str(out))}")
         return 0
-    print(f"{_counts_line(summary)}; next: python -m hybrid.report {shlex.quote(str(out))}")
+    finished = summary["finished"] or summary["skipped"]  # nothing to report when every run failed
+    print(_counts_line(summary) + (f"; next: python -m hybrid.report {shlex.quote(str(out))}" if finished else ""))
     if summary["failed"] or fold_failures:
         print(f"failed runs: {', '.join(fold_failures + summary['failed'])} (see failures.jsonl in "
               f"{out}{' and ' + str(out / FOLDS) if fold_failures else ''}; rerun to retry)", file=sys.stderr)
