@@ -181,10 +181,24 @@ def test_benchmark_errors_are_one_sentence(run_dir, data_root, capsys, tmp_path)
     # a misspelt backend is refused before any work
     assert bench_backends.main(args + ["--domains", "tgt_blur", "--backends", "statevector,quantum_cloud_9000"]) == 2
     assert "valid backends" in capsys.readouterr().err and not (tmp_path / "bench_backends.json").exists()
-    # a backend that cannot be built gets an error row; the others still run
-    assert bench_backends.main(args + ["--domains", "tgt_blur", "--backends", "statevector,aer_noisy:fake_nowhere"]) == 1
+    # so are a device that does not exist and an option value a backend refuses: before the baseline runs
+    for spec, words in (("aer_noisy:fake_nowhere", "fake_nowhere"), ("aer:shots=-1", "shots must be a positive"),
+                        ("aer:shotz=100", "do not apply to backend 'aer'")):
+        assert bench_backends.main(args + ["--domains", "tgt_blur", "--backends", f"statevector,{spec}"]) == 2
+        assert words in capsys.readouterr().err and not (tmp_path / "bench_backends.json").exists()
+
+
+def test_a_live_backend_that_cannot_start_gets_an_error_row_and_the_others_run(run_dir, data_root, monkeypatch,
+                                                                               tmp_path):
+    from qiskit_ibm_runtime import QiskitRuntimeService
+
+    monkeypatch.delenv("QISKIT_IBM_TOKEN", raising=False)
+    monkeypatch.setattr(QiskitRuntimeService, "saved_accounts", staticmethod(lambda *a, **k: {}))
+    args = ["--run", str(run_dir), "--data-root", str(data_root), "--samples", "4", "--quiet", "--out", str(tmp_path),
+            "--domains", "tgt_blur", "--backends", "statevector,ibm_runtime:ibm_brisbane"]
+    assert bench_backends.main(args) == 1
     rows = json.loads((tmp_path / "bench_backends.json").read_text())["rows"]
-    assert "auc" in rows[1] and "fake_nowhere" in rows[2]["error"]
+    assert "auc" in rows[1] and "needs credentials" in rows[2]["error"]
 
 
 def test_benchmark_refuses_a_tta_that_needs_gradients(run_dir, data_root):

@@ -163,8 +163,19 @@ def _setup(run_dir: Path, specs: list[str], samples: int, domain_names, tta, bat
     seed = cfg.seed if seed is None else seed
     batch_size = batch_size or cfg.eval_batch_size
     parsed = [parse_backend_spec(s) for s in specs]
+    _check_backends(run_dir, parsed, seed)
     domains = select_domains(run_domains(cfg, ckpt["in_channels"], data_root), domain_names, samples, seed)
     return cfg, model, ckpt, {"tta": tta, "seed": seed, "batch_size": batch_size}, parsed, domains
+
+
+def _check_backends(run_dir: Path, parsed: list[tuple[str, dict]], seed: int) -> None:
+    """Build every backend that is built locally once, opening nothing, so a bad option value or device name
+    fails before the baseline runs and before an earlier benchmark's files are replaced. A live IBM device is
+    left to its own row: an unreachable service must not cost the other backends theirs."""
+    for name, options in parsed:
+        if name == "ibm_runtime" and not str(options.get("ibm_backend", "")).startswith("fake_"):
+            continue
+        _make_backend(run_dir, name, options, seed, dry_run=True).close()
 
 
 def _make_backend(run_dir: Path, name: str, options: dict, seed: int, dry_run: bool = False):
