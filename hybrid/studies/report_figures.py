@@ -56,6 +56,14 @@ def plot_center_auc(runs: list[Run], names: list[str], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _progress(items, what: str):
+    """A progress bar over the variants whose checkpoint is reloaded (seconds each); shown on a terminal only."""
+    from tqdm.auto import tqdm
+
+    items = list(items)
+    return tqdm(items, desc=what, unit="variant", total=len(items), disable=None, leave=False)
+
+
 class ModelData:
     """Reloads a run's checkpoint and its evaluation domains (built once per dataset and seed)."""
 
@@ -86,7 +94,7 @@ def roc_on_hardest(runs: list[Run], names: list[str], path: Path, models: ModelD
     auc = mean_auc_by_center(runs, names)
     hardest = min((c for c in auc if math.isfinite(auc[c])), key=auc.get)
     curves, check = {}, {}
-    for variant in variants_of(runs):
+    for variant in _progress(variants_of(runs), f"ROC on {hardest}"):
         run = min((r for r in runs if r.variant == variant), key=lambda r: r.seed)
         cfg, model, domains = models(run)
         x, y = first_samples({hardest: domains[hardest]}, cfg.eval_max_samples)[hardest]
@@ -132,11 +140,11 @@ def feature_study(runs: list[Run], names: list[str], path: Path, models: ModelDa
     virtual = sorted((c for c in names if c not in real and math.isfinite(auc[c])), key=auc.get)
     chosen = ["clean", *real, *virtual][:max(FEATURE_DOMAINS, len(real) + 1)]
     lowest = {v: min((r for r in runs if r.variant == v), key=lambda r: r.seed) for v in variants_of(runs)}
-    loaded = {v: models(run) for v, run in lowest.items()}
+    loaded = {v: models(run) for v, run in _progress(lowest.items(), "reloading models")}
     # the domains every variant has: each variant's accuracy (and chance level) is over the same centers
     chosen = [c for c in chosen if all(c in domains for _, _, domains in loaded.values())]
     out, panels = {}, {}
-    for variant, run in lowest.items():
+    for variant, run in _progress(lowest.items(), "encoder features"):
         cfg, model, domains = loaded[variant]
         feats, labels = [], []
         with torch.no_grad():
