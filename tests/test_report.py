@@ -702,7 +702,11 @@ def test_the_same_run_in_two_folders_is_refused_unless_one_is_left_out(synthetic
                               "--out", out]) == 0  # the duplicated variants are not asked for
     assert study_report.main([str(synthetic), "--include", str(tmp_path / "typo"), "--no-models", "--out", out]) == 2
     err = capsys.readouterr().err
-    assert "no finished runs" in err and str(tmp_path / "typo") in err  # a mistyped folder is not silently empty
+    assert f"{tmp_path / 'typo'} does not exist" in err  # a mistyped folder is not silently empty
+    # one run's folder is not a study: its own report.md is named
+    one_run = synthetic / "erm" / "seed0"
+    assert study_report.main([str(one_run), "--no-models", "--out", out]) == 2
+    assert f"is one run's directory, not a study: its report is {one_run / 'report.md'}" in capsys.readouterr().err
 
 
 def test_a_variant_trained_differently_in_two_folders_is_refused(synthetic, tmp_path, capsys):

@@ -90,6 +90,16 @@ def _in_study_order(study: dict, runs: list[Run]) -> list[Run]:
     return sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.variant, r.seed))
 
 
+def _refuse_non_study(runs_dir: Path) -> None:
+    """A mistyped path, or one run's directory (which has its own report.md), said as such."""
+    if not runs_dir.exists():
+        raise FileNotFoundError(f"{runs_dir} does not exist; give a study directory written by hybrid.experiment")
+    is_run = (runs_dir / "config.json").is_file() or (runs_dir / "report.json").is_file()
+    if is_run and not (runs_dir / "study.json").is_file() and not any(runs_dir.glob("*/seed*")):
+        raise ValueError(f"{runs_dir} is one run's directory, not a study: its report is {runs_dir / 'report.md'} "
+                         "(`python -m hybrid.report` compares the runs of a study directory)")
+
+
 def load_study_runs(runs_dirs: list[Path], evaluation: str | None = None, variants: list[str] | None = None,
                     seeds: list[int] | None = None) -> tuple[dict, list[Run]]:
     """The finished runs of several study directories as one study, optionally only some variants and seeds.
@@ -102,6 +112,7 @@ def load_study_runs(runs_dirs: list[Path], evaluation: str | None = None, varian
     """
     study, runs, where = None, [], {}
     for runs_dir in map(Path, runs_dirs):
+        _refuse_non_study(runs_dir)
         part, part_runs = load_runs(runs_dir, evaluation)
         if not part_runs:
             raise FileNotFoundError(f"no finished runs (*/seed*/report.json) under {runs_dir}; "
