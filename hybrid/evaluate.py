@@ -60,8 +60,10 @@ def select_domains(args, cfg: TrainConfig, ckpt: dict, root) -> tuple[Domains, s
         return domains, Path(args.data).stem
     center_set = args.centers or "target"
     if center_set not in CENTER_SETS:
+        own = (f"; to score this run's own centers by name, add --data {cfg.dataset}"
+               if str(cfg.dataset).endswith(".npz") else "")
         raise ValueError(f"--centers {center_set!r} is not a virtual center set ({', '.join(CENTER_SETS)}); "
-                         "center names are for a multi-center --data file")
+                         f"center names are for a multi-center --data file{own}")
     dataset = args.dataset or cfg.dataset
     bundle = load_bundle(replace(cfg, dataset=dataset), root)
     if args.dataset:  # another dataset's classes must be the run's, before any image is scored

@@ -262,6 +262,11 @@ def load_run(run_dir: Path, backend_name: str | None = None, *, device: str = "c
 
     run_dir = Path(run_dir)
     cfg_path, ckpt_path = run_dir / "config.json", run_dir / CHECKPOINT
+    if not cfg_path.is_file() and (run_dir / "study.json").is_file():
+        runs = sorted(str(p.parent.relative_to(run_dir)) for p in run_dir.glob("*/seed*/" + CHECKPOINT))
+        raise DataError(f"{run_dir} is a study directory (study.json); name one of its runs, {run_dir}/<variant>/"
+                        f"seed<N>" + (f", e.g. {run_dir / runs[0]} ({len(runs)} with a model)" if runs else
+                                      " (none has saved a model yet)"))
     for path in (cfg_path, ckpt_path):
         if not path.is_file() and cfg_path.is_file() and (run_dir / "metrics.jsonl").is_file():
             raise DataError(f"{path} is missing: training in {run_dir} has not saved a model yet; wait for it, or "

@@ -429,6 +429,14 @@ def test_python_api_raises_one_sentence_errors(bad, tiny_run, tmp_path):
         train.train(TrainConfig(epochs=1), tiny_run)
     with pytest.raises(DataError, match="config.json is missing"):
         load_run(tmp_path)
+    study = tmp_path / "study"
+    (study / "erm" / "seed0").mkdir(parents=True)
+    (study / "study.json").write_text("{}")
+    with pytest.raises(DataError, match=r"is a study directory \(study.json\); name one of its runs.*none has saved"):
+        load_run(study)
+    (study / "erm" / "seed0" / "best.pt").write_bytes(b"")
+    with pytest.raises(DataError, match=r"e\.g\. .*erm/seed0 \(1 with a model\)"):
+        load_run(study)
 
 
 def test_train_refuses_unknown_classes(tmp_path, capsys, data_root):

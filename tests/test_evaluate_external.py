@@ -52,7 +52,8 @@ def test_centers_option_chooses_some_and_names_the_valid_ones(multicenter_run, c
     err = capsys.readouterr().err
     assert "mars" in err and "north" in err and "Traceback" not in err
     assert evaluate.main(["--run", str(multicenter_run), "--centers", "south"]) == 2  # not a virtual center set
-    assert "validation" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "validation" in err and "add --data " + str(multicenter_run.parent / "mc.npz") in err  # the run's own file
 
 
 @pytest.mark.slow
