@@ -38,8 +38,22 @@ def test_small_subgroups_get_no_auc_and_tables_count_flags():
 
 def test_a_group_field_that_does_not_refine_the_target_is_refused():
     groups = np.array(["a", "a", "b", "b"])
-    with pytest.raises(DataError, match="both positive and negative"):
+    with pytest.raises(DataError, match=r"subgroups a, b hold both positive and negative"):
         subgroups.analyse_center(np.array([0.1, 0.9, 0.2, 0.8]), np.array([0, 1, 0, 1]), groups, 0.5)
+
+
+@pytest.mark.slow
+def test_a_group_field_that_does_not_refine_the_target_is_refused_before_any_image_is_scored(
+        multicenter_run, capsys, monkeypatch):
+    import hybrid.inference
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("images were scored before the group field was checked")
+
+    monkeypatch.setattr(hybrid.inference, "predict_probs", no_scoring)
+    assert subgroups.main(["--run", str(multicenter_run), "--group-field", "center_ids"]) == 2
+    err = capsys.readouterr().err
+    assert "subgroups 2 of 'center_ids' in c hold both positive and negative cases" in err and "np.str_" not in err
 
 
 @pytest.mark.slow

@@ -64,14 +64,20 @@ def group_table(scores: np.ndarray, target: np.ndarray, groups: np.ndarray, thre
     return rows
 
 
+def refuse_mixed_groups(groups, target, positive_class: int, where: str = "") -> None:
+    """Subgroups must refine the target: a group with both positive and negative cases has no pairwise AUC."""
+    positive, negative = target == positive_class, target != positive_class
+    mixed = sorted({str(g) for g in groups[positive]} & {str(g) for g in groups[negative]})
+    if mixed:
+        raise DataError(f"subgroups {', '.join(mixed)}{where} hold both positive and negative cases; choose a group "
+                        "field that refines the target (e.g. the diagnosis for a malignant/benign target)")
+
+
 def analyse_center(scores, target, groups, threshold: float, positive_class: int = 1) -> dict:
     """Everything the report shows for one center, from per-image scores."""
     positive = [g for g in np.unique(groups[target == positive_class])]
     negative = [g for g in np.unique(groups[target != positive_class]) if g not in positive]
-    mixed = sorted(set(groups[target == positive_class]) & set(groups[target != positive_class]))
-    if mixed:
-        raise DataError(f"subgroups {mixed} hold both positive and negative cases; choose a group field "
-                        "that refines the target (e.g. the diagnosis for a malignant/benign target)")
+    refuse_mixed_groups(groups, target, positive_class)
     probs = np.stack([1 - scores, scores], 1) if positive_class == 1 else np.stack([scores, 1 - scores], 1)
     overall = domain_metrics(target, probs, threshold=threshold, positive_class=positive_class, n_bootstrap=0)
     return {"n": int(len(scores)), "threshold": float(threshold), "auc": overall["auc"],
@@ -204,18 +210,21 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
         threshold = ckpt["threshold"]  # the run's own, as its report and hybrid.evaluate use
     else:  # chosen again as training chose it: on source validation under the run's shifts, not the plain split
         threshold = source_validation_threshold(model, cfg, root, tta, bundle.positive_class)
-    results = {}
+    per_center = {}  # every center's subgroups checked before any image is scored
     for center in chosen:
-        split = bundle.test_domains[center]
         # held-out centers keep file order (see load_multicenter_npz), so the subgroup array lines up
         members = center_ids == bundle.center_names.index(center)
         if bundle.class_ids:  # a run on a class subset (--classes) scored only those images
             members &= np.isin(labels_all, bundle.class_ids)
         groups = groups_all[members]
-        if len(groups) != len(split.labels):
+        if len(groups) != len(bundle.test_domains[center].labels):
             raise DataError(f"{group_field!r} does not line up with the images of {center}")
-        if names is not None:
-            groups = np.array([names[int(g)] for g in groups])
+        per_center[center] = np.array([names[int(g)] for g in groups]) if names is not None else groups
+        refuse_mixed_groups(per_center[center].astype(str), np.asarray(bundle.test_domains[center].labels),
+                            bundle.positive_class, f" of {group_field!r} in {center}")
+    results = {}
+    for center, groups in per_center.items():
+        split = bundle.test_domains[center]
         x, y = split_to_tensors(split, cfg.input_size, channels)
         probs = predict_probs(model, x, tta, cfg.eval_batch_size, progress=True, desc=center)
         scores = probs[:, bundle.positive_class]
