@@ -27,7 +27,8 @@ HELP = {
                "0..k-1 in the order given; with two, the first is the positive class (e.g. mel,nv)",
     "pretrained": "start from ImageNet weights (torchvision, or --weights-path)",
     "weights_path": "with --pretrained: a local file holding torchvision's mobilenet_v2 ImageNet state_dict (no "
-                    "download; e.g. torch.save(mobilenet_v2(weights='IMAGENET1K_V1').state_dict(), path))",
+                    "download), e.g. saved with torch.save(model.state_dict(), path) for model = "
+                    "mobilenet_v2(weights='IMAGENET1K_V1')",
     "algorithm": "domain-generalization training algorithm",
     "algorithm_hparams": "NAME=VALUE,... for the algorithm's own hyperparameters (an unknown NAME is answered with the list)",
     "tta": "test-time adaptation at evaluation",
@@ -164,7 +165,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     choices = config_choices()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = HELP.get(f.name, "") + f" (default: {f.default})"
+        help_text = HELP.get(f.name, "")
+        help_text += "" if "(default:" in help_text else f" (default: {f.default})"
         kind = field_type(f.name)
         default = None if f.name == "algorithm" else f.default  # None: not given, so --dann may set it
         if kind is bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,5 @@ def test_console_scripts_are_installed_and_answer_help(script, help_answers):
 def test_every_python_m_tool_of_the_readme_still_answers(tool, help_answers):
     answer = help_answers[f"hybrid.{tool}"]
     assert answer["code"] == 0 and "usage:" in answer["output"], answer["output"]
+    text = " ".join(answer["output"].split())  # argparse's wrapping undone
+    assert not re.search(r"\(default: [^)]*\) \(default:", text), "a default said twice"
