@@ -398,7 +398,9 @@ def _kw_for(fn, kw: dict) -> dict:
         raise TypeError(f"load_dataset() got unexpected keyword arguments {sorted(unknown)}")
     params = inspect.signature(fn).parameters
     # Seeds and fractions are meaningless for fixed splits; center options there are a likely mistake.
-    ignored = sorted(k for k in _MULTICENTER_KW if kw.get(k) is not None and k not in params)
+    # a field left at its default (labels, center_ids) was not asked for: no warning for it
+    defaults = {k: p.default for k, p in inspect.signature(load_multicenter_npz).parameters.items()}
+    ignored = sorted(k for k in _MULTICENTER_KW if kw.get(k) not in (None, defaults[k]) and k not in params)
     if ignored:
         log.warning("%s ignores %s", fn.__name__, ignored)
     return {k: v for k, v in kw.items() if k in params and v is not None}

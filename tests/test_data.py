@@ -127,6 +127,19 @@ def test_load_npz_medmnist_layout(tmp_path):
     assert np.array_equal(D.load_dataset(str(path), seed=5).test.labels, b.test.labels)  # fixed splits kept
 
 
+
+def test_only_center_options_a_user_set_are_named_as_ignored(tmp_path, caplog):
+    """A single-center file gets the run's default label and center fields too; only a changed one is a mistake."""
+    path = tmp_path / "plain.npz"
+    np.savez(path, images=_rng_images(40), labels=np.arange(40) % 2)
+    with caplog.at_level("WARNING", logger="hybrid.data"):
+        D.load_dataset(str(path), label_field="labels", center_field="center_ids")
+    assert "ignores" not in caplog.text
+    with caplog.at_level("WARNING", logger="hybrid.data"):
+        D.load_dataset(str(path), label_field="malignant", center_field="center_ids")
+    assert "load_npz ignores ['label_field']" in caplog.text
+
+
 def test_load_npz_plain_arrays_split_reproducibly(tmp_path):
     path = tmp_path / "plain.npz"
     labels = np.r_[np.zeros(70, int), np.ones(30, int)]
