@@ -77,7 +77,8 @@ def format_table(
     names = _unseen_names(per_domain, unseen)
     if summary is None:
         summary = summarize_domains({d: per_domain[d] for d in names}, keys=keys)
-    head = ["domain", "n"] + [_NAMES.get(k, k) for k in keys]
+    with_ci = any("[" in _auc_cell(m) for m in per_domain.values())  # none with --n-bootstrap 0
+    head = ["domain", "n"] + [("AUC" if k == "auc" and not with_ci else _NAMES.get(k, k)) for k in keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in per_domain.items():
         n = m.get("n")

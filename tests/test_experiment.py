@@ -122,6 +122,16 @@ def test_a_setting_that_variants_set_themselves_is_refused_not_silently_dropped(
     assert "--epochs 2 and --set epochs=3 disagree" in capsys.readouterr().err
 
 
+
+def test_a_study_is_not_put_inside_a_run_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert experiment.main(["--preset", "quick", "--out", str(run), "--dry-run"]) == 2
+    assert "is a run directory of hybrid.train, not a study" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
 def test_presets_build_valid_configs():
     for name in experiment.PRESETS:
         study = experiment.build_study(name)

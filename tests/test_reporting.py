@@ -73,6 +73,10 @@ def test_table_rows_and_summary_match_metrics(per_domain):
     # the clean (in-distribution) domain must not enter the unseen summary
     all_mean = np.mean([m["auc"] for m in per_domain.values()])
     assert f"{all_mean:.3f}" != mean[2]
+    assert table_row(table, "domain")[2] == "AUC [95% CI]"
+    # without bootstrap intervals (--n-bootstrap 0) the header promises none
+    bare = {d: {k: v for k, v in m.items() if not k.startswith("auc_ci")} for d, m in per_domain.items()}
+    assert table_row(format_table(bare), "domain")[2] == "AUC"
 
 
 def test_table_shows_nan_as_na(per_domain):

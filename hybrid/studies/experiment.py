@@ -384,6 +384,9 @@ def _run(args, command: str) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     study = build_study(args.preset, seeds=args.seeds, variants=variants, overrides=overrides)
     out = Path(args.out or f"runs/{args.preset}")
+    if (out / "config.json").is_file() and not (out / "study.json").is_file():
+        raise ValueError(f"--out {out} is a run directory of hybrid.train, not a study; give the study a folder of "
+                         "its own (its runs go into OUT/<variant>/seed<N>)")
     stages = [(loso_study(study), out / FOLDS)] if args.validation == "loso" else []
     if args.dry_run:
         for stage, where in [*stages, (study, out)]:
