@@ -302,6 +302,28 @@ def check_head_gradient(cfg: "TrainConfig") -> str | None:
             "--init-from RUN --algorithm erm (the encoder then stays as it was)")
 
 
+QUANTUM_FIELDS = ("n_qubits", "feature_map", "entanglement", "quantum_head", "quantum_layer")  # and every q_*
+CENTER_FIELDS = ("label_field", "center_field", "train_centers", "test_centers")
+
+
+def unused_options(cfg: "TrainConfig") -> dict[str, str]:
+    """Flags given (away from their defaults) that this configuration never reads -> why, so a training run can
+    say so rather than drop them silently."""
+    defaults = TrainConfig()
+    changed = [f.name for f in fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)]
+    why = {}
+    for name in changed:
+        if not cfg.quantum and (name in QUANTUM_FIELDS or name.startswith("q_")):
+            why[name] = "no quantum layer (--no-quantum)"
+        elif cfg.algorithm != "dann" and name in ("dann_weight", "dann_max_lambda"):
+            why[name] = f"--algorithm {cfg.algorithm}, not dann"
+        elif not cfg.dataset.endswith(".npz") and name in CENTER_FIELDS:
+            why[name] = f"{cfg.dataset} is not a multi-center .npz"
+        elif name == "q_shot_noise" and cfg.q_train_shots == 0:
+            why[name] = "no --q-train-shots (training is exact)"
+    return {"--" + name.replace("_", "-"): reason for name, reason in why.items()}
+
+
 def check_weights_path(cfg: "TrainConfig") -> str | None:
     """A weights file is only read with --pretrained: without it the run would silently train from scratch."""
     if cfg.weights_path is None or cfg.pretrained:

@@ -32,7 +32,7 @@ import torch
 
 from hybrid.algorithms import ALGORITHMS, check_algorithm, make_algorithm
 from hybrid.checkpoints import load_checkpoint
-from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, refits_head
+from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, refits_head, unused_options
 from hybrid.data import DataError, DatasetBundle, Split, resolve_data_root
 from hybrid.device_noise import attach_noise_channel, with_device_attenuation
 from hybrid.devices import resolve_device
@@ -161,6 +161,8 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
     started = time.perf_counter()
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     check_algorithm(cfg)
+    for flag, why in unused_options(cfg).items():
+        log.warning("%s is ignored: %s", flag, why)
     if refits_head(cfg) and not cfg.init_from:
         raise ValueError("--head-grad-scale 0 --aux-weight 0 with ERM trains nothing but the head, on a fixed encoder: "
                          "name the trained network to refit with --init-from RUN (e.g. runs/study/variant/seed{seed})")

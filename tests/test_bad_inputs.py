@@ -233,6 +233,23 @@ def test_resume_from_a_planted_last_checkpoint_is_refused_before_it_runs(tiny_ru
     assert not (bad / "PWNED").exists()
 
 
+def test_options_this_run_never_reads_are_named_not_dropped_silently(tmp_path, data_root, caplog):
+    from hybrid import train
+    from hybrid.config import TrainConfig, unused_options
+
+    assert unused_options(TrainConfig()) == {}
+    assert unused_options(TrainConfig(quantum=True, q_train_shots=1024, q_shot_noise="joint")) == {}
+    assert unused_options(TrainConfig(q_shot_noise="joint")) == {"--q-shot-noise": "no --q-train-shots (training "
+                                                                                   "is exact)"}
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="hybrid.train"):
+        assert train.main([*TINY, "--no-quantum", "--n-qubits", "8", "--algorithm", "erm", "--dann-weight", "5",
+                           "--train-centers", "a", "--data-root", str(data_root), "--out", str(out)]) == 0
+    assert "--n-qubits is ignored: no quantum layer (--no-quantum)" in caplog.text
+    assert "--dann-weight is ignored: --algorithm erm, not dann" in caplog.text
+    assert "--train-centers is ignored: pneumoniamnist is not a multi-center .npz" in caplog.text
+
+
 def test_weights_path_with_a_pickle_payload_is_refused_before_it_runs(bad, tmp_path, capsys, data_root):
     out = tmp_path / "run"
     argv = [*TINY, "--width-mult", "1.0", "--pretrained", "--weights-path", str(bad / "planted.pt"),
