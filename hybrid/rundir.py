@@ -172,11 +172,11 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     refuse_study_dir(out)
     if resume or overwrite:
         return
-    if not (out / "config.json").exists():  # not a run's folder: files of the same names are someone else's
-        taken = [name for name in RUN_OUTPUTS if (out / name).exists()]
-        if taken:
-            raise ValueError(f"--out {out} holds {', '.join(taken)} but no run (config.json); training would "
-                             "replace them: train into a new or empty folder, or add --overwrite to replace them")
+    taken = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    # without config.json (looked for last: another torchrun rank writes it first) the files are someone else's
+    if taken and not (out / "config.json").exists():
+        raise ValueError(f"--out {out} holds {', '.join(taken)} but no run (config.json); training would "
+                         "replace them: train into a new or empty folder, or add --overwrite to replace them")
     if (out / "report.json").exists():
         held = "a finished run (report.json)"
     elif (out / "last.pt").exists() or (out / "best.pt").exists():
