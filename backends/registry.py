@@ -128,11 +128,19 @@ def get_backend(name: str, *, job_timeout: float | None = None, dry_run: bool = 
 
 
 def _device_hint(name: str) -> str:
-    """A device named where a backend belongs (fake_manila, ibm_brisbane): the spec that runs it."""
-    if not name.startswith(("fake_", "ibm_")):
-        return ""
-    return (f"; {name} looks like a device: name a backend before it, e.g. aer_noisy:{name} (its noise model "
-            f"simulated), torch_noisy:{name} or ibm_runtime:{name}")
+    """A near miss of a backend's name, or a device named where a backend belongs: the spec that runs it."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(BACKENDS), n=1, cutoff=0.8)
+    if close:
+        return f"; did you mean {close[0]}?"
+    if name.startswith("fake_"):
+        return (f"; {name} is a device: name a backend before it, e.g. aer_noisy:{name} (its noise model "
+                f"simulated), torch_noisy:{name} or ibm_runtime:{name}")
+    if name.startswith("ibm_"):
+        return (f"; {name} looks like an IBM QPU: run on it with ibm_runtime:{name}, or simulate its noise with "
+                f"aer_noisy:fake_{name.removeprefix('ibm_')}")
+    return ""
 
 
 def parse_backend_spec(spec: str) -> tuple[str, dict]:

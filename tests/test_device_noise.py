@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -104,12 +105,26 @@ def test_unknown_calibration_backend_fails_before_any_work():
     with pytest.raises(BackendError, match="unknown backend"):
         with_device_attenuation(TrainConfig(**SMALL, q_noise_device="nosuch:device"))
     # a device where the backend belongs: the message gives the spec that runs it
-    with pytest.raises(BackendError, match="fake_manila looks like a device: name a backend before it, e.g. "
+    with pytest.raises(BackendError, match="fake_manila is a device: name a backend before it, e.g. "
                                            "aer_noisy:fake_manila"):
         with_device_attenuation(TrainConfig(**SMALL, q_noise_device="fake_manila"))
     with pytest.raises(BackendError) as plain:
         with_device_attenuation(TrainConfig(**SMALL, q_noise_device="nosuch:device"))
-    assert "looks like a device" not in str(plain.value)
+    assert "device" not in str(plain.value).split("valid backends")[1] and "did you mean" not in str(plain.value)
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("ibm_brisbane", "run on it with ibm_runtime:ibm_brisbane, or simulate its noise with aer_noisy:fake_brisbane"),
+    ("ibm_runtme", "did you mean ibm_runtime?"), ("aer_noisey", "did you mean aer_noisy?"),
+])
+def test_a_misspelt_backend_or_a_qpu_named_as_one_gets_the_spec_that_works(name, hint):
+    from backends import BackendError, get_backend, parse_backend_spec
+
+    for build in (lambda: parse_backend_spec(f"{name}:shots=100"), lambda: get_backend(name)):
+        with pytest.raises(BackendError, match=re.escape(hint)):
+            build()
+    if name.startswith("ibm_b"):  # the simulator it points to exists
+        assert get_backend("aer_noisy", noise_model="fake_brisbane").close() is None
 
 
 def test_a_run_trained_for_a_device_saves_the_factors_it_trained_with(tmp_path, data_root):
