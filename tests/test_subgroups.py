@@ -50,10 +50,14 @@ def test_a_group_field_that_does_not_refine_the_target_is_refused_before_any_ima
     def no_scoring(*args, **kwargs):
         raise AssertionError("images were scored before the group field was checked")
 
+    import hybrid.train
+
     monkeypatch.setattr(hybrid.inference, "predict_probs", no_scoring)
-    assert subgroups.main(["--run", str(multicenter_run), "--group-field", "center_ids"]) == 2
-    err = capsys.readouterr().err
-    assert "subgroups 2 of 'center_ids' in c hold both positive and negative cases" in err and "np.str_" not in err
+    monkeypatch.setattr(hybrid.train, "predict_probs", no_scoring)  # the threshold of another TTA scores images
+    for tta in ([], ["--tta", "none"]):
+        assert subgroups.main(["--run", str(multicenter_run), "--group-field", "center_ids", *tta]) == 2
+        err = capsys.readouterr().err
+        assert "subgroups 2 of 'center_ids' in c hold both positive and negative cases" in err and "np.str_" not in err
 
 
 @pytest.mark.slow

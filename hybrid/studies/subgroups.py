@@ -206,10 +206,6 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
         names_key = group_field.removesuffix("s") + "_names"
         names = [str(x) for x in npz[names_key]] if names_key in npz.files else None
     channels = ckpt["in_channels"]
-    if ckpt.get("threshold") is not None and tta == cfg.tta:
-        threshold = ckpt["threshold"]  # the run's own, as its report and hybrid.evaluate use
-    else:  # chosen again as training chose it: on source validation under the run's shifts, not the plain split
-        threshold = source_validation_threshold(model, cfg, root, tta, bundle.positive_class)
     per_center = {}  # every center's subgroups checked before any image is scored
     for center in chosen:
         # held-out centers keep file order (see load_multicenter_npz), so the subgroup array lines up
@@ -222,6 +218,10 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
         per_center[center] = np.array([names[int(g)] for g in groups]) if names is not None else groups
         refuse_mixed_groups(per_center[center].astype(str), np.asarray(bundle.test_domains[center].labels),
                             bundle.positive_class, f" of {group_field!r} in {center}")
+    if ckpt.get("threshold") is not None and tta == cfg.tta:
+        threshold = ckpt["threshold"]  # the run's own, as its report and hybrid.evaluate use
+    else:  # chosen again as training chose it: on source validation under the run's shifts, not the plain split
+        threshold = source_validation_threshold(model, cfg, root, tta, bundle.positive_class)
     results = {}
     for center, groups in per_center.items():
         split = bundle.test_domains[center]
