@@ -94,7 +94,10 @@ def build_study(preset: str, *, seeds: int | None = None, variants: list[str] | 
     study = Study(preset, base, chosen, tuple(range(p.seeds if seeds is None else seeds)), p.notes,
                   p.description)
     for v in study.variants:
-        check_algorithm(study.config(v, 0))  # fail now, not an hour into the study
+        try:
+            check_algorithm(study.config(v, 0))  # fail now, not an hour into the study
+        except ValueError as exc:
+            raise ValueError(f"variant {v}: {exc}") from None
     return study
 
 
@@ -116,9 +119,12 @@ def _check_overrides_reach_variants(overrides: dict, variants: dict[str, dict]) 
             log.warning("%s=%s does not reach %s, which set %s themselves (%s)", key, value, ", ".join(own), key,
                         ", ".join(sorted({repr(variants[n][key]) for n in own})))
             continue
+        others = [name for name in variants if name not in own]
+        split = (f"; to give it to the others only, run them in two commands into the same --out: --variants "
+                 f"{','.join(others)} --set {key}=..., then --variants {','.join(own)}" if others else "")
         raise ValueError(f"--set {key}={value} would not reach the variants {', '.join(own)}, which set {key} "
                          f"themselves (a variant's settings win over --set); leave {key} out of --set, or choose "
-                         f"other variants with --variants")
+                         f"other variants with --variants{split}")
 
 
 def _parse_bool(key: str, value: str) -> bool:

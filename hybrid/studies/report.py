@@ -115,6 +115,9 @@ def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, 
               "loso_selection": read_selection(runs_dir) if len(runs_dirs) == 1 else None}
     if len(runs_dirs) > 1:  # its ties go to the earlier-listed variant, and folders list theirs in no common order
         result["skipped"].append("selection on source validation: the runs come from several study folders")
+        if read_selection(runs_dir):
+            result["skipped"].append(f"leave-one-source-out selection of {runs_dir}: the report holds runs of "
+                                     "other folders too (see its selection.md)")
     base = by_seed(runs, BASELINE)
     for title, names in groups.items():
         g = {"domains": names, "tables": {s: variant_table(runs, names, s) for s in SETTINGS}, "comparisons": {}}
