@@ -154,6 +154,15 @@ def test_the_cli_counts_the_folds_selects_trains_the_study_and_shows_both_in_its
     assert "| erm (selected) |" in section and "- erm: mean AUC over seeds (with the run's TTA): real:rosendahl" in section
     selection = json.loads((out / "selection.json").read_text())
     assert f"{selection['scores']['erm']['mean']:.3f} |" in section
+    # reported together with another folder's runs, the section is left out, and the report says so
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(out / "erm" / "seed0", other / "erm_again" / "seed0")
+    assert report.main([str(out), "--include", str(other), "--no-models", "--out", str(tmp_path / "both")]) == 0
+    both = json.loads((tmp_path / "both" / "report.json").read_text())
+    assert any(note.startswith(f"leave-one-source-out selection of {out}") for note in both["skipped"])
+    assert "## Leave-one-source-out selection" not in (tmp_path / "both" / "report.md").read_text()
 
 
 def test_failed_fold_runs_fail_the_command_and_are_named(tmp_path, capsys):
