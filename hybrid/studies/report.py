@@ -99,6 +99,18 @@ def build_report(runs_dir: Path, *, models: bool = True, data_root: str | None =
         return _build_report(runs_dirs, study, runs, models, data_root, evaluation, out_dir)
 
 
+def _selections(runs_dirs: list[Path], runs: list, skipped: list[str]) -> dict:
+    """The study's selections (on source validation; leave-one-source-out, made before its runs), for one folder
+    only: the tie rule's earlier-listed variant has no common order across folders."""
+    if len(runs_dirs) == 1:
+        return {"selection": source_validation_selection(runs), "loso_selection": read_selection(runs_dirs[0])}
+    skipped.append("selection on source validation: the runs come from several study folders")
+    if read_selection(runs_dirs[0]):
+        skipped.append(f"leave-one-source-out selection of {runs_dirs[0]}: the report holds runs of other folders "
+                       "too (see its selection.md)")
+    return {"selection": {}, "loso_selection": None}
+
+
 def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, data_root: str | None,
                   evaluation: str | None, out_dir: Path) -> dict:
     runs_dir = runs_dirs[0]
@@ -110,14 +122,8 @@ def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, 
     groups = domain_groups(runs)
     primary = "tta" if any(r.domains("tta") for r in runs) else "no_tta"
     result = {"runs_dir": str(runs_dir), "study": study, "variants": variants, "primary_setting": primary,
-              "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": [],
-              "selection": source_validation_selection(runs) if len(runs_dirs) == 1 else {},
-              "loso_selection": read_selection(runs_dir) if len(runs_dirs) == 1 else None}
-    if len(runs_dirs) > 1:  # its ties go to the earlier-listed variant, and folders list theirs in no common order
-        result["skipped"].append("selection on source validation: the runs come from several study folders")
-        if read_selection(runs_dir):
-            result["skipped"].append(f"leave-one-source-out selection of {runs_dir}: the report holds runs of "
-                                     "other folders too (see its selection.md)")
+              "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": []}
+    result |= _selections(runs_dirs, runs, result["skipped"])
     base = by_seed(runs, BASELINE)
     for title, names in groups.items():
         g = {"domains": names, "tables": {s: variant_table(runs, names, s) for s in SETTINGS}, "comparisons": {}}
