@@ -218,7 +218,10 @@ def _train(cfg: TrainConfig, out_dir: Path, progress: bool, resume: bool, comman
                       "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
                       "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "best_epoch": evaluation.pop("best_epoch"), "threads": torch.get_num_threads(),
-                      "device": str(device), "processes": ddp.world_size, "host": socket.gethostname()},
+                      "device": str(device), "processes": ddp.world_size, "host": socket.gethostname(),
+                      # which input normalisation the network used (pretrained RGB: per channel since 2026-12-07)
+                      "input_statistics": {"mean": network.pixel_mean.flatten().tolist(),
+                                           "std": network.pixel_std.flatten().tolist()}},
               "config": cfg.to_dict(), "parameters": network.parameter_counts()} | evaluation | {"data": bundle.describe()}
     report["figures"] = (_figures(out_dir, report, raw, data.x_train, data.sampler.centers, target_centers)
                          if cfg.figures else {})

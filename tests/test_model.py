@@ -154,6 +154,10 @@ def test_a_pretrained_colour_run_keeps_imagenets_statistics_when_it_is_loaded_ag
                        "--batch-size", "32", "--n-bootstrap", "0", "--eval-max-samples", "32", "--no-figures",
                        "--threads", "1", "--quiet", "--no-quantum", "--data-root", str(data_root),
                        "--out", str(out)]) == 0
+    import json
+
+    recorded = json.loads((out / "report.json").read_text())["run"]["input_statistics"]
+    assert recorded["mean"] == pytest.approx(IMAGENET_MEAN) and len(recorded["std"]) == 3  # a study can tell
     loaded = load_run(out)
     try:
         torch.testing.assert_close(loaded.model.pixel_mean.flatten(), torch.tensor(IMAGENET_MEAN))
