@@ -51,10 +51,15 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _auc_cell(m: Mapping) -> str:
+def _auc_interval(m: Mapping) -> tuple[float, float] | None:
+    """The AUC's bootstrap interval, or None (--n-bootstrap 0, or undefined)."""
     low, high = _num(m.get("auc_ci_low")), _num(m.get("auc_ci_high"))
-    ci = f" [{fmt(low)}, {fmt(high)}]" if math.isfinite(low) and math.isfinite(high) else ""
-    return fmt(m.get("auc")) + ci
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else None
+
+
+def _auc_cell(m: Mapping) -> str:
+    interval = _auc_interval(m)
+    return fmt(m.get("auc")) + (f" [{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "")
 
 
 def _unseen_names(per_domain: Mapping, unseen: Iterable[str] | None) -> list[str]:
@@ -77,7 +82,7 @@ def format_table(
     names = _unseen_names(per_domain, unseen)
     if summary is None:
         summary = summarize_domains({d: per_domain[d] for d in names}, keys=keys)
-    with_ci = any("[" in _auc_cell(m) for m in per_domain.values())  # none with --n-bootstrap 0
+    with_ci = any(_auc_interval(m) for m in per_domain.values())
     head = ["domain", "n"] + [("AUC" if k == "auc" and not with_ci else _NAMES.get(k, k)) for k in keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in per_domain.items():

@@ -154,8 +154,20 @@ RUN_OUTPUTS = ("config.json", "centers.json", "metrics.jsonl", "last.pt", "best.
 RUN_OUTPUT_PATTERNS = ("eval_*.json", "eval_*.md", "partial_*.jsonl", "*.tmp")
 
 
+def is_study_dir(path: Path) -> bool:
+    """A study directory of hybrid.experiment (its study.json)."""
+    return (Path(path) / "study.json").is_file()
+
+
+def is_run_dir(path: Path) -> bool:
+    """One run's directory of hybrid.train (its config.json or report.json), not a study's."""
+    path = Path(path)
+    has_run_files = (path / "config.json").is_file() or (path / "report.json").is_file()
+    return has_run_files and not is_study_dir(path) and not any(path.glob("*/seed*"))
+
+
 def refuse_study_dir(out: Path) -> None:
-    if (Path(out) / "study.json").exists():
+    if is_study_dir(out):
         raise ValueError(f"--out {out} is a study directory of hybrid.experiment (study.json), not a run; train "
                          f"into another --out (its runs are {out}/<variant>/seed<N>, which the study trains)")
 
@@ -262,7 +274,7 @@ def load_run(run_dir: Path, backend_name: str | None = None, *, device: str = "c
 
     run_dir = Path(run_dir)
     cfg_path, ckpt_path = run_dir / "config.json", run_dir / CHECKPOINT
-    if not cfg_path.is_file() and (run_dir / "study.json").is_file():
+    if not cfg_path.is_file() and is_study_dir(run_dir):
         runs = sorted(str(p.parent.relative_to(run_dir)) for p in run_dir.glob("*/seed*/" + CHECKPOINT))
         raise DataError(f"{run_dir} is a study directory (study.json); name one of its runs, {run_dir}/<variant>/"
                         f"seed<N>" + (f", e.g. {run_dir / runs[0]} ({len(runs)} with a model)" if runs else

@@ -38,7 +38,7 @@ from pathlib import Path
 from hybrid.cli import command_line, positive_int, run_cli
 from hybrid.algorithms import check_algorithm
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, field_type, upgrade_fields
-from hybrid.rundir import write_json
+from hybrid.rundir import is_run_dir, write_json
 from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmError, SlurmLauncher
 from hybrid.studies.loso import FOLDS, loso_study, read_selection, select, write_selection
 from hybrid.studies.presets import PRESETS
@@ -390,7 +390,7 @@ def _run(args, command: str) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     study = build_study(args.preset, seeds=args.seeds, variants=variants, overrides=overrides)
     out = Path(args.out or f"runs/{args.preset}")
-    if (out / "config.json").is_file() and not (out / "study.json").is_file():
+    if is_run_dir(out):
         raise ValueError(f"--out {out} is a run directory of hybrid.train, not a study; give the study a folder of "
                          "its own (its runs go into OUT/<variant>/seed<N>)")
     stages = [(loso_study(study), out / FOLDS)] if args.validation == "loso" else []

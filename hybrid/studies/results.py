@@ -17,6 +17,7 @@ import numpy as np
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig
 from hybrid.metrics import summarize_domains
 from hybrid.reporting import counted
+from hybrid.rundir import is_run_dir
 from hybrid.studies.runs import seed_of
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,7 @@ def _refuse_non_study(runs_dir: Path) -> None:
     """A mistyped path, or one run's directory (which has its own report.md), said as such."""
     if not runs_dir.exists():
         raise FileNotFoundError(f"{runs_dir} does not exist; give a study directory written by hybrid.experiment")
-    is_run = (runs_dir / "config.json").is_file() or (runs_dir / "report.json").is_file()
-    if is_run and not (runs_dir / "study.json").is_file() and not any(runs_dir.glob("*/seed*")):
+    if is_run_dir(runs_dir):
         raise ValueError(f"{runs_dir} is one run's directory, not a study: its report is {runs_dir / 'report.md'} "
                          "(`python -m hybrid.report` compares the runs of a study directory)")
 
