@@ -799,3 +799,26 @@ def test_unfinished_runs_are_named_not_dropped_silently(synthetic, tmp_path, cap
     result = json.loads((tmp_path / "out" / "report.json").read_text())
     assert result["unfinished"] == ["pending/seed0"] and "left out, unfinished: pending/seed0" in out
     assert "1 unfinished run(s), not in the tables: pending/seed0" in (tmp_path / "out" / "report.md").read_text()
+
+
+def _set_input_statistics(synthetic, variant: str, seed: int, mean, std) -> None:
+    path = synthetic / variant / f"seed{seed}" / "report.json"
+    report = json.loads(path.read_text())
+    report["run"]["input_statistics"] = {"mean": mean, "std": std}
+    path.write_text(json.dumps(report))
+
+
+def test_seeds_that_normalised_their_inputs_differently_are_flagged(synthetic, caplog):
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    grey = ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    _set_input_statistics(synthetic, "better", 0, *imagenet)  # seeds 1, 2 older: one value for every channel
+    for seed in SEEDS:
+        _set_input_statistics(synthetic, "same", seed, *grey)
+    _set_input_statistics(synthetic, "erm", 0, *grey)  # erm's other seeds unrecorded, and theirs was the same
+    result = study_report.build_report(synthetic, models=False)
+    assert len(result["warnings"]) == 1
+    assert result["warnings"][0].startswith("better: its seeds normalised their inputs differently")
+    assert "seed 0: mean (0.485, 0.456, 0.406)" in result["warnings"][0]
+    assert "seed 1, 2: not recorded" in result["warnings"][0]
+    assert "**Warning:** better:" in (synthetic / "report.md").read_text()
+    assert "better: its seeds normalised" in caplog.text

@@ -34,7 +34,8 @@ from hybrid.studies.report_figures import DANN_VARIANTS, ModelData, feature_stud
 from hybrid.studies.report_markdown import markdown, shared_settings
 from hybrid.studies.runs import seed_of
 from hybrid.studies.results import (BASELINE, SETTINGS, STATS, asked_for, by_seed, compare, domain_groups,
-                                    load_study_runs, source_validation_selection, variant_table, variants_of)
+                                    load_study_runs, mixed_input_statistics, source_validation_selection,
+                                    variant_table, variants_of)
 
 # `shared_settings` is re-exported: tests read it from here.
 __all__ = ["QUANTUM_PAIRS", "build_report", "main", "quantum_pairs", "shared_settings"]
@@ -122,7 +123,10 @@ def _build_report(runs_dirs: list[Path], study: dict, runs: list, models: bool, 
     groups = domain_groups(runs)
     primary = "tta" if any(r.domains("tta") for r in runs) else "no_tta"
     result = {"runs_dir": str(runs_dir), "study": study, "variants": variants, "primary_setting": primary,
-              "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": []}
+              "evaluation": evaluation, "out_dir": str(out_dir), "groups": {}, "figures": {}, "skipped": [],
+              "warnings": mixed_input_statistics(runs)}
+    for warning in result["warnings"]:
+        log.warning(warning)
     result |= _selections(runs_dirs, runs, result["skipped"])
     base = by_seed(runs, BASELINE)
     for title, names in groups.items():

@@ -199,6 +199,7 @@ def _intro_lines(result: dict, runs: list[Run], tta: str) -> list[str]:
         listed = ", ".join(f"{k}={v}" for k, v in shared.items())
         out += [f"Settings shared by every run (all others at the TrainConfig defaults): {listed}.", ""]
     out += [f"- {note}" for note in study.get("notes", [])] + [""]
+    out += [f"**Warning:** {w}" for w in result.get("warnings", [])] + ([""] if result.get("warnings") else [])
     source = ("the runs' report.json files" if not result.get("evaluation") else
               f"the runs' eval_{result['evaluation']}.json files (with TTA) and report.json files (without)")
     parts = study.get("parts")

@@ -168,6 +168,34 @@ def _refuse_mixed_settings(runs: list[Run], where: dict) -> None:
                              "report one folder's runs of it")
 
 
+def mixed_input_statistics(runs: list[Run]) -> list[str]:
+    """Variants whose seeds normalised their inputs differently (pretrained RGB runs from before and after the
+    per-channel ImageNet statistics): their seeds are not the same recipe, which the config cannot show. A run
+    older than the record used one value for every channel, so it differs only from per-channel records."""
+    notes = []
+    for variant in variants_of(runs):
+        recorded: dict[str, list[int]] = {}
+        unrecorded, per_channel = [], False
+        for run in (r for r in runs if r.variant == variant):
+            stats = run.report.get("run", {}).get("input_statistics")
+            if not stats:
+                unrecorded.append(run.seed)
+                continue
+            per_channel |= len(set(stats["mean"])) > 1 or len(set(stats["std"])) > 1
+            recorded.setdefault(f"mean {_rounded(stats['mean'])}, std {_rounded(stats['std'])}", []).append(run.seed)
+        if unrecorded and per_channel:
+            recorded["not recorded (one value for every channel)"] = unrecorded
+        if len(recorded) > 1:
+            notes.append(f"{variant}: its seeds normalised their inputs differently ("
+                         + "; ".join(f"seed {', '.join(map(str, seeds))}: {key}" for key, seeds in recorded.items())
+                         + "); retrain the older seeds for a like-for-like comparison")
+    return notes
+
+
+def _rounded(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
 def _merged_study(study: dict, part: dict) -> dict:
     merged = dict(study)
     for key in ("variants", "configs"):
