@@ -297,11 +297,14 @@ def test_recovery_measures_each_run_against_its_own_exact_auc():
     assert half["recovered_share"] == pytest.approx(0.5)
 
 
-def _sweep_file(folder, exact, at_1024, *, second_exact, second_at_1024, run="a"):
+def _sweep_file(folder, exact, at_1024, *, second_exact, second_at_1024, run="a", samples=100):
     from hybrid.studies.shot_sweep import recovery
 
+    seed = int(folder.name[-1]) if folder.name[-1].isdigit() else 0  # s0, s1: one seed per folder
+
     def run_entry(name, e, n):
-        return {"run": f"runs/{name}", "exact": {"auc": e}, "samples_per_domain": 100, "domains": ["d1", "d2"],
+        return {"run": f"runs/{name}/seed{seed}", "label": name, "seed": seed, "exact": {"auc": e},
+                "samples_per_domain": samples, "domains": ["d1", "d2"], "tta": "adabn",
                 "curves": {"aer_noisy": [{"shots": 1024, "auc": n}]}}
 
     first, second = run_entry(run, exact, at_1024), run_entry(run + "_noise", second_exact, second_at_1024)
@@ -343,6 +346,27 @@ def test_sweep_pool_refuses_missing_empty_or_mixed_sweeps(tmp_path, capsys):
     (tmp_path / "single" / "shot_sweep.json").write_text(json.dumps({"runs": pair["runs"][:1]}))
     assert sweep_pool.main([str(tmp_path / "pair"), str(tmp_path / "single"), "--out", str(tmp_path / "o")]) == 2
     assert "sweeps made the same way" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sweep_pool_refuses_sweeps_that_are_not_seeds_of_one_comparison(tmp_path, capsys):
+    from hybrid.studies import sweep_pool
+
+    def refused(*names) -> str:
+        assert sweep_pool.main([*(str(tmp_path / n) for n in names), "--out", str(tmp_path / "o")]) == 2
+        return capsys.readouterr().err
+
+    _sweep_file(tmp_path / "s0", 0.80, 0.76, second_exact=0.82, second_at_1024=0.81)
+    _sweep_file(tmp_path / "s1", 0.85, 0.83, second_exact=0.84, second_at_1024=0.81, run="b")  # another variant
+    assert "exact-trained run (--run) differs between sweeps" in refused("s0", "s1")
+    _sweep_file(tmp_path / "t1", 0.85, 0.83, second_exact=0.84, second_at_1024=0.81)
+    swapped = json.loads((tmp_path / "t1" / "shot_sweep.json").read_text())
+    swapped["runs"].reverse()
+    (tmp_path / "t1" / "shot_sweep.json").write_text(json.dumps(swapped))
+    assert "were --run and --compare-run swapped?" in refused("s0", "t1")
+    _sweep_file(tmp_path / "u1", 0.85, 0.83, second_exact=0.84, second_at_1024=0.81, samples=8)
+    assert "different images per center (--samples)" in refused("s0", "u1")
+    assert "hold the same run (runs/a/seed0)" in refused("s0", "s0")
     assert not (tmp_path / "o").exists()
 
 

@@ -39,6 +39,8 @@ def load_sweeps(folders: list[Path]) -> list[dict]:
     sweeps = []
     for folder in folders:
         path = Path(folder) / "shot_sweep.json"
+        if Path(folder).is_file():
+            raise DataError(f"{folder} is a file; give the folder that holds shot_sweep.json (bench_backends' --out)")
         if not path.is_file():
             raise DataError(f"{path}: no such file; run `python -m hybrid.bench_backends --shot-sweep ... "
                             f"--compare-run ... --out {folder}` first")
@@ -56,7 +58,33 @@ def load_sweeps(folders: list[Path]) -> list[dict]:
     if any(k != keys[0] for k in keys):
         raise DataError("the sweeps measured different backends or shot counts; pool sweeps made with the same "
                         "--backends and --shot-sweep")
+    _refuse_unlike(sweeps, folders)
     return sweeps
+
+
+def _refuse_unlike(sweeps: list[dict], folders: list[Path]) -> None:
+    """Pooled sweeps must be seeds of one comparison: the same variants in the same roles, the same images and
+    test-time adaptation, and no run (or seed) twice, else the mean is over things that do not belong together."""
+    roles = ("exact-trained run (--run)", "noise-aware run (--compare-run)")
+    for i, role in enumerate(roles[:len(sweeps[0]["runs"])]):
+        labels = {str(f): s["runs"][i].get("label") for f, s in zip(folders, sweeps)}
+        if len(set(labels.values())) > 1:
+            swapped = " (were --run and --compare-run swapped?)" if len(sweeps[0]["runs"]) == 2 else ""
+            raise DataError(f"the {role} differs between sweeps{swapped}: "
+                            + ", ".join(f"{f}: {label}" for f, label in labels.items()))
+    for field, what in (("samples_per_domain", "images per center (--samples)"), ("domains", "centers (--domains)"),
+                        ("tta", "test-time adaptation (--tta)")):
+        values = {str(f): s["runs"][0].get(field) for f, s in zip(folders, sweeps)}
+        if len({json.dumps(v) for v in values.values()}) > 1:
+            raise DataError(f"the sweeps were scored on different {what}: "
+                            + "; ".join(f"{f}: {v}" for f, v in values.items()))
+    for key, what in (("run", "run"), ("seed", "seed")):
+        seen: dict = {}
+        for folder, sweep in zip(folders, sweeps):
+            value = sweep["runs"][0].get(key)
+            if value is not None and value in seen:
+                raise DataError(f"{seen[value]} and {folder} hold the same {what} ({value}); pool one sweep per seed")
+            seen[value] = folder
 
 
 def losses(run: dict) -> dict:
@@ -141,7 +169,7 @@ def format_markdown(pooled: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hybrid.sweep_pool", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hybrid.sweep_pool", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("sweeps", nargs="+", help="folders holding a shot_sweep.json (one per seed), each with two runs, or each with one")
     parser.add_argument("--out", required=True, help="folder for recovery.json and recovery.md")
     args = parser.parse_args(argv)
