@@ -97,6 +97,10 @@ def test_summary_recovers_against_the_trained_readouts_device_loss():
     assert summary[rr.TRAINED]["recovered_on_device"] == 0.0
     assert summary["weight 1"]["gained_per_run"] == pytest.approx([0.005, 0.01])
     assert summary["weight 1"]["recovered_on_device"] == pytest.approx(0.0075 / 0.015)
+    lossless = [_run(0, (0.95, [0.95, 0.96]), (0.94, [0.94, 0.94]))]  # the trained head loses nothing on the device
+    assert rr.summarize(lossless)["weight 1"]["recovered_on_device"] is None
+    line = next(x for x in rr.pooled_lines(lossless, 1024, 2, lambda n: n != rr.TRAINED) if x.startswith("weight 1"))
+    assert "recovered –" in line and "nan" not in line
 
 
 def test_pooled_lines_print_every_head_and_name_the_best_candidate_only():
@@ -197,6 +201,16 @@ def test_the_tool_refuses_networks_without_a_dressed_circuit_and_unknown_devices
         rr.load_dressed(dressed_zz_run, "aer:1024")
     for weights in ("-1", "one", ""):
         assert rr.main(["--runs", str(dressed_zz_run), "--weights", weights, "--out", str(tmp_path)]) == 2
+
+
+def test_every_run_of_repeated_runs_options_is_checked_before_the_first_refit(tiny_run, dressed_zz_run, tmp_path,
+                                                                              capsys):
+    out = tmp_path / "out"
+    assert rr.main(["--runs", str(dressed_zz_run), "--runs", str(tiny_run), "--out", str(out)]) == 2
+    assert f"{tiny_run}: refitting the readout needs a dressed head" in capsys.readouterr().err
+    assert rr.main(["--runs", f"{dressed_zz_run},{dressed_zz_run}", "--out", str(out)]) == 2
+    assert "named twice" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_the_head_refit_saves_networks_with_their_own_threshold(dressed_zz_run, data_root, tmp_path):

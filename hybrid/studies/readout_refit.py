@@ -215,8 +215,10 @@ def load_dressed(run_dir: Path, device_spec: str):
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()
     if getattr(model, "quantum", None) is None or model.head_kind != "dressed":
+        has = (f"head {model.head_kind!r}, layer {cfg.quantum_layer!r}" if cfg.quantum
+               else "no quantum layer: trained with --no-quantum")
         raise ValueError(f"{run_dir}: refitting the readout needs a dressed head with a circuit in its slot "
-                         f"(this run: head {model.head_kind!r}, layer {cfg.quantum_layer!r})")
+                         f"(this run: {has})")
     name, _, noise_model = device_spec.partition(":")
     if name != "torch_noisy" or not noise_model:
         raise ValueError(f"--device takes torch_noisy:NOISE_MODEL (e.g. torch_noisy:fake_manila), got {device_spec!r}")
@@ -325,8 +327,13 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
         gained = [d - t for d, t in zip(device, trained_device)]
         out[name] = {"exact": float(np.mean(exact)), "device": float(np.mean(device)),
                      "device_loss": float(np.mean(exact) - np.mean(device)), "gained_per_run": gained,
-                     "recovered_on_device": float(np.mean(gained) / loss) if loss > 0 else float("nan")}
+                     "recovered_on_device": float(np.mean(gained) / loss) if loss > 0 else None}  # nothing lost
     return out
+
+
+def _share(value: float | None, spec: str) -> str:
+    """A recovered share, or '–' where the trained head lost nothing on the device (there is nothing to recover)."""
+    return "–" if value is None else format(value, spec)
 
 
 def pooled_lines(runs: list[dict], shots: int, draws: int, is_candidate: Callable[[str], bool],
@@ -339,7 +346,7 @@ def pooled_lines(runs: list[dict], shots: int, draws: int, is_candidate: Callabl
              "the trained head's device loss"]
     for name, row in summary.items():
         lines.append(f"{name:{width}s} exact {row['exact']:.4f} device {row['device']:.4f} loss "
-                     f"{row['device_loss']:+.4f} recovered {100 * row['recovered_on_device']:+.0f}%  per run "
+                     f"{row['device_loss']:+.4f} recovered {_share(row['recovered_on_device'], '+.0%')}  per run "
                      + ", ".join(f"{g:+.4f}" for g in row["gained_per_run"]))
     best = max(filter(is_candidate, summary), key=lambda n: summary[n]["device"])
     return lines + [f"highest device AUC among the candidates: {best}"]
@@ -357,7 +364,7 @@ def to_markdown(result: dict) -> str:
     for name, row in result["summary"].items():
         gained = ", ".join(f"{g:+.4f}" for g in row["gained_per_run"])
         lines.append(f"| {name} | {row['exact']:.4f} | {row['device']:.4f} | {row['device_loss']:+.4f} | "
-                     f"{row['recovered_on_device']:.0%} | {gained} |")
+                     f"{_share(row['recovered_on_device'], '.0%')} | {gained} |")
     lines += ["", "Runs: " + ", ".join(r["run"] for r in result["runs"])]
     return "\n".join(lines) + "\n"
 
@@ -386,7 +393,8 @@ def plot(result: dict, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hybrid.readout_refit", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", required=True, help="comma-separated run directories of dressed networks")
+    parser.add_argument("--runs", required=True, action="append",
+                        help="comma-separated run directories of dressed networks (may be repeated)")
     parser.add_argument("--refit", choices=REFITS, default="readout",
                         help="readout: the final Linear alone, for cross-entropy + penalty; head: angle scale and "
                              "offset per qubit, circuit weights and readout, anchored on the trained head's exact "
@@ -425,7 +433,11 @@ def _run(args, argv) -> int:
     weights = parse_weights(args.weights, with_zero=args.refit == "readout")
     if args.shots < 1 or args.draws < 1 or args.samples < 2 or args.train_samples < 0:
         raise ValueError("--shots and --draws must be positive, --samples at least 2, --train-samples 0 (all) or more")
-    run_dirs = [Path(p) for p in args.runs.split(",") if p.strip()]
+    run_dirs = [Path(p) for group in args.runs for p in group.split(",") if p.strip()]
+    if len(set(run_dirs)) < len(run_dirs):
+        raise ValueError("a run is named twice in --runs; name each once")
+    for run_dir in run_dirs:  # every run is checked before the first refit, not after it
+        load_dressed(run_dir, args.device)
     save_to = Path(args.save_to) if args.save_to else None
     if save_to is not None:  # before any refit: two runs of one name, or an earlier save, would collide halfway
         refuse_collisions(save_to, run_dirs, weights)
