@@ -51,6 +51,11 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def share_or_dash(value: float | None, spec: str = ".0%") -> str:
+    """A recovered share as a percentage, or '–' where there was nothing to recover (None)."""
+    return "–" if value is None else format(value, spec)
+
+
 def _auc_interval(m: Mapping) -> tuple[float, float] | None:
     """The AUC's bootstrap interval, or None (--n-bootstrap 0, or undefined)."""
     low, high = _num(m.get("auc_ci_low")), _num(m.get("auc_ci_high"))

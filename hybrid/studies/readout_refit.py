@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrid.cli import run_cli
-from hybrid.reporting import counted
+from hybrid.reporting import counted, share_or_dash
 from hybrid.rundir import write_study_outputs
 from hybrid.studies.refit_runs import refuse_collisions, save_refit_run, saved_run_dir
 
@@ -331,11 +331,6 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def _share(value: float | None, spec: str) -> str:
-    """A recovered share, or '–' where the trained head lost nothing on the device (there is nothing to recover)."""
-    return "–" if value is None else format(value, spec)
-
-
 def pooled_lines(runs: list[dict], shots: int, draws: int, is_candidate: Callable[[str], bool],
                  device: str = "fake_manila") -> list[str]:
     """`summarize` as a plain-text table, one line per head, and the candidate with the highest device AUC."""
@@ -346,7 +341,7 @@ def pooled_lines(runs: list[dict], shots: int, draws: int, is_candidate: Callabl
              "the trained head's device loss"]
     for name, row in summary.items():
         lines.append(f"{name:{width}s} exact {row['exact']:.4f} device {row['device']:.4f} loss "
-                     f"{row['device_loss']:+.4f} recovered {_share(row['recovered_on_device'], '+.0%')}  per run "
+                     f"{row['device_loss']:+.4f} recovered {share_or_dash(row['recovered_on_device'], '+.0%')}  per run "
                      + ", ".join(f"{g:+.4f}" for g in row["gained_per_run"]))
     best = max(filter(is_candidate, summary), key=lambda n: summary[n]["device"])
     return lines + [f"highest device AUC among the candidates: {best}"]
@@ -364,7 +359,7 @@ def to_markdown(result: dict) -> str:
     for name, row in result["summary"].items():
         gained = ", ".join(f"{g:+.4f}" for g in row["gained_per_run"])
         lines.append(f"| {name} | {row['exact']:.4f} | {row['device']:.4f} | {row['device_loss']:+.4f} | "
-                     f"{_share(row['recovered_on_device'], '.0%')} | {gained} |")
+                     f"{share_or_dash(row['recovered_on_device'])} | {gained} |")
     lines += ["", "Runs: " + ", ".join(r["run"] for r in result["runs"])]
     return "\n".join(lines) + "\n"
 

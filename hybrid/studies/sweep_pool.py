@@ -30,7 +30,7 @@ import numpy as np
 
 from hybrid.cli import run_cli
 from hybrid.data import DataError
-from hybrid.reporting import counted
+from hybrid.reporting import counted, share_or_dash
 from hybrid.rundir import write_json, write_text
 
 
@@ -145,7 +145,7 @@ def format_losses(pooled: dict) -> str:
 def format_markdown(pooled: dict) -> str:
     if pooled["kind"] == "loss_pooled":
         return format_losses(pooled)
-    share = lambda v: "–" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    share = share_or_dash
     values = lambda xs: ", ".join(f"{x:+.4f}" for x in xs)  # noqa: E731
     lines = [f"# Noise-aware recovery over {counted(pooled['sweeps'], 'seed')}", "",
              f"{pooled['samples_per_domain']} images per unseen center x {counted(len(pooled['domains']), 'center')}. Loss = a "
