@@ -70,3 +70,21 @@ def test_the_plot_lays_out_its_long_legend_for_one_group_as_for_several(groups, 
         warnings.simplefilter("error")  # a collapsed constrained layout only warns, and draws the axes wrong
         path = probe.plot(result, tmp_path / "probe.png")
     assert path.stat().st_size > 0
+
+
+def test_a_multiclass_run_is_refused_before_any_run_is_probed(tiny_run, data_root, tmp_path, capsys, monkeypatch):
+    from hybrid import train
+
+    retina = tmp_path / "retina"
+    assert train.main(["--dataset", "retinamnist", "--epochs", "1", "--max-train-samples", "64", "--width-mult", "0.35",
+                       "--stem-stride", "2", "--n-bootstrap", "0", "--eval-max-samples", "20", "--no-figures",
+                       "--quiet", "--data-root", str(data_root), "--out", str(retina)]) == 0
+
+    def no_probing(*args, **kwargs):
+        raise AssertionError("a run was probed before every run was checked")
+
+    monkeypatch.setattr(probe, "probe_run", no_probing)
+    out = tmp_path / "out"
+    assert probe.main(["--runs", f"binary={tiny_run}", "--runs", f"five={retina}", "--out", str(out)]) == 2
+    assert f"{retina} predicts 5 classes; the probes read one class against the rest" in capsys.readouterr().err
+    assert not out.exists()

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from hybrid.cli import positive_int, run_cli
+from hybrid.data import DataError
 from hybrid.rundir import write_study_outputs
 from hybrid.runtime import torch_settings
 from hybrid.studies.design import named_runs
@@ -167,10 +168,24 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: _run(args))
 
 
+def refuse_multiclass(run_dir: Path) -> None:
+    """The probes and the head are scored as one positive class against the rest, which a multi-class run's own
+    report does not do (macro AUC): such a run is refused rather than scored on another metric."""
+    from hybrid.rundir import load_run
+
+    _, _, ckpt, backend = load_run(run_dir, "statevector")
+    backend.close()
+    if ckpt["n_classes"] != 2:
+        raise DataError(f"{run_dir} predicts {ckpt['n_classes']} classes; the probes read one class against the "
+                        "rest, so they need a binary target (retrain with --classes A,B for a pair)")
+
+
 def _run(args) -> int:
     groups = dict(map(parse_group, args.runs))
     if len(groups) != len(args.runs):
         raise ValueError("each --runs group needs its own name")
+    for path in (p for paths in groups.values() for p in paths):  # every run before the first is probed
+        refuse_multiclass(path)
     result = {"centers": "validation", "groups": {}}
     for name, paths in groups.items():
         with torch_settings(args.threads):
