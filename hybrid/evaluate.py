@@ -44,6 +44,7 @@ from hybrid.tta import TTA_METHODS
 
 log = logging.getLogger("hybrid.evaluate")
 
+CIRCUIT_LAYERS = ("pqc", "separable")  # the quantum layers a backend runs (classical_twin and none have no circuit)
 BACKEND_FLAGS = ("shots", "precision", "seed", "noise_model", "depolarizing", "readout_error", "ibm_backend",
                  "resilience_level", "dd", "twirling", "batch_mode")
 
@@ -278,6 +279,22 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: _run(args), exit_codes={Interrupted: 3})
 
 
+def refuse_backend_without_circuit(args, options: dict, run_dir: Path) -> None:
+    """A backend runs only the circuit: on a network without one, --backend and its options would change nothing
+    while the results' name and the plan's "0 jobs" suggest it ran there. Checked on the config, before any
+    backend is built (an IBM service would ask for credentials first)."""
+    from hybrid.rundir import load_config
+
+    if not (args.backend or options) or not (run_dir / "config.json").is_file():
+        return  # load_run says what is wrong with a folder that is not a run
+    cfg = load_config(run_dir / "config.json")
+    if not cfg.quantum or cfg.quantum_layer not in CIRCUIT_LAYERS:
+        why = "trained with --no-quantum" if not cfg.quantum else f"its quantum layer is {cfg.quantum_layer!r}"
+        given = " ".join([f"--backend {args.backend}"] * bool(args.backend)
+                         + [f"--{k.replace('_', '-')}" for k in options])
+        raise ValueError(f"{run_dir} has no circuit for a backend to run ({why}); evaluate it without {given}")
+
+
 def plan_evaluation(args, run_dir: Path, options: dict) -> dict:
     """The evaluation's plan on a dry-run backend: counts every job, submits none."""
     from hybrid.qpu_budget import plan_forward
@@ -295,6 +312,7 @@ def _run(args) -> int:
 
     run_dir = Path(args.run)
     options = {k: getattr(args, k) for k in BACKEND_FLAGS if getattr(args, k) is not None}
+    refuse_backend_without_circuit(args, options, run_dir)
     if args.dry_run or args.max_qpu_seconds is not None:
         plan = plan_evaluation(args, run_dir, options)
         if args.dry_run:

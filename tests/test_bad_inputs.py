@@ -352,6 +352,18 @@ def test_evaluate_refuses_bad_options(tiny_run, capsys, argv, words):
     assert snapshot(tiny_run, tiny_run.parent) == before
 
 
+def test_evaluate_refuses_a_backend_for_a_network_without_a_circuit(tmp_path, capsys, data_root):
+    run = tmp_path / "classical"
+    assert train.main([*TINY, "--no-quantum", "--data-root", str(data_root), "--out", str(run)]) == 0
+    before = snapshot(run, run.parent)
+    for argv in (["--backend", "aer", "--shots", "1024"], ["--backend", "ibm_runtime", "--dry-run"], ["--shots", "64"]):
+        code, err = run_tool("evaluate", ["--run", str(run), *argv], capsys)
+        assert_refused(code, err, "has no circuit for a backend to run (trained with --no-quantum)",
+                       "evaluate it without")
+    assert snapshot(run, run.parent) == before
+    assert evaluate.main(["--run", str(run), "--max-samples", "16"]) == 0  # without a backend it evaluates as ever
+
+
 def test_evaluate_refuses_tampered_runs(tiny_run, bad, tmp_path, capsys):
     import json
 
