@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,9 +185,11 @@ def _bundle(name, splits, class_names, positive_class, test_domains=None, center
 
 
 def resolve_data_root(cli_value: str | None) -> Path | None:
-    """--data-root, else $HYBRID_DATA_ROOT, else None (medmnist's default ~/.medmnist)."""
+    """--data-root, else $HYBRID_DATA_ROOT, else None (medmnist's default ~/.medmnist), made absolute: a relative
+    one means the folder the process started in, which is not the repository for a notebook (Jupyter starts it
+    in notebooks/), so errors name the folder actually searched."""
     value = cli_value or os.environ.get(ENV_DATA_ROOT)
-    return Path(value).expanduser() if value else None
+    return Path(value).expanduser().absolute() if value else None
 
 
 def medmnist_names() -> list[str]:
@@ -224,12 +227,15 @@ def load_medmnist(name: str, root: Path | None = None, size: int = 28, download:
                f"or set --data-root / {ENV_DATA_ROOT} to the folder that holds it")
         if not download:
             raise DataError(f"MedMNIST file {path} not found and download=False; {how}.")
+        created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)  # topmost new folder
         try:
             root.mkdir(parents=True, exist_ok=True)
             # Only reached when the file is missing: an existing file is never re-fetched or re-hashed.
             getattr(medmnist, info["python_class"])(split="train", root=str(root), size=size, download=True)
         except Exception as e:  # no network, bad checksum, read-only folder: all need the same manual fix
             path.unlink(missing_ok=True)  # a partial download would later read as a corrupt file
+            if created is not None and not any(p.is_file() for p in created.rglob("*")):
+                shutil.rmtree(created, ignore_errors=True)  # a mistyped data folder must not stay, as if real
             raise DataError(f"MedMNIST file {path} not found and the download failed "
                             f"({type(e).__name__}); {how}.") from None
     with open_npz(path) as npz:

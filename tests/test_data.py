@@ -329,8 +329,29 @@ def test_resolve_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("HYBRID_DATA_ROOT", str(tmp_path))
     assert D.resolve_data_root(None) == tmp_path
     assert D.resolve_data_root("/elsewhere") == D.Path("/elsewhere")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYBRID_DATA_ROOT", "../shared/data")  # relative: to the folder the process started in
+    assert D.resolve_data_root(None) == tmp_path / ".." / "shared" / "data"
     monkeypatch.delenv("HYBRID_DATA_ROOT")
     assert D.resolve_data_root(None) is None
+
+
+def test_a_failed_download_leaves_no_empty_data_folder_behind(tmp_path, monkeypatch):
+    import medmnist.dataset
+
+    def offline(self):
+        raise OSError("no network")
+
+    monkeypatch.setattr(medmnist.dataset.MedMNIST, "download", offline)
+    missing = tmp_path / "mistyped" / "data"
+    with pytest.raises(DataError, match="download failed"):
+        D.load_medmnist("pneumoniamnist", missing)
+    assert not (tmp_path / "mistyped").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(DataError, match="download failed"):
+        D.load_medmnist("pneumoniamnist", existing)
+    assert existing.is_dir()  # a folder the user made stays
 
 
 def test_folder_classes_follow_the_runs_class_names_in_any_case(tmp_path):
