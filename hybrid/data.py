@@ -21,13 +21,11 @@ import numpy as np
 from hybrid.images import (ENV_DATA_ROOT, IMAGE_SUFFIXES, DataError, Split, as_labels, images_to_tensor,
                            load_center_folder, load_eval_npz, make_split, open_npz, read_array)
 
-__all__ = [
-    "CENTER_NAME_FIELDS", "ENV_DATA_ROOT", "IMAGE_SUFFIXES", "MEDMNIST_KEYS", "MEDMNIST_SIZES", "SPLITS",
-    "DataError", "DatasetBundle", "Split", "class_counts", "images_to_tensor", "keep_classes", "load_center_folder",
-    "load_dataset", "load_eval_npz", "load_medmnist", "load_multicenter_domains", "load_multicenter_npz",
-    "multicenter_fields", "load_npz", "medmnist_names",
-    "resolve_centers", "resolve_classes", "resolve_data_root", "resolve_dataset_path", "select_classes",
-]
+__all__ = ["CENTER_NAME_FIELDS", "ENV_DATA_ROOT", "IMAGE_SUFFIXES", "MEDMNIST_KEYS", "MEDMNIST_SIZES", "SPLITS",
+           "DataError", "DatasetBundle", "Split", "class_counts", "images_to_tensor", "keep_classes",
+           "load_center_folder", "load_dataset", "load_eval_npz", "load_medmnist", "load_multicenter_domains",
+           "load_multicenter_npz", "multicenter_fields", "load_npz", "medmnist_names", "resolve_centers",
+           "resolve_classes", "resolve_data_root", "resolve_dataset_path", "select_classes"]
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +183,8 @@ def _bundle(name, splits, class_names, positive_class, test_domains=None, center
 
 
 def resolve_data_root(cli_value: str | None) -> Path | None:
-    """--data-root, else $HYBRID_DATA_ROOT, else None (medmnist's default ~/.medmnist), made absolute: a relative
-    one means the folder the process started in, which is not the repository for a notebook (Jupyter starts it
-    in notebooks/), so errors name the folder actually searched."""
+    """--data-root, else $HYBRID_DATA_ROOT, else None (~/.medmnist); absolute, so errors name the folder searched
+    (a relative one is the process's folder: notebooks/ for a notebook)."""
     value = cli_value or os.environ.get(ENV_DATA_ROOT)
     return Path(value).expanduser().absolute() if value else None
 
@@ -200,10 +197,8 @@ def medmnist_names() -> list[str]:
 
 
 def load_medmnist(name: str, root: Path | None = None, size: int = 28, download: bool = True) -> DatasetBundle:
-    """Load a MedMNIST 2D dataset from `root`, downloading only when the file is missing.
-
-    Multi-label ChestMNIST is rejected: every model here predicts one class per image.
-    """
+    """Load a MedMNIST 2D dataset from `root`, downloading only when the file is missing. Multi-label ChestMNIST
+    is rejected: every model here predicts one class per image."""
     import medmnist
     from medmnist import INFO
 
@@ -227,7 +222,7 @@ def load_medmnist(name: str, root: Path | None = None, size: int = 28, download:
                f"or set --data-root / {ENV_DATA_ROOT} to the folder that holds it")
         if not download:
             raise DataError(f"MedMNIST file {path} not found and download=False; {how}.")
-        created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)  # topmost new folder
+        created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)  # topmost new one
         try:
             root.mkdir(parents=True, exist_ok=True)
             # Only reached when the file is missing: an existing file is never re-fetched or re-hashed.
