@@ -8,6 +8,7 @@ test_slurm.py.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
@@ -105,6 +106,7 @@ def test_loso_with_no_wait_leaves_the_selection_for_the_rerun(tmp_path, monkeypa
     monkeypatch.setattr(experiment, "run_study", lambda study, out, **kw: trained.append(study.preset) or
                         {"finished": [], "skipped": [], "failed": []})
     monkeypatch.setattr(experiment, "select", lambda study, out: pytest.fail("selected from queued folds"))
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # a login node, also where Slurm is not
     argv = ["--preset", "ham10000", "--variants", "erm", "--seeds", "1", "--validation", "loso", "--launcher",
             "slurm", "--no-wait", "--out", str(tmp_path)]
     assert experiment.main(argv) == 0
@@ -129,3 +131,19 @@ def test_a_submission_sbatch_refuses_is_one_sentence_and_leaves_no_pickled_calls
     assert not [p for p in (out / "slurm").rglob("*") if p.is_file()]
     assert experiment.main(argv) == 2  # a retry adds nothing either
     assert not [p for p in (out / "slurm").rglob("*") if p.is_file()]
+
+
+def test_slurm_options_are_checked_before_anything_is_written(tmp_path, monkeypatch, capsys, caplog):
+    """Slurm options without --launcher slurm would train the whole study on this machine (a login node); a bad
+    value is refused by a dry run too; a missing sbatch is found before study.json is written."""
+    out = tmp_path / "study"
+    base = ["--preset", "quick", "--variants", "erm", "--seeds", "1", "--out", str(out)]
+    assert experiment.main(base + ["--partition", "cpu", "--time", "5"]) == 2
+    assert "--partition, --time apply to --launcher slurm only" in capsys.readouterr().err
+    assert experiment.main(base + ["--launcher", "slurm", "--mem", "0", "--dry-run"]) == 2
+    assert "--mem and --poll-seconds positive" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path / "no_slurm_here"))
+    assert experiment.main(base + ["--launcher", "slurm", "--workers", "2"]) == 2
+    assert "needs Slurm's sbatch on PATH" in capsys.readouterr().err
+    assert "--workers 2 is not used with --launcher slurm" in caplog.text
+    assert not out.exists()

@@ -39,7 +39,8 @@ from hybrid.cli import command_line, positive_int, run_cli
 from hybrid.algorithms import check_algorithm
 from hybrid.config import ENVIRONMENT_FIELDS, TrainConfig, field_type, upgrade_fields
 from hybrid.rundir import is_run_dir, write_json
-from hybrid.studies.launchers import LAUNCHERS, Launcher, LocalLauncher, SlurmError, SlurmLauncher
+from hybrid.studies.launchers import (Launcher, LocalLauncher, SlurmError, add_launcher_arguments,
+                                      make_launcher)
 from hybrid.studies.loso import FOLDS, loso_study, read_selection, select, write_selection
 from hybrid.studies.presets import PRESETS
 from hybrid.studies.runs import RunJob, is_finished, record_failure, run_dir, study_status
@@ -296,45 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
     parser.add_argument("--status", metavar="OUT", help="show each run of the study in OUT: finished, running, "
                         "failed or pending; train nothing")
-    _add_launcher_arguments(parser)
+    add_launcher_arguments(parser)
     parser.add_argument("--list", action="store_true", help="list presets and their variants")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args, command_line("python -m hybrid.experiment", argv)), verbose=False,
                    extra_errors=(SlurmError,))
-
-
-def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("launcher", "where the runs execute")
-    group.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local",
-                       help="local: process pool on this machine (--workers); slurm: one Slurm job array (submitit)")
-    group.add_argument("--partition", help="slurm: partition to submit to (default: the cluster's)")
-    group.add_argument("--time", type=positive_int, default=SlurmLauncher.time_min, metavar="MIN",
-                       help="slurm: time limit per run in minutes; a run that hits it is requeued and resumes")
-    group.add_argument("--cpus-per-task", type=positive_int, default=SlurmLauncher.cpus_per_task,
-                       help="slurm: CPUs per run (also its torch threads unless --threads)")
-    group.add_argument("--gpus-per-task", type=int, default=0, help="slurm: GPUs per run (runs use --device auto)")
-    group.add_argument("--mem", type=float, metavar="GB", help="slurm: memory per run in GB")
-    group.add_argument("--array-parallelism", type=positive_int, default=SlurmLauncher.array_parallelism,
-                       help="slurm: at most this many runs at once")
-    group.add_argument("--poll-seconds", type=float, default=SlurmLauncher.poll_seconds,
-                       help="slurm: how often the waiting command asks squeue for the runs' states")
-    group.add_argument("--no-wait", action="store_true",
-                       help="slurm: return once submitted; follow with --status OUT")
-
-
-def make_launcher(args, out: Path) -> Launcher:
-    if args.launcher == "local":
-        return LocalLauncher(args.workers)
-    for name in ("time", "cpus_per_task", "array_parallelism"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.gpus_per_task < 0 or (args.mem is not None and args.mem <= 0) or args.poll_seconds <= 0:
-        raise ValueError("--gpus-per-task must be 0 or more, --mem and --poll-seconds positive")
-    return SlurmLauncher(out, partition=args.partition, time_min=args.time, cpus_per_task=args.cpus_per_task,
-                         gpus_per_task=args.gpus_per_task, mem_gb=args.mem,
-                         array_parallelism=args.array_parallelism, wait=not args.no_wait,
-                         poll_seconds=args.poll_seconds)
 
 
 def requested_runs(spec: dict) -> list[tuple[str, int]]:
@@ -394,13 +362,13 @@ def _run(args, command: str) -> int:
         raise ValueError(f"--out {out} is a run directory of hybrid.train, not a study; give the study a folder of "
                          "its own (its runs go into OUT/<variant>/seed<N>)")
     stages = [(loso_study(study), out / FOLDS)] if args.validation == "loso" else []
+    launcher = make_launcher(args, out, check_submit=not args.dry_run)  # before anything is written
     if args.dry_run:
         for stage, where in [*stages, (study, out)]:
             check_existing(stage, where)
             for v, s in stage.runs():
                 print(f"{'finished' if is_finished(run_dir(where, v, s)) else 'to do':9s} {run_dir(where, v, s)}")
         return 0
-    launcher = make_launcher(args, out)
     fold_failures = []
     for folds, where in stages:
         fold_summary = run_study(folds, where, workers=args.workers, threads=args.threads, progress=not args.quiet,

@@ -15,6 +15,7 @@ Another engine (Ray, say) is one more class with `@register_launcher("name")`.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from typing import Callable
 
 from submitit.helpers import Checkpointable
 
+from hybrid.cli import positive_int
 from hybrid.registry import lookup, registrar
 from hybrid.studies.runs import (FAILURES, SLURM_JOBS, RunJob, append_line, is_finished, latest_slurm_jobs,
                                  read_lines, record_failure, run_one, slurm_queue)
@@ -250,3 +252,54 @@ def _summary(path: Path) -> dict:
 
 def _recorded_failure(out: Path, job_id: str) -> dict | None:
     return next((r for r in read_lines(Path(out) / FAILURES) if r.get("slurm_job") == job_id), None)
+
+
+# the slurm options, as argparse names them: given without --launcher slurm they would be dropped silently
+SLURM_OPTIONS = ("partition", "time", "cpus_per_task", "gpus_per_task", "mem", "array_parallelism", "poll_seconds",
+                 "no_wait")
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("launcher", "where the runs execute")
+    group.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local",
+                       help="local: process pool on this machine (--workers); slurm: one Slurm job array (submitit)")
+    group.add_argument("--partition", help="slurm: partition to submit to (default: the cluster's)")
+    group.add_argument("--time", type=positive_int, metavar="MIN",
+                       help=f"slurm: time limit per run in minutes (default {SlurmLauncher.time_min}); a run that "
+                            "hits it is requeued and resumes")
+    group.add_argument("--cpus-per-task", type=positive_int,
+                       help=f"slurm: CPUs per run, also its torch threads unless --threads "
+                            f"(default {SlurmLauncher.cpus_per_task})")
+    group.add_argument("--gpus-per-task", type=int, help="slurm: GPUs per run (runs use --device auto; default 0)")
+    group.add_argument("--mem", type=float, metavar="GB", help="slurm: memory per run in GB")
+    group.add_argument("--array-parallelism", type=positive_int,
+                       help=f"slurm: at most this many runs at once (default {SlurmLauncher.array_parallelism})")
+    group.add_argument("--poll-seconds", type=float,
+                       help=f"slurm: how often the waiting command asks squeue for the runs' states "
+                            f"(default {SlurmLauncher.poll_seconds:g})")
+    group.add_argument("--no-wait", action="store_true",
+                       help="slurm: return once submitted; follow with --status OUT")
+
+
+def make_launcher(args, out: Path, check_submit: bool = True) -> Launcher:
+    """The launcher the options ask for, every option checked first (also for a dry run); with `check_submit`,
+    a Slurm launcher also needs sbatch, checked before the study writes anything."""
+    given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, False)]
+    if args.launcher == "local":
+        if given:  # the whole study would train on this machine (a cluster's login node)
+            raise ValueError(f"{', '.join(given)} apply to --launcher slurm only; add --launcher slurm, or drop them")
+        return LocalLauncher(args.workers)
+    if args.workers != 1:
+        log.warning("--workers %d is not used with --launcher slurm: --array-parallelism sets how many runs run "
+                    "at once", args.workers)
+    if (args.gpus_per_task or 0) < 0 or (args.mem is not None and args.mem <= 0) or (args.poll_seconds or 1) <= 0:
+        raise ValueError("--gpus-per-task must be 0 or more, --mem and --poll-seconds positive")
+    launcher = SlurmLauncher(out, partition=args.partition, wait=not args.no_wait, mem_gb=args.mem, **{
+        field: getattr(args, name) for field, name in (("time_min", "time"), ("cpus_per_task", "cpus_per_task"),
+                                                       ("gpus_per_task", "gpus_per_task"),
+                                                       ("array_parallelism", "array_parallelism"),
+                                                       ("poll_seconds", "poll_seconds"))
+        if getattr(args, name) is not None})
+    if check_submit and shutil.which("sbatch") is None:
+        raise ValueError("--launcher slurm needs Slurm's sbatch on PATH; run this on the cluster's login node")
+    return launcher
