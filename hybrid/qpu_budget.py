@@ -84,8 +84,10 @@ def plan_text(plan: dict) -> str:
     return "\n".join(lines)
 
 
-def check_budget(plans: list[dict], max_qpu_seconds: float | None) -> None:
-    """Refuse (BudgetError) when the plans' estimated QPU seconds exceed `max_qpu_seconds`."""
+def check_budget(plans: list[dict], max_qpu_seconds: float | None,
+                 samples_flag: str = "--max-samples") -> None:
+    """Refuse (BudgetError) when the plans' estimated QPU seconds exceed `max_qpu_seconds`; the message names the
+    calling tool's option for fewer images (`samples_flag`)."""
     if max_qpu_seconds is None:
         return
     if max_qpu_seconds < 0:
@@ -93,5 +95,5 @@ def check_budget(plans: list[dict], max_qpu_seconds: float | None) -> None:
     total = sum(p["estimated_qpu_seconds"] or 0.0 for p in plans)
     if total > max_qpu_seconds:
         raise BudgetError(f"the plan needs about {total:.1f} QPU seconds, more than --max-qpu-seconds "
-                          f"{max_qpu_seconds:g}; nothing was submitted: evaluate fewer samples (--max-samples), "
+                          f"{max_qpu_seconds:g}; nothing was submitted: evaluate fewer samples ({samples_flag}), "
                           "fewer shots, or raise the budget (see --dry-run)")

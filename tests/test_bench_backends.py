@@ -222,7 +222,8 @@ def test_benchmark_dry_run_plans_what_the_benchmark_sends(run_dir, data_root, mo
         assert bench_backends.main(args + ["--dry-run"]) == 0
         table = capsys.readouterr().out
         assert bench_backends.main(args + ["--max-qpu-seconds", "0.5"]) == 2
-        assert "more than --max-qpu-seconds 0.5" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "more than --max-qpu-seconds 0.5" in err and "fewer samples (--samples)" in err
     assert not (tmp_path / "bench").exists()  # neither a dry run nor a refusal writes anything
     assert "| ibm_runtime:fake_manila:shots=100 |" in table and "estimated QPU s" in table
     real = bench_backends.run_bench(run_dir, specs, **sizes)

@@ -413,7 +413,7 @@ def _run(args, command: str) -> int:
         plan = plan_bench(Path(args.run), specs, **{k: v for k, v in settings.items() if k != "n_bootstrap"})
         if args.dry_run:
             print(format_plan(plan))
-        check_budget(plan["plans"], args.max_qpu_seconds)
+        check_budget(plan["plans"], args.max_qpu_seconds, samples_flag="--samples")
         if args.dry_run:
             return 0
     result = run_bench(Path(args.run), specs, **settings)
