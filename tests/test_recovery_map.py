@@ -69,7 +69,7 @@ def test_the_map_says_what_it_cannot_place(tmp_path, capsys):
     (single / "recovery.json").write_text(json.dumps({"kind": "loss_pooled", "rows": {}}))
     cases = [([str(good)], "LABEL=FOLDER"), ([f"a={tmp_path / 'nowhere'}"], "no such file"),
              ([f"a={single}"], "--compare-run"), ([f"a={other_shots}"], "give --row"),
-             ([f"a={nothing_lost}"], "nothing to recover")]
+             ([f"a={nothing_lost}"], "nothing to recover"), ([f"a={good}", f"a={other_shots}"], "repeated: a")]
     for entries, message in cases:
         assert recovery_map.main([*entries, "--out", str(tmp_path / "o")]) == 2
         assert message in capsys.readouterr().err

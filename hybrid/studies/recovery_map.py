@@ -122,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        points = [place(label, folder, args.row) for label, folder in map(parse_entry, args.entries)]
+        entries = [parse_entry(text) for text in args.entries]
+        repeated = sorted({label for label, _ in entries if [lbl for lbl, _ in entries].count(label) > 1})
+        if repeated:  # two rows of one name could not be told apart in the figure or the table
+            raise ValueError(f"each round needs its own label; repeated: {', '.join(repeated)}")
+        points = [place(label, folder, args.row) for label, folder in entries]
         command = "python -m hybrid.recovery_map " + shlex.join(sys.argv[1:] if argv is None else argv)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, action="append",
                         help="run directory of a multi-center training; repeat for the seeds of one method")
     parser.add_argument("--out", help="folder for the tables combined over several --run (required with more than one)")
-    parser.add_argument("--group-field", default="labels", help="array of subgroups, e.g. labels (the diagnosis)")
+    parser.add_argument("--group-field", default="labels", help="array of subgroups in the data file, e.g. labels (the diagnosis; the default)")
     parser.add_argument("--centers", help="held-out centers to analyse (default: all the run held out)")
     parser.add_argument("--tta", choices=tuple(TTA_METHODS), help="default: the run's setting")
     parser.add_argument("--data-root", help="folder holding the run's .npz (default: $HYBRID_DATA_ROOT)")
