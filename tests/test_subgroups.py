@@ -138,15 +138,29 @@ def test_cli_combines_several_runs_into_out(multicenter_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_runs_holding_out_other_centers_are_not_combined(multicenter_run, tmp_path, capsys, monkeypatch):
-    real = subgroups.run_subgroups
+def test_runs_holding_out_other_centers_are_refused_before_any_run_is_scored(multicenter_run, tiny_run, tmp_path,
+                                                                            capsys, monkeypatch):
+    import hybrid.inference
+
+    real = subgroups.prepare_subgroups
 
     def other_center_for_the_copy(run, *args, **kwargs):
-        results = real(multicenter_run, *args, **kwargs)
-        return results if run == multicenter_run else {"b": results["c"]}
+        prepared = real(multicenter_run, *args, **kwargs)
+        if run == multicenter_run:
+            return prepared
+        return prepared._replace(run_dir=run, per_center={"b": prepared.per_center["c"]})
 
-    monkeypatch.setattr(subgroups, "run_subgroups", other_center_for_the_copy)
-    argv = ["--run", str(multicenter_run), "--run", str(tmp_path / "other"), "--out", str(tmp_path / "o"),
-            "--threads", "1"]
-    assert subgroups.main(argv) == 2
-    assert "holds out other centers than" in capsys.readouterr().err
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a run was scored before every run was checked")
+
+    monkeypatch.setattr(hybrid.inference, "predict_probs", no_scoring)
+    with monkeypatch.context() as patch:
+        patch.setattr(subgroups, "prepare_subgroups", other_center_for_the_copy)
+        argv = ["--run", str(multicenter_run), "--run", str(tmp_path / "other"), "--out", str(tmp_path / "o"),
+                "--threads", "1"]
+        assert subgroups.main(argv) == 2
+        assert "holds out other centers than" in capsys.readouterr().err
+    argv = ["--run", str(multicenter_run), "--run", str(tiny_run), "--out", str(tmp_path / "o")]
+    assert subgroups.main(argv) == 2  # a run without real centers, second: found before the first is scored
+    assert "which has no real centers" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -24,6 +24,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from hybrid.cli import positive_int, run_cli
 from hybrid.data import DataError, resolve_centers, resolve_data_root, resolve_dataset_path
 from hybrid.metrics import binary_auc, domain_metrics
 from hybrid.rundir import file_part
+from hybrid.runtime import torch_settings
 from hybrid.tta import TTA_METHODS
 
 log = logging.getLogger("hybrid.subgroups")
@@ -163,20 +165,29 @@ def plot_pairs(result: dict, title: str, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+class Prepared(NamedTuple):
+    """A run checked and ready to score: its network, data, TTA method and each chosen center's subgroups."""
+
+    run_dir: Path
+    cfg: Any
+    model: Any
+    ckpt: dict
+    bundle: Any
+    tta: str
+    per_center: dict
+
+
 def run_subgroups(run_dir: Path, group_field: str, centers=None, tta: str | None = None, root=None,
                   threads: int | None = None) -> dict[str, dict]:
     """Subgroup tables of each held-out center; `threads` torch threads while scoring (restored after)."""
-    from hybrid.runtime import torch_settings
-
     with torch_settings(threads):
-        return _run_subgroups(run_dir, group_field, centers, tta, root)
+        return score_subgroups(prepare_subgroups(run_dir, group_field, centers, tta, root), group_field, root)
 
 
-def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, root) -> dict[str, dict]:
-    from hybrid.domains import load_bundle, split_to_tensors
-    from hybrid.inference import predict_probs
-    from hybrid.rundir import file_part, load_run, write_json, write_text
-    from hybrid.train import source_validation_threshold
+def prepare_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, root) -> Prepared:
+    """Everything a run's subgroup analysis needs, every check made: nothing is scored yet."""
+    from hybrid.domains import load_bundle
+    from hybrid.rundir import load_run
 
     cfg, model, ckpt, backend = load_run(run_dir)
     backend.close()
@@ -205,7 +216,6 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
         labels_all = np.asarray(npz[cfg.label_field])
         names_key = group_field.removesuffix("s") + "_names"
         names = [str(x) for x in npz[names_key]] if names_key in npz.files else None
-    channels = ckpt["in_channels"]
     per_center = {}  # every center's subgroups checked before any image is scored
     for center in chosen:
         # held-out centers keep file order (see load_multicenter_npz), so the subgroup array lines up
@@ -218,6 +228,18 @@ def _run_subgroups(run_dir: Path, group_field: str, centers, tta: str | None, ro
         per_center[center] = np.array([names[int(g)] for g in groups]) if names is not None else groups
         refuse_mixed_groups(per_center[center].astype(str), np.asarray(bundle.test_domains[center].labels),
                             bundle.positive_class, f" of {group_field!r} in {center}")
+    return Prepared(Path(run_dir), cfg, model, ckpt, bundle, tta, per_center)
+
+
+def score_subgroups(prep: Prepared, group_field: str, root) -> dict[str, dict]:
+    """Score a prepared run's held-out centers and write its subgroup tables beside the run."""
+    from hybrid.domains import split_to_tensors
+    from hybrid.inference import predict_probs
+    from hybrid.rundir import file_part, write_json, write_text
+    from hybrid.train import source_validation_threshold
+
+    run_dir, cfg, model, ckpt, bundle, tta, per_center = prep
+    channels = ckpt["in_channels"]
     if ckpt.get("threshold") is not None and tta == cfg.tta:
         threshold = ckpt["threshold"]  # the run's own, as its report and hybrid.evaluate use
     else:  # chosen again as training chose it: on source validation under the run's shifts, not the plain split
@@ -255,18 +277,20 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     if len(args.run) > 1 and not args.out:
         raise DataError("several --run need --out, the folder for the tables combined over them")
-    per_run = []
-    for run in args.run:
-        results = run_subgroups(Path(run), args.group_field, args.centers, args.tta,
-                                resolve_data_root(args.data_root), args.threads)
-        per_run.append(results)
-        for center, r in results.items():
-            print(_summary_line(center, r) + f"; see {Path(run) / f'subgroups_{file_part(center)}.md'}")
+    root = resolve_data_root(args.data_root)
+    with torch_settings(args.threads):
+        prepared = [prepare_subgroups(Path(run), args.group_field, args.centers, args.tta, root) for run in args.run]
+        differ = [p.run_dir for p in prepared[1:] if set(p.per_center) != set(prepared[0].per_center)]
+        if differ:  # found before any run is scored, not after the first one's tables are written
+            raise DataError(f"{differ[0]} holds out other centers than {args.run[0]} "
+                            f"({sorted(prepared[0].per_center)}); combine runs of one held-out center, or name it "
+                            "with --centers")
+        per_run = []
+        for prep in prepared:
+            per_run.append(score_subgroups(prep, args.group_field, root))
+            for center, r in per_run[-1].items():
+                print(_summary_line(center, r) + f"; see {prep.run_dir / f'subgroups_{file_part(center)}.md'}")
     if len(per_run) > 1:
-        differ = [run for run, results in zip(args.run[1:], per_run[1:]) if set(results) != set(per_run[0])]
-        if differ:
-            raise DataError(f"{differ[0]} holds out other centers than {args.run[0]} ({sorted(per_run[0])}); "
-                            "combine runs of one held-out center, or name it with --centers")
         for center in per_run[0]:
             combined = combine_runs([results[center] for results in per_run])
             stem = write_combined(combined, center, Path(args.out), args.group_field, per_run[0][center]["tta"])
