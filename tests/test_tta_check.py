@@ -62,3 +62,18 @@ def test_cli_errors_are_one_sentence(multicenter_run, capsys, argv, match):
     assert tta_check.main(["--run", str(multicenter_run)] + argv) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1
+
+
+def test_the_table_marks_batches_as_large_as_the_domain_and_names_a_multiclass_share():
+    from hybrid.studies.tta_check import to_markdown
+
+    row = {"n": 100, "positive_rate": 0.3, "none": 0.7, "bn_batch64": 0.71, "bn_batch256": 0.72,
+           "bn_whole_domain": 0.72, "adabn": 0.74}
+    result = {"run": "r", "source_positive_rate": None, "batch_sizes": [64, 256], "max_samples": 100,
+              "n_classes": 5, "positive_class": 1, "domains": {"clean": row}}
+    table = to_markdown(result)
+    assert "| domain | n | share of class 1 (macro AUC) |" in table
+    assert "| clean | 100 | 0.300 | 0.700 | 0.710 | 0.720* | 0.720 | 0.740 |" in table
+    assert "\\* the batch size is at least the domain's n" in table
+    binary = to_markdown(result | {"n_classes": 2, "batch_sizes": [64], "domains": {"clean": row}})
+    assert "| positive rate |" in binary and "*" not in binary

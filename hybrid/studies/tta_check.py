@@ -97,7 +97,8 @@ def run_check(run_dir: Path, domains: list[str] | None, batch_sizes: list[int], 
         rows[name] = check_domain(model, x, y, positive_class=bundle.positive_class, batch_sizes=batch_sizes,
                                   source_prevalence=source_prevalence, seed=seed)
     return {"run": str(run_dir), "source_positive_rate": source_prevalence, "batch_sizes": batch_sizes,
-            "seed": seed, "max_samples": max_samples, "domains": rows}
+            "seed": seed, "max_samples": max_samples, "n_classes": bundle.n_classes,
+            "positive_class": bundle.positive_class, "domains": rows}
 
 
 def to_markdown(result: dict) -> str:
@@ -105,15 +106,23 @@ def to_markdown(result: dict) -> str:
     if result["source_positive_rate"] is not None:
         columns.append("adabn_prevalence_matched")
     sample = f" (the first {result['max_samples']} images of each)" if result.get("max_samples") else ""
+    binary = result.get("n_classes", 2) == 2  # older results lack the field; only binary ones were written
+    rate = "positive rate" if binary else f"share of class {result.get('positive_class')} (macro AUC)"
     lines = [f"# TTA check of {result['run']}", "",
              f"AUC per domain{sample}. bn_batchN: per-batch BatchNorm statistics in batches of N; bn_whole_domain: the "
              "whole domain as one batch; adabn: whole-domain statistics, prediction per image; "
              "adabn_prevalence_matched: statistics from a subset resampled to the source positive rate"
              + (f" ({result['source_positive_rate']:.3f})." if result["source_positive_rate"] is not None else "."),
-             "", "| domain | n | positive rate | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 3)]
+             "", f"| domain | n | {rate} | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 3)]
+    whole = {f"bn_batch{b}" for b in result["batch_sizes"]}  # a batch as large as the domain is the whole domain
     for name, row in result["domains"].items():
-        cells = [name, str(row["n"]), f"{row['positive_rate']:.3f}", *(f"{row[c]:.3f}" for c in columns)]
+        cells = [name, str(row["n"]), f"{row['positive_rate']:.3f}",
+                 *(f"{row[c]:.3f}" + ("*" if c in whole and int(c.removeprefix("bn_batch")) >= row["n"] else "")
+                   for c in columns)]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(int(c.removeprefix("bn_batch")) >= row["n"] for c in whole for row in result["domains"].values()):
+        lines += ["", "\\* the batch size is at least the domain's n: one batch of the whole domain, as "
+                  "bn_whole_domain."]
     return "\n".join(lines) + "\n"
 
 
