@@ -44,7 +44,6 @@ from hybrid.tta import TTA_METHODS
 
 log = logging.getLogger("hybrid.evaluate")
 
-CIRCUIT_LAYERS = ("pqc", "separable")  # the quantum layers a backend runs (classical_twin and none have no circuit)
 BACKEND_FLAGS = ("shots", "precision", "seed", "noise_model", "depolarizing", "readout_error", "ibm_backend",
                  "resilience_level", "dd", "twirling", "batch_mode")
 
@@ -283,6 +282,7 @@ def refuse_backend_without_circuit(args, options: dict, run_dir: Path) -> None:
     """A backend runs only the circuit: on a network without one, --backend and its options would change nothing
     while the results' name and the plan's "0 jobs" suggest it ran there. Checked on the config, before any
     backend is built (an IBM service would ask for credentials first)."""
+    from hybrid.heads import CIRCUIT_LAYERS
     from hybrid.rundir import load_config
 
     if not (args.backend or options) or not (run_dir / "config.json").is_file():
@@ -290,9 +290,9 @@ def refuse_backend_without_circuit(args, options: dict, run_dir: Path) -> None:
     cfg = load_config(run_dir / "config.json")
     if not cfg.quantum or cfg.quantum_layer not in CIRCUIT_LAYERS:
         why = "trained with --no-quantum" if not cfg.quantum else f"its quantum layer is {cfg.quantum_layer!r}"
-        given = " ".join([f"--backend {args.backend}"] * bool(args.backend)
-                         + [f"--{k.replace('_', '-')}" for k in options])
-        raise ValueError(f"{run_dir} has no circuit for a backend to run ({why}); evaluate it without {given}")
+        given = f"--backend {args.backend}" if args.backend else "backend options"
+        raise ValueError(f"{run_dir} has no circuit for a backend to run ({why}); evaluate it without {given}"
+                         + (" and the backend options" if args.backend and options else ""))
 
 
 def plan_evaluation(args, run_dir: Path, options: dict) -> dict:

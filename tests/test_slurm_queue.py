@@ -106,7 +106,7 @@ def test_loso_with_no_wait_leaves_the_selection_for_the_rerun(tmp_path, monkeypa
     monkeypatch.setattr(experiment, "run_study", lambda study, out, **kw: trained.append(study.preset) or
                         {"finished": [], "skipped": [], "failed": []})
     monkeypatch.setattr(experiment, "select", lambda study, out: pytest.fail("selected from queued folds"))
-    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # a login node, also where Slurm is not
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # as if sbatch were on PATH
     argv = ["--preset", "ham10000", "--variants", "erm", "--seeds", "1", "--validation", "loso", "--launcher",
             "slurm", "--no-wait", "--out", str(tmp_path)]
     assert experiment.main(argv) == 0
@@ -140,8 +140,9 @@ def test_slurm_options_are_checked_before_anything_is_written(tmp_path, monkeypa
     base = ["--preset", "quick", "--variants", "erm", "--seeds", "1", "--out", str(out)]
     assert experiment.main(base + ["--partition", "cpu", "--time", "5"]) == 2
     assert "--partition, --time apply to --launcher slurm only" in capsys.readouterr().err
-    assert experiment.main(base + ["--launcher", "slurm", "--mem", "0", "--dry-run"]) == 2
-    assert "--mem and --poll-seconds positive" in capsys.readouterr().err
+    for bad in (["--mem", "0"], ["--poll-seconds", "0"]):
+        assert experiment.main(base + ["--launcher", "slurm", *bad, "--dry-run"]) == 2
+        assert "--mem and --poll-seconds positive" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path / "no_slurm_here"))
     assert experiment.main(base + ["--launcher", "slurm", "--workers", "2"]) == 2
     assert "needs Slurm's sbatch on PATH" in capsys.readouterr().err

@@ -372,7 +372,7 @@ def _run(args, command: str) -> int:
     fold_failures = []
     for folds, where in stages:
         fold_summary = run_study(folds, where, workers=args.workers, threads=args.threads, progress=not args.quiet,
-                                 command=command, launcher=make_launcher(args, where))
+                                 command=command, launcher=make_launcher(args, where, warn=False))
         if args.launcher == "slurm" and args.no_wait:  # the folds are only queued: nothing to select from yet
             print(f"leave-one-source-out fold runs submitted; once they finish (--status {shlex.quote(str(out))}) "
                   "rerun this command to write the selection")

@@ -281,18 +281,18 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
                        help="slurm: return once submitted; follow with --status OUT")
 
 
-def make_launcher(args, out: Path, check_submit: bool = True) -> Launcher:
+def make_launcher(args, out: Path, check_submit: bool = True, warn: bool = True) -> Launcher:
     """The launcher the options ask for, every option checked first (also for a dry run); with `check_submit`,
-    a Slurm launcher also needs sbatch, checked before the study writes anything."""
+    a Slurm launcher also needs sbatch, checked before the study writes anything; `warn` once per command."""
     given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, False)]
     if args.launcher == "local":
         if given:  # the whole study would train on this machine (a cluster's login node)
             raise ValueError(f"{', '.join(given)} apply to --launcher slurm only; add --launcher slurm, or drop them")
         return LocalLauncher(args.workers)
-    if args.workers != 1:
+    if args.workers != 1 and warn:
         log.warning("--workers %d is not used with --launcher slurm: --array-parallelism sets how many runs run "
                     "at once", args.workers)
-    if (args.gpus_per_task or 0) < 0 or (args.mem is not None and args.mem <= 0) or (args.poll_seconds or 1) <= 0:
+    if (args.gpus_per_task or 0) < 0 or (args.mem is not None and args.mem <= 0) or (args.poll_seconds is not None and args.poll_seconds <= 0):
         raise ValueError("--gpus-per-task must be 0 or more, --mem and --poll-seconds positive")
     launcher = SlurmLauncher(out, partition=args.partition, wait=not args.no_wait, mem_gb=args.mem, **{
         field: getattr(args, name) for field, name in (("time_min", "time"), ("cpus_per_task", "cpus_per_task"),

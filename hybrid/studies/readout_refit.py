@@ -429,8 +429,9 @@ def _run(args, argv) -> int:
     if args.shots < 1 or args.draws < 1 or args.samples < 2 or args.train_samples < 0:
         raise ValueError("--shots and --draws must be positive, --samples at least 2, --train-samples 0 (all) or more")
     run_dirs = [Path(p) for group in args.runs for p in group.split(",") if p.strip()]
-    if len(set(run_dirs)) < len(run_dirs):
-        raise ValueError("a run is named twice in --runs; name each once")
+    twice = sorted({str(r) for r in run_dirs if run_dirs.count(r) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} named twice in --runs; name each run once")
     for run_dir in run_dirs:  # every run is checked before the first refit, not after it
         load_dressed(run_dir, args.device)
     save_to = Path(args.save_to) if args.save_to else None

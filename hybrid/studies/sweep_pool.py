@@ -63,28 +63,29 @@ def load_sweeps(folders: list[Path]) -> list[dict]:
 
 
 def _refuse_unlike(sweeps: list[dict], folders: list[Path]) -> None:
-    """Pooled sweeps must be seeds of one comparison: the same variants in the same roles, the same images and
-    test-time adaptation, and no run (or seed) twice, else the mean is over things that do not belong together."""
-    roles = ("exact-trained run (--run)", "noise-aware run (--compare-run)")
-    for i, role in enumerate(roles[:len(sweeps[0]["runs"])]):
-        labels = {str(f): s["runs"][i].get("label") for f, s in zip(folders, sweeps)}
-        if len(set(labels.values())) > 1:
-            swapped = " (were --run and --compare-run swapped?)" if len(sweeps[0]["runs"]) == 2 else ""
-            raise DataError(f"the {role} differs between sweeps{swapped}: "
-                            + ", ".join(f"{f}: {label}" for f, label in labels.items()))
+    """Pooled sweeps must be seeds of one comparison: the runs in the same roles (a noise-aware run given as
+    --run in one sweep and as --compare-run in another would be averaged into the wrong side), the same images
+    and test-time adaptation, and no run twice."""
+    if len(sweeps[0]["runs"]) == 2:
+        second = {s["runs"][1].get("label"): f for f, s in zip(folders, sweeps)}
+        swapped = [(f, s["runs"][0].get("label")) for f, s in zip(folders, sweeps)
+                   if s["runs"][0].get("label") in second]
+        if swapped:
+            folder, label = swapped[0]
+            raise DataError(f"{label} is the exact-trained run (--run) in {folder} but the noise-aware one "
+                            f"(--compare-run) in {second[label]}: were --run and --compare-run swapped?")
     for field, what in (("samples_per_domain", "images per center (--samples)"), ("domains", "centers (--domains)"),
                         ("tta", "test-time adaptation (--tta)")):
         values = {str(f): s["runs"][0].get(field) for f, s in zip(folders, sweeps)}
         if len({json.dumps(v) for v in values.values()}) > 1:
             raise DataError(f"the sweeps were scored on different {what}: "
                             + "; ".join(f"{f}: {v}" for f, v in values.items()))
-    for key, what in (("run", "run"), ("seed", "seed")):
-        seen: dict = {}
-        for folder, sweep in zip(folders, sweeps):
-            value = sweep["runs"][0].get(key)
-            if value is not None and value in seen:
-                raise DataError(f"{seen[value]} and {folder} hold the same {what} ({value}); pool one sweep per seed")
-            seen[value] = folder
+    seen: dict = {}
+    for folder, sweep in zip(folders, sweeps):
+        run = sweep["runs"][0].get("run")
+        if run in seen:
+            raise DataError(f"{seen[run]} and {folder} hold the same run ({run}); pool one sweep per seed")
+        seen[run] = folder
 
 
 def losses(run: dict) -> dict:

@@ -106,10 +106,11 @@ def to_markdown(result: dict) -> str:
     if result["source_positive_rate"] is not None:
         columns.append("adabn_prevalence_matched")
     sample = f" (the first {result['max_samples']} images of each)" if result.get("max_samples") else ""
-    binary = result.get("n_classes", 2) == 2  # older results lack the field; only binary ones were written
-    rate = "positive rate" if binary else f"share of class {result.get('positive_class')} (macro AUC)"
+    # older results lack n_classes; the source positive rate was recorded for binary runs only
+    binary = result["n_classes"] == 2 if "n_classes" in result else result["source_positive_rate"] is not None
+    rate = "positive rate" if binary else f"share of class {result.get('positive_class', 1)}"
     lines = [f"# TTA check of {result['run']}", "",
-             f"AUC per domain{sample}. bn_batchN: per-batch BatchNorm statistics in batches of N; bn_whole_domain: the "
+             f"AUC per domain{sample}{'' if binary else ' (macro over the classes)'}. bn_batchN: per-batch BatchNorm statistics in batches of N; bn_whole_domain: the "
              "whole domain as one batch; adabn: whole-domain statistics, prediction per image; "
              "adabn_prevalence_matched: statistics from a subset resampled to the source positive rate"
              + (f" ({result['source_positive_rate']:.3f})." if result["source_positive_rate"] is not None else "."),
