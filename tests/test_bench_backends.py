@@ -250,6 +250,22 @@ def dressed_run(tmp_path_factory, data_root):
     return out
 
 
+def test_a_compared_run_on_other_data_is_refused_before_any_benchmark(dressed_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(dressed_run, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(config | {"dataset": "breastmnist"}))
+    monkeypatch.setattr(bench_backends, "run_bench", lambda *a, **k: pytest.fail("benchmarked before the check"))
+    out = tmp_path / "sweep"
+    assert bench_backends.main(["--run", str(dressed_run), "--compare-run", str(other), "--shot-sweep", "16,exact",
+                                "--backends", "aer", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is scored on other data than" in err and "dataset 'pneumoniamnist' / 'breastmnist'" in err
+    assert not out.exists()
+
+
 def test_shot_sweep_writes_its_table_plot_and_recovery(dressed_run, data_root, tmp_path):
     out = tmp_path / "sweep"
     assert bench_backends.main(["--run", str(dressed_run), "--compare-run", str(dressed_run), "--shot-sweep",

@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_sweep(args, settings: dict, command: str) -> int:
     shots = shot_sweep.parse_shots(args.shot_sweep)
     bases = [s for s in (args.backends or shot_sweep.DEFAULT_SWEEP_BACKENDS).split(",") if s.strip()]
+    shot_sweep.check_compared_runs([Path(args.run), *map(Path, args.compare_run)])
     result = shot_sweep.run_sweep([Path(args.run), *map(Path, args.compare_run)], bases, shots, bench=run_bench,
                                   draws=args.draws, **settings) | {"command": command}
     out = Path(args.out or args.run)

@@ -70,6 +70,28 @@ def run_labels(runs: list[Path]) -> list[str]:
     return [str(p) for p in paths]  # the same run given twice
 
 
+DATA_FIELDS = ("dataset", "label_field", "center_field", "test_centers", "classes")  # what the runs are scored on
+
+
+def check_compared_runs(runs: list[Path]) -> None:
+    """Every run of a sweep loads, has a circuit and is scored on the same data, checked before the first is
+    benchmarked (a bad --compare-run otherwise fails after the whole first sweep)."""
+    from hybrid.rundir import load_run
+
+    first = None
+    for run in runs:
+        cfg, model, _, backend = load_run(run, "statevector")
+        backend.close()
+        if model.quantum is None:
+            raise ValueError(f"{run} has no circuit to benchmark (trained with --no-quantum, or a classical layer)")
+        data = {name: getattr(cfg, name) for name in DATA_FIELDS}
+        first = first or (run, data)
+        if data != first[1]:
+            changed = ", ".join(f"{k} {first[1][k]!r} / {v!r}" for k, v in data.items() if v != first[1][k])
+            raise ValueError(f"{run} is scored on other data than {first[0]} ({changed}); compare runs of the same "
+                             "data and centers")
+
+
 def run_sweep(runs: list[Path], bases: list[str], shots: list[int | None], *, bench: Callable, draws: int = 1,
               **settings) -> dict:
     """`bench(run, specs, **settings)` (hybrid.bench_backends.run_bench) for each run; curves per backend, each
