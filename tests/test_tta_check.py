@@ -32,7 +32,7 @@ def test_cli_measures_every_way_of_adapting_on_the_chosen_domains(multicenter_ru
     argv = ["--run", str(multicenter_run), "--domains", "clean,real:c", "--batch-sizes", "8,32",
             "--threads", "1", "--out", str(out)]
     assert tta_check.main(argv) == 0
-    result = json.loads((out / "tta_check.json").read_text())
+    result = json.loads((out / "tta_check_clean+real:c.json").read_text())
     assert list(result["domains"]) == ["clean", "real:c"]
     report = json.loads((multicenter_run / "report.json").read_text())
     for name, row in result["domains"].items():
@@ -41,15 +41,16 @@ def test_cli_measures_every_way_of_adapting_on_the_chosen_domains(multicenter_ru
         # no adaptation is the run's own evaluation without TTA
         assert row["none"] == pytest.approx(report["domains_no_tta"][name]["auc"], abs=1e-9)
     assert 0 < result["source_positive_rate"] < 1
-    md = (out / "tta_check.md").read_text()
+    md = (out / "tta_check_clean+real:c.md").read_text()
     printed = capsys.readouterr().out
     assert "| real:c |" in md and "bn_whole_domain" in md and md in printed
-    assert f"written: {out / 'tta_check.md'}" in printed
-    # a quick look: each domain's first images only, and the table says so
+    assert f"written: {out / 'tta_check_clean+real:c.md'}" in printed
+    # a quick look: each domain's first images only, the table says so, and it replaces no other check
     assert tta_check.main(argv + ["--max-samples", "16", "--domains", "real:c"]) == 0
-    quick = json.loads((out / "tta_check.json").read_text())
+    quick = json.loads((out / "tta_check_real:c_max16.json").read_text())
     assert quick["max_samples"] == 16 and quick["domains"]["real:c"]["n"] == 16
-    assert "(the first 16 images of each)" in (out / "tta_check.md").read_text()
+    assert "(the first 16 images of each)" in (out / "tta_check_real:c_max16.md").read_text()
+    assert (out / "tta_check_clean+real:c.md").read_text() == md
 
 
 @pytest.mark.parametrize("argv,match", [

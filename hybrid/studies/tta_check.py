@@ -10,7 +10,8 @@ target, `adabn` with statistics from a subset of the domain resampled to the sou
 Reading it: if `bn` moves with the batch size and the whole-domain `bn` matches `adabn`, the
 per-batch loss is batching; if the prevalence-matched statistics recover what `adabn` loses,
 the loss is the domain's class mix (label shift), otherwise its images. Writes
-`tta_check.json` and `tta_check.md` into the run directory (or `--out`).
+`tta_check.json` and `tta_check.md` into the run directory (or `--out`); with `--domains` or `--max-samples` the
+names carry them (`tta_check_clean+real:c_max64.md`), so a quick look never replaces the full check.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from hybrid.cli import positive_int, run_cli
 from hybrid.data import DataError, resolve_data_root
-from hybrid.rundir import write_json, write_text
+from hybrid.rundir import file_part, write_json, write_text
 from hybrid.tta import MIN_BATCH
 from hybrid.runtime import torch_settings
 
@@ -161,10 +162,13 @@ def _run(args) -> int:
                            args.max_samples)
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "tta_check.json")
+    # a check of some domains or of a few images does not replace the full one (as hybrid.evaluate names its files)
+    stem = ("tta_check" + (f"_{file_part('+'.join(domains))}" if domains else "")
+            + (f"_max{args.max_samples}" if args.max_samples else ""))
+    write_json(result, out / f"{stem}.json")
     markdown = to_markdown(result)
-    write_text(markdown, out / "tta_check.md")
-    print(markdown + f"\nwritten: {out / 'tta_check.md'} (and .json)")
+    write_text(markdown, out / f"{stem}.md")
+    print(markdown + f"\nwritten: {out / stem}.md (and .json)")
     return 0
 
 
