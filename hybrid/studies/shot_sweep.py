@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from hybrid.config import CENTER_FIELDS
 from hybrid.reporting import counted
 from hybrid.studies.runs import seed_of
 
@@ -70,7 +71,7 @@ def run_labels(runs: list[Path]) -> list[str]:
     return [str(p) for p in paths]  # the same run given twice
 
 
-DATA_FIELDS = ("dataset", "label_field", "center_field", "test_centers", "classes")  # what the runs are scored on
+DATA_FIELDS = ("dataset", "classes", *CENTER_FIELDS)  # what the runs are trained and scored on
 
 
 def check_compared_runs(runs: list[Path]) -> None:

@@ -146,7 +146,6 @@ def format_losses(pooled: dict) -> str:
 def format_markdown(pooled: dict) -> str:
     if pooled["kind"] == "loss_pooled":
         return format_losses(pooled)
-    share = share_or_dash
     values = lambda xs: ", ".join(f"{x:+.4f}" for x in xs)  # noqa: E731
     lines = [f"# Noise-aware recovery over {counted(pooled['sweeps'], 'seed')}", "",
              f"{pooled['samples_per_domain']} images per unseen center x {counted(len(pooled['domains']), 'center')}. Loss = a "
@@ -163,9 +162,9 @@ def format_markdown(pooled: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in pooled["rows"].items():
         lines.append(f"| {key} | {r['mean_lost_first']:+.4f} | {r['mean_lost_second']:+.4f} | "
-                     f"{share(r['recovered_share'])} | {values(r['lost_first'])} | {values(r['lost_second'])} | "
-                     f"{', '.join(share(v) for v in r['per_seed_share'])} | {values(r['auc_difference'])} | "
-                     f"{share(r['recovered_on_device'])} | {', '.join(share(v) for v in r['per_seed_on_device'])} |")
+                     f"{share_or_dash(r['recovered_share'])} | {values(r['lost_first'])} | {values(r['lost_second'])} | "
+                     f"{', '.join(share_or_dash(v) for v in r['per_seed_share'])} | {values(r['auc_difference'])} | "
+                     f"{share_or_dash(r['recovered_on_device'])} | {', '.join(share_or_dash(v) for v in r['per_seed_on_device'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -116,13 +116,15 @@ def to_markdown(result: dict) -> str:
              "adabn_prevalence_matched: statistics from a subset resampled to the source positive rate"
              + (f" ({result['source_positive_rate']:.3f})." if result["source_positive_rate"] is not None else "."),
              "", f"| domain | n | {rate} | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 3)]
-    whole = {f"bn_batch{b}" for b in result["batch_sizes"]}  # a batch as large as the domain is the whole domain
+    marked = False
     for name, row in result["domains"].items():
+        # a batch as large as the domain is the whole domain: such a bn_batchN cell is marked
+        whole = {f"bn_batch{b}" for b in result["batch_sizes"] if b >= row["n"]}
+        marked |= bool(whole)
         cells = [name, str(row["n"]), f"{row['positive_rate']:.3f}",
-                 *(f"{row[c]:.3f}" + ("*" if c in whole and int(c.removeprefix("bn_batch")) >= row["n"] else "")
-                   for c in columns)]
+                 *(f"{row[c]:.3f}" + ("*" if c in whole else "") for c in columns)]
         lines.append("| " + " | ".join(cells) + " |")
-    if any(int(c.removeprefix("bn_batch")) >= row["n"] for c in whole for row in result["domains"].values()):
+    if marked:
         lines += ["", "\\* the batch size is at least the domain's n: one batch of the whole domain, as "
                   "bn_whole_domain."]
     return "\n".join(lines) + "\n"
